@@ -1,0 +1,132 @@
+"""The reference social app: posts with media, and a /healthz that reports site, writability and epoch.
+
+Run as `python -m infra.app.server CONFIG.json`. The config names the site, the database DSN,
+the media bucket directory, the listen address and the app's epoch. The app writes only when
+its database is a primary whose stored epoch equals the app's own: an old primary that comes
+back with an old epoch, or a database whose epoch was raised elsewhere, refuses writes (409).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psycopg
+
+from infra.app.seed import write_media
+
+
+class AppConfig:
+    """The app's config file, re-read when it changes (the runbook raises the epoch in it)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._mtime = 0.0
+        self._data: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self) -> dict:
+        with self._lock:
+            mtime = self.path.stat().st_mtime
+            if mtime != self._mtime:
+                self._data, self._mtime = json.loads(self.path.read_text()), mtime
+            return self._data
+
+
+class Handler(BaseHTTPRequestHandler):
+    config: AppConfig
+    local = threading.local()
+
+    def log_message(self, fmt, *args):  # access logs would drown the drill's timeline
+        pass
+
+    def _db(self):
+        conn = getattr(self.local, "conn", None)
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self.config.get()["dsn"], autocommit=True, connect_timeout=2)
+            self.local.conn = conn
+        return conn
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _guarded(self, action):
+        try:
+            return action()
+        except psycopg.Error as error:
+            self.local.conn = None
+            self._send(503, {"error": f"database unavailable: {error.__class__.__name__}"})
+
+    def do_GET(self):
+        if self.path == "/healthz":
+            return self._guarded(self._health)
+        if self.path.startswith("/posts/"):
+            return self._guarded(lambda: self._get_post(self.path.rsplit("/", 1)[1]))
+        if self.path.startswith("/canary"):
+            return self._guarded(self._canary)
+        self._send(404, {"error": "not found"})
+
+    def do_POST(self):
+        if self.path == "/posts":
+            return self._guarded(self._create_post)
+        self._send(404, {"error": "not found"})
+
+    def _health(self):
+        config = self.config.get()
+        row = self._db().execute("SELECT pg_is_in_recovery(), (SELECT epoch FROM failover.epoch)").fetchone()
+        recovery, db_epoch = row
+        writable = (not recovery) and db_epoch == config["epoch"] and not config.get("fenced")
+        self._send(200, {"site": config["site"], "writable": writable, "epoch": config["epoch"],
+                         "db_epoch": db_epoch, "in_recovery": recovery})
+
+    def _create_post(self):
+        config = self.config.get()
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if config.get("fenced"):
+            return self._send(409, {"error": "this site is fenced", "epoch": config["epoch"]})
+        media_key = None
+        if request.get("media"):
+            media_key = f"posts/{request.get('canary_seq') or 'x'}-{threading.get_ident()}.bin"
+            write_media(Path(config["media_dir"]), media_key, base64.b64decode(request["media"]))
+        # The epoch check and the insert are one statement: no write slips past a raised epoch.
+        row = self._db().execute(
+            "INSERT INTO posts (user_id, body, media_key, canary_seq) "
+            "SELECT %s, %s, %s, %s WHERE (SELECT epoch FROM failover.epoch) = %s RETURNING id",
+            (request.get("user_id", 1), request.get("body", ""), media_key, request.get("canary_seq"), config["epoch"]),
+        ).fetchone()
+        if row is None:
+            return self._send(409, {"error": "epoch mismatch: this site is not the current primary",
+                                    "epoch": config["epoch"]})
+        self._send(201, {"id": row[0], "site": config["site"], "media_key": media_key})
+
+    def _get_post(self, post_id: str):
+        row = self._db().execute("SELECT id, user_id, body, media_key, canary_seq FROM posts WHERE id = %s",
+                                 (int(post_id),)).fetchone()
+        if row is None:
+            return self._send(404, {"error": "no such post"})
+        self._send(200, dict(zip(("id", "user_id", "body", "media_key", "canary_seq"), row)))
+
+    def _canary(self):
+        rows = self._db().execute("SELECT canary_seq, media_key FROM posts WHERE canary_seq IS NOT NULL").fetchall()
+        self._send(200, {"seqs": [r[0] for r in rows], "media": {str(r[0]): r[1] for r in rows if r[1]}})
+
+
+def main(argv: list[str]) -> None:
+    config = AppConfig(Path(argv[1]))
+    Handler.config = config
+    settings = config.get()
+    server = ThreadingHTTPServer((settings["address"], settings["port"]), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,69 @@
+"""pgBackRest configuration for a site, generated from the Inventory (pure: no side effects).
+
+Every site's repository gets the same number on every site (its place in the inventory), so
+`--repo=N` means the same store everywhere. Sites that are dropped are left out, which leaves
+a gap in the numbering that pgBackRest accepts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from infra.data.storage import storage_for
+from infra.sites.contract import Inventory
+
+STANZA = "social"
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where the database host keeps things (the same layout on a VM or a local site)."""
+
+    pgdata: str
+    socket_dir: str
+    pgbackrest_dir: str
+
+    @property
+    def config(self) -> str:
+        return f"{self.pgbackrest_dir}/pgbackrest.conf"
+
+    @property
+    def dirs(self) -> list[str]:
+        return [self.pgbackrest_dir, *(f"{self.pgbackrest_dir}/{d}" for d in ("log", "lock", "spool"))]
+
+
+GLOBAL = {
+    "archive-async": "y",
+    # A queue limit keeps one dead repository from filling the primary's disk with WAL.
+    "archive-push-queue-max": "4GiB",
+    "archive-timeout": "30",
+    "process-max": "2",
+    "compress-type": "lz4",
+    "start-fast": "y",
+    "delta": "y",
+    "log-level-console": "warn",
+    "log-level-file": "info",
+}
+
+
+def repositories(inventory: Inventory, exclude: set[str] = frozenset()) -> dict[int, str]:
+    """repo number -> site name, for every site not excluded."""
+    return {inventory.repo_index(s.site): s.site for s in inventory.sites if s.site not in exclude}
+
+
+def render(inventory: Inventory, site: str, paths: HostPaths, db_port: int,
+           exclude: set[str] = frozenset(), retention_full: int = 2) -> str:
+    """The pgbackrest.conf text for `site`'s database host."""
+    lines = ["[global]"]
+    lines += [f"{key}={value}" for key, value in GLOBAL.items()]
+    lines += [f"{d}-path={paths.pgbackrest_dir}/{d}" for d in ("log", "lock", "spool")]
+    for index, name in repositories(inventory, exclude).items():
+        outputs = inventory.site(name)
+        repo = outputs.repository
+        lines.append("")
+        lines.append(f"# {name}'s object store")
+        options = storage_for(repo.type).repo_options(index, repo, name)
+        lines += [f"{key}={value}" for key, value in options.items()]
+        lines.append(f"repo{index}-retention-full={retention_full}")
+    lines += ["", f"[{STANZA}]", f"pg1-path={paths.pgdata}", f"pg1-port={db_port}",
+              f"pg1-socket-path={paths.socket_dir}", "pg1-user=postgres", ""]
+    return "\n".join(lines)

@@ -1,0 +1,320 @@
+"""The cloud-neutral spec of the stack, read from Pulumi.yaml and stacks/Pulumi.<site>.yaml.
+
+The project-level config in Pulumi.yaml describes the app (shared by every site); each stack
+file describes one site. Both Pulumi (infra/__main__.py) and the failover engine read the spec
+through `load_spec`, so it is never duplicated. Validation collects every problem and raises
+one `SpecError` naming each file and key.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT = "failover"
+ROLES = ("primary", "warm", "pilot-light")
+CLOUDS = ("aws", "gcp", "azure", "local")
+STORAGE_TYPES = ("posix", "s3", "gcs", "azure")
+REPLICATION_MODES = ("sync", "async")
+SECRET_REF = re.compile(r"^env/[A-Za-z_][A-Za-z0-9_]*$")
+NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+
+class SpecError(ValueError):
+    """Every problem found in the spec, each as 'file: key: message'."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid spec:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class App:
+    image: str
+    port: int
+    replicas: int = 1
+    image_mirrors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str
+    version: int
+    disk_gb: int
+    port: int
+    replication: str = "sync"
+    max_backup_age_hours: int = 26
+
+
+@dataclass(frozen=True)
+class Media:
+    bucket: str
+
+
+@dataclass(frozen=True)
+class DnsProvider:
+    """An octoDNS provider: its class, its arguments (secrets as env/NAME) and who runs it."""
+
+    name: str
+    class_: str
+    args: dict[str, Any]
+    vendor: str
+
+
+@dataclass(frozen=True)
+class Dns:
+    zone: str
+    names: tuple[str, ...]
+    ttl: int
+    providers: tuple[DnsProvider, ...]
+    registrar: str = ""
+
+    def fqdn(self, name: str) -> str:
+        return f"{name}.{self.zone}" if name else self.zone
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    cloud: str
+    region: str
+    role: str
+    storage: str
+    admin_cidrs: tuple[str, ...] = ()
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class Spec:
+    project: str
+    app: App
+    database: Database
+    media: Media
+    dns: Dns
+    sites: tuple[Site, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def site(self, name: str) -> Site:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(f"unknown site {name!r}; known sites: {', '.join(s.name for s in self.sites)}")
+
+    @property
+    def primary(self) -> Site:
+        return next(s for s in self.sites if s.role == "primary")
+
+
+class _Checker:
+    """Reads typed values out of nested dicts, recording problems instead of raising."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.file}: {key}: {message}")
+
+    def mapping(self, data: Any, key: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(data, dict):
+            self.problem(key, f"must be a mapping, got {type(data).__name__}")
+            return {}
+        for name in data:
+            if name not in allowed:
+                self.problem(f"{key}.{name}", f"unknown key; valid keys: {', '.join(allowed)}")
+        for name in required:
+            if name not in data:
+                self.problem(f"{key}.{name}", "is required")
+        return data
+
+    def value(self, data: dict, key: str, name: str, kind: type, default: Any = None, choices: tuple = ()):
+        if name not in data:
+            return default
+        value = data[name]
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            self.problem(f"{key}.{name}", f"must be {kind.__name__}, got {value!r}")
+            return default
+        if choices and value not in choices:
+            self.problem(f"{key}.{name}", f"{value!r} is not one of: {', '.join(choices)}")
+            return default
+        return value
+
+    def positive(self, data: dict, key: str, name: str, default: int, maximum: int = 2**31) -> int:
+        value = self.value(data, key, name, int, default)
+        if not 0 < value <= maximum:
+            self.problem(f"{key}.{name}", f"must be between 1 and {maximum}, got {value}")
+        return value
+
+
+def _read_yaml(path: Path, checker: _Checker) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        checker.problem("-", "file not found")
+        return {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "-"
+        checker.problem(where, f"not valid YAML: {getattr(error, 'problem', error)}")
+        return {}
+    if not isinstance(data, dict):
+        checker.problem("-", "must be a YAML mapping")
+        return {}
+    return data
+
+
+def _project_config(raw: dict, check: _Checker) -> dict[str, Any]:
+    """Project-level config: `key: {value: ...}` or `key: value`, namespaced or not."""
+    config = raw.get("config") or {}
+    if not isinstance(config, dict):
+        check.problem("config", "must be a mapping")
+        return {}
+    values = {}
+    for key, entry in config.items():
+        name = key.split(":", 1)[1] if key.startswith(f"{PROJECT}:") else key
+        values[name] = entry["value"] if isinstance(entry, dict) and "value" in entry else entry
+    return values
+
+
+def _app(data: Any, check: _Checker) -> App:
+    key = "config.app"
+    data = check.mapping(data, key, ("image", "image_mirrors", "port", "replicas"), ("image", "port"))
+    mirrors = check.value(data, key, "image_mirrors", list, [])
+    return App(
+        image=check.value(data, key, "image", str, ""),
+        port=check.positive(data, key, "port", 8080, 65535),
+        replicas=check.positive(data, key, "replicas", 1, 100),
+        image_mirrors=tuple(str(m) for m in mirrors),
+    )
+
+
+def _database(data: Any, check: _Checker) -> Database:
+    key = "config.database"
+    allowed = ("name", "version", "disk_gb", "port", "replication", "max_backup_age_hours")
+    data = check.mapping(data, key, allowed, ("name", "version"))
+    version = check.value(data, key, "version", int, 15)
+    if version != 15:
+        check.problem(f"{key}.version", f"only PostgreSQL 15 is supported, got {version}")
+    return Database(
+        name=check.value(data, key, "name", str, "social"),
+        version=version,
+        disk_gb=check.positive(data, key, "disk_gb", 20, 65536),
+        port=check.positive(data, key, "port", 5432, 65535),
+        replication=check.value(data, key, "replication", str, "sync", REPLICATION_MODES),
+        max_backup_age_hours=check.positive(data, key, "max_backup_age_hours", 26),
+    )
+
+
+def _dns_provider(name: str, data: Any, check: _Checker) -> DnsProvider:
+    key = f"config.dns.providers.{name}"
+    data = check.mapping(data, key, ("class", "args", "vendor"), ("class", "vendor"))
+    args = check.value(data, key, "args", dict, {})
+    for arg, value in args.items():
+        if _looks_secret(arg) and not (isinstance(value, str) and SECRET_REF.match(value)):
+            check.problem(f"{key}.args.{arg}", "secrets must be references like env/NAME, never values")
+    class_ = check.value(data, key, "class", str, "")
+    if class_ and "." not in class_:
+        check.problem(f"{key}.class", f"must be a dotted octoDNS provider class, got {class_!r}")
+    return DnsProvider(name=name, class_=class_, args=args, vendor=check.value(data, key, "vendor", str, ""))
+
+
+def _looks_secret(arg: str) -> bool:
+    return any(word in arg.lower() for word in ("secret", "token", "key", "password"))
+
+
+def _dns(data: Any, check: _Checker) -> Dns:
+    key = "config.dns"
+    data = check.mapping(data, key, ("zone", "names", "ttl", "providers", "registrar"), ("zone", "names", "providers"))
+    zone = check.value(data, key, "zone", str, "example.")
+    if not zone.endswith("."):
+        check.problem(f"{key}.zone", f"must end with a dot, got {zone!r}")
+    names = check.value(data, key, "names", list, [])
+    for name in names:
+        if not isinstance(name, str) or (name and not re.match(r"^[a-z0-9-]+$", name)):
+            check.problem(f"{key}.names", f"{name!r} is not a DNS label (use '' for the apex)")
+    providers = check.value(data, key, "providers", dict, {})
+    return Dns(
+        zone=zone,
+        names=tuple(str(n) for n in names),
+        ttl=check.positive(data, key, "ttl", 60, 86400),
+        providers=tuple(_dns_provider(n, p, check) for n, p in providers.items()),
+        registrar=check.value(data, key, "registrar", str, ""),
+    )
+
+
+def _site(path: Path, problems: list[str]) -> Site | None:
+    check = _Checker(str(path))
+    raw = _read_yaml(path, check)
+    name = path.name[len("Pulumi."):-len(".yaml")]
+    if raw and not NAME.match(name):
+        check.problem("-", f"stack name {name!r} must be lower-case letters, digits and '-'")
+    config = check.mapping(raw.get("config", {}), "config", tuple(raw.get("config", {}) or ()))
+    key = f"config.{PROJECT}:site"
+    if raw and key.split(".", 1)[1] not in config:
+        check.problem(key, "is required: the site's cloud, region, role and storage")
+    data = check.mapping(
+        config.get(f"{PROJECT}:site", {}), key,
+        ("cloud", "region", "role", "storage", "admin_cidrs"), ("cloud", "region", "role"),
+    )
+    cidrs = check.value(data, key, "admin_cidrs", list, [])
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(str(cidr))
+        except ValueError:
+            check.problem(f"{key}.admin_cidrs", f"{cidr!r} is not a CIDR such as 198.51.100.0/24")
+    site = Site(
+        name=name,
+        cloud=check.value(data, key, "cloud", str, "", CLOUDS),
+        region=check.value(data, key, "region", str, ""),
+        role=check.value(data, key, "role", str, "", ROLES),
+        storage=check.value(data, key, "storage", str, "posix", STORAGE_TYPES),
+        admin_cidrs=tuple(str(c) for c in cidrs),
+        file=str(path),
+    )
+    problems.extend(check.problems)
+    return site if not check.problems else None
+
+
+def _check_roles(sites: list[Site], stacks: Path, problems: list[str]) -> None:
+    primaries = [s.name for s in sites if s.role == "primary"]
+    if len(primaries) != 1:
+        problems.append(f"{stacks}: role: exactly one site must be primary, found {len(primaries)} ({', '.join(primaries) or 'none'})")
+
+
+def load_spec(project_file: str | Path = "Pulumi.yaml", stacks_dir: str | Path | None = None) -> Spec:
+    """Reads and validates the whole spec; raises SpecError listing every problem."""
+    project_file = Path(project_file)
+    check = _Checker(str(project_file))
+    raw = _read_yaml(project_file, check)
+    if raw and raw.get("name") != PROJECT:
+        check.problem("name", f"project must be named {PROJECT!r} (the config namespace), got {raw.get('name')!r}")
+    config = _project_config(raw, check)
+    for name in ("app", "database", "media", "dns"):
+        if raw and name not in config:
+            check.problem(f"config.{name}", "is required")
+    known = ("app", "database", "media", "dns", "vendors")
+    for name in config:
+        if name not in known and ":" not in name:
+            check.problem(f"config.{name}", f"unknown key; valid keys: {', '.join(known)}")
+    app = _app(config.get("app", {}), check)
+    database = _database(config.get("database", {}), check)
+    media_data = check.mapping(config.get("media", {}), "config.media", ("bucket",), ("bucket",))
+    media = Media(bucket=check.value(media_data, "config.media", "bucket", str, "media"))
+    dns = _dns(config.get("dns", {}), check)
+    problems = check.problems
+
+    stacks = Path(stacks_dir) if stacks_dir else project_file.parent / (raw.get("stackConfigDir") or ".")
+    files = sorted(stacks.glob("Pulumi.*.yaml"))
+    if not files:
+        problems.append(f"{stacks}: -: no stack files Pulumi.<site>.yaml found")
+    sites = [s for s in (_site(f, problems) for f in files) if s]
+    if sites and len(sites) == len(files):
+        _check_roles(sites, stacks, problems)
+    if problems:
+        raise SpecError(problems)
+    extra = {"vendors": config.get("vendors", {}), "backend": raw.get("backend", {})}
+    return Spec(project=PROJECT, app=app, database=database, media=media, dns=dns, sites=tuple(sites), extra=extra)

@@ -1,0 +1,33 @@
+"""Media host steps with rclone: copy a bucket to another site's bucket, and check them."""
+from __future__ import annotations
+
+import json
+
+from playbooks.host import run
+
+# This machine exports AWS_CA_BUNDLE, which breaks rclone 1.60's S3 backend: clear it.
+RCLONE_ENV = {"AWS_CA_BUNDLE": ""}
+
+
+def _rclone(config: str, *args: str) -> list[str]:
+    return ["env", "-u", "AWS_CA_BUNDLE", "rclone", f"--config={config}", "--contimeout=5s", "--timeout=30s",
+            "--low-level-retries=2", "--retries=1", *args]
+
+
+def copy(c, config: str, source: str, dest: str):
+    """Copies new and changed objects (never deletes at the destination: history is kept)."""
+    return run(c, _rclone(config, "copy", "--transfers=8", source, dest), warn=True, timeout=3600)
+
+
+def check(c, config: str, source: str, dest: str) -> dict:
+    """rclone check --one-way: objects of source missing or different at dest."""
+    result = run(c, _rclone(config, "check", "--one-way", "--missing-on-dst=-", "--differ=-", source, dest),
+                 warn=True, timeout=600)
+    missing = [line for line in result.stdout.splitlines() if line.strip()]
+    error = "" if result.exited in (0, 1) else (result.stderr.strip().splitlines() or ["rclone failed"])[-1]
+    return {"missing": missing, "ok": result.exited == 0, "error": error}
+
+
+def count(c, config: str, remote: str) -> int | None:
+    result = run(c, _rclone(config, "size", "--json", remote), warn=True, timeout=300)
+    return json.loads(result.stdout)["count"] if result.ok else None

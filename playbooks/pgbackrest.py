@@ -1,0 +1,53 @@
+"""pgBackRest host steps: config, stanza, backup, info, restore. Repositories are numbered alike on every site."""
+from __future__ import annotations
+
+import json
+
+from playbooks.host import ensure_dir, run, write_file
+
+STANZA = "social"
+
+
+def install_config(c, path: str, text: str, dirs: list[str]) -> None:
+    for directory in dirs:
+        ensure_dir(c, directory)
+    write_file(c, path, text)
+
+
+def _argv(config: str, *args: str) -> list[str]:
+    return ["pgbackrest", f"--config={config}", f"--stanza={STANZA}", *args]
+
+
+def stanza_create(c, config: str, repo: int):
+    """Creates the stanza in one repository (idempotent in pgBackRest itself)."""
+    return run(c, _argv(config, f"--repo={repo}", "stanza-create"), warn=True, timeout=120)
+
+
+def backup(c, config: str, repo: int, kind: str = "full"):
+    return run(c, _argv(config, f"--repo={repo}", f"--type={kind}", "backup"), warn=True, timeout=7200)
+
+
+def info(c, config: str, repo: int) -> tuple[dict | None, str]:
+    """The repository's `info --output=json` for the stanza, or (None, error text)."""
+    result = run(c, _argv(config, f"--repo={repo}", "--output=json", "info"), warn=True, timeout=60)
+    if not result.ok:
+        return None, (result.stderr or result.stdout).strip()
+    stanzas = json.loads(result.stdout or "[]")
+    return (stanzas[0] if stanzas else None), ""
+
+
+def restore(c, config: str, repo: int, target_time: str | None = None, archive_off: bool = True,
+            process_max: int = 2):
+    """Restores the stanza into pg1-path (delta: reuses what is already there)."""
+    args = [f"--repo={repo}", "--delta", f"--process-max={process_max}", "--target-action=promote"]
+    if target_time:
+        args += ["--type=time", f"--target={target_time}"]
+    else:
+        args += ["--type=default"]
+    if archive_off:
+        args += ["--archive-mode=off"]
+    return run(c, _argv(config, *args, "restore"), timeout=7200)
+
+
+def check(c, config: str):
+    return run(c, _argv(config, "check"), warn=True, timeout=120)
