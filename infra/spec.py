@@ -223,7 +223,8 @@ def _dns_provider(name: str, data: Any, check: _Checker) -> DnsProvider:
 
 
 def _looks_secret(arg: str) -> bool:
-    return any(word in arg.lower() for word in ("secret", "token", "key", "password"))
+    # key_secret, api_key, token...; but not key_name or key_algorithm, which are not secret.
+    return bool(re.search(r"(secret|token|password|api_key|access_key|^key)$", arg.lower()))
 
 
 def _dns(data: Any, check: _Checker) -> Dns:
@@ -252,6 +253,13 @@ def _site(path: Path, problems: list[str]) -> Site | None:
     name = path.name[len("Pulumi."):-len(".yaml")]
     if raw and not NAME.match(name):
         check.problem("-", f"stack name {name!r} must be lower-case letters, digits and '-'")
+    site = _site_from(raw, name, str(path), check)
+    problems.extend(check.problems)
+    return site if not check.problems else None
+
+
+def _site_from(raw: dict, name: str, file: str, check: _Checker) -> Site:
+    """The site described by a stack's raw config (`config: {failover:site: ...}`)."""
     config = check.mapping(raw.get("config", {}), "config", tuple(raw.get("config", {}) or ()))
     key = f"config.{PROJECT}:site"
     if raw and key.split(".", 1)[1] not in config:
@@ -273,10 +281,9 @@ def _site(path: Path, problems: list[str]) -> Site | None:
         role=check.value(data, key, "role", str, "", ROLES),
         storage=check.value(data, key, "storage", str, "posix", STORAGE_TYPES),
         admin_cidrs=tuple(str(c) for c in cidrs),
-        file=str(path),
+        file=file,
     )
-    problems.extend(check.problems)
-    return site if not check.problems else None
+    return site
 
 
 def _check_roles(sites: list[Site], stacks: Path, problems: list[str]) -> None:
@@ -312,9 +319,32 @@ def load_spec(project_file: str | Path = "Pulumi.yaml", stacks_dir: str | Path |
     if not files:
         problems.append(f"{stacks}: -: no stack files Pulumi.<site>.yaml found")
     sites = [s for s in (_site(f, problems) for f in files) if s]
+    sites.sort(key=lambda s: (ROLES.index(s.role), s.name))  # primary first, then warm, then pilot-light
     if sites and len(sites) == len(files):
         _check_roles(sites, stacks, problems)
     if problems:
         raise SpecError(problems)
     extra = {"vendors": config.get("vendors", {}), "backend": raw.get("backend", {})}
     return Spec(project=PROJECT, app=app, database=database, media=media, dns=dns, sites=tuple(sites), extra=extra)
+
+
+def spec_from_config(project_values: dict, site_name: str, site_values: dict, where: str = "pulumi config") -> Spec:
+    """The spec as a Pulumi program sees it: project config plus one stack's `failover:site`.
+
+    Validated by the same helpers as `load_spec`; raises SpecError naming `where` and each key.
+    """
+    check = _Checker(where)
+    for name in ("app", "database", "media", "dns"):
+        if name not in project_values:
+            check.problem(f"config.{name}", "is required")
+    app = _app(project_values.get("app", {}), check)
+    database = _database(project_values.get("database", {}), check)
+    media_data = check.mapping(project_values.get("media", {}), "config.media", ("bucket",), ("bucket",))
+    media = Media(bucket=check.value(media_data, "config.media", "bucket", str, "media"))
+    dns = _dns(project_values.get("dns", {}), check)
+    if not NAME.match(site_name):
+        check.problem("-", f"stack name {site_name!r} must be lower-case letters, digits and '-'")
+    site = _site_from({"config": {f"{PROJECT}:site": site_values}}, site_name, where, check)
+    if check.problems:
+        raise SpecError(check.problems)
+    return Spec(project=PROJECT, app=app, database=database, media=media, dns=dns, sites=(site,))

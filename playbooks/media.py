@@ -5,11 +5,10 @@ import json
 
 from playbooks.host import run
 
-# This machine exports AWS_CA_BUNDLE, which breaks rclone 1.60's S3 backend: clear it.
-RCLONE_ENV = {"AWS_CA_BUNDLE": ""}
 
 
 def _rclone(config: str, *args: str) -> list[str]:
+    # This machine exports AWS_CA_BUNDLE, which breaks rclone 1.60's S3 backend: clear it.
     return ["env", "-u", "AWS_CA_BUNDLE", "rclone", f"--config={config}", "--contimeout=5s", "--timeout=30s",
             "--low-level-retries=2", "--retries=1", *args]
 
@@ -31,3 +30,18 @@ def check(c, config: str, source: str, dest: str) -> dict:
 def count(c, config: str, remote: str) -> int | None:
     result = run(c, _rclone(config, "size", "--json", remote), warn=True, timeout=300)
     return json.loads(result.stdout)["count"] if result.ok else None
+
+
+def list_keys(c, config: str, remote: str) -> set[str] | None:
+    """Every object key in a bucket, or None if it cannot be listed."""
+    result = run(c, _rclone(config, "lsf", "-R", "--files-only", remote), warn=True, timeout=600)
+    return set(result.stdout.split()) if result.ok else None
+
+
+def put(c, config: str, local_path: str, remote_path: str):
+    return run(c, _rclone(config, "copyto", local_path, remote_path), warn=True, timeout=300)
+
+
+def cat(c, config: str, remote_path: str) -> str | None:
+    result = run(c, _rclone(config, "cat", remote_path), warn=True, timeout=300)
+    return result.stdout if result.ok else None

@@ -18,9 +18,9 @@ def _argv(config: str, *args: str) -> list[str]:
     return ["pgbackrest", f"--config={config}", f"--stanza={STANZA}", *args]
 
 
-def stanza_create(c, config: str, repo: int):
-    """Creates the stanza in one repository (idempotent in pgBackRest itself)."""
-    return run(c, _argv(config, f"--repo={repo}", "stanza-create"), warn=True, timeout=120)
+def stanza_create(c, config: str):
+    """Creates the stanza in every configured repository (idempotent in pgBackRest itself)."""
+    return run(c, _argv(config, "stanza-create"), warn=True, timeout=120)
 
 
 def backup(c, config: str, repo: int, kind: str = "full"):

@@ -1,0 +1,169 @@
+"""The `failover` command: local cloud, protection status, snapshots, restores, DNS and more.
+
+Every command takes --workdir (the local cloud's state, default .failover/ in the repo) and
+--json (machine-readable output on stdout). Human output goes to stderr-free rich tables.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra import cliutil
+from infra.cliutil import DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, workdir_path
+from infra.sites.local import DEFAULT_PREFIX, LocalCloud
+from infra.spec import load_spec
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+local = typer.Typer(help="The embedded local cloud: real processes on loopback addresses.", no_args_is_help=True)
+app.add_typer(local, name="local")
+out = Console(highlight=False)
+
+
+def _mount_optional() -> None:
+    """Sub-commands that live in their own modules."""
+    import importlib
+
+    for module, name in (("infra.dns.cli", "dns"), ("infra.inventory_cli", "inventory")):
+        try:
+            app.add_typer(importlib.import_module(module).app, name=name)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+
+
+_mount_optional()
+
+
+def _progress(message: str) -> None:
+    cliutil.console.print(f"[cyan]•[/cyan] {message}")
+
+
+@local.command("up")
+@command
+def local_up(
+    sites: Annotated[int, typer.Option(help="How many sites: the spec's first N (primary, warm, pilot-light).")] = 3,
+    seed_mb: Annotated[int, typer.Option(help="About how many MB of users, posts, follows and media to seed.")] = 20,
+    prefix: Annotated[str, typer.Option(help="Loopback prefix: site i gets PREFIX.i.")] = DEFAULT_PREFIX,
+    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
+):
+    """Start N protected sites: PostgreSQL, pgBackRest repositories, media buckets and the app."""
+    from infra.sites import bringup
+
+    if not prefix.startswith("127."):
+        raise cliutil.FailoverError(f"--prefix {prefix!r} must be inside 127.0.0.0/8: the local cloud stays on loopback")
+    spec = load_spec(project)
+    summary = bringup.up(workdir_path(workdir), spec, sites, seed_mb, _progress, prefix)
+    emit(summary, as_json, lambda s: _progress(f"{len(s['sites'])} sites up: " +
+                                               ", ".join(f"{x['name']} ({x['role']}, {x['address']})" for x in s["sites"])))
+
+
+@local.command("down")
+@command
+def local_down(
+    keep: Annotated[bool, typer.Option(help="Keep the sites' data; only stop processes.")] = False,
+    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False,
+):
+    """Stop every process the local cloud started (by PID, nothing else) and remove its data."""
+    cloud = LocalCloud(workdir_path(workdir))
+    stopped = cloud.stop_all()
+    if not keep:
+        cloud.remove()
+    emit({"stopped": stopped, "removed": not keep}, as_json,
+         lambda r: _progress(f"stopped {len(r['stopped'])} processes" + ("" if keep else ", removed the sites' data")))
+
+
+@local.command("drop")
+@command
+def local_drop(
+    site: Annotated[str, typer.Option(help="The site to cut off.")],
+    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False,
+):
+    """Cut a site off as its provider would: kill its processes and make its storage unreachable."""
+    from infra.sites import chaos
+
+    result = chaos.drop(LocalCloud(workdir_path(workdir)), site)
+    emit(result, as_json, lambda r: _progress(f"dropped {site}: killed {', '.join(r['killed']) or 'nothing'}"))
+
+
+@app.command("status")
+@command
+def status(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
+           media: Annotated[bool, typer.Option(help="Also compare media buckets (rclone check).")] = True):
+    """Per site: role, reachable, replica lag, each repository's last backup and WAL, media in sync."""
+    from infra import status as status_mod
+
+    spec = load_spec(project)
+    report = status_mod.collect(LocalCloud(workdir_path(workdir)), spec.database.port, media)
+    emit(report, as_json, _render_status)
+
+
+def _render_status(report: dict) -> None:
+    table = Table(title=f"active: {report['active']}  epoch: {report['epoch']}")
+    for column in ("site", "role", "reachable", "lag", "repository", "last backup", "last WAL", "media"):
+        table.add_column(column)
+    for site in report["sites"]:
+        lag = "-" if site["replica_lag_seconds"] is None else f"{site['replica_lag_seconds']:.2f}s/{site['replica_lag_bytes']}B"
+        media = site.get("media") or {}
+        media_text = "in sync" if media.get("in_sync") else f"missing {media.get('missing')} {media.get('error') or ''}"
+        for repo in site["repositories"]:
+            table.add_row(site["name"], site["role"], "yes" if site["reachable"] else "[red]no[/red]", lag,
+                          f"{repo['name']} {repo['type']}", repo["last_backup"] or f"[red]{repo['error'] or 'none'}[/red]",
+                          repo["last_archived_wal"] or "-", media_text)
+    out.print(table)
+
+
+@app.command("snapshot")
+@command
+def snapshot(
+    kind: Annotated[str, typer.Option("--type", help="full, diff or incr.")] = "full",
+    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
+):
+    """An on-demand backup into every reachable repository, plus a media sync. Exit 1 if one failed."""
+    from infra.data import restore as restore_mod
+
+    if kind not in ("full", "diff", "incr"):
+        raise cliutil.FailoverError(f"--type {kind!r} must be one of full, diff, incr")
+    result = restore_mod.snapshot(LocalCloud(workdir_path(workdir)), load_spec(project), kind, _progress)
+    emit(result, as_json, _render_results)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+def _render_results(result: dict) -> None:
+    for entry in result["results"]:
+        mark = "[green]ok[/green]" if entry["ok"] else f"[red]failed[/red] {entry['error']}"
+        out.print(f"{entry['repo']:8} {entry['site']:10} {entry['location']}  {mark}  {entry['seconds']}s")
+
+
+@app.command("restore")
+@command
+def restore(
+    site: Annotated[str, typer.Option(help="The site to restore into.")],
+    repo: Annotated[Optional[str], typer.Option(help="Repository (repoN or a site name); default: the newest reachable.")] = None,
+    target_time: Annotated[Optional[str], typer.Option(help="Point in time, e.g. '2026-11-28 18:00:00+00'.")] = None,
+    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
+):
+    """Restore the database and media into a site and verify row counts and per-table checksums."""
+    from infra.data import restore as restore_mod
+
+    result = restore_mod.restore(LocalCloud(workdir_path(workdir)), load_spec(project), site, repo, target_time,
+                                 _progress)
+    emit(result, as_json, _render_restore)
+    if not result["verified"]:
+        raise typer.Exit(1)
+
+
+def _render_restore(result: dict) -> None:
+    out.print(f"restored {result['site']} from {result['repo']} ({result['source_site']}) in {result['seconds']}s")
+    for table, check in result["checks"].items():
+        mark = "[green]identical[/green]" if check["match"] else "[red]DIFFERENT[/red]"
+        out.print(f"  {table:8} rows {check['restored_rows']:>9} (compared up to id {check['upto']})  {mark}")
+    out.print(f"  media objects missing: {result['media_missing']}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,133 @@
+"""Continuous protection of the primary: WAL to every repository, backups, replicas and media.
+
+These functions speak in sites and repositories; the storage type lives in infra.data.storage
+and the host commands in playbooks/. Each takes the invoke/Fabric context of the host it acts on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from infra.data import media as media_config
+from infra.data import pgbackrest as pgbr_config
+from infra.data.pgbackrest import HostPaths
+from infra.data.storage import storage_for
+from infra.sites.contract import Inventory
+from playbooks import media, pgbackrest, postgres
+from playbooks.host import write_file
+
+
+@dataclass(frozen=True)
+class RepoResult:
+    """The outcome of one operation on one repository, reported by name."""
+
+    repo: str
+    site: str
+    location: str
+    ok: bool
+    seconds: float = 0.0
+    error: str = ""
+
+
+def archive_command(paths: HostPaths) -> str:
+    return f"pgbackrest --config={paths.config} --stanza={pgbr_config.STANZA} archive-push %p"
+
+
+def restore_command(paths: HostPaths) -> str:
+    return f"pgbackrest --config={paths.config} --stanza={pgbr_config.STANZA} archive-get %f \"%p\""
+
+
+def pg_settings(address: str, port: int, paths: HostPaths, sync_standby: str | None = None) -> dict[str, str]:
+    """The settings every site's cluster runs with; only address, port and paths differ."""
+    return {
+        "listen_addresses": address,
+        "port": str(port),
+        "unix_socket_directories": paths.socket_dir,
+        "wal_level": "replica",
+        "max_wal_senders": "10",
+        "max_replication_slots": "10",
+        "wal_keep_size": "512MB",
+        "hot_standby": "on",
+        "archive_mode": "on",
+        "archive_command": archive_command(paths),
+        # A segment switch at least every 2 s bounds how old the newest archived WAL can be.
+        "archive_timeout": "2",
+        "restore_command": restore_command(paths),
+        "synchronous_standby_names": f'"{sync_standby}"' if sync_standby else "",
+        "max_connections": "60",
+        "shared_buffers": "128MB",
+        "wal_compression": "lz4",
+    }
+
+
+HBA = [
+    "local all all trust",
+    "local replication all trust",
+    # The local cloud is loopback-only; cloud sites use TLS and passwords (cloud-init).
+    "host all all 127.0.0.0/8 trust",
+    "host replication all 127.0.0.0/8 trust",
+]
+
+
+def install_pgbackrest(c, inventory: Inventory, site: str, paths: HostPaths, db_port: int,
+                       exclude: set[str] = frozenset()) -> None:
+    text = pgbr_config.render(inventory, site, paths, db_port, exclude)
+    pgbackrest.install_config(c, paths.config, text, paths.dirs)
+
+
+def install_rclone(c, inventory: Inventory, paths: HostPaths) -> str:
+    path = f"{paths.pgbackrest_dir}/rclone.conf"
+    write_file(c, path, media_config.render(inventory))
+    return path
+
+
+def _location(inventory: Inventory, site: str) -> str:
+    repo = inventory.site(site).repository
+    return f"{repo.type}:{storage_for(repo.type).describe(repo)}"
+
+
+def _each_repo(inventory: Inventory, exclude: set[str], action) -> list[RepoResult]:
+    results = []
+    for index, site in pgbr_config.repositories(inventory, exclude).items():
+        started = time.monotonic()
+        result = action(index)
+        error = "" if result.ok else _tail(result.stderr or result.stdout)
+        results.append(RepoResult(f"repo{index}", site, _location(inventory, site), result.ok,
+                                  round(time.monotonic() - started, 3), error))
+    return results
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "failed without output"
+
+
+def create_stanzas(c, inventory: Inventory, paths: HostPaths, exclude: set[str] = frozenset()) -> list[RepoResult]:
+    """pgBackRest creates the stanza in all configured repositories at once; reported per repository."""
+    result = pgbackrest.stanza_create(c, paths.config)
+    return _each_repo(inventory, exclude, lambda i: result)
+
+
+def backup_all(c, inventory: Inventory, paths: HostPaths, exclude: set[str] = frozenset(),
+               kind: str = "full") -> list[RepoResult]:
+    """A backup into every repository in turn; one failing repository does not stop the others."""
+    return _each_repo(inventory, exclude, lambda i: pgbackrest.backup(c, paths.config, i, kind))
+
+
+def sync_media(c, rclone_conf: str, inventory: Inventory, source: str, targets: list[str]) -> list[RepoResult]:
+    """Copies the source site's media bucket to each target site's bucket."""
+    results = []
+    for target in targets:
+        started = time.monotonic()
+        result = media.copy(c, rclone_conf, media_config.bucket(inventory, source), media_config.bucket(inventory, target))
+        results.append(RepoResult("media", target, inventory.site(target).media_remote.path, result.ok,
+                                  round(time.monotonic() - started, 3),
+                                  "" if result.ok else _tail(result.stderr)))
+    return results
+
+
+def start_replica(c, primary_host: str, db_port: int, address: str, paths: HostPaths, name: str, log: str) -> None:
+    """A streaming replica of the primary (pg_basebackup -R), started with the site's own settings."""
+    postgres.clone_replica(c, paths.pgdata, primary_host, db_port, name)
+    postgres.configure(c, paths.pgdata, pg_settings(address, db_port, paths), HBA)
+    postgres.start(c, paths.pgdata, log)

@@ -1,0 +1,155 @@
+"""`failover snapshot` and `failover restore`: backups on demand, and restores that prove themselves.
+
+A snapshot backs up into every reachable repository, records the checksum manifest of the
+data it covers in the active site's media bucket (`.failover/checksums.json`, replicated with
+the media), and syncs media. A restore checks everything first (target site, repository,
+reachability), then restores the database and media, and verifies row counts and per-table
+checksums against the live source or, when the source is gone, against that manifest.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+
+import psycopg
+
+from invoke import Context
+
+from infra.cliutil import FailoverError
+from infra.data import integrity, protection
+from infra.data import media as media_config
+from infra.sites.bringup import dsn, record_postmaster
+from infra.sites.local import LocalCloud, LocalSite
+from infra.sites.processes import wait_for
+from infra.spec import Spec
+from infra.status import db_reachable, repository, store_reachable
+from playbooks import media, pgbackrest, postgres
+
+MANIFEST = ".failover/checksums.json"
+
+
+def _unreachable(c, cloud: LocalCloud) -> set[str]:
+    return {s.name for s in cloud.sites() if s.name in cloud.dropped() or not store_reachable(c, s)}
+
+
+def write_manifest(cloud: LocalCloud, spec: Spec, site: LocalSite) -> dict:
+    sums = integrity.checksums(dsn(site, spec))
+    path = site.media_dir / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"site": site.name, "taken": datetime.now().astimezone().isoformat(), "tables": sums}))
+    return sums
+
+
+def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:
+    c = Context()
+    inventory = cloud.inventory()
+    active = cloud.site(inventory.active)
+    if not db_reachable(c, active, spec.database.port):
+        raise FailoverError(f"the active site {active.name} ({active.address}:{spec.database.port}) is unreachable: "
+                            "run `failover run --to <site>` to fail over before taking snapshots")
+    skip = _unreachable(c, cloud)
+    progress(f"backing up {active.name} ({kind}) into every reachable repository")
+    results = protection.backup_all(c, inventory, active.paths, skip, kind)
+    write_manifest(cloud, spec, active)
+    targets = [n for n in inventory.names if n != active.name and n not in skip]
+    results += protection.sync_media(c, f"{active.paths.pgbackrest_dir}/rclone.conf", inventory, active.name, targets)
+    skipped = [{"repo": f"repo{inventory.repo_index(n)}", "site": n, "location": inventory.site(n).repository.options.get("path", ""),
+                "ok": False, "seconds": 0, "error": "site unreachable (dropped or storage not readable)"} for n in sorted(skip)]
+    entries = [r.__dict__ for r in results] + skipped
+    return {"ok": all(e["ok"] for e in entries), "results": entries}
+
+
+def _choose_repo(c, cloud: LocalCloud, inventory, target: LocalSite, wanted: str | None, skip: set[str]) -> tuple[int, str]:
+    """The repository to restore from: the one asked for, or the reachable one with the newest backup."""
+    reachable = [n for n in inventory.names if n not in skip]
+    if wanted:
+        name = next((n for n in inventory.names if wanted in (n, f"repo{inventory.repo_index(n)}")), None)
+        if name is None:
+            raise FailoverError(f"--repo {wanted!r} is neither a site nor a repoN of: "
+                                + ", ".join(f"repo{inventory.repo_index(n)} ({n})" for n in inventory.names))
+        if name in skip:
+            raise FailoverError(f"repository of site {name} ({inventory.site(name).repository.options.get('path')}) "
+                                "is unreachable; choose another with --repo or leave it out to use the newest reachable")
+        return inventory.repo_index(name), name
+    config = next(cloud.site(n).paths.config for n in reachable)
+    entries = [repository(c, config, inventory.repo_index(n), inventory, n) for n in reachable]
+    usable = [e for e in entries if e["last_backup"]]
+    if not usable:
+        details = "; ".join(f"{e['name']} at {e['site']}: {e['error'] or 'no backup'}" for e in entries)
+        raise FailoverError(f"no reachable repository holds a backup ({details}); nothing to restore {target.name} from")
+    best = max(usable, key=lambda e: (e["last_archived_wal"] or "", e["last_backup"]))
+    return int(best["name"][4:]), best["site"]
+
+
+def _check_target(cloud: LocalCloud, inventory, name: str) -> LocalSite:
+    target = cloud.site(name)
+    if name == inventory.active:
+        raise FailoverError(f"site {name} is the active primary; restore into another site (a restore replaces its data)")
+    if name in cloud.dropped():
+        raise FailoverError(f"site {name} is dropped (its storage is unreachable); choose a site that is up")
+    return target
+
+
+def restore(cloud: LocalCloud, spec: Spec, site: str, repo: str | None, target_time: str | None, progress) -> dict:
+    c = Context()
+    inventory = cloud.inventory()
+    target = _check_target(cloud, inventory, site)
+    skip = _unreachable(c, cloud)
+    index, source_site = _choose_repo(c, cloud, inventory, target, repo, skip)
+    started = time.monotonic()
+    progress(f"restoring {target.name} from repo{index} ({source_site})" + (f" to {target_time}" if target_time else ""))
+    restore_database(c, cloud, spec, inventory, target, index, skip, target_time)
+    progress("copying media from the repository's site")
+    conf = f"{target.paths.pgbackrest_dir}/rclone.conf"
+    protection.install_rclone(c, inventory, target.paths)
+    media.copy(c, conf, media_config.bucket(inventory, source_site), media_config.bucket(inventory, target.name))
+    seconds = round(time.monotonic() - started, 2)
+    progress("verifying row counts and per-table checksums")
+    result = verify(c, cloud, spec, inventory, target, source_site, conf)
+    return {"site": target.name, "repo": f"repo{index}", "source_site": source_site, "target_time": target_time,
+            "seconds": seconds, **result}
+
+
+def restore_database(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalSite, index: int, skip: set[str],
+                     target_time: str | None) -> None:
+    """Replaces the target's cluster with one restored from repo `index`, started and promoted.
+
+    The restored cluster gets the target's own address and port, and archiving off: it must
+    not push into the archive it came from until the runbook protects it again.
+    """
+    cloud.processes.stop(f"pg-{target.name}")
+    postgres.stop(c, target.paths.pgdata, "immediate")
+    protection.install_pgbackrest(c, inventory, target.name, target.paths, spec.database.port, skip)
+    pgbackrest.restore(c, target.paths.config, index, target_time)
+    settings = protection.pg_settings(target.address, spec.database.port, target.paths)
+    settings["archive_mode"] = "off"
+    postgres.configure(c, target.paths.pgdata, settings, protection.HBA)
+    postgres.start(c, target.paths.pgdata, str(target.logs / "postgresql.log"), timeout=600)
+    record_postmaster(cloud, target)
+    wait_for(lambda: not postgres.in_recovery(c, target.address, spec.database.port), 600,
+             f"{target.name} to finish recovery and promote")
+
+
+def verify(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalSite, source_site: str, conf: str) -> dict:
+    restored = integrity.checksums(dsn(target, spec))
+    active = cloud.site(inventory.active)
+    if inventory.active not in cloud.dropped() and db_reachable(c, active, spec.database.port):
+        source, against = integrity.checksums(dsn(active, spec), integrity.max_ids(restored)), f"live {active.name}"
+        restored_range = restored
+    else:
+        manifest = media.cat(c, conf, f"{media_config.bucket(inventory, source_site)}/{MANIFEST}")
+        if manifest is None:
+            raise FailoverError(f"the source {inventory.active} is unreachable and no checksum manifest is in "
+                                f"{source_site}'s bucket: cannot verify; run `failover snapshot` while the primary is up")
+        source, against = json.loads(manifest)["tables"], f"manifest in {source_site}'s bucket"
+        restored_range = integrity.checksums(dsn(target, spec), integrity.max_ids(source))
+    checks = integrity.compare(restored_range, source)
+    keys = media.list_keys(c, conf, media_config.bucket(inventory, target.name)) or set()
+    with psycopg.connect(dsn(target, spec)) as conn:
+        wanted = {row[0] for row in conn.execute("SELECT key FROM media")}
+        wanted |= {row[0] for row in conn.execute("SELECT media_key FROM posts WHERE media_key IS NOT NULL")}
+    missing = sorted(wanted - keys)
+    verified = all(x["match"] for x in checks.values()) and not missing
+    return {"verified": verified, "against": against, "checks": checks, "media_missing": len(missing),
+            "media_missing_keys": missing[:20], "rows": {t: restored[t]["rows"] for t in restored}}

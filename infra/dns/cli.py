@@ -1,0 +1,133 @@
+"""`failover dns`: plan, apply, verify and TTL of the app's records at every DNS provider.
+
+Exit codes: 0 all providers fine; 1 at least one provider failed (the others were still
+synced); 2 the command could not run (no inventory, bad spec, unknown site).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra import cliutil
+from infra.cliutil import AsJson, ProjectFile, Workdir, command, emit
+from infra.dns import site as dns_site
+from infra.sites.contract import Inventory
+from infra.spec import SpecError
+
+app = typer.Typer(help="Move the app's DNS records at every DNS provider (octoDNS), per provider.",
+                  no_args_is_help=True)
+out = Console(highlight=False)
+
+Site = Annotated[str, typer.Option("--site", help="The site whose public addresses the app's names should point at.")]
+Force = Annotated[bool, typer.Option("--force", help="Apply even if octoDNS finds the plan too wide.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for each provider to serve the records.")]
+
+
+@app.callback()
+def _quiet_octodns() -> None:
+    # octoDNS logs warnings per provider and plan; the results table already says what matters.
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+
+
+def _config(workdir: Path | None, project: Path | None) -> dns_site.DnsConfig:
+    try:
+        config = dns_site.dns_config(cliutil.workdir_path(workdir), Path(project or cliutil.DEFAULT_PROJECT))
+    except ValueError as error:  # a damaged providers.yaml; SpecError is handled by @command
+        if isinstance(error, SpecError):
+            raise
+        raise cliutil.FailoverError(str(error)) from None
+    if not config.providers:
+        raise cliutil.FailoverError(f"{config.source}: no DNS providers configured; see docs/dns.md")
+    return config
+
+
+def _setup(workdir: Path | None, project: Path | None):
+    config = _config(workdir, project)
+    inventory_file = cliutil.workdir_path(workdir) / "inventory.json"
+    try:
+        return Inventory.load(inventory_file), config
+    except ValueError as error:
+        raise cliutil.FailoverError(f"{error}; fix or pull the inventory again") from None
+
+
+def _records_or_exit(fn):
+    """Runs fn, turning a bad site (no or invalid public addresses) into a clear error."""
+    try:
+        return fn()
+    except ValueError as error:
+        raise cliutil.FailoverError(str(error)) from None
+
+
+def _results_table(title: str, rows: list[dict]) -> None:
+    table = Table(title=title)
+    for column in ("provider", "status", "seconds", "changes / error"):
+        table.add_column(column)
+    for row in rows:
+        seconds = row.get("propagation_seconds")
+        detail = "\n".join(row.get("changes") or []) + (f"\n{row['error']}" if row.get("error") else "")
+        table.add_row(row["name"], row["status"], "" if seconds is None else f"{seconds:.3f}", detail.strip())
+    out.print(table)
+
+
+def _finish(result: dict, as_json: bool, title: str) -> None:
+    emit(result, as_json, lambda r: _results_table(title, r["providers"]))
+    if any(p["status"] == "failed" for p in result["providers"]):
+        raise typer.Exit(1)
+
+
+@app.command()
+@command
+def plan(site: Site, force: Force = False, workdir: Workdir = None, project: ProjectFile = None,
+         as_json: AsJson = False) -> None:
+    """Show, per provider, the changes that would point the app's names at SITE."""
+    inventory, c = _setup(workdir, project)
+    results = _records_or_exit(lambda: dns_site.plan_site(
+        inventory, site, c.providers, c.zone, c.names, c.ttl, force=force))
+    body = {"site": site, "zone": c.zone, "providers": [r.to_dict() for r in results]}
+    _finish(body, as_json, f"dns plan: {c.zone} -> {site}")
+
+
+@app.command()
+@command
+def apply(site: Site, force: Force = False, timeout: Timeout = 30.0, workdir: Workdir = None,
+          project: ProjectFile = None, as_json: AsJson = False) -> None:
+    """Point the app's names at SITE at every provider, then verify each provider's answers."""
+    inventory, c = _setup(workdir, project)
+    results = _records_or_exit(lambda: dns_site.apply_site(
+        inventory, site, c.providers, c.zone, c.names, c.ttl, force=force, verify_timeout=timeout))
+    body = {"site": site, "zone": c.zone, "providers": [r.to_dict() for r in results]}
+    _finish(body, as_json, f"dns apply: {c.zone} -> {site}")
+
+
+@app.command()
+@command
+def verify(site: Site, timeout: Timeout = 30.0, workdir: Workdir = None, project: ProjectFile = None,
+           as_json: AsJson = False) -> None:
+    """Ask each provider's authoritative server until it serves SITE's addresses (or time out)."""
+    inventory, c = _setup(workdir, project)
+    checks = _records_or_exit(lambda: dns_site.verify_site(
+        inventory, site, c.providers, c.zone, c.names, c.ttl, timeout=timeout))
+    rows = [{"name": v.name, "status": "verified" if v.ok else "failed", "error": v.error,
+             "propagation_seconds": v.seconds} for v in checks]
+    _finish({"site": site, "zone": c.zone, "providers": rows}, as_json, f"dns verify: {c.zone} -> {site}")
+
+
+@app.command()
+@command
+def ttl(seconds: Annotated[Optional[int], typer.Option(
+            "--seconds", min=1, max=86400, help="The new TTL of the app's records.")] = None,
+        restore: Annotated[bool, typer.Option("--restore", help="Restore the spec's dns.ttl.")] = False,
+        force: Force = False, workdir: Workdir = None, project: ProjectFile = None, as_json: AsJson = False) -> None:
+    """Lower (before a drill or switchover) or restore the TTL of the app's records, keeping their values."""
+    c = _config(workdir, project)
+    if (seconds is not None) == restore:
+        raise cliutil.FailoverError("give either --seconds N or --restore (the spec's dns.ttl)")
+    seconds = c.ttl if restore else seconds
+    results = dns_site.set_ttl(c.providers, c.zone, c.names, seconds, force=force)
+    body = {"ttl": seconds, "zone": c.zone, "providers": [r.to_dict() for r in results]}
+    _finish(body, as_json, f"dns ttl: {c.zone} -> {seconds}s")

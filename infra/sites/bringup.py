@@ -1,0 +1,124 @@
+"""`failover local up`: brings up N protected sites of the embedded local cloud, idempotently.
+
+Order matters: the primary first (seeded), then its repositories (stanza and a full backup in
+each), then the warm replica (and only once it streams, synchronous replication), then the
+apps, the media replicator and DNS.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from invoke import Context
+
+from infra.app import seed
+from infra.cliutil import FailoverError
+from infra.data import protection
+from infra.sites.contract import Inventory
+from infra.sites.local import LocalCloud, LocalSite, outputs, plan_sites
+from infra.sites.processes import wait_for
+from infra.spec import Spec
+from playbooks import postgres
+from playbooks.host import ensure_dir
+
+Progress = Callable[[str], None]
+
+
+def _dirs(c, site: LocalSite) -> None:
+    for path in (site.root, f"{site.root}/run", f"{site.root}/logs", str(site.store),
+                 str(site.store / "pgbackrest"), str(site.media_dir)):
+        ensure_dir(c, path, "755")
+
+
+def record_postmaster(cloud: LocalCloud, site: LocalSite) -> None:
+    """Adds the postmaster's PID (pg_ctl daemonizes it) to the PID table."""
+    pid_file = Path(site.paths.pgdata) / "postmaster.pid"
+    cloud.processes.record(f"pg-{site.name}", int(pid_file.read_text().split()[0]))
+
+
+def start_primary(c, cloud: LocalCloud, site: LocalSite, spec: Spec, sync_standby: str | None) -> None:
+    postgres.init_cluster(c, site.paths.pgdata)
+    settings = protection.pg_settings(site.address, spec.database.port, site.paths, sync_standby)
+    postgres.configure(c, site.paths.pgdata, settings, protection.HBA)
+    postgres.start(c, site.paths.pgdata, str(site.logs / "postgresql.log"))
+    postgres.reload(c, site.paths.pgdata)
+    record_postmaster(cloud, site)
+
+
+def dsn(site: LocalSite, spec: Spec, db: str | None = None) -> str:
+    return f"host={site.address} port={spec.database.port} user=postgres dbname={db or spec.database.name}"
+
+
+def _create_database(c, site: LocalSite, spec: Spec) -> None:
+    exists = postgres.psql(c, site.address, spec.database.port,
+                           f"SELECT 1 FROM pg_database WHERE datname = '{spec.database.name}'").stdout.strip()
+    if not exists:
+        postgres.psql(c, site.address, spec.database.port, f"CREATE DATABASE {spec.database.name}")
+
+
+def _replicator(cloud: LocalCloud) -> None:
+    argv = [sys.executable, "-m", "infra.data.replicator", str(cloud.workdir)]
+    cloud.processes.start("media-replicator", argv, cloud.workdir / "logs" / "replicator.log",
+                          cwd=Path(__file__).parents[2])
+
+
+def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, prefix: str) -> dict:
+    """Brings the local cloud up (or completes a partial one); returns a summary."""
+    cloud = LocalCloud(workdir)
+    if cloud.exists and len(cloud.sites()) != count:
+        raise FailoverError(f"{workdir} already holds a local cloud of {len(cloud.sites())} sites; "
+                            f"run `failover local down --workdir {workdir}` first to change --sites")
+    sites = plan_sites(spec, count, cloud.workdir, prefix)
+    cloud.save(sites, prefix=prefix, storage="posix", dropped=[])
+    inventory = Inventory([outputs(s, spec) for s in sites], active=sites[0].name)
+    if cloud.inventory_file.exists():
+        inventory = cloud.inventory()
+    inventory.save(cloud.inventory_file)
+    c = Context()
+    for site in sites:
+        _dirs(c, site)
+        protection.install_pgbackrest(c, inventory, site.name, site.paths, spec.database.port)
+        protection.install_rclone(c, inventory, site.paths)
+
+    primary, warm = sites[0], [s for s in sites if s.role == "warm"]
+    progress(f"starting the primary {primary.name} on {primary.address}:{spec.database.port}")
+    start_primary(c, cloud, primary, spec, None)
+    _create_database(c, primary, spec)
+    seed.create_schema(dsn(primary, spec), primary.name)
+    progress(f"seeding about {seed_mb} MB")
+    counts = seed.seed(dsn(primary, spec), primary.media_dir, seed_mb)
+
+    progress("creating the stanza and a full backup in every repository")
+    stanzas = protection.create_stanzas(c, inventory, primary.paths)
+    _fail_on(stanzas, "stanza-create")
+    backups = [r for r in protection.backup_all(c, inventory, primary.paths) if r.ok or _fail_on([r], "backup")]
+
+    for site in warm:
+        progress(f"starting the warm replica {site.name} on {site.address}")
+        protection.start_replica(c, primary.address, spec.database.port, site.address, site.paths, site.name,
+                                 str(site.logs / "postgresql.log"))
+        record_postmaster(cloud, site)
+        wait_for(lambda: _streaming(c, primary, spec, site.name), 60, f"{site.name} to stream from {primary.name}")
+    if warm and spec.database.replication == "sync":
+        start_primary(c, cloud, primary, spec, warm[0].name)
+
+    for site in [primary, *warm]:
+        cloud.write_app_config(site, spec, inventory.epoch)
+        cloud.start_app(site)
+    _replicator(cloud)
+    return {"sites": [{"name": s.name, "role": s.role, "address": s.address} for s in sites],
+            "seed": counts, "backups": [r.__dict__ for r in backups]}
+
+
+def _streaming(c, primary: LocalSite, spec: Spec, name: str) -> bool:
+    sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
+    return postgres.psql(c, primary.address, spec.database.port, sql).stdout.strip() == "1"
+
+
+def _fail_on(results, what: str) -> bool:
+    failed = [r for r in results if not r.ok]
+    if failed:
+        details = "; ".join(f"{r.repo} at site {r.site} ({r.location}): {r.error}" for r in failed)
+        raise FailoverError(f"{what} failed: {details}")
+    return True

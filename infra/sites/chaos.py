@@ -1,0 +1,15 @@
+"""Cutting a local site off the way a provider would: processes gone, storage unreachable."""
+from __future__ import annotations
+
+import os
+
+from infra.sites.local import LocalCloud
+
+
+def drop(cloud: LocalCloud, name: str) -> dict:
+    """Kills the site's processes (SIGKILL, by PID) and makes its directory unreadable to the service user."""
+    site = cloud.site(name)
+    killed = [p for p in (f"pg-{name}", f"app-{name}", f"receivewal-{name}") if cloud.processes.kill(p)]
+    os.chmod(site.root, 0o000)
+    cloud.mark_dropped(name)
+    return {"site": name, "killed": killed, "storage": "unreachable"}

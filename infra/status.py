@@ -1,0 +1,104 @@
+"""`failover status`: per site, role, reachability, replica lag, repositories and media.
+
+Every probe runs as the service user from a host that is up, so a dropped site (processes
+stopped, storage unreadable) shows as unreachable instead of being read behind its back.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from invoke import Context
+
+from infra.data import media as media_config
+from infra.data import pgbackrest as pgbr_config
+from infra.data.storage import storage_for
+from infra.sites.local import LocalCloud, LocalSite
+from playbooks import media, pgbackrest, postgres
+from playbooks.host import run
+
+LAG_SQL = (
+    "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+
+
+def db_reachable(c, site: LocalSite, port: int) -> bool:
+    return postgres.psql(c, site.address, port, "SELECT 1", warn=True).ok
+
+
+def store_reachable(c, site: LocalSite) -> bool:
+    return run(c, ["test", "-r", str(site.store), "-a", "-x", str(site.store)], warn=True).ok
+
+
+def replica_lag(c, primary: LocalSite, site: LocalSite, port: int) -> tuple[float | None, int | None]:
+    """Seconds behind (on the replica) and bytes behind (from the primary's view)."""
+    seconds = postgres.psql(c, site.address, port, LAG_SQL, warn=True)
+    lag_bytes = postgres.psql(c, primary.address, port,
+                              "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication "
+                              f"WHERE application_name = '{site.name}'", warn=True)
+    as_seconds = float(seconds.stdout.strip()) if seconds.ok and seconds.stdout.strip() else None
+    as_bytes = int(float(lag_bytes.stdout.strip())) if lag_bytes.ok and lag_bytes.stdout.strip() else None
+    return as_seconds, as_bytes
+
+
+def repository(c, config: str, index: int, inventory, name: str) -> dict:
+    repo = inventory.site(name).repository
+    entry = {"name": f"repo{index}", "site": name, "type": repo.type,
+             "location": storage_for(repo.type).describe(repo),
+             "last_backup": None, "last_archived_wal": None, "backups": 0, "error": None}
+    info, error = pgbackrest.info(c, config, index)
+    if info is None or info.get("status", {}).get("code") not in (0, None):
+        entry["error"] = error or (info or {}).get("status", {}).get("message", "no stanza")
+        return entry
+    backups = info.get("backup", [])
+    if backups:
+        stop = backups[-1]["timestamp"]["stop"]
+        entry["last_backup"] = datetime.fromtimestamp(stop, timezone.utc).isoformat()
+        entry["backups"] = len(backups)
+    archives = [a for a in info.get("archive", []) if a.get("max")]
+    entry["last_archived_wal"] = max((a["max"] for a in archives), default=None)
+    return entry
+
+
+def collect(cloud: LocalCloud, db_port: int, check_media: bool = True) -> dict:
+    c = Context()
+    inventory = cloud.inventory()
+    sites = {s.name: s for s in cloud.sites()}
+    active = sites[inventory.active]
+    config_host = next((s for s in sites.values() if store_reachable(c, s)), active)
+    report = []
+    for name, site in sites.items():
+        report.append(_site(c, cloud, inventory, site, active, config_host, db_port, check_media))
+    return {"active": inventory.active, "epoch": inventory.epoch, "sites": report}
+
+
+def _site(c, cloud, inventory, site, active, config_host, db_port, check_media) -> dict:
+    dropped = site.name in cloud.dropped()
+    store_ok = not dropped and store_reachable(c, site)
+    runs_db = cloud.processes.running(f"pg-{site.name}")
+    db_ok = runs_db and db_reachable(c, site, db_port)
+    role = site.role if site.name != inventory.active else "primary"
+    lag_s, lag_b = (None, None)
+    if db_ok and site.name != active.name and postgres.in_recovery(c, site.address, db_port):
+        lag_s, lag_b = replica_lag(c, active, site, db_port)
+    index = inventory.repo_index(site.name)
+    repos = [repository(c, config_host.paths.config, index, inventory, site.name)]
+    entry = {
+        "name": site.name, "role": role, "address": site.address, "dropped": dropped,
+        "reachable": store_ok and (db_ok or not runs_db), "database": "up" if db_ok else ("down" if runs_db else "none"),
+        "replica_lag_seconds": lag_s, "replica_lag_bytes": lag_b, "repositories": repos,
+    }
+    if check_media:
+        entry["media"] = _media(c, inventory, active, site, store_ok)
+    return entry
+
+
+def _media(c, inventory, active: LocalSite, site: LocalSite, reachable: bool) -> dict:
+    conf = f"{active.paths.pgbackrest_dir}/rclone.conf"
+    if not reachable:
+        return {"in_sync": False, "missing": None, "error": "store unreachable"}
+    if site.name == active.name:
+        return {"in_sync": True, "missing": 0, "objects": media.count(c, conf, media_config.bucket(inventory, site.name))}
+    result = media.check(c, conf, media_config.bucket(inventory, active.name), media_config.bucket(inventory, site.name))
+    return {"in_sync": result["ok"] and not result["missing"], "missing": len(result["missing"]),
+            "error": result["error"] or None}
