@@ -167,3 +167,7 @@ def _render_restore(result: dict) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import typer
+from invoke.exceptions import UnexpectedExit
 from rich.console import Console
 
 from infra import secrets
@@ -55,6 +56,12 @@ def command(fn: Callable) -> Callable:
         except (FailoverError, SpecError, secrets.MissingSecret, FileNotFoundError, KeyError, TimeoutError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             console.print(f"[red]error:[/red] {secrets.redact(str(message))}", markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except UnexpectedExit as error:
+            result = error.result
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            console.print(f"[red]error:[/red] {secrets.redact(result.command)} exited {result.exited}: "
+                          + secrets.redact(" / ".join(tail)), markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 

@@ -39,9 +39,9 @@ def info(c, config: str, repo: int) -> tuple[dict | None, str]:
 def restore(c, config: str, repo: int, target_time: str | None = None, archive_off: bool = True,
             process_max: int = 2):
     """Restores the stanza into pg1-path (delta: reuses what is already there)."""
-    args = [f"--repo={repo}", "--delta", f"--process-max={process_max}", "--target-action=promote"]
+    args = [f"--repo={repo}", "--delta", f"--process-max={process_max}"]
     if target_time:
-        args += ["--type=time", f"--target={target_time}"]
+        args += ["--type=time", f"--target={target_time}", "--target-action=promote"]
     else:
         args += ["--type=default"]
     if archive_off:

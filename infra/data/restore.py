@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 
 import psycopg
 
@@ -121,7 +121,7 @@ def restore_database(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalS
     cloud.processes.stop(f"pg-{target.name}")
     postgres.stop(c, target.paths.pgdata, "immediate")
     protection.install_pgbackrest(c, inventory, target.name, target.paths, spec.database.port, skip)
-    pgbackrest.restore(c, target.paths.config, index, target_time)
+    pgbackrest.restore(c, target.paths.config, index, pgbackrest_time(target_time) if target_time else None)
     settings = protection.pg_settings(target.address, spec.database.port, target.paths)
     settings["archive_mode"] = "off"
     postgres.configure(c, target.paths.pgdata, settings, protection.HBA)
@@ -129,6 +129,18 @@ def restore_database(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalS
     record_postmaster(cloud, target)
     wait_for(lambda: not postgres.in_recovery(c, target.address, spec.database.port), 600,
              f"{target.name} to finish recovery and promote")
+
+
+def pgbackrest_time(value: str) -> str:
+    """pgBackRest wants 'YYYY-MM-DD HH:MM:SS.mmm+00'; accept any ISO 8601 time with a zone."""
+    try:
+        moment = datetime.fromisoformat(value.replace(" ", "T", 1) if "T" not in value else value)
+    except ValueError:
+        raise FailoverError(f"--target-time {value!r} is not an ISO 8601 time such as 2026-11-28 18:00:00+00:00") from None
+    if moment.tzinfo is None:
+        raise FailoverError(f"--target-time {value!r} needs a time zone, e.g. {value}+00:00")
+    utc = moment.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}+00"
 
 
 def verify(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalSite, source_site: str, conf: str) -> dict:

@@ -107,8 +107,23 @@ def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, 
         cloud.write_app_config(site, spec, inventory.epoch)
         cloud.start_app(site)
     _replicator(cloud)
-    return {"sites": [{"name": s.name, "role": s.role, "address": s.address} for s in sites],
+    dns = start_dns(cloud, spec, inventory, prefix, progress)
+    return {"dns": dns, "sites": [{"name": s.name, "role": s.role, "address": s.address} for s in sites],
             "seed": counts, "backups": [r.__dict__ for r in backups]}
+
+
+def start_dns(cloud: LocalCloud, spec: Spec, inventory: Inventory, prefix: str, progress: Progress) -> list[dict]:
+    """Two Knot servers as two independent DNS providers, pointed at the active site."""
+    from infra.dns import local as local_dns
+    from infra.dns.site import apply_site, failed
+
+    addresses = [f"{prefix}.53", f"{prefix}.54"]
+    progress(f"starting DNS providers on {', '.join(addresses)} for {spec.dns.zone}")
+    providers = local_dns.start_local_dns(cloud.workdir, addresses, local_dns.DEFAULT_PORT, spec.dns.zone)
+    results = apply_site(inventory, inventory.active, providers, spec.dns.zone, spec.dns.names, spec.dns.ttl)
+    if failed(results):
+        raise FailoverError(f"DNS for {inventory.active} failed at: {', '.join(failed(results))}")
+    return [{"name": r.name, "status": r.status} for r in results]
 
 
 def _streaming(c, primary: LocalSite, spec: Spec, name: str) -> bool:

@@ -164,5 +164,6 @@ class LocalCloud:
             if Path(site.root).exists():
                 os.chmod(site.root, 0o755)
         shutil.rmtree(self.workdir / "sites", ignore_errors=True)
+        shutil.rmtree(self.workdir / "dns", ignore_errors=True)
         for name in ("cloud.json", "inventory.json"):
             (self.workdir / name).unlink(missing_ok=True)

@@ -1,0 +1,88 @@
+"""RTO and RPO from the canary's records: pure functions over data, tested with data.
+
+- RTO: from the cut-off (and from the failover command's start) to the first write
+  acknowledged by the new site through the DNS name.
+- RPO: acknowledged writes missing from the new primary afterwards: how many, and the time
+  window they span (from the first lost ack to the last).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What measurement needs from a canary write."""
+
+    seq: int
+    sent: float
+    answered: float
+    acked: bool
+    site: str | None
+
+
+@dataclass(frozen=True)
+class Rpo:
+    lost: int
+    lost_seqs: tuple[int, ...]
+    window_seconds: float
+    first_lost_at: float | None
+    last_lost_at: float | None
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Pass/fail limits; `rto_seconds=None` means DNS TTL + rto_margin_seconds."""
+
+    rto_seconds: float | None = None
+    rto_margin_seconds: float = 5.0
+    max_writes_lost: int | None = 0
+    rpo_window_seconds: float | None = None
+
+    def rto_limit(self, ttl: int) -> float:
+        return self.rto_seconds if self.rto_seconds is not None else ttl + self.rto_margin_seconds
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def first_ack_on(writes: list[Ack], site: str, after: float) -> Ack | None:
+    """The first write acknowledged by `site` that was answered after `after`."""
+    acked = [w for w in writes if w.acked and w.site == site and w.answered >= after]
+    return min(acked, key=lambda w: w.answered) if acked else None
+
+
+def rto(writes: list[Ack], site: str, since: float) -> float | None:
+    """Seconds from `since` to the first ack on `site`; None if it never took a write."""
+    first = first_ack_on(writes, site, since)
+    return None if first is None else round(first.answered - since, 3)
+
+
+def rpo(writes: list[Ack], present: set[int]) -> Rpo:
+    """Acknowledged writes whose sequence number the new primary does not hold."""
+    lost = sorted((w for w in writes if w.acked and w.seq not in present), key=lambda w: w.answered)
+    if not lost:
+        return Rpo(0, (), 0.0, None, None)
+    return Rpo(len(lost), tuple(w.seq for w in lost), round(lost[-1].answered - lost[0].answered, 3),
+               lost[0].answered, lost[-1].answered)
+
+
+def outage(writes: list[Ack], since: float) -> tuple[int, int]:
+    """(failed attempts, acknowledged writes) after `since`."""
+    after = [w for w in writes if w.sent >= since]
+    return sum(not w.acked for w in after), sum(w.acked for w in after)
+
+
+def judge(targets: Targets, ttl: int, rto_cutoff: float | None, lost: Rpo) -> list[str]:
+    """Every missed target, as a sentence; empty means the scenario passed."""
+    missed = []
+    limit = targets.rto_limit(ttl)
+    if rto_cutoff is None:
+        missed.append("the new site never acknowledged a write through DNS")
+    elif rto_cutoff > limit:
+        missed.append(f"RTO {rto_cutoff:.1f}s from cut-off exceeds {limit:.1f}s (TTL {ttl}s + margin)")
+    if targets.max_writes_lost is not None and lost.lost > targets.max_writes_lost:
+        missed.append(f"{lost.lost} acknowledged writes lost (target: at most {targets.max_writes_lost})")
+    if targets.rpo_window_seconds is not None and lost.window_seconds > targets.rpo_window_seconds:
+        missed.append(f"RPO window {lost.window_seconds:.2f}s exceeds {targets.rpo_window_seconds:.2f}s")
+    return missed

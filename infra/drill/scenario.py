@@ -1,0 +1,197 @@
+"""Drill scenarios on the embedded local cloud: cut the primary off, fail over, measure.
+
+A scenario is data (which role takes over, its targets); `run_scenario` is the fixed
+sequence: a pristine local cloud, the canary writing through DNS, the cut-off, the runbook,
+writes until the new site acknowledges one through DNS, then read-back and integrity checks.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from infra.drill import measure
+from infra.drill.canary import Canary, Write, dns_servers, read_back
+from infra.sites.local import LocalCloud
+from infra.spec import Spec
+
+Progress = Callable[[str], None]
+WARMUP_ACKS = 20
+SETTLE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    target_role: str
+    targets: measure.Targets
+    # Tables whose rows up to the pre-cut-off max id must be identical on the new primary.
+    strict_tables: tuple[str, ...] = ("users", "posts", "follows", "media")
+    description: str = ""
+
+
+SCENARIOS = {
+    "warm": Scenario("warm", "warm", measure.Targets(rto_margin_seconds=5.0, max_writes_lost=0),
+                     description="promote the synchronous streaming replica"),
+    "pilot-light": Scenario("pilot-light", "pilot-light",
+                            measure.Targets(rto_margin_seconds=30.0, max_writes_lost=None, rpo_window_seconds=5.0),
+                            strict_tables=("users", "follows", "media"),
+                            description="restore from the best reachable pgBackRest repository"),
+}
+
+
+def selected(name: str) -> list[Scenario]:
+    if name == "all":
+        return list(SCENARIOS.values())
+    if name not in SCENARIOS:
+        from infra.cliutil import FailoverError
+
+        raise FailoverError(f"--scenario {name!r} must be one of: {', '.join(SCENARIOS)}, all")
+    return [SCENARIOS[name]]
+
+
+@dataclass
+class Options:
+    workdir: Path
+    spec: Spec
+    project: Path
+    seed_mb: int
+    prefix: str
+    overrides: dict = field(default_factory=dict)  # Targets fields set on the command line
+
+
+def iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def pristine(cloud: LocalCloud, spec: Spec) -> bool:
+    """Up, nothing dropped, the spec's primary active at epoch 1: ready for a drill."""
+    if not cloud.exists:
+        return False
+    inventory = cloud.inventory()
+    first = cloud.sites()[0]
+    return (not cloud.dropped() and inventory.active == first.name and inventory.epoch == 1
+            and cloud.processes.running(f"pg-{first.name}") and len(cloud.sites()) == min(3, len(spec.sites)))
+
+
+def fresh_cloud(options: Options, progress: Progress) -> LocalCloud:
+    from infra.runbook.journal import JournalStore
+    from infra.sites import bringup
+
+    cloud = LocalCloud(options.workdir)
+    if not pristine(cloud, options.spec):
+        if cloud.exists:
+            progress("resetting the local cloud (a previous drill changed it)")
+            cloud.stop_all()
+            cloud.remove()
+        progress(f"bringing the local cloud up ({options.seed_mb} MB seed, {options.prefix}.x)")
+        bringup.up(options.workdir, options.spec, min(3, len(options.spec.sites)), options.seed_mb, progress,
+                   options.prefix)
+    JournalStore(options.workdir).abandon()  # a journal of an earlier cloud has no say here
+    return cloud
+
+
+def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> dict:
+    from infra.data import integrity
+    from infra.dns.local import local_providers
+    from infra.runbook import runner
+    from infra.sites import chaos
+    from infra.sites.bringup import dsn
+
+    targets = measure.Targets(**{**scenario.targets.to_dict(), **options.overrides})
+    cloud = fresh_cloud(options, progress)
+    spec = options.spec
+    source = cloud.inventory().active
+    target = next(s for s in cloud.sites() if s.role == scenario.target_role)
+    servers = dns_servers(local_providers(options.workdir) or [])
+    canary = Canary(spec.dns.zone, spec.app.port, servers).start()
+    try:
+        _wait(lambda: sum(w.acked for w in canary.writes) >= WARMUP_ACKS, 30, "the canary's first writes")
+        before = integrity.checksums(dsn(cloud.site(source), spec))
+        progress(f"[{scenario.name}] cutting {source} off")
+        cut_off = time.time()
+        chaos.drop(cloud, source)
+        command_started = time.time()
+        progress(f"[{scenario.name}] failover run --to {target.name}")
+        error, journal = "", None
+        try:
+            journal = runner.run_failover(cloud, spec, options.project, target.name, None, progress)
+        except Exception as failure:  # the report says what failed; the drill still measures
+            error = f"{type(failure).__name__}: {failure}"
+        command_ended = time.time()
+        limit = targets.rto_limit(spec.dns.ttl) + 30
+        _wait(lambda: canary.acked_on(target.name), max(0.0, cut_off + limit - time.time()), "", quiet=True)
+        time.sleep(SETTLE_SECONDS)
+    finally:
+        writes = canary.stop()
+    return _result(scenario, targets, cloud, spec, source, target, writes, cut_off, command_started, command_ended,
+                   journal, error, before)
+
+
+def _result(scenario, targets, cloud, spec, source, target, writes: list[Write], cut_off, command_started,
+            command_ended, journal, error, before) -> dict:
+    from infra.data import integrity
+    from infra.sites.bringup import dsn
+
+    acks = [measure.Ack(w.seq, w.sent, w.answered, w.acked, w.site) for w in writes]
+    present, readback_error = set(), ""
+    try:
+        present = read_back(target.address, spec.app.port)
+    except OSError as failure:
+        readback_error = str(failure)
+    lost = measure.rpo(acks, present) if not readback_error else measure.rpo(acks, set())
+    rto_cut = measure.rto(acks, target.name, cut_off)
+    rto_cmd = measure.rto(acks, target.name, command_started)
+    missed = measure.judge(targets, spec.dns.ttl, rto_cut, lost)
+    if error:
+        missed.append(f"the runbook failed: {error}")
+    integrity_report = _integrity(cloud, spec, target, before, scenario, writes, present)
+    if not integrity_report["ok"]:
+        missed.append("integrity: " + integrity_report["summary"])
+    if readback_error:
+        missed.append(f"could not read the canary back from {target.name}: {readback_error}")
+    failed, _ = measure.outage(acks, cut_off)
+    return {
+        "name": scenario.name, "description": scenario.description, "source": source, "target": target.name,
+        "dns_ttl": spec.dns.ttl, "targets": {**targets.to_dict(), "rto_limit_seconds": targets.rto_limit(spec.dns.ttl)},
+        "cut_off": iso(cut_off), "command_started": iso(command_started), "command_ended": iso(command_ended),
+        "command_seconds": round(command_ended - command_started, 3),
+        "rto_seconds": rto_cut, "rto_from_command_seconds": rto_cmd,
+        "rpo_seconds": lost.window_seconds, "writes_acked": sum(a.acked for a in acks), "writes_lost": lost.lost,
+        "lost_seqs": list(lost.lost_seqs)[:50], "writes_failed_after_cut_off": failed, "writes_attempted": len(acks),
+        "passed": not missed, "missed": missed, "error": error or None,
+        "epoch": journal.epoch if journal else None,
+        "steps": journal.timings() if journal else [], "integrity": integrity_report,
+        "canary": [w.to_dict() for w in writes], "cut_off_ts": cut_off, "command_started_ts": command_started,
+    }
+
+
+def _integrity(cloud, spec, target, before: dict, scenario: Scenario, writes: list[Write], present: set[int]) -> dict:
+    from infra.data import integrity
+    from infra.sites.bringup import dsn
+
+    try:
+        after = integrity.checksums(dsn(target, spec), integrity.max_ids(before))
+    except Exception as failure:  # noqa: BLE001 - reported, not raised
+        return {"ok": False, "summary": f"cannot read {target.name}: {failure}", "tables": {}}
+    checks = integrity.compare(after, before)
+    bad = [t for t in scenario.strict_tables if not checks[t]["match"]]
+    media_keys = [w.media_key for w in writes if w.acked and w.media_key and w.seq in present]
+    missing = [k for k in media_keys if not (target.media_dir / k).exists()]
+    summary = ("tables differ up to the pre-cut-off ids: " + ", ".join(bad) if bad else "tables identical") + \
+        f"; canary media missing {len(missing)} of {len(media_keys)}"
+    return {"ok": not bad and not missing, "summary": summary, "tables": checks,
+            "media_checked": len(media_keys), "media_missing": missing[:20]}
+
+
+def _wait(check, timeout: float, what: str, quiet: bool = False):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    if not quiet:
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return False

@@ -1,0 +1,102 @@
+"""`failover run`, `failover journal` and `failover back`: the runbook from the command line.
+
+Nothing changes without a plan first: without --yes the commands print the plan and stop.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra import cliutil
+from infra.cliutil import DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, workdir_path
+from infra.sites.local import LocalCloud
+from infra.spec import load_spec
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console(highlight=False)
+
+
+def _progress(message: str) -> None:
+    cliutil.console.print(f"[cyan]•[/cyan] {message}")
+
+
+@app.command("run")
+@command
+def run_command(
+    to: Annotated[str, typer.Option("--to", help="The site to fail over to.")],
+    source: Annotated[Optional[str], typer.Option("--from", help="The primary being replaced (default: the active one).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Execute the plan (without it, only print it).")] = False,
+    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
+):
+    """Fail over to a site: preflight, fence, promote or restore, app, DNS, protect again. Resumes."""
+    from infra.runbook import runner
+
+    cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
+    the_plan, journal = runner.plan(cloud, spec, project, to, source)
+    if not yes:
+        emit({"plan": the_plan.to_dict(), "executed": False}, as_json, lambda r: _render_plan(the_plan))
+        return
+    if not as_json:
+        _render_plan(the_plan)
+    result = runner.execute(cloud, spec, project, the_plan, journal, _progress)
+    emit({"plan": the_plan.to_dict(), "executed": True, "journal": result.to_dict(), "steps": result.timings()},
+         as_json, lambda r: _render_steps(result))
+
+
+@app.command("journal")
+@command
+def journal_command(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
+    """The latest run's journal: each step's status, times and what it did."""
+    from infra.runbook.journal import JournalStore
+
+    journal = JournalStore(workdir_path(workdir)).latest()
+    if journal is None:
+        raise cliutil.FailoverError(f"no journal in {workdir_path(workdir) / 'journal'}: no failover has run here")
+    emit({**journal.to_dict(), "steps": journal.timings(), "complete": journal.complete}, as_json,
+         lambda r: _render_steps(journal))
+
+
+@app.command("back")
+@command
+def back_command(
+    to: Annotated[str, typer.Option("--to", help="The repaired site to switch back to.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Execute the plan (without it, only print it).")] = False,
+    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
+):
+    """Planned failback to a repaired site: re-seed it as a replica, stop writes briefly, switch, protect."""
+    from infra.runbook import failback
+
+    cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
+    the_plan = failback.plan(cloud, spec, project, to)
+    if not yes:
+        emit({"plan": the_plan, "executed": False}, as_json, lambda r: out.print(r["plan"]))
+        return
+    result = failback.execute(cloud, spec, project, to, _progress)
+    emit({"plan": the_plan, "executed": True, "journal": result.to_dict(), "steps": result.timings()},
+         as_json, lambda r: _render_steps(result))
+
+
+def _render_plan(the_plan) -> None:
+    resumed = f" (resuming run {the_plan.resumed_run})" if the_plan.resumed_run else ""
+    out.print(f"[bold]{the_plan.kind}[/bold] {the_plan.source} → {the_plan.target}, epoch {the_plan.epoch}{resumed}")
+    out.print(f"  data: {the_plan.data.detail}")
+    out.print(f"  expected loss: {the_plan.data.expected_loss}")
+    if the_plan.dropped:
+        out.print(f"  dropped (never touched): {', '.join(the_plan.dropped)}")
+    for index, name in enumerate(the_plan.steps, 1):
+        mark = "done, skipped" if name in the_plan.skip else ""
+        out.print(f"  {index:2}. {name} {mark}")
+
+
+def _render_steps(journal) -> None:
+    table = Table(title=f"{journal.kind} {journal.source} → {journal.target}, epoch {journal.epoch} "
+                        f"(run {journal.run_id})")
+    for column in ("step", "status", "seconds", "attempts", "started"):
+        table.add_column(column)
+    for row in journal.timings():
+        table.add_row(row["step"], row["status"], "-" if row["seconds"] is None else f"{row['seconds']:.2f}",
+                      str(row["attempts"]), row["started"] or "-")
+    out.print(table)

@@ -1,0 +1,156 @@
+"""The runbook runner: plan, print, execute with --yes, and resume from the journal.
+
+`plan()` checks every input before anything changes (unknown site, the active site, a target
+without data, a missing DNS secret) and decides the data source. `execute()` runs the steps
+the journal has not completed, recording each before and after it runs; after a crash or
+Ctrl-C the same command resumes. `FAILOVER_CRASH_AFTER=<step>` makes the process exit
+abruptly right after that step is journaled as done (for the crash-and-resume tests).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from invoke import Context
+
+from infra.cliutil import FailoverError
+from infra.runbook import steps as steps_mod
+from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore
+from infra.sites.local import LocalCloud
+from infra.spec import Spec
+
+CRASH_ENV = "FAILOVER_CRASH_AFTER"
+
+
+@dataclass
+class Plan:
+    kind: str
+    source: str
+    target: str
+    epoch: int
+    data: steps_mod.DataSource
+    steps: list[str]
+    skip: list[str]  # completed by an earlier, interrupted run
+    resumed_run: str | None
+    dropped: list[str]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "data": asdict(self.data)}
+
+
+def plan(cloud: LocalCloud, spec: Spec, project: Path, target: str, source: str | None = None,
+         kind: str = "failover") -> tuple[Plan, Journal | None]:
+    """The plan for `run --to target`, or a FailoverError naming every bad input. Changes nothing."""
+    store = JournalStore(cloud.workdir)
+    journal = store.current()
+    inventory = cloud.inventory()
+    if journal is not None and journal.target != target:
+        raise FailoverError(f"an interrupted {journal.kind} to {journal.target} (run {journal.run_id}) is open: "
+                            f"finish it with `failover run --to {journal.target} --yes` first")
+    if journal is not None:
+        data = steps_mod.DataSource(**journal.plan["data"])
+        return Plan(journal.kind, journal.source, target, journal.epoch, data, journal.steps,
+                    sorted(journal.completed()), journal.run_id, sorted(cloud.dropped())), journal
+    problems = steps_mod.input_problems(inventory.names, inventory.active, cloud.dropped(), target, source)
+    if problems:
+        raise FailoverError("; ".join(problems))
+    c = Context()
+    _check_dns(cloud, project)
+    data = _data_source(c, cloud, spec, inventory, target)
+    epoch = steps_mod.next_epoch(inventory.epoch, None)
+    return Plan(kind, inventory.active, target, epoch, data, list(steps_mod.STEP_NAMES), [], None,
+                sorted(cloud.dropped())), None
+
+
+def _check_dns(cloud: LocalCloud, project: Path) -> None:
+    from infra.dns.site import dns_config
+
+    config = dns_config(cloud.workdir, project)
+    missing = steps_mod.missing_dns_secrets(config.providers)
+    if missing:
+        raise FailoverError(f"DNS secrets missing: {', '.join(missing)} (providers from {config.source}); "
+                            "set them in the environment before failing over")
+
+
+def _data_source(c, cloud: LocalCloud, spec: Spec, inventory, target: str) -> steps_mod.DataSource:
+    from infra.status import db_reachable, repository, store_reachable
+
+    site = cloud.site(target)
+    port = spec.database.port
+    from playbooks import postgres
+
+    replica_ok = (cloud.processes.running(f"pg-{target}") and db_reachable(c, site, port)
+                  and postgres.in_recovery(c, site.address, port))
+    repos = []
+    if not replica_ok:
+        reachable = [s for s in cloud.sites() if s.name not in cloud.dropped() and store_reachable(c, s)]
+        config = next((s.paths.config for s in reachable if Path(s.paths.config).exists()), None)
+        if config is None:
+            raise FailoverError(f"site {target} holds no replica and no reachable site has a pgBackRest config")
+        repos = [repository(c, config, inventory.repo_index(s.name), inventory, s.name) for s in reachable]
+    try:
+        return steps_mod.choose_source(site.role, replica_ok, spec.database.replication == "sync", repos)
+    except FailoverError as error:
+        raise FailoverError(f"site {target}: {error}") from None
+
+
+def reachable_media(cloud: LocalCloud) -> list[Path]:
+    """Media buckets of the sites the service user can still reach (journal copies go there)."""
+    from infra.status import store_reachable
+
+    c = Context()
+    return [s.media_dir for s in cloud.sites() if s.name not in cloud.dropped() and store_reachable(c, s)]
+
+
+def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journal: Journal | None,
+            progress: Callable[[str], None] = lambda m: None,
+            step_list: list[tuple[str, Callable]] | None = None) -> Journal:
+    """Runs the plan's pending steps, journaling each before and after; returns the completed journal."""
+    store = JournalStore(cloud.workdir)
+    step_list = step_list or steps_mod.FAILOVER
+    if journal is None:
+        journal = Journal.new(the_plan.kind, the_plan.source, the_plan.target, the_plan.epoch,
+                              [name for name, _ in step_list], the_plan.to_dict())
+        store.save(journal, reachable_media(cloud))
+    run = steps_mod.Run(cloud, spec, project, journal.source, journal.target, journal.epoch, the_plan.data,
+                        Context(), progress)
+    crash_after = os.environ.get(CRASH_ENV)
+    done = journal.completed()
+    for name, step in step_list:
+        if name in done:
+            progress(f"{name}: done earlier, skipped")
+            continue
+        progress(f"{name} …")
+        journal.record(name, STARTED)
+        store.save(journal, reachable_media(cloud))
+        started = time.monotonic()
+        try:
+            detail = step(run)
+        except BaseException as error:
+            journal.record(name, FAILED, error=str(error), seconds=round(time.monotonic() - started, 3))
+            store.save(journal, reachable_media(cloud))
+            raise
+        journal.record(name, DONE, seconds=round(time.monotonic() - started, 3), **(detail or {}))
+        store.save(journal, reachable_media(cloud))
+        if crash_after == name:
+            os._exit(137)  # as abrupt as SIGKILL: no cleanup, no journal close
+    journal.finished = steps_mod_now()
+    store.save(journal, reachable_media(cloud))
+    store.close(journal)
+    return journal
+
+
+def steps_mod_now() -> str:
+    from infra.runbook.journal import now
+
+    return now()
+
+
+def run_failover(cloud: LocalCloud, spec: Spec, project: Path, target: str, source: str | None = None,
+                 progress: Callable[[str], None] = lambda m: None) -> Journal:
+    """Plan and execute in one call (what the drill uses)."""
+    the_plan, journal = plan(cloud, spec, project, target, source)
+    return execute(cloud, spec, project, the_plan, journal, progress)

@@ -1,0 +1,393 @@
+"""The failover runbook's steps, in order. Each checks before it acts, so running it twice is safe.
+
+A step is `step(run: Run) -> dict`: it returns what it found or did (recorded in the journal).
+Decisions that need no side effects (are these inputs valid? where does the data come from?
+what will be lost?) are plain functions at the top of this module, tested with data.
+
+Fencing, the guarantee that an old primary that comes back cannot take writes, has layers:
+1. the epoch: every failover raises it in the inventory, in the new primary's `failover.epoch`
+   table and in the new site's app.json; the app inserts only while its config's epoch equals
+   its database's (one statement), so two sites never accept writes for the same epoch;
+2. the old site's app.json is marked `fenced` (and its PostgreSQL stopped) wherever it can be
+   reached: at failover time, and again by `fence_returning`, which every runbook command runs
+   first, for any site that came back since (its app then answers 409 for every write);
+3. DNS no longer names it, so clients that respect the TTL stop reaching it within one TTL.
+A site that was unreachable during the failover and is restarted behind the runbook's back,
+with its stale config, is only covered by layer 3 until the next runbook command (see the
+report of issue 5: the app checking its peers' epoch would close that window).
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psycopg
+
+from infra import secrets
+from infra.cliutil import FailoverError
+from infra.data import protection
+from infra.data import media as media_config
+from infra.sites.bringup import dsn, record_postmaster
+from infra.sites.contract import Inventory
+from infra.sites.local import LocalCloud, LocalSite
+from infra.sites.processes import wait_for
+from infra.spec import Spec
+from playbooks import media, postgres
+from playbooks.host import run as host_run
+
+PROMOTE, RESTORE = "promote", "restore"
+
+
+# ---------------------------------------------------------------- pure decisions
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the new primary's data comes from and what that costs."""
+
+    kind: str  # promote | restore
+    detail: str
+    expected_loss: str
+    repo_index: int | None = None
+    repo_site: str | None = None
+
+
+def input_problems(names: list[str], active: str, dropped: set[str], target: str,
+                   source: str | None) -> list[str]:
+    """Everything wrong with `run --to target --from source`, before anything is touched."""
+    problems = []
+    if target not in names:
+        problems.append(f"unknown site {target!r}: the inventory has {', '.join(names)}")
+    elif target == active:
+        problems.append(f"site {target} is already the active primary: choose another site to fail over to")
+    elif target in dropped:
+        problems.append(f"site {target} is dropped (its provider cut it off): choose a site that is up")
+    if source is not None and source not in names:
+        problems.append(f"unknown --from site {source!r}: the inventory has {', '.join(names)}")
+    elif source is not None and source != active:
+        problems.append(f"--from {source} is not the active primary ({active}); leave --from out or name {active}")
+    return problems
+
+
+def choose_source(target_role: str, replica_ok: bool, sync_replication: bool,
+                  repos: list[dict]) -> DataSource:
+    """Promote a streaming replica when there is one, else restore from the repository with the newest WAL.
+
+    `repos` are `infra.status.repository` entries of reachable repositories.
+    """
+    if replica_ok:
+        loss = ("none: the replica confirmed every commit (synchronous replication)" if sync_replication
+                else "the replica's lag at cut-off (asynchronous replication)")
+        return DataSource(PROMOTE, f"promote the {target_role} replica", loss)
+    usable = [r for r in repos if r.get("last_backup")]
+    if not usable:
+        details = "; ".join(f"{r['name']} at {r['site']}: {r.get('error') or 'no backup'}" for r in repos) or "none reachable"
+        raise FailoverError(f"the target holds no replica and no reachable repository has a backup ({details}): "
+                            "nothing to fail over to")
+    best = max(usable, key=lambda r: (r.get("last_archived_wal") or "", r["last_backup"]))
+    return DataSource(RESTORE, f"restore from {best['name']} ({best['site']}), WAL up to {best.get('last_archived_wal')}",
+                      "writes after the last archived WAL segment (archive lag, about archive_timeout)",
+                      int(best["name"][4:]), best["site"])
+
+
+def missing_dns_secrets(providers) -> list[str]:
+    """`provider.arg (env/NAME)` for every secret reference that does not resolve."""
+    missing = []
+    for provider in providers:
+        for key, value in provider.args.items():
+            if secrets.is_ref(value):
+                try:
+                    secrets.resolve(value, f"{provider.name}.{key}")
+                except secrets.MissingSecret:
+                    missing.append(f"{provider.name}.{key} ({value})")
+    return missing
+
+
+def next_epoch(inventory_epoch: int, journal_epoch: int | None) -> int:
+    """A resumed run keeps its epoch; a new run raises it above everything seen."""
+    return journal_epoch if journal_epoch is not None else inventory_epoch + 1
+
+
+# ---------------------------------------------------------------- the run's context
+
+@dataclass
+class Run:
+    cloud: LocalCloud
+    spec: Spec
+    project: Path
+    source: str
+    target: str
+    epoch: int
+    data: DataSource
+    c: object
+    progress: Callable[[str], None] = lambda m: None
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def inventory(self) -> Inventory:
+        return self.cloud.inventory()
+
+    @property
+    def site(self) -> LocalSite:
+        return self.cloud.site(self.target)
+
+    @property
+    def dropped(self) -> set[str]:
+        return self.cloud.dropped()
+
+    def reachable(self, name: str) -> bool:
+        """A site is reachable when it is not dropped and its store is readable by the service user."""
+        if name in self.dropped:
+            return False
+        site = self.cloud.site(name)
+        return host_run(self.c, ["test", "-r", site.root, "-a", "-x", site.root], warn=True).ok
+
+    def unreachable(self) -> set[str]:
+        return {n for n in self.inventory.names if not self.reachable(n)}
+
+    @property
+    def port(self) -> int:
+        return self.spec.database.port
+
+    def dns(self):
+        from infra.dns.site import dns_config
+
+        return dns_config(self.cloud.workdir, self.project)
+
+
+# ---------------------------------------------------------------- the steps
+
+def preflight(run: Run) -> dict:
+    """The target, its data and the DNS providers are reachable; the old primary is never required."""
+    if not run.reachable(run.target):
+        raise FailoverError(f"target site {run.target} ({run.site.address}) is unreachable")
+    config = run.dns()
+    missing = missing_dns_secrets(config.providers)
+    if missing:
+        raise FailoverError(f"DNS secrets missing: {', '.join(missing)} (from {config.source})")
+    if run.data.kind == PROMOTE and not _primary(run) and not _db_up(run):
+        raise FailoverError(f"the replica on {run.target} ({run.site.address}:{run.port}) does not answer")
+    return {"dns_providers": [p.name for p in config.providers], "data": run.data.detail}
+
+
+def fence(run: Run) -> dict:
+    """Raise the epoch in the inventory (always) and fence the old primary where it can be reached."""
+    inventory = run.inventory
+    if inventory.epoch < run.epoch:
+        inventory.epoch = run.epoch
+        inventory.save(run.cloud.inventory_file)
+    fenced = fence_site(run, run.source)
+    return {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced}
+
+
+def fence_site(run: Run, name: str) -> str:
+    """Marks a site's app fenced and stops its PostgreSQL if it is a primary; says what it did."""
+    if not run.reachable(name):
+        return "unreachable: left to the epoch and DNS"
+    site = run.cloud.site(name)
+    config = json.loads(site.app_config.read_text()) if site.app_config.exists() else {}
+    if config and not config.get("fenced"):
+        run.cloud.write_app_config(site, run.spec, int(config.get("epoch", 0)), fenced=True)
+    stopped = False
+    if postgres.is_running(run.c, site.paths.pgdata) and not _in_recovery(run, site):
+        run.cloud.processes.stop(f"pg-{name}")
+        postgres.stop(run.c, site.paths.pgdata)
+        stopped = True
+    return "app fenced" + (", PostgreSQL stopped" if stopped else "")
+
+
+def capacity(run: Run) -> dict:
+    """The target has its directories and room for the data."""
+    import shutil
+
+    from infra.sites.bringup import _dirs
+
+    _dirs(run.c, run.site)
+    free = shutil.disk_usage(run.site.root).free
+    if free < 1 << 30:
+        raise FailoverError(f"only {free >> 20} MB free under {run.site.root}: make room before failing over")
+    return {"free_mb": free >> 20}
+
+
+def promote_or_restore(run: Run) -> dict:
+    """Promote the replica, or restore from the best repository; then store the new epoch with the data."""
+    site, inventory = run.site, run.inventory
+    skip = run.unreachable()
+    protection.install_pgbackrest(run.c, inventory, site.name, site.paths, run.port, skip)
+    seconds, clock = 0.0, time.monotonic()
+    timings = {"pgbackrest_config": round(time.monotonic() - clock, 3)}
+    if _db_up(run) and not _in_recovery(run, site):
+        how = "already a primary"
+    elif run.data.kind == PROMOTE:
+        seconds = postgres.promote(run.c, site.paths.pgdata, site.address, run.port)
+        how = f"promoted in {seconds:.2f}s"
+    else:
+        from infra.data.restore import restore_database
+
+        restore_database(run.c, run.cloud, run.spec, inventory, site, run.data.repo_index, skip, None)
+        how = f"restored from repo{run.data.repo_index} ({run.data.repo_site})"
+    timings["data"] = round(time.monotonic() - clock, 3)
+    # A promoted synchronous primary with no standby would block every commit.
+    settings = protection.pg_settings(site.address, run.port, site.paths, None)
+    postgres.configure(run.c, site.paths.pgdata, settings, protection.HBA)
+    postgres.reload(run.c, site.paths.pgdata)
+    if not run.cloud.processes.running(f"pg-{site.name}"):
+        record_postmaster(run.cloud, site)
+    timings["configured"] = round(time.monotonic() - clock, 3)
+    _store_epoch(run)
+    timings["epoch_stored"] = round(time.monotonic() - clock, 3)
+    inventory = run.inventory
+    inventory.active = run.target
+    inventory.save(run.cloud.inventory_file)
+    return {"how": how, "epoch": run.epoch, "promote_seconds": round(seconds, 3), "timings": timings}
+
+
+def _store_epoch(run: Run) -> None:
+    with psycopg.connect(dsn(run.site, run.spec), autocommit=True, connect_timeout=5) as conn:
+        conn.execute("INSERT INTO failover.epoch (id, epoch, site, raised_at) VALUES (1, %s, %s, now()) "
+                     "ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, site = excluded.site, raised_at = now() "
+                     "WHERE failover.epoch.epoch < excluded.epoch", (run.epoch, run.target))
+
+
+def catch_up_media(run: Run) -> dict:
+    """Copy every reachable bucket into the target's (copy never deletes, so this is a union)."""
+    inventory = run.inventory
+    protection.install_rclone(run.c, inventory, run.site.paths)
+    conf = f"{run.site.paths.pgbackrest_dir}/rclone.conf"
+    sources = [n for n in inventory.names if n != run.target and run.reachable(n)]
+    results = {}
+    for name in sources:
+        result = media.copy(run.c, conf, media_config.bucket(inventory, name), media_config.bucket(inventory, run.target))
+        results[name] = "ok" if result.ok else (result.stderr or "failed").strip().splitlines()[-1]
+    return {"from": results}
+
+
+def start_app(run: Run) -> dict:
+    """The target's app with the new epoch (it re-reads its config; started if not running)."""
+    run.cloud.write_app_config(run.site, run.spec, run.epoch)
+    already = run.cloud.processes.running(f"app-{run.target}")
+    run.cloud.start_app(run.site)
+    return {"app": "running, config updated" if already else "started", "epoch": run.epoch}
+
+
+def verify_app(run: Run) -> dict:
+    """The target's app answers /healthz as writable with the new epoch."""
+    url = f"http://{run.site.address}:{run.spec.app.port}/healthz"
+    health = wait_for(lambda: _healthy(url, run.epoch), 30, f"{url} to report writable at epoch {run.epoch}", 0.1)
+    return {"healthz": health}
+
+
+def _healthy(url: str, epoch: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            health = json.loads(reply.read())
+    except (OSError, ValueError):
+        return None
+    return health if health.get("writable") and health.get("epoch") == epoch else None
+
+
+def shift_dns(run: Run) -> dict:
+    """Point every name at the target at every provider (each independently)."""
+    from infra.dns.site import apply_site, failed
+
+    config = run.dns()
+    results = apply_site(run.inventory, run.target, config.providers, config.zone, config.names, config.ttl,
+                         verify_timeout=None)
+    if failed(results):
+        raise FailoverError(f"DNS shift to {run.target} failed at: "
+                            + "; ".join(f"{r.name}: {r.error}" for r in results if r.name in failed(results)))
+    return {"providers": {r.name: r.status for r in results}, "ttl": config.ttl}
+
+
+def verify_dns(run: Run) -> dict:
+    """Every provider's authoritative servers answer the target's address."""
+    from infra.dns.site import verify_site
+
+    config = run.dns()
+    checks = verify_site(run.inventory, run.target, config.providers, config.zone, config.names, config.ttl)
+    bad = [f"{v.name}: {v.error}" for v in checks if not v.ok]
+    if bad:
+        raise FailoverError("DNS does not serve the new site yet: " + "; ".join(bad))
+    return {"providers": {v.name: v.seconds for v in checks}}
+
+
+def protect_again(run: Run) -> dict:
+    """The new primary archives to every remaining site's repository, with a fresh full backup in each."""
+    inventory, site = run.inventory, run.site
+    skip = run.unreachable()
+    for name in inventory.names:
+        if name not in skip:
+            other = run.cloud.site(name)
+            protection.install_pgbackrest(run.c, inventory, name, other.paths, run.port, skip)
+            protection.install_rclone(run.c, inventory, other.paths)
+    settings = protection.pg_settings(site.address, run.port, site.paths, None)
+    postgres.configure(run.c, site.paths.pgdata, settings, protection.HBA)
+    postgres.reload(run.c, site.paths.pgdata)
+    # After a promotion pg_control keeps the old timeline until a checkpoint; pgBackRest refuses that.
+    postgres.psql(run.c, site.address, run.port, "CHECKPOINT")
+    stanzas = protection.create_stanzas(run.c, inventory, site.paths, skip)
+    backups = protection.backup_all(run.c, inventory, site.paths, skip)
+    failed = [f"{r.repo} ({r.site}): {r.error}" for r in [*stanzas, *backups] if not r.ok]
+    if failed:
+        raise FailoverError("protecting the new primary failed: " + "; ".join(failed))
+    followers = follow(run, skip)
+    return {"repositories": [f"{r.repo} ({r.site})" for r in backups], "skipped": sorted(skip),
+            "backup_seconds": {r.repo: r.seconds for r in backups}, "followers": followers}
+
+
+def follow(run: Run, skip: set[str]) -> list[str]:
+    """Other warm sites re-clone from the new primary and stream from it."""
+    from infra.sites.local import LocalSite  # noqa: F401  (type only)
+
+    warm = [s for s in run.cloud.sites() if s.role == "warm" and s.name != run.target and s.name not in skip]
+    done = []
+    for other in warm:
+        if _streams_from(run, other.name):
+            done.append(f"{other.name}: already streaming")
+            continue
+        run.cloud.processes.stop(f"pg-{other.name}")
+        postgres.stop(run.c, other.paths.pgdata, "immediate")
+        host_run(run.c, ["rm", "-rf", other.paths.pgdata])
+        protection.start_replica(run.c, run.site.address, run.port, other.address, other.paths, other.name,
+                                 str(other.logs / "postgresql.log"))
+        record_postmaster(run.cloud, other)
+        wait_for(lambda: _streams_from(run, other.name), 60, f"{other.name} to stream from {run.target}")
+        done.append(f"{other.name}: re-cloned, streaming")
+    return done
+
+
+def _streams_from(run: Run, name: str) -> bool:
+    sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
+    result = postgres.psql(run.c, run.site.address, run.port, sql, warn=True)
+    return result.ok and result.stdout.strip() == "1"
+
+
+def _db_up(run: Run) -> bool:
+    return postgres.psql(run.c, run.site.address, run.port, "SELECT 1", warn=True).ok
+
+
+def _in_recovery(run: Run, site: LocalSite) -> bool:
+    result = postgres.psql(run.c, site.address, run.port, "SELECT pg_is_in_recovery()", warn=True)
+    return result.ok and result.stdout.strip() == "t"
+
+
+def _primary(run: Run) -> bool:
+    return _db_up(run) and not _in_recovery(run, run.site)
+
+
+FAILOVER: list[tuple[str, Callable[[Run], dict]]] = [
+    ("preflight", preflight),
+    ("fence", fence),
+    ("capacity", capacity),
+    ("promote", promote_or_restore),
+    ("media", catch_up_media),
+    ("start_app", start_app),
+    ("verify_app", verify_app),
+    ("shift_dns", shift_dns),
+    ("verify_dns", verify_dns),
+    ("protect", protect_again),
+]
+STEP_NAMES = [name for name, _ in FAILOVER]

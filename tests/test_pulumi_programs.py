@@ -1,0 +1,190 @@
+"""The real infra/__main__.py, run under Pulumi mocks with each real file in stacks/.
+
+Each stack runs in its own subprocess (tests/fixtures/pulumi/mock_run.py), all in parallel.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "pulumi"))
+from mock_run import run_stacks  # noqa: E402
+
+from infra.clouds import base  # noqa: E402
+from infra.sites.contract import EXPORTED_KEYS, SiteOutputs  # noqa: E402
+from infra.spec import load_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = load_spec(ROOT / "Pulumi.yaml")
+STACKS = [site.name for site in SPEC.sites]
+EXPECTED_TYPES = {
+    "aws": {"aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet", "aws:ec2/securityGroup:SecurityGroup",
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "aws:ec2/eip:Eip",
+            "aws:ebs/volume:Volume", "aws:ec2/instance:Instance", "aws:ec2/volumeAttachment:VolumeAttachment",
+            "aws:s3/bucket:Bucket", "aws:s3/bucketVersioning:BucketVersioning",
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+            "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration",
+            "aws:iam/user:User", "aws:iam/userPolicy:UserPolicy", "aws:iam/accessKey:AccessKey"},
+    "gcp": {"gcp:compute/network:Network", "gcp:compute/subnetwork:Subnetwork", "gcp:compute/firewall:Firewall",
+            "gcp:compute/address:Address", "gcp:compute/disk:Disk", "gcp:compute/instance:Instance",
+            "gcp:storage/bucket:Bucket", "gcp:serviceaccount/account:Account", "gcp:serviceaccount/key:Key",
+            "gcp:storage/bucketIAMMember:BucketIAMMember"},
+    "azure": {"azure-native:resources:ResourceGroup", "azure-native:network:VirtualNetwork",
+              "azure-native:network:Subnet", "azure-native:network:NetworkSecurityGroup",
+              "azure-native:network:PublicIPAddress", "azure-native:compute:Disk",
+              "azure-native:storage:StorageAccount", "azure-native:storage:BlobServiceProperties",
+              "azure-native:storage:BlobContainer", "failover:azure:SasCredential"},
+}
+VM_TYPES = {"aws": "aws:ec2/instance:Instance", "gcp": "gcp:compute/instance:Instance",
+            "azure": "azure-native:compute:VirtualMachine"}
+DISK_TYPES = {"aws": ("aws:ebs/volume:Volume", "size"), "gcp": ("gcp:compute/disk:Disk", "size"),
+              "azure": ("azure-native:compute:Disk", "diskSizeGB")}
+PILOT_AS_PRIMARY = {"failover:site": {**{"cloud": "azure", "region": "northeurope", "storage": "azure",
+                                         "admin_cidrs": ["198.51.100.0/24"]}, "role": "primary"}}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return run_stacks({name: (name, {}) for name in STACKS} | {"azure-scaled": ("azure", PILOT_AS_PRIMARY)})
+
+
+def of(run: dict, type_: str) -> list[dict]:
+    return [r for r in run["resources"] if r["type"] == type_]
+
+
+def test_the_stacks_are_one_per_cloud_with_every_role():
+    assert {s.cloud: s.role for s in SPEC.sites} == {"aws": "primary", "gcp": "warm", "azure": "pilot-light"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_each_cloud_declares_its_resource_types(runs, stack):
+    types = {r["type"] for r in runs[stack]["resources"]}
+    assert EXPECTED_TYPES[stack] <= types
+    assert not {t for t in types if "V2" in t.split(":")[-1]}, "deprecated *V2 classes used"
+
+
+def test_exports_are_the_contract_keys_on_every_cloud(runs):
+    keys = {stack: tuple(runs[stack]["outputs"]) for stack in STACKS}
+    assert all(set(k) == set(EXPORTED_KEYS) for k in keys.values()), keys
+    for stack in STACKS:
+        outputs = SiteOutputs.from_dict(runs[stack]["outputs"], where=stack)
+        assert outputs.site == stack and outputs.db_port == SPEC.database.port
+        assert runs[stack]["secrets"] == ["writer_credentials"]
+        assert outputs.writer_credentials and all(outputs.writer_credentials.values())
+        assert outputs.repository.options["path"] == base.PGBACKREST_PATH
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_vm_count_follows_role_and_disk_is_kept(runs, stack):
+    site = SPEC.site(stack)
+    vms = of(runs[stack], VM_TYPES[stack])
+    expected = 0 if site.role == "pilot-light" else SPEC.app.replicas + 1
+    assert len(vms) == expected
+    disk_type, size_key = DISK_TYPES[stack]
+    disks = of(runs[stack], disk_type)
+    assert [d["inputs"][size_key] for d in disks] == [SPEC.database.disk_gb]
+    assert all(d["protect"] for d in disks), "the database disk must be protected from deletion"
+    # Static addresses exist even at size 0, so the inventory and DNS plan are complete.
+    assert len(runs[stack]["outputs"]["ssh_hosts"]) == SPEC.app.replicas + 1
+
+
+def test_pilot_light_scales_up_with_one_config_change(runs):
+    scaled = runs["azure-scaled"]
+    vms = of(scaled, VM_TYPES["azure"])
+    assert len(vms) == SPEC.app.replicas + 1
+    db = next(v for v in vms if v["name"] == "azure-db")
+    assert db["inputs"]["hardwareProfile"]["vmSize"] == base.MACHINE_TYPES["azure"]["large"]
+    assert db["inputs"]["storageProfile"]["dataDisks"][0]["createOption"] == "Attach"
+    pilot_types = {r["type"] for r in runs["azure"]["resources"]} | {VM_TYPES["azure"],
+                                                                     "azure-native:network:NetworkInterface"}
+    assert {r["type"] for r in scaled["resources"]} == pilot_types, "scaling must not change the shape"
+
+
+def test_machine_sizes_by_role(runs):
+    aws_db = next(r for r in of(runs["aws"], VM_TYPES["aws"]) if r["name"] == "aws-db")
+    gcp_app = next(r for r in of(runs["gcp"], VM_TYPES["gcp"]) if r["name"] == "gcp-app-0")
+    assert aws_db["inputs"]["instanceType"] == "m6i.large"
+    assert gcp_app["inputs"]["machineType"] == "e2-small"  # warm: small app, full-size database
+
+
+def test_aws_encryption_versioning_and_lock(runs):
+    run = runs["aws"]
+    assert all(v["inputs"]["encrypted"] for v in of(run, "aws:ebs/volume:Volume"))
+    assert all(i["inputs"]["rootBlockDevice"]["encrypted"] for i in of(run, VM_TYPES["aws"]))
+    buckets = of(run, "aws:s3/bucket:Bucket")
+    assert len(buckets) == 2 and all(b["protect"] and not b["inputs"].get("forceDestroy") for b in buckets)
+    assert {v["inputs"]["versioningConfiguration"]["status"] for v in of(run, "aws:s3/bucketVersioning:BucketVersioning")} == {"Enabled"}
+    assert len(of(run, "aws:s3/bucketVersioning:BucketVersioning")) == 2
+    lock = of(run, "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration")
+    assert [lk["inputs"]["bucket"] for lk in lock] == [run["outputs"]["repository"]["options"]["s3-bucket"]]
+    policy = json.loads(of(run, "aws:iam/userPolicy:UserPolicy")[0]["inputs"]["policy"])
+    allowed = [a for s in policy["Statement"] if s["Effect"] == "Allow" for a in s["Action"]]
+    assert "s3:PutObject" in allowed and not [a for a in allowed if "Delete" in a]
+
+
+def test_gcp_buckets_and_writer_roles(runs):
+    run = runs["gcp"]
+    buckets = of(run, "gcp:storage/bucket:Bucket")
+    assert len(buckets) == 2 and all(b["inputs"]["versioning"]["enabled"] and b["protect"] for b in buckets)
+    roles = {m["inputs"]["role"] for m in of(run, "gcp:storage/bucketIAMMember:BucketIAMMember")}
+    assert roles == {"roles/storage.objectCreator", "roles/storage.objectViewer"}
+
+
+def test_azure_storage_versioned_immutable_and_sas_append_only(runs):
+    run = runs["azure"]
+    assert all(p["inputs"]["isVersioningEnabled"] for p in of(run, "azure-native:storage:BlobServiceProperties"))
+    accounts = {a["name"]: a["inputs"] for a in of(run, "azure-native:storage:StorageAccount")}
+    assert accounts["azurebackups"]["immutableStorageWithVersioning"]["enabled"] is True
+    assert "immutableStorageWithVersioning" not in accounts["azuremedia"]
+    assert {s["inputs"]["permissions"] for s in of(run, "failover:azure:SasCredential")} == {"rcwl"}
+    assert all(d["inputs"]["encryption"]["type"] for d in of(run, "azure-native:compute:Disk"))
+
+
+def _world_sources(run: dict, stack: str) -> dict[int, set[str]]:
+    """Every inbound port of the stack -> its sources, read from the cloud's own resources."""
+    found: dict[int, set[str]] = {}
+    if stack == "aws":
+        for r in of(run, "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
+            found.setdefault(r["inputs"]["fromPort"], set()).add(r["inputs"]["cidrIpv4"])
+    if stack == "gcp":
+        for r in of(run, "gcp:compute/firewall:Firewall"):
+            for allow in r["inputs"]["allows"]:
+                for port in allow["ports"]:
+                    found.setdefault(int(port), set()).update(r["inputs"]["sourceRanges"])
+    if stack == "azure":
+        for nsg in of(run, "azure-native:network:NetworkSecurityGroup"):
+            for rule in nsg["inputs"]["securityRules"]:
+                if rule["access"] == "Allow":
+                    found.setdefault(int(rule["destinationPortRange"]), set()).update(rule["sourceAddressPrefixes"])
+    return found
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_firewall_sources(runs, stack):
+    stack_file = yaml_config(stack)
+    ports = _world_sources(runs[stack], stack)
+    app_subnet = base.subnets(stack_file["failover:network_cidr"]).app
+    assert ports[80] == ports[443] == {"0.0.0.0/0"}
+    assert ports[22] == set(stack_file["failover:site"]["admin_cidrs"])
+    assert ports[SPEC.database.port] == set(stack_file["failover:peer_cidrs"]) | {app_subnet}
+    assert set(ports) == {22, 80, 443, SPEC.database.port}, "nothing else may be open"
+
+
+def yaml_config(stack: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_cloud_init_is_the_same_file_everywhere(runs, stack):
+    scaled = runs["azure-scaled"] if stack == "azure" else runs[stack]
+    vm = next(r for r in of(scaled, VM_TYPES[stack]) if r["name"].endswith("-db"))
+    data = {"aws": lambda i: i["userData"], "gcp": lambda i: i["metadata"]["user-data"],
+            "azure": lambda i: __import__("base64").b64decode(i["osProfile"]["customData"]).decode()}[stack](vm["inputs"])
+    assert data.startswith("#cloud-config") and "pgbackrest" in data and "rclone" in data
+    assert f"postgresql-{SPEC.database.version}" in data and "FAILOVER_TIER=db" in data
+    assert "{{" not in data
