@@ -38,6 +38,23 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
+def _mount_top_level() -> None:
+    """Single-command apps whose command sits at the top level: `failover audit`, `failover run`..."""
+    import importlib
+
+    for module in ("infra.audit_cli", "infra.runbook.cli", "infra.drill.cli"):
+        try:
+            sub = importlib.import_module(module).app
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+            continue
+        app.registered_commands += sub.registered_commands
+
+
+_mount_top_level()
+
+
 def _progress(message: str) -> None:
     cliutil.console.print(f"[cyan]•[/cyan] {message}")
 

@@ -79,6 +79,18 @@ def back_command(
          as_json, lambda r: _render_steps(result))
 
 
+@app.command("fence")
+@command
+def fence_command(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT):
+    """Fence every site that came back with an older epoch: its app refuses writes, its primary stops."""
+    from infra.runbook import runner
+
+    cloud = LocalCloud(workdir_path(workdir))
+    result = runner.fence_returning(cloud, load_spec(project), project)
+    emit({"fenced": result, "epoch": cloud.inventory().epoch}, as_json,
+         lambda r: _progress(", ".join(f"{k}: {v}" for k, v in r["fenced"].items()) or "nothing to fence"))
+
+
 def _render_plan(the_plan) -> None:
     resumed = f" (resuming run {the_plan.resumed_run})" if the_plan.resumed_run else ""
     out.print(f"[bold]{the_plan.kind}[/bold] {the_plan.source} → {the_plan.target}, epoch {the_plan.epoch}{resumed}")

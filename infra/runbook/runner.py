@@ -117,6 +117,7 @@ def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journa
         store.save(journal, reachable_media(cloud))
     run = steps_mod.Run(cloud, spec, project, journal.source, journal.target, journal.epoch, the_plan.data,
                         Context(), progress)
+    fence_returning(cloud, spec, project)
     crash_after = os.environ.get(CRASH_ENV)
     done = journal.completed()
     for name, step in step_list:
@@ -147,6 +148,27 @@ def steps_mod_now() -> str:
     from infra.runbook.journal import now
 
     return now()
+
+
+def fence_returning(cloud: LocalCloud, spec: Spec, project: Path) -> dict[str, str]:
+    """Fences every reachable site that is not active and still runs an older epoch's app config.
+
+    A site dropped during a failover could not be fenced then; when it comes back, this marks
+    its app fenced and stops its PostgreSQL if that runs as a primary.
+    """
+    import json
+
+    inventory = cloud.inventory()
+    run = steps_mod.Run(cloud, spec, project, inventory.active, inventory.active, inventory.epoch,
+                        steps_mod.DataSource(steps_mod.PROMOTE, "", ""), Context())
+    result = {}
+    for site in cloud.sites():
+        if site.name == inventory.active or not run.reachable(site.name) or not site.app_config.exists():
+            continue
+        config = json.loads(site.app_config.read_text())
+        if int(config.get("epoch", 0)) < inventory.epoch:
+            result[site.name] = steps_mod.fence_site(run, site.name)
+    return result
 
 
 def run_failover(cloud: LocalCloud, spec: Spec, project: Path, target: str, source: str | None = None,

@@ -213,36 +213,34 @@ def capacity(run: Run) -> dict:
 
 
 def promote_or_restore(run: Run) -> dict:
-    """Promote the replica, or restore from the best repository; then store the new epoch with the data."""
+    """Promote the replica, or restore from the best repository; then store the new epoch with the data.
+
+    Only what the first write needs happens here: rewriting pgBackRest and PostgreSQL config
+    waits for `protect` (after DNS). A promoted replica runs with its replica settings, which
+    name no synchronous standby, so commits never wait for the dropped site.
+    """
     site, inventory = run.site, run.inventory
-    skip = run.unreachable()
-    protection.install_pgbackrest(run.c, inventory, site.name, site.paths, run.port, skip)
-    seconds, clock = 0.0, time.monotonic()
-    timings = {"pgbackrest_config": round(time.monotonic() - clock, 3)}
+    clock = time.monotonic()
     if _db_up(run) and not _in_recovery(run, site):
         how = "already a primary"
     elif run.data.kind == PROMOTE:
-        seconds = postgres.promote(run.c, site.paths.pgdata, site.address, run.port)
-        how = f"promoted in {seconds:.2f}s"
+        how = f"promoted in {postgres.promote(run.c, site.paths.pgdata, site.address, run.port):.2f}s"
     else:
         from infra.data.restore import restore_database
 
-        restore_database(run.c, run.cloud, run.spec, inventory, site, run.data.repo_index, skip, None)
+        restore_database(run.c, run.cloud, run.spec, inventory, site, run.data.repo_index, run.unreachable(), None)
         how = f"restored from repo{run.data.repo_index} ({run.data.repo_site})"
-    timings["data"] = round(time.monotonic() - clock, 3)
-    # A promoted synchronous primary with no standby would block every commit.
-    settings = protection.pg_settings(site.address, run.port, site.paths, None)
-    postgres.configure(run.c, site.paths.pgdata, settings, protection.HBA)
-    postgres.reload(run.c, site.paths.pgdata)
+    data_seconds = round(time.monotonic() - clock, 3)
+    # Belt and braces for a target that was configured synchronous: commits must not wait for a dead standby.
+    postgres.psql(run.c, site.address, run.port, "ALTER SYSTEM SET synchronous_standby_names = ''")
+    postgres.psql(run.c, site.address, run.port, "SELECT pg_reload_conf()")
     if not run.cloud.processes.running(f"pg-{site.name}"):
         record_postmaster(run.cloud, site)
-    timings["configured"] = round(time.monotonic() - clock, 3)
     _store_epoch(run)
-    timings["epoch_stored"] = round(time.monotonic() - clock, 3)
     inventory = run.inventory
     inventory.active = run.target
     inventory.save(run.cloud.inventory_file)
-    return {"how": how, "epoch": run.epoch, "promote_seconds": round(seconds, 3), "timings": timings}
+    return {"how": how, "epoch": run.epoch, "data_seconds": data_seconds}
 
 
 def _store_epoch(run: Run) -> None:
@@ -325,6 +323,7 @@ def protect_again(run: Run) -> dict:
             protection.install_rclone(run.c, inventory, other.paths)
     settings = protection.pg_settings(site.address, run.port, site.paths, None)
     postgres.configure(run.c, site.paths.pgdata, settings, protection.HBA)
+    postgres.psql(run.c, site.address, run.port, "ALTER SYSTEM RESET synchronous_standby_names")
     postgres.reload(run.c, site.paths.pgdata)
     # After a promotion pg_control keeps the old timeline until a checkpoint; pgBackRest refuses that.
     postgres.psql(run.c, site.address, run.port, "CHECKPOINT")

@@ -164,7 +164,8 @@ class Emulator:
 
     def refs(self) -> dict[str, str]:
         """Secret name -> env variable holding it."""
-        names = {"s3": ("S3_KEY", "S3_KEY_SECRET"), "gcs": ("GCS_TOKEN",), "azure": ("AZURE_KEY",)}[self.kind]
+        names = {"s3": ("S3_KEY", "S3_KEY_SECRET"), "gcs": ("GCS_TOKEN",),
+                 "azure": ("AZURE_KEY", "AZURE_SAS_URL")}[self.kind]
         return {name.lower(): f"{self.env_prefix}_{name}" for name in names}
 
     def repository(self, ca_file: str | None = None) -> Repository:
@@ -192,8 +193,9 @@ class Emulator:
             # fake-gcs-server checks no credentials: rclone goes anonymous, pgBackRest sends a token.
             "gcs": ("google cloud storage", {"endpoint": f"{url}/storage/v1/", "anonymous": "true",
                                              "project_number": "1234"}),
-            "azure": ("azureblob", {"account": AZURE_ACCOUNT, "key": ref.get("azure_key"),
-                                    "endpoint": f"{url}/{AZURE_ACCOUNT}"}),
+            # rclone 1.60 takes `endpoint` as a DNS suffix (account.suffix) and its emulator mode only
+            # knows the well-known account, so media goes through an account SAS URL (as on Azure).
+            "azure": ("azureblob", {"sas_url": ref.get("azure_sas_url")}),
         }[self.kind]
         return MediaRemote(type=type_, options=options, path=f"{self.bucket}/{MEDIA_PATH}")
 
@@ -321,15 +323,31 @@ class Emulator:
 
     def _setup_azure(self, tls: Tls) -> None:
         key = self._azure_key()
-        remote = self.media_remote()
+        # An IP host: the SDK in rclone reads the account from the path only for IP endpoints.
+        sas_url = f"https://127.0.0.1:{self.port}/{AZURE_ACCOUNT}?{account_sas(AZURE_ACCOUNT, key)}"
         env = {**{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}, "RCLONE_CA_CERT": str(tls.ca),
-               "RCLONE_CONFIG_EMU_TYPE": remote.type, "RCLONE_CONFIG_EMU_ACCOUNT": AZURE_ACCOUNT,
-               "RCLONE_CONFIG_EMU_KEY": key, "RCLONE_CONFIG_EMU_ENDPOINT": remote.options["endpoint"]}
-        result = subprocess.run(["rclone", "--config=/dev/null", "--contimeout=5s", "--retries=1", "mkdir",
-                                 f"emu:{self.bucket}"], env=env, capture_output=True, text=True, timeout=60)
+               "RCLONE_CONFIG_EMU_TYPE": "azureblob", "RCLONE_CONFIG_EMU_SAS_URL": sas_url}
+        result = subprocess.run(["rclone", "--config=/dev/null", "--contimeout=5s", "--retries=1",
+                                 "--low-level-retries=1", "mkdir", f"emu:{self.bucket}"],
+                                env=env, capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
-            raise RuntimeError("rclone mkdir failed")
-        self._save_secrets({"azure_key": key})
+            tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"rclone mkdir failed: {tail.replace(key, '***').split('?')[0]}")
+        self._save_secrets({"azure_key": key, "azure_sas_url": sas_url})
+
+
+def account_sas(account: str, key: str, days: int = 3650, version: str = "2019-12-12") -> str:
+    """An Azure account SAS (blob service; all resource types and permissions) signed with `key`."""
+    import hashlib
+    import hmac
+    import urllib.parse
+
+    expiry = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fields = {"sv": version, "ss": "b", "srt": "sco", "sp": "rwdlacup", "se": expiry, "spr": "https"}
+    # account, permissions, services, resource types, start, expiry, IP, protocol, version (pre-2020-12-06 layout)
+    to_sign = "\n".join([account, fields["sp"], fields["ss"], fields["srt"], "", expiry, "", fields["spr"], version, ""])
+    signature = base64.b64encode(hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()).decode()
+    return urllib.parse.urlencode({**fields, "sig": signature})
 
 
 def bucket_name(site: str) -> str:

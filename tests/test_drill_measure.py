@@ -1,0 +1,95 @@
+"""RTO, RPO and the pass/fail judgement, computed from canary records given as data."""
+from infra.drill import measure, report
+from infra.drill.measure import Ack, Targets
+
+
+def writes(*rows):
+    """(seq, answered, acked, site) rows; sent is answered - 0.01."""
+    return [Ack(seq, at - 0.01, at, acked, site) for seq, at, acked, site in rows]
+
+
+CANARY = writes(
+    (1, 100.0, True, "aws"), (2, 100.5, True, "aws"), (3, 101.0, True, "aws"),  # cut-off at 101.2
+    (4, 101.5, False, None), (5, 110.0, False, None),
+    (6, 125.0, True, "gcp"), (7, 125.5, True, "gcp"),
+)
+
+
+def test_rto_counts_from_cut_off_and_from_command_to_first_ack_on_new_site():
+    assert measure.rto(CANARY, "gcp", 101.2) == 23.8
+    assert measure.rto(CANARY, "gcp", 104.0) == 21.0
+    assert measure.rto(CANARY, "azure", 101.2) is None
+
+
+def test_acks_on_the_new_site_before_the_mark_do_not_count():
+    assert measure.first_ack_on(CANARY, "aws", 100.6).seq == 3
+
+
+def test_rpo_is_zero_when_every_ack_is_present():
+    result = measure.rpo(CANARY, {1, 2, 3, 6, 7})
+    assert (result.lost, result.window_seconds, result.lost_seqs) == (0, 0.0, ())
+
+
+def test_rpo_counts_missing_acks_and_their_window():
+    result = measure.rpo(CANARY, {1, 6, 7, 5})  # 5 was never acked: present or not, it is not a loss
+    assert result.lost == 2
+    assert result.lost_seqs == (2, 3)
+    assert result.window_seconds == 0.5
+    assert (result.first_lost_at, result.last_lost_at) == (100.5, 101.0)
+
+
+def test_outage_counts_failed_and_acked_after_cut_off():
+    assert measure.outage(CANARY, 101.2) == (2, 2)
+
+
+def test_judge_passes_within_ttl_plus_margin_and_no_loss():
+    lost = measure.rpo(CANARY, {1, 2, 3, 6, 7})
+    assert measure.judge(Targets(), 30, 34.9, lost) == []
+
+
+def test_judge_names_every_missed_target():
+    lost = measure.rpo(CANARY, {1, 6, 7})
+    missed = measure.judge(Targets(rpo_window_seconds=0.1), 30, 40.0, lost)
+    assert len(missed) == 3
+    assert "RTO 40.0s" in missed[0] and "35.0s" in missed[0]
+    assert "2 acknowledged writes lost" in missed[1]
+    assert "RPO window 0.50s" in missed[2]
+
+
+def test_judge_fails_when_the_new_site_never_took_a_write():
+    assert measure.judge(Targets(), 30, None, measure.rpo([], set())) == [
+        "the new site never acknowledged a write through DNS"]
+
+
+def test_targets_explicit_rto_wins_over_ttl():
+    assert Targets(rto_seconds=12).rto_limit(30) == 12
+    assert Targets(rto_margin_seconds=30).rto_limit(30) == 60
+
+
+def scenario(name, passed):
+    return {"name": name, "description": "d", "source": "aws", "target": "gcp", "dns_ttl": 30,
+            "targets": {"rto_limit_seconds": 35.0}, "rto_seconds": 20.0 if passed else None,
+            "rto_from_command_seconds": 19.0 if passed else None, "rpo_seconds": 0.0, "writes_acked": 10,
+            "writes_lost": 0, "passed": passed, "missed": [] if passed else ["never"], "steps": [],
+            "cut_off": "t", "command_seconds": 5.0, "epoch": 2, "integrity": {"summary": "ok"},
+            "canary": [], "cut_off_ts": 0.0, "command_started_ts": 0.0}
+
+
+def test_summary_fails_when_one_scenario_fails_and_drops_raw_records():
+    result = report.summary([scenario("warm", True), scenario("pilot-light", False)])
+    assert result["passed"] is False
+    assert "canary" not in result["scenarios"][0]
+    assert {"name", "rto_seconds", "rpo_seconds", "writes_acked", "writes_lost", "passed", "steps"} <= set(
+        result["scenarios"][0])
+
+
+def test_junit_has_a_case_per_scenario_and_failures():
+    xml = report.junit(report.summary([scenario("warm", True), scenario("pilot-light", False)]))
+    assert 'tests="2"' in xml and 'failures="1"' in xml and "<failure" in xml
+
+
+def test_report_files_are_written(tmp_path):
+    written = report.write(tmp_path, [scenario("warm", True)])
+    assert written["passed"]
+    assert {"report.json", "report.md", "junit.xml", "timeline-warm.png"} <= set(written["files"])
+    assert "| warm | aws → gcp |" in (tmp_path / "report.md").read_text()

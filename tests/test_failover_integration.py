@@ -1,0 +1,160 @@
+"""A warm failover on the real local cloud (PostgreSQL, pgBackRest, Knot, the app) on 127.0.31.x.
+
+One cloud for the module: aws (primary), gcp (warm), azure (pilot-light). The tests run in
+order: bad inputs change nothing; a failover crashed after `promote` resumes without repeating
+a step; the result takes writes through DNS at a raised epoch; the old primary, restarted, is fenced.
+
+How fencing is guaranteed (see infra/runbook/steps.py):
+- the epoch is raised in the inventory, the new primary's failover.epoch and its app.json; the
+  app inserts only while its config's epoch equals its database's, in one statement;
+- the old site is fenced (app.json `fenced`, PostgreSQL stopped if primary) wherever it can be
+  reached: during the failover, and, for a site that was unreachable then and comes back, by
+  `failover fence` (which every `failover run` also does first);
+- DNS no longer names the old site, so clients that respect the TTL stop reaching it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "127.0.31"
+GCP, AWS = f"{PREFIX}.2", f"{PREFIX}.1"
+PORT = 18080
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
+                                reason="needs root (runuser) and PostgreSQL 15")
+
+CLI = """
+import sys, typer
+from infra.cli import app
+from infra.runbook import cli as runbook
+for name in ("run", "journal", "back", "fence"):
+    fn = next(c.callback for c in runbook.app.registered_commands if c.name == name)
+    app.command(name)(fn)
+app()
+"""
+
+
+def failover(workdir: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-c", CLI, *args], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "FAILOVER_WORKDIR": str(workdir), **(env or {})}, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"failover {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    import shutil
+    import tempfile
+
+    # The service user must reach the sites below it: pytest's own tmp dirs are private (0700).
+    workdir = Path(tempfile.mkdtemp(prefix="failover-it-", dir="/tmp"))
+    os.chmod(workdir, 0o755)
+    try:
+        failover(workdir, "local", "up", "--seed-mb", "5", "--prefix", PREFIX)
+        yield workdir
+    finally:
+        failover(workdir, "local", "down", check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def post(address: str, seq: int) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://{address}:{PORT}/posts",
+                                     json.dumps({"canary_seq": seq, "body": "test"}).encode(),
+                                     {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def health(address: str) -> dict:
+    with urllib.request.urlopen(f"http://{address}:{PORT}/healthz", timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def resolve(workdir: Path) -> str:
+    from infra.drill.canary import TtlResolver, dns_servers
+    from infra.dns.local import local_providers
+
+    return TtlResolver(dns_servers(local_providers(workdir))).resolve("social.example.")
+
+
+def test_bad_inputs_fail_clearly_before_anything_changes(cloud):
+    before = (cloud / "inventory.json").read_text()
+    for args, message in ((["--to", "oracle"], "unknown site 'oracle'"),
+                          (["--to", "aws"], "already the active primary")):
+        result = failover(cloud, "run", *args, "--yes", check=False)
+        assert result.returncode == 2 and message in result.stderr
+    secret = cloud / "dns" / "knot-a.tsig"
+    hidden = secret.with_suffix(".hidden")
+    secret.rename(hidden)
+    try:
+        env = {k: "" for k in os.environ if k.startswith("FAILOVER_DNS_")}
+        result = failover(cloud, "run", "--to", "gcp", "--yes", env={"FAILOVER_DNS_KNOT_A_TSIG": ""} | env,
+                          check=False)
+    finally:
+        hidden.rename(secret)
+    assert result.returncode == 2 and "DNS secrets missing" in result.stderr, result.stderr
+    assert (cloud / "inventory.json").read_text() == before
+    assert not (cloud / "journal" / "current.json").exists()
+    assert post(AWS, 1)[0] == 201
+
+
+def test_crashed_failover_resumes_without_repeating_steps(cloud):
+    failover(cloud, "local", "drop", "--site", "aws")
+    crashed = failover(cloud, "run", "--to", "gcp", "--yes", env={"FAILOVER_CRASH_AFTER": "promote"}, check=False)
+    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    journal = json.loads((cloud / "journal" / "current.json").read_text())
+    assert [e["step"] for e in journal["events"] if e["status"] == "done"] == ["preflight", "fence", "capacity", "promote"]
+
+    plan = failover(cloud, "run", "--to", "gcp", "--json")
+    assert set(json.loads(plan.stdout)["plan"]["skip"]) == {"preflight", "fence", "capacity", "promote"}
+    failover(cloud, "run", "--to", "gcp", "--yes")
+    shown = json.loads(failover(cloud, "journal", "--json").stdout)
+    assert shown["complete"] and shown["run_id"] == journal["run_id"]
+    assert all(step["status"] == "done" and step["attempts"] == 1 for step in shown["steps"]), shown["steps"]
+    copy = json.loads((cloud / "sites" / "gcp" / "store" / "media" / ".failover" / "journal.json").read_text())
+    assert copy["run_id"] == journal["run_id"] and copy["finished"]
+
+
+def test_new_primary_takes_writes_through_dns_at_a_raised_epoch(cloud):
+    assert resolve(cloud) == GCP
+    status, body = post(resolve(cloud), 2)
+    assert status == 201 and body["site"] == "gcp"
+    state = health(GCP)
+    assert state["writable"] and state["epoch"] == state["db_epoch"] == 2
+    assert json.loads((cloud / "inventory.json").read_text())["epoch"] == 2
+    assert json.loads((cloud / "inventory.json").read_text())["active"] == "gcp"
+
+
+def test_restarted_old_primary_refuses_writes(cloud):
+    from invoke import Context
+
+    from infra.sites.bringup import record_postmaster
+    from infra.sites.local import LocalCloud
+    from playbooks import postgres
+
+    local = LocalCloud(cloud)
+    aws = local.site("aws")
+    os.chmod(aws.root, 0o755)  # the provider gives the site back, with its stale state
+    local.mark_dropped("aws", False)
+    postgres.start(Context(), aws.paths.pgdata, str(aws.logs / "postgresql.log"))
+    record_postmaster(local, aws)
+    local.start_app(aws)
+    fenced = json.loads(failover(cloud, "fence", "--json").stdout)["fenced"]
+    assert "aws" in fenced
+    status, body = post(AWS, 3)
+    assert status in (409, 503), body
+    assert resolve(cloud) == GCP
+    assert post(GCP, 4)[0] == 201

@@ -1,0 +1,103 @@
+"""The runbook's decisions and its journal, tested with data (no processes)."""
+import pytest
+
+from infra.cliutil import FailoverError
+from infra.runbook import steps
+from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore
+from infra.spec import DnsProvider
+
+NAMES = ["aws", "gcp", "azure"]
+
+
+def test_good_inputs_have_no_problems():
+    assert steps.input_problems(NAMES, "aws", {"aws"}, "gcp", None) == []
+    assert steps.input_problems(NAMES, "aws", set(), "gcp", "aws") == []
+
+
+@pytest.mark.parametrize("target, source, dropped, expected", [
+    ("oracle", None, set(), "unknown site 'oracle'"),
+    ("aws", None, set(), "already the active primary"),
+    ("gcp", None, {"gcp"}, "gcp is dropped"),
+    ("gcp", "azure", set(), "--from azure is not the active primary (aws)"),
+    ("gcp", "nowhere", set(), "unknown --from site 'nowhere'"),
+])
+def test_bad_inputs_are_named(target, source, dropped, expected):
+    problems = steps.input_problems(NAMES, "aws", dropped, target, source)
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_streaming_replica_is_promoted_with_no_expected_loss_when_synchronous():
+    source = steps.choose_source("warm", True, True, [])
+    assert source.kind == steps.PROMOTE and source.expected_loss.startswith("none")
+    assert "lag" in steps.choose_source("warm", True, False, []).expected_loss
+
+
+def test_without_a_replica_the_repository_with_the_newest_wal_is_chosen():
+    repos = [
+        {"name": "repo2", "site": "gcp", "last_backup": "2026-01-01T10:00", "last_archived_wal": "00000001000000000000000A"},
+        {"name": "repo3", "site": "azure", "last_backup": "2026-01-01T09:00", "last_archived_wal": "00000001000000000000000C"},
+        {"name": "repo4", "site": "x", "last_backup": None, "last_archived_wal": None, "error": "no stanza"},
+    ]
+    source = steps.choose_source("pilot-light", False, True, repos)
+    assert (source.kind, source.repo_index, source.repo_site) == (steps.RESTORE, 3, "azure")
+
+
+def test_a_target_without_data_is_refused_with_the_reasons():
+    with pytest.raises(FailoverError, match="repo2 at gcp: no stanza"):
+        steps.choose_source("pilot-light", False, True, [{"name": "repo2", "site": "gcp", "last_backup": None,
+                                                          "error": "no stanza"}])
+
+
+def test_missing_dns_secrets_are_named(monkeypatch):
+    monkeypatch.delenv("FAILOVER_TEST_NO_SUCH_SECRET", raising=False)
+    monkeypatch.setenv("FAILOVER_TEST_SECRET", "s3cret")
+    providers = [DnsProvider("knot-a", "x.Y", {"key_secret": "env/FAILOVER_TEST_SECRET", "host": "127.0.0.1"}, "v"),
+                 DnsProvider("knot-b", "x.Y", {"key_secret": "env/FAILOVER_TEST_NO_SUCH_SECRET"}, "v")]
+    assert steps.missing_dns_secrets(providers) == ["knot-b.key_secret (env/FAILOVER_TEST_NO_SUCH_SECRET)"]
+
+
+def test_a_resumed_run_keeps_its_epoch_and_a_new_one_raises_it():
+    assert steps.next_epoch(1, None) == 2
+    assert steps.next_epoch(2, 2) == 2
+
+
+def test_journal_resumes_after_the_last_completed_step():
+    journal = Journal.new("failover", "aws", "gcp", 2, ["a", "b", "c"], {})
+    journal.record("a", STARTED)
+    journal.record("a", DONE)
+    journal.record("b", STARTED)  # crashed here
+    assert journal.completed() == {"a"}
+    assert journal.pending() == ["b", "c"]
+    journal.record("b", FAILED, error="boom")
+    journal.record("b", STARTED)
+    journal.record("b", DONE)
+    rows = {r["step"]: r for r in journal.timings()}
+    assert rows["b"]["attempts"] == 2 and rows["b"]["status"] == DONE
+    assert rows["c"]["status"] == "pending"
+    assert not journal.complete
+
+
+def test_journal_store_round_trips_copies_and_closes(tmp_path):
+    store = JournalStore(tmp_path / "work")
+    journal = Journal.new("failover", "aws", "gcp", 2, ["a"], {"data": {}})
+    journal.record("a", STARTED)
+    bucket = tmp_path / "bucket"
+    assert store.save(journal, [bucket]) == []
+    assert (bucket / ".failover" / "journal.json").exists()
+    loaded = store.current()
+    assert loaded.run_id == journal.run_id and loaded.events[0].status == STARTED
+    store.close(loaded)
+    assert store.current() is None
+    assert store.latest().run_id == journal.run_id
+
+
+def test_journal_copy_to_an_unwritable_store_is_reported_not_fatal(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    failed = JournalStore(tmp_path / "work").save(Journal.new("failover", "aws", "gcp", 2, [], {}), [blocker])
+    assert len(failed) == 1
+
+
+def test_the_failover_steps_are_in_the_issue_order():
+    assert steps.STEP_NAMES == ["preflight", "fence", "capacity", "promote", "media", "start_app", "verify_app",
+                                "shift_dns", "verify_dns", "protect"]
