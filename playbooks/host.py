@@ -7,6 +7,7 @@ context runs as root, commands are wrapped in `runuser`.
 """
 from __future__ import annotations
 
+import base64
 import shlex
 
 SERVICE_USER = "postgres"
@@ -44,19 +45,15 @@ def ensure_dir(c, path: str, mode: str = "700") -> None:
 
 
 def write_file(c, path: str, text: str, mode: str = "600") -> None:
-    """Writes a file owned by the service user, through the shell so it works over SSH too."""
+    """Writes a file owned by the service user, through the shell so it works over SSH too.
+
+    The content travels base64-encoded inside the command: invoke feeds in_stream a character
+    at a time, which made every config write take seconds.
+    """
     quoted = shlex.quote(path)
-    c.run(f"cat > {quoted}.tmp", hide=True, in_stream=_Stream(text))
-    owner = f"chown {SERVICE_USER}:{SERVICE_USER} {quoted}.tmp && " if _is_root(c) else ""
-    c.run(f"{owner}chmod {mode} {quoted}.tmp && mv {quoted}.tmp {quoted}", hide=True, in_stream=False)
-
-
-class _Stream:
-    """A one-shot readable for invoke's in_stream."""
-
-    def __init__(self, text: str):
-        self._data = text
-
-    def read(self, n: int = -1) -> str:
-        chunk, self._data = (self._data, "") if n < 0 else (self._data[:n], self._data[n:])
-        return chunk
+    payload = base64.b64encode(text.encode()).decode()
+    owner = f" && chown {SERVICE_USER}:{SERVICE_USER} {quoted}.tmp" if _is_root(c) else ""
+    result = c.run(f"echo {payload} | base64 -d > {quoted}.tmp{owner} && chmod {mode} {quoted}.tmp "
+                   f"&& mv {quoted}.tmp {quoted}", hide=True, in_stream=False, warn=True)
+    if not result.ok:  # never echo the command: the payload may hold credentials
+        raise OSError(f"could not write {path} on {getattr(c, 'host', 'localhost')}: {result.stderr.strip()}")

@@ -67,16 +67,8 @@ def back_command(
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Planned failback to a repaired site: re-seed it as a replica, stop writes briefly, switch, protect."""
-    from infra.runbook import failback
-
-    cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
-    the_plan = failback.plan(cloud, spec, project, to)
-    if not yes:
-        emit({"plan": the_plan, "executed": False}, as_json, lambda r: out.print(r["plan"]))
-        return
-    result = failback.execute(cloud, spec, project, to, _progress)
-    emit({"plan": the_plan, "executed": True, "journal": result.to_dict(), "steps": result.timings()},
-         as_json, lambda r: _render_steps(result))
+    # Not built yet: re-seed `to` as a replica of the active primary, stop writes briefly, switch, protect.
+    raise cliutil.FailoverError(f"failover back --to {to}: failback is not implemented yet (issue 5, item 4)")
 
 
 @app.command("fence")
