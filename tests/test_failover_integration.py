@@ -15,6 +15,7 @@ How fencing is guaranteed (see infra/runbook/steps.py):
 from __future__ import annotations
 
 import json
+import time
 import os
 import subprocess
 import sys
@@ -152,6 +153,15 @@ def test_restarted_old_primary_refuses_writes(cloud):
     postgres.start(Context(), aws.paths.pgdata, str(aws.logs / "postgresql.log"))
     record_postmaster(local, aws)
     local.start_app(aws)
+    # Before anything fences it, the old app sees gcp's higher epoch and refuses writes.
+    status, deadline = None, time.monotonic() + 10
+    while status is None and time.monotonic() < deadline:
+        try:
+            status = post(AWS, 3)[0]
+        except urllib.error.URLError:
+            time.sleep(0.2)  # connection refused while the app starts
+    assert status == 409, status
+    assert health(AWS)["superseded"] is True and health(AWS)["writable"] is False
     fenced = json.loads(failover(cloud, "fence", "--json").stdout)["fenced"]
     assert "aws" in fenced
     status, body = post(AWS, 3)

@@ -11,6 +11,8 @@ import base64
 import json
 import sys
 import threading
+import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -36,8 +38,39 @@ class AppConfig:
             return self._data
 
 
+class PeerWatch:
+    """Watches the other sites' /healthz: a higher epoch anywhere means this site was superseded.
+
+    This is what keeps an old primary that comes back with its old config and database from
+    taking writes: its own database still agrees with its stale epoch, but the new primary
+    serves a higher one. The first look happens before the app serves anything.
+    """
+
+    def __init__(self, config: AppConfig, interval: float = 1.0):
+        self.config = config
+        self.interval = interval
+        self.highest = 0
+
+    def look(self) -> None:
+        for url in self.config.get().get("peers", []):
+            try:
+                with urllib.request.urlopen(url, timeout=0.5) as response:
+                    self.highest = max(self.highest, int(json.load(response).get("epoch", 0)))
+            except (OSError, ValueError):
+                continue  # an unreachable peer proves nothing either way
+
+    def run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.look()
+
+    def superseded(self) -> bool:
+        return self.highest > self.config.get()["epoch"]
+
+
 class Handler(BaseHTTPRequestHandler):
     config: AppConfig
+    peers: PeerWatch
     local = threading.local()
 
     def log_message(self, fmt, *args):  # access logs would drown the drill's timeline
@@ -83,15 +116,17 @@ class Handler(BaseHTTPRequestHandler):
         config = self.config.get()
         row = self._db().execute("SELECT pg_is_in_recovery(), (SELECT epoch FROM failover.epoch)").fetchone()
         recovery, db_epoch = row
-        writable = (not recovery) and db_epoch == config["epoch"] and not config.get("fenced")
+        superseded = self.peers.superseded()
+        writable = (not recovery) and db_epoch == config["epoch"] and not config.get("fenced") and not superseded
         self._send(200, {"site": config["site"], "writable": writable, "epoch": config["epoch"],
-                         "db_epoch": db_epoch, "in_recovery": recovery})
+                         "db_epoch": db_epoch, "in_recovery": recovery, "superseded": superseded})
 
     def _create_post(self):
         config = self.config.get()
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        if config.get("fenced"):
-            return self._send(409, {"error": "this site is fenced", "epoch": config["epoch"]})
+        if config.get("fenced") or self.peers.superseded():
+            return self._send(409, {"error": "this site is fenced: another site holds a higher epoch",
+                                    "epoch": config["epoch"]})
         media_key = None
         if request.get("media"):
             media_key = f"posts/{request.get('canary_seq') or 'x'}-{threading.get_ident()}.bin"
@@ -122,6 +157,9 @@ class Handler(BaseHTTPRequestHandler):
 def main(argv: list[str]) -> None:
     config = AppConfig(Path(argv[1]))
     Handler.config = config
+    Handler.peers = PeerWatch(config)
+    Handler.peers.look()
+    threading.Thread(target=Handler.peers.run, daemon=True).start()
     settings = config.get()
     server = ThreadingHTTPServer((settings["address"], settings["port"]), Handler)
     server.daemon_threads = True

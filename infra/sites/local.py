@@ -135,6 +135,8 @@ class LocalCloud:
             "site": site.name, "address": site.address, "port": spec.app.port, "epoch": epoch, "fenced": fenced,
             "dsn": f"host={site.address} port={spec.database.port} user=postgres dbname={spec.database.name}",
             "media_dir": str(site.media_dir),
+            # The app refuses writes once any peer reports a higher epoch (see infra/app/server.py).
+            "peers": [f"http://{s.address}:{spec.app.port}/healthz" for s in self.sites() if s.name != site.name],
         }
         tmp = site.app_config.with_suffix(".tmp")
         tmp.write_text(json.dumps(config, indent=2))
