@@ -2,8 +2,10 @@
 
 Run as `python -m infra.app.server CONFIG.json`. The config names the site, the database DSN,
 the media bucket directory, the listen address and the app's epoch. The app writes only when
-its database is a primary whose stored epoch equals the app's own: an old primary that comes
-back with an old epoch, or a database whose epoch was raised elsewhere, refuses writes (409).
+its database is a primary whose stored epoch equals the app's own, and no peer site serves a
+higher epoch: an old primary that comes back with its old config and database refuses writes
+(409). With synchronous replication, media objects are written to the warm site's bucket too
+before a post is acknowledged, as its row is.
 """
 from __future__ import annotations
 
@@ -130,7 +132,12 @@ class Handler(BaseHTTPRequestHandler):
         media_key = None
         if request.get("media"):
             media_key = f"posts/{request.get('canary_seq') or 'x'}-{threading.get_ident()}.bin"
-            write_media(Path(config["media_dir"]), media_key, base64.b64decode(request["media"]))
+            data = base64.b64decode(request["media"])
+            try:
+                for directory in (config["media_dir"], *config.get("media_mirrors", [])):
+                    write_media(Path(directory), media_key, data)
+            except OSError as error:
+                return self._send(503, {"error": f"media replica unavailable: {error.strerror}"})
         # The epoch check and the insert are one statement: no write slips past a raised epoch.
         row = self._db().execute(
             "INSERT INTO posts (user_id, body, media_key, canary_seq) "

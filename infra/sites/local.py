@@ -135,12 +135,25 @@ class LocalCloud:
             "site": site.name, "address": site.address, "port": spec.app.port, "epoch": epoch, "fenced": fenced,
             "dsn": f"host={site.address} port={spec.database.port} user=postgres dbname={spec.database.name}",
             "media_dir": str(site.media_dir),
+            "media_mirrors": [str(m.media_dir) for m in self.media_mirrors(site, spec)],
             # The app refuses writes once any peer reports a higher epoch (see infra/app/server.py).
             "peers": [f"http://{s.address}:{spec.app.port}/healthz" for s in self.sites() if s.name != site.name],
         }
         tmp = site.app_config.with_suffix(".tmp")
         tmp.write_text(json.dumps(config, indent=2))
         tmp.replace(site.app_config)
+
+    def media_mirrors(self, site: LocalSite, spec: Spec) -> list[LocalSite]:
+        """Warm sites whose bucket the active site's app writes media into before acknowledging.
+
+        With synchronous replication the database is never acknowledged before the warm site
+        has it; media gets the same promise, or a drill loses the objects of acked posts.
+        """
+        if spec.database.replication != "sync" or not self.inventory_file.exists():
+            return []
+        if self.inventory().active != site.name:
+            return []
+        return [s for s in self.sites() if s.role == "warm" and s.name != site.name and s.name not in self.dropped()]
 
     def start_app(self, site: LocalSite) -> None:
         argv = [sys.executable, "-m", "infra.app.server", str(site.app_config)]
