@@ -5,6 +5,8 @@ Every command takes --workdir (the local cloud's state, default .failover/ in th
 """
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,7 +22,8 @@ from infra.spec import load_spec
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 local = typer.Typer(help="The embedded local cloud: real processes on loopback addresses.", no_args_is_help=True)
 app.add_typer(local, name="local")
-out = Console(highlight=False)
+# Wide enough for the status table when stdout is a file or a CI log, not a terminal.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _mount_optional() -> None:
@@ -119,7 +122,7 @@ def status(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project:
 
 
 def _render_status(report: dict) -> None:
-    table = Table(title=f"active: {report['active']}  epoch: {report['epoch']}")
+    table = Table(title=f"active: {report['active']}  epoch: {report['epoch']}", title_justify="left")
     for column in ("site", "role", "reachable", "lag", "repository", "last backup", "last WAL", "media"):
         table.add_column(column)
     for site in report["sites"]:
@@ -183,6 +186,8 @@ def _render_restore(result: dict) -> None:
 
 
 def main() -> None:
+    # Libraries (octoDNS above all) log per record and plan; our own output says what matters.
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     app()
 
 
