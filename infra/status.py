@@ -66,9 +66,7 @@ def collect(cloud: LocalCloud, db_port: int, check_media: bool = True) -> dict:
     sites = {s.name: s for s in cloud.sites()}
     active = sites[inventory.active]
     config_host = next((s for s in sites.values() if store_reachable(c, s)), active)
-    report = []
-    for name, site in sites.items():
-        report.append(_site(c, cloud, inventory, site, active, config_host, db_port, check_media))
+    report = [_site(c, cloud, inventory, site, active, config_host, db_port, check_media) for site in sites.values()]
     return {"active": inventory.active, "epoch": inventory.epoch, "sites": report}
 
 

@@ -63,17 +63,28 @@ def _replicator(cloud: LocalCloud) -> None:
                           cwd=Path(__file__).parents[2])
 
 
+def _inventory(cloud: LocalCloud, spec: Spec, sites: list[LocalSite]) -> Inventory:
+    """The existing inventory when completing a partial cloud; refuses one that has failed over."""
+    if not cloud.inventory_file.exists():
+        return Inventory([outputs(s, spec) for s in sites], active=sites[0].name)
+    inventory = cloud.inventory()
+    if inventory.active != sites[0].name:
+        raise FailoverError(f"{cloud.workdir} has failed over to {inventory.active} (epoch {inventory.epoch}); "
+                            f"`local up` only builds the initial layout: use `failover back --to {sites[0].name}` "
+                            "or `failover local down` first")
+    return inventory
+
+
 def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, prefix: str) -> dict:
     """Brings the local cloud up (or completes a partial one); returns a summary."""
     cloud = LocalCloud(workdir)
-    if cloud.exists and len(cloud.sites()) != count:
-        raise FailoverError(f"{workdir} already holds a local cloud of {len(cloud.sites())} sites; "
-                            f"run `failover local down --workdir {workdir}` first to change --sites")
+    if cloud.exists and (len(cloud.sites()) != count or cloud.settings()["prefix"] != prefix):
+        raise FailoverError(f"{workdir} already holds a local cloud of {len(cloud.sites())} sites on "
+                            f"{cloud.settings()['prefix']}.x; run `failover local down --workdir {workdir}` "
+                            "first to change --sites or --prefix")
     sites = plan_sites(spec, count, cloud.workdir, prefix)
+    inventory = _inventory(cloud, spec, sites)
     cloud.save(sites, prefix=prefix, storage="posix", dropped=[])
-    inventory = Inventory([outputs(s, spec) for s in sites], active=sites[0].name)
-    if cloud.inventory_file.exists():
-        inventory = cloud.inventory()
     inventory.save(cloud.inventory_file)
     c = Context()
     for site in sites:
@@ -92,7 +103,8 @@ def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, 
     progress("creating the stanza and a full backup in every repository")
     stanzas = protection.create_stanzas(c, inventory, primary.paths)
     _fail_on(stanzas, "stanza-create")
-    backups = [r for r in protection.backup_all(c, inventory, primary.paths) if r.ok or _fail_on([r], "backup")]
+    backups = protection.backup_all(c, inventory, primary.paths)
+    _fail_on(backups, "backup")
 
     for site in warm:
         progress(f"starting the warm replica {site.name} on {site.address}")
@@ -131,9 +143,8 @@ def _streaming(c, primary: LocalSite, spec: Spec, name: str) -> bool:
     return postgres.psql(c, primary.address, spec.database.port, sql).stdout.strip() == "1"
 
 
-def _fail_on(results, what: str) -> bool:
+def _fail_on(results, what: str) -> None:
     failed = [r for r in results if not r.ok]
     if failed:
         details = "; ".join(f"{r.repo} at site {r.site} ({r.location}): {r.error}" for r in failed)
         raise FailoverError(f"{what} failed: {details}")
-    return True
