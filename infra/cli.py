@@ -109,6 +109,19 @@ def local_drop(
     emit(result, as_json, lambda r: _progress(f"dropped {site}: killed {', '.join(r['killed']) or 'nothing'}"))
 
 
+@local.command("restore-site")
+@command
+def local_restore_site(
+    site: Annotated[str, typer.Option(help="The dropped site to give back.")],
+    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False,
+):
+    """Give a dropped site back (storage reachable, nothing started); `failover back` re-seeds it."""
+    from infra.sites import chaos
+
+    result = chaos.restore(LocalCloud(workdir_path(workdir)), site)
+    emit(result, as_json, lambda r: _progress(f"{site} is reachable again; its data is stale until `failover back`"))
+
+
 @app.command("status")
 @command
 def status(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,

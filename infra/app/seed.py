@@ -44,11 +44,21 @@ def seed(dsn: str, media_dir: Path, megabytes: int) -> dict[str, int]:
 
 
 def write_media(media_dir: Path, key: str, data: bytes) -> tuple[str, int, str]:
-    """Stores an object in the bucket directory (atomically) and returns key, size, sha256."""
+    """Stores an object in the bucket directory (atomically) and returns key, size, sha256.
+
+    Files and folders take the bucket's owner, so the replicator (the service user) can
+    later write beside them, whoever runs the app.
+    """
+    owner = media_dir.stat()
     path = media_dir / key
-    path.parent.mkdir(parents=True, exist_ok=True)
+    for parent in reversed(path.relative_to(media_dir).parents[:-1]):
+        folder = media_dir / parent
+        if not folder.exists():
+            folder.mkdir(exist_ok=True)
+            os.chown(folder, owner.st_uid, owner.st_gid)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
+    os.chown(tmp, owner.st_uid, owner.st_gid)
     tmp.replace(path)
     return key, len(data), hashlib.sha256(data).hexdigest()
 

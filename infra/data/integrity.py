@@ -6,9 +6,16 @@ the md5 of the ordered per-row md5s: cheap in memory, and sensitive to any chang
 """
 from __future__ import annotations
 
+import json
+from datetime import datetime
+from pathlib import Path
+
 import psycopg
 
+from infra.app.seed import write_media
+
 TABLES = ("users", "posts", "follows", "media")
+MANIFEST = ".failover/checksums.json"  # in the active site's media bucket, replicated with the media
 
 
 def checksums(dsn: str, upto: dict[str, int] | None = None) -> dict[str, dict]:
@@ -37,3 +44,12 @@ def compare(restored: dict[str, dict], source: dict[str, dict]) -> dict[str, dic
                 "upto": source[table]["max_id"]}
         for table in source
     }
+
+
+def write_manifest(dsn: str, media_dir: Path, site: str) -> dict[str, dict]:
+    """Records the checksums of the data a backup covers, so a restore can prove itself later
+    even when the source is gone."""
+    sums = checksums(dsn)
+    manifest = {"site": site, "taken": datetime.now().astimezone().isoformat(), "tables": sums}
+    write_media(media_dir, MANIFEST, json.dumps(manifest).encode())
+    return sums

@@ -26,19 +26,10 @@ from infra.spec import Spec
 from infra.status import db_reachable, repository, store_reachable
 from playbooks import media, pgbackrest, postgres
 
-MANIFEST = ".failover/checksums.json"
 
 
 def _unreachable(c, cloud: LocalCloud) -> set[str]:
     return {s.name for s in cloud.sites() if s.name in cloud.dropped() or not store_reachable(c, s)}
-
-
-def write_manifest(cloud: LocalCloud, spec: Spec, site: LocalSite) -> dict:
-    sums = integrity.checksums(dsn(site, spec))
-    path = site.media_dir / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"site": site.name, "taken": datetime.now().astimezone().isoformat(), "tables": sums}))
-    return sums
 
 
 def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:
@@ -51,7 +42,7 @@ def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:
     skip = _unreachable(c, cloud)
     progress(f"backing up {active.name} ({kind}) into every reachable repository")
     results = protection.backup_all(c, inventory, active.paths, skip, kind)
-    write_manifest(cloud, spec, active)
+    integrity.write_manifest(dsn(active, spec), active.media_dir, active.name)
     targets = [n for n in inventory.names if n != active.name and n not in skip]
     results += protection.sync_media(c, f"{active.paths.pgbackrest_dir}/rclone.conf", inventory, active.name, targets)
     skipped = [{"repo": f"repo{inventory.repo_index(n)}", "site": n, "location": inventory.site(n).repository.options.get("path", ""),
@@ -150,7 +141,7 @@ def verify(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalSite, sourc
         source, against = integrity.checksums(dsn(active, spec), integrity.max_ids(restored)), f"live {active.name}"
         restored_range = restored
     else:
-        manifest = media.cat(c, conf, f"{media_config.bucket(inventory, source_site)}/{MANIFEST}")
+        manifest = media.cat(c, conf, f"{media_config.bucket(inventory, source_site)}/{integrity.MANIFEST}")
         if manifest is None:
             raise FailoverError(f"the source {inventory.active} is unreachable and no checksum manifest is in "
                                 f"{source_site}'s bucket: cannot verify; run `failover snapshot` while the primary is up")

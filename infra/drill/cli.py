@@ -67,7 +67,9 @@ def _render(result: dict, directory: Path) -> None:
         mark = "[green]pass[/green]" if s["passed"] else "[red]FAIL[/red]"
         rto = "never" if s["rto_seconds"] is None else f"{s['rto_seconds']:.1f}s"
         out.print(f"{s['name']:12} {s['source']} → {s['target']}  RTO {rto} (limit {s['targets']['rto_limit_seconds']:.0f}s)"
-                  f"  lost {s['writes_lost']}/{s['writes_acked']}  RPO window {s['rpo_seconds']:.2f}s  {mark}")
+                  f"  lost {s['writes_lost']}/{s['writes_acked']}  RPO window {s['rpo_seconds']:.2f}s"
+                  + (f"  archive lag {s['archive_lag_seconds']:.2f}s" if s.get("archive_lag_seconds") is not None else "")
+                  + f"  {mark}")
         for missed in s["missed"]:
             out.print(f"   [red]✗[/red] {missed}")
     out.print(f"report: {directory}/report.md")

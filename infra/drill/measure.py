@@ -38,6 +38,8 @@ class Targets:
     rto_margin_seconds: float = 5.0
     max_writes_lost: int | None = 0
     rpo_window_seconds: float | None = None
+    # Restores replay archived WAL only: the RPO window must fit inside the archive lag measured.
+    rpo_within_archive_lag: bool = False
 
     def rto_limit(self, ttl: int) -> float:
         return self.rto_seconds if self.rto_seconds is not None else ttl + self.rto_margin_seconds
@@ -67,13 +69,28 @@ def rpo(writes: list[Ack], present: set[int]) -> Rpo:
                lost[0].answered, lost[-1].answered)
 
 
+def archive_lag(writes: list[Ack], source: str, cut_off: float, recovered_to: float | None) -> float | None:
+    """Seconds between the last write the old primary acknowledged before the cut-off and the
+    commit time of the last transaction the restore replayed from the archive.
+
+    Every acknowledged write committed after `recovered_to` is lost, and each was acknowledged
+    no later than the last ack, so the RPO window can never exceed this lag. None when either
+    end is unknown; 0 when the archive held everything acknowledged.
+    """
+    acked = [w.answered for w in writes if w.acked and w.site == source and w.answered <= cut_off]
+    if recovered_to is None or not acked:
+        return None
+    return round(max(0.0, max(acked) - recovered_to), 3)
+
+
 def outage(writes: list[Ack], since: float) -> tuple[int, int]:
     """(failed attempts, acknowledged writes) after `since`."""
     after = [w for w in writes if w.sent >= since]
     return sum(not w.acked for w in after), sum(w.acked for w in after)
 
 
-def judge(targets: Targets, ttl: int, rto_cutoff: float | None, lost: Rpo) -> list[str]:
+def judge(targets: Targets, ttl: int, rto_cutoff: float | None, lost: Rpo,
+          lag: float | None = None) -> list[str]:
     """Every missed target, as a sentence; empty means the scenario passed."""
     missed = []
     limit = targets.rto_limit(ttl)
@@ -85,4 +102,9 @@ def judge(targets: Targets, ttl: int, rto_cutoff: float | None, lost: Rpo) -> li
         missed.append(f"{lost.lost} acknowledged writes lost (target: at most {targets.max_writes_lost})")
     if targets.rpo_window_seconds is not None and lost.window_seconds > targets.rpo_window_seconds:
         missed.append(f"RPO window {lost.window_seconds:.2f}s exceeds {targets.rpo_window_seconds:.2f}s")
+    if targets.rpo_within_archive_lag:
+        if lag is None:
+            missed.append("the WAL archive lag at cut-off could not be measured")
+        elif lost.window_seconds > lag:
+            missed.append(f"RPO window {lost.window_seconds:.2f}s exceeds the WAL archive lag {lag:.2f}s")
     return missed

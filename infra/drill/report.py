@@ -28,12 +28,14 @@ def write(report_dir: Path, scenarios: list[dict]) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["# Failover drill", "", f"**{'PASSED' if result['passed'] else 'FAILED'}**", "",
-             "| scenario | from → to | RTO from cut-off | RTO from command | limit | writes acked | lost | RPO window | result |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| scenario | from → to | RTO from cut-off | RTO from command | limit | writes acked | lost | RPO window "
+             "| WAL archive lag | result |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in result["scenarios"]:
         lines.append(f"| {s['name']} | {s['source']} → {s['target']} | {_secs(s['rto_seconds'])} | "
                      f"{_secs(s['rto_from_command_seconds'])} | {s['targets']['rto_limit_seconds']:.0f}s (TTL {s['dns_ttl']}s) | "
                      f"{s['writes_acked']} | {s['writes_lost']} | {s['rpo_seconds']:.2f}s | "
+                     f"{_secs(s.get('archive_lag_seconds'))} | "
                      f"{'pass' if s['passed'] else 'FAIL'} |")
     for s in result["scenarios"]:
         lines += ["", f"## {s['name']}: {s['description']}", "",

@@ -36,7 +36,8 @@ SCENARIOS = {
     "warm": Scenario("warm", "warm", measure.Targets(rto_margin_seconds=5.0, max_writes_lost=0),
                      description="promote the synchronous streaming replica"),
     "pilot-light": Scenario("pilot-light", "pilot-light",
-                            measure.Targets(rto_margin_seconds=30.0, max_writes_lost=None, rpo_window_seconds=5.0),
+                            measure.Targets(rto_margin_seconds=30.0, max_writes_lost=None,
+                                            rpo_within_archive_lag=True),
                             strict_tables=("users", "follows", "media"),
                             description="restore from the best reachable pgBackRest repository"),
 }
@@ -97,6 +98,7 @@ def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> di
     from infra.data import integrity
     from infra.dns.local import local_providers
     from infra.runbook import runner
+    from infra.runbook.journal import JournalStore
     from infra.sites import chaos
     from infra.sites.bringup import dsn
 
@@ -120,6 +122,7 @@ def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> di
             journal = runner.run_failover(cloud, spec, options.project, target.name, None, progress)
         except Exception as failure:  # the report says what failed; the drill still measures
             error = f"{type(failure).__name__}: {failure}"
+            journal = JournalStore(options.workdir).current()  # the steps that ran, for the report
         command_ended = time.time()
         limit = targets.rto_limit(spec.dns.ttl) + 30
         _wait(lambda: canary.acked_on(target.name), max(0.0, cut_off + limit - time.time()), "", quiet=True)
@@ -144,7 +147,9 @@ def _result(scenario, targets, cloud, spec, source, target, writes: list[Write],
     lost = measure.rpo(acks, present) if not readback_error else measure.rpo(acks, set())
     rto_cut = measure.rto(acks, target.name, cut_off)
     rto_cmd = measure.rto(acks, target.name, command_started)
-    missed = measure.judge(targets, spec.dns.ttl, rto_cut, lost)
+    recovered_to = _step_detail(journal, "promote").get("recovered_to")
+    lag = measure.archive_lag(acks, source, cut_off, recovered_to)
+    missed = measure.judge(targets, spec.dns.ttl, rto_cut, lost, lag)
     if error:
         missed.append(f"the runbook failed: {error}")
     integrity_report = _integrity(cloud, spec, target, before, scenario, writes, present)
@@ -159,13 +164,33 @@ def _result(scenario, targets, cloud, spec, source, target, writes: list[Write],
         "cut_off": iso(cut_off), "command_started": iso(command_started), "command_ended": iso(command_ended),
         "command_seconds": round(command_ended - command_started, 3),
         "rto_seconds": rto_cut, "rto_from_command_seconds": rto_cmd,
-        "rpo_seconds": lost.window_seconds, "writes_acked": sum(a.acked for a in acks), "writes_lost": lost.lost,
+        "rpo_seconds": lost.window_seconds, "archive_lag_seconds": lag, "recovered_to": iso(recovered_to),
+        "newest_segment_age_seconds": _newest_segment_age(cloud, journal, cut_off),
+        "writes_acked": sum(a.acked for a in acks), "writes_lost": lost.lost,
         "lost_seqs": list(lost.lost_seqs)[:50], "writes_failed_after_cut_off": failed, "writes_attempted": len(acks),
         "passed": not missed, "missed": missed, "error": error or None,
         "epoch": journal.epoch if journal else None,
         "steps": journal.timings() if journal else [], "integrity": integrity_report,
         "canary": [w.to_dict() for w in writes], "cut_off_ts": cut_off, "command_started_ts": command_started,
     }
+
+
+def _step_detail(journal, step: str) -> dict:
+    rows = journal.timings() if journal else []
+    return next((r["detail"] for r in rows if r["step"] == step), {}) or {}
+
+
+def _newest_segment_age(cloud, journal, cut_off: float) -> float | None:
+    """Age at cut-off of the newest WAL file in the repository a restore used (None for a promotion).
+
+    A second view of the archive lag, from the repository's side: how long before the cut-off
+    the last segment landed there."""
+    site = (journal.plan.get("data") or {}).get("repo_site") if journal else None
+    if not site:
+        return None
+    archive = cloud.site(site).store / "pgbackrest" / "archive"
+    times = [p.stat().st_mtime for p in archive.rglob("0000*") if p.is_file() and p.stat().st_mtime <= cut_off]
+    return round(cut_off - max(times), 3) if times else None
 
 
 def _integrity(cloud, spec, target, before: dict, scenario: Scenario, writes: list[Write], present: set[int]) -> dict:

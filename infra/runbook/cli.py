@@ -66,9 +66,19 @@ def back_command(
     yes: Annotated[bool, typer.Option("--yes", help="Execute the plan (without it, only print it).")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
-    """Planned failback to a repaired site: re-seed it as a replica, stop writes briefly, switch, protect."""
-    # Not built yet: re-seed `to` as a replica of the active primary, stop writes briefly, switch, protect.
-    raise cliutil.FailoverError(f"failover back --to {to}: failback is not implemented yet (issue 5, item 4)")
+    """Planned failback to a repaired site: re-seed it as a replica, stop writes briefly, switch, protect. Resumes."""
+    from infra.runbook import runner
+
+    cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
+    the_plan, journal = runner.plan_back(cloud, spec, project, to)
+    if not yes:
+        emit({"plan": the_plan.to_dict(), "executed": False}, as_json, lambda r: _render_plan(the_plan))
+        return
+    if not as_json:
+        _render_plan(the_plan)
+    result = runner.execute(cloud, spec, project, the_plan, journal, _progress)
+    emit({"plan": the_plan.to_dict(), "executed": True, "journal": result.to_dict(), "steps": result.timings()},
+         as_json, lambda r: _render_steps(result))
 
 
 @app.command("fence")

@@ -47,9 +47,10 @@ def plan(cloud: LocalCloud, spec: Spec, project: Path, target: str, source: str 
     store = JournalStore(cloud.workdir)
     journal = store.current()
     inventory = cloud.inventory()
-    if journal is not None and journal.target != target:
+    if journal is not None and (journal.target != target or journal.kind != kind):
+        command = "back" if journal.kind == "failback" else "run"
         raise FailoverError(f"an interrupted {journal.kind} to {journal.target} (run {journal.run_id}) is open: "
-                            f"finish it with `failover run --to {journal.target} --yes` first")
+                            f"finish it with `failover {command} --to {journal.target} --yes` first")
     if journal is not None:
         data = steps_mod.DataSource(**journal.plan["data"])
         return Plan(journal.kind, journal.source, target, journal.epoch, data, journal.steps,
@@ -63,6 +64,36 @@ def plan(cloud: LocalCloud, spec: Spec, project: Path, target: str, source: str 
     epoch = steps_mod.next_epoch(inventory.epoch, None)
     return Plan(kind, inventory.active, target, epoch, data, list(steps_mod.STEP_NAMES), [], None,
                 sorted(cloud.dropped())), None
+
+
+def plan_back(cloud: LocalCloud, spec: Spec, project: Path, target: str) -> tuple[Plan, Journal | None]:
+    """The plan for `back --to target` (a planned switchover), or a FailoverError. Changes nothing."""
+    from infra.runbook import failback
+    from infra.status import db_reachable
+
+    resumed = plan(cloud, spec, project, target, kind="failback") if JournalStore(cloud.workdir).current() else None
+    if resumed is not None:
+        return resumed
+    inventory = cloud.inventory()
+    problems = failback.input_problems(inventory.names, inventory.active, cloud.dropped(), target)
+    if problems:
+        raise FailoverError("; ".join(problems))
+    active = cloud.site(inventory.active)
+    if inventory.active in cloud.dropped() or not db_reachable(Context(), active, spec.database.port):
+        raise FailoverError(f"the active site {active.name} ({active.address}:{spec.database.port}) does not answer: "
+                            f"a failback is a planned switchover from a running primary; use `failover run --to {target}`")
+    _check_dns(cloud, project)
+    return Plan("failback", inventory.active, target, steps_mod.next_epoch(inventory.epoch, None),
+                failback.data_source(inventory.active, target), list(failback.STEP_NAMES), [], None,
+                sorted(cloud.dropped())), None
+
+
+def steps_for(kind: str) -> list[tuple[str, Callable]]:
+    if kind == "failback":
+        from infra.runbook import failback
+
+        return failback.FAILBACK
+    return steps_mod.FAILOVER
 
 
 def _check_dns(cloud: LocalCloud, project: Path) -> None:
@@ -110,7 +141,7 @@ def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journa
             step_list: list[tuple[str, Callable]] | None = None) -> Journal:
     """Runs the plan's pending steps, journaling each before and after; returns the completed journal."""
     store = JournalStore(cloud.workdir)
-    step_list = step_list or steps_mod.FAILOVER
+    step_list = step_list or steps_for(journal.kind if journal is not None else the_plan.kind)
     if journal is None:
         journal = Journal.new(the_plan.kind, the_plan.source, the_plan.target, the_plan.epoch,
                               [name for name, _ in step_list], the_plan.to_dict())

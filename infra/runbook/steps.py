@@ -178,7 +178,7 @@ def fence(run: Run) -> dict:
     inventory = run.inventory
     if inventory.epoch < run.epoch:
         inventory.epoch = run.epoch
-        inventory.save(run.cloud.inventory_file)
+        run.cloud.publish(inventory)
     fenced = fence_site(run, run.source)
     return {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced}
 
@@ -231,6 +231,7 @@ def promote_or_restore(run: Run) -> dict:
         restore_database(run.c, run.cloud, run.spec, inventory, site, run.data.repo_index, run.unreachable(), None)
         how = f"restored from repo{run.data.repo_index} ({run.data.repo_site})"
     data_seconds = round(time.monotonic() - clock, 3)
+    recovered_to = _recovered_to(run)
     # Belt and braces for a target that was configured synchronous: commits must not wait for a dead standby.
     postgres.psql(run.c, site.address, run.port, "ALTER SYSTEM SET synchronous_standby_names = ''")
     postgres.psql(run.c, site.address, run.port, "SELECT pg_reload_conf()")
@@ -239,8 +240,20 @@ def promote_or_restore(run: Run) -> dict:
     _store_epoch(run)
     inventory = run.inventory
     inventory.active = run.target
-    inventory.save(run.cloud.inventory_file)
-    return {"how": how, "epoch": run.epoch, "data_seconds": data_seconds}
+    run.cloud.publish(inventory)
+    return {"how": how, "epoch": run.epoch, "data_seconds": data_seconds, "recovered_to": recovered_to}
+
+
+def _recovered_to(run: Run) -> float | None:
+    """Commit time (epoch seconds) of the last transaction replayed before promotion, if any.
+
+    PostgreSQL keeps `pg_last_xact_replay_timestamp()` static after recovery ends, so this is
+    how far the archive (or the stream) reached: the drill's archive lag is measured from it.
+    """
+    result = postgres.psql(run.c, run.site.address, run.port,
+                           "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())", warn=True)
+    text = result.stdout.strip() if result.ok else ""
+    return float(text) if text else None
 
 
 def _store_epoch(run: Run) -> None:
@@ -325,6 +338,7 @@ def protect_again(run: Run) -> dict:
     postgres.configure(run.c, site.paths.pgdata, settings, protection.HBA)
     postgres.psql(run.c, site.address, run.port, "ALTER SYSTEM RESET synchronous_standby_names")
     postgres.reload(run.c, site.paths.pgdata)
+    restarted = _archive_mode_on(run, site)
     # After a promotion pg_control keeps the old timeline until a checkpoint; pgBackRest refuses that.
     postgres.psql(run.c, site.address, run.port, "CHECKPOINT")
     stanzas = []
@@ -336,7 +350,22 @@ def protect_again(run: Run) -> dict:
         raise FailoverError("protecting the new primary failed: " + "; ".join(failed))
     followers = follow(run, skip)
     return {"repositories": [f"{r.repo} ({r.site})" for r in backups], "skipped": sorted(skip),
-            "backup_seconds": {r.repo: r.seconds for r in backups}, "followers": followers}
+            "backup_seconds": {r.repo: r.seconds for r in backups}, "followers": followers,
+            "restarted_for_archive_mode": restarted}
+
+
+def _archive_mode_on(run: Run, site: LocalSite) -> bool:
+    """A restored cluster runs with archive_mode off (it must not push into the archive it came
+    from before protect); archive_mode only changes on restart, so restart it once. Writes
+    pause for about a second: the app answers 503 meanwhile, nothing acknowledged is lost."""
+    if postgres.psql(run.c, site.address, run.port, "SHOW archive_mode").stdout.strip() != "off":
+        return False
+    # pgBackRest's --archive-mode=off lands in postgresql.auto.conf, which overrides failover.conf.
+    postgres.psql(run.c, site.address, run.port, "ALTER SYSTEM RESET archive_mode")
+    postgres.stop(run.c, site.paths.pgdata, "fast")
+    postgres.start(run.c, site.paths.pgdata, str(site.logs / "postgresql.log"), timeout=120)
+    record_postmaster(run.cloud, site)
+    return True
 
 
 def _stanza_missing(run: Run, inventory, site: LocalSite, skip: set[str]) -> bool:

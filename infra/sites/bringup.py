@@ -14,7 +14,7 @@ from invoke import Context
 
 from infra.app import seed
 from infra.cliutil import FailoverError
-from infra.data import protection
+from infra.data import integrity, protection
 from infra.sites.contract import Inventory
 from infra.sites.local import LocalCloud, LocalSite, outputs, plan_sites
 from infra.sites.processes import wait_for
@@ -85,12 +85,12 @@ def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, 
     sites = plan_sites(spec, count, cloud.workdir, prefix)
     inventory = _inventory(cloud, spec, sites)
     cloud.save(sites, prefix=prefix, storage="posix", dropped=[])
-    inventory.save(cloud.inventory_file)
     c = Context()
     for site in sites:
         _dirs(c, site)
         protection.install_pgbackrest(c, inventory, site.name, site.paths, spec.database.port)
         protection.install_rclone(c, inventory, site.paths)
+    cloud.publish(inventory)
 
     primary, warm = sites[0], [s for s in sites if s.role == "warm"]
     progress(f"starting the primary {primary.name} on {primary.address}:{spec.database.port}")
@@ -105,6 +105,7 @@ def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, 
     _fail_on(stanzas, "stanza-create")
     backups = protection.backup_all(c, inventory, primary.paths)
     _fail_on(backups, "backup")
+    integrity.write_manifest(dsn(primary, spec), primary.media_dir, primary.name)
 
     for site in warm:
         progress(f"starting the warm replica {site.name} on {site.address}")

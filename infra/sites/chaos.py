@@ -13,3 +13,15 @@ def drop(cloud: LocalCloud, name: str) -> dict:
     os.chmod(site.root, 0o000)
     cloud.mark_dropped(name)
     return {"site": name, "killed": killed, "storage": "unreachable"}
+
+
+def restore(cloud: LocalCloud, name: str) -> dict:
+    """The provider gives a dropped site back: its storage is reachable again, nothing is started.
+
+    Its data is as stale as at the cut-off and is never trusted: `failover back` re-seeds it.
+    """
+    site = cloud.site(name)
+    was_dropped = name in cloud.dropped()
+    os.chmod(site.root, 0o755)
+    cloud.mark_dropped(name, False)
+    return {"site": name, "was_dropped": was_dropped, "storage": "reachable", "processes": "none started"}

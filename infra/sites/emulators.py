@@ -168,8 +168,8 @@ class Emulator:
                  "azure": ("AZURE_KEY", "AZURE_SAS_URL")}[self.kind]
         return {name.lower(): f"{self.env_prefix}_{name}" for name in names}
 
-    def repository(self, ca_file: str | None = None) -> Repository:
-        ca = ca_file or str(self.tls_dir / "ca.crt")
+    def repository(self) -> Repository:
+        ca = str(self.tls_dir / "ca.crt")
         ref = {k: f"env/{v}" for k, v in self.refs().items()}
         options = {
             "s3": {"s3-bucket": self.bucket, "s3-endpoint": "localhost", "storage-port": str(self.port),

@@ -24,12 +24,14 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from infra.app.seed import write_media
 from infra.data.pgbackrest import HostPaths
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
 from infra.sites.processes import ProcessTable
 from infra.spec import Spec
 
 SERVICE_USER = "postgres"
+INVENTORY_COPY = ".failover/inventory.json"  # in every site's media bucket
 DEFAULT_PREFIX = "127.0.10"
 
 
@@ -119,6 +121,20 @@ class LocalCloud:
 
     def inventory(self) -> Inventory:
         return Inventory.load(self.inventory_file)
+
+    def publish(self, inventory: Inventory) -> list[str]:
+        """Saves the inventory and copies it into every reachable site's bucket; returns those sites.
+
+        A failover must never depend on the dropped provider: each site carries the whole list.
+        """
+        inventory.save(self.inventory_file)
+        text = inventory.to_json().encode()
+        copied = []
+        for site in self.sites():
+            if site.name not in self.dropped() and site.media_dir.exists():
+                write_media(site.media_dir, INVENTORY_COPY, text)
+                copied.append(site.name)
+        return copied
 
     def dropped(self) -> set[str]:
         return set(self.settings().get("dropped", []))

@@ -1,0 +1,131 @@
+"""`python -m infra.bench`: measure, print the figures side by side, write docs/benchmarks.md and its chart."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from infra.bench import chart, cluster, drills, overhead, report, restore
+from infra.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTS = ("restore", "drills", "overhead")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    parser.add_argument("--sizes", default="0.25,1", help="seed sizes in GB, comma-separated (default 0.25,1)")
+    parser.add_argument("--large", action="store_true", help="add the 4 GB size")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions per restore method and pgbench mode (default 3)")
+    parser.add_argument("--scenarios", default="warm,pilot-light", help="drill scenarios (default warm,pilot-light)")
+    parser.add_argument("--skip", default="", help=f"parts to leave out, comma-separated: {', '.join(PARTS)}")
+    parser.add_argument("--pgbench-seconds", type=int, default=20)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/failover-bench"))
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                        help="the markdown to write (the chart goes to img/benchmarks.png beside it)")
+    parser.add_argument("--project", type=Path, default=ROOT / "Pulumi.yaml")
+    args = parser.parse_args(argv)
+    args.size_list = [float(s) for s in args.sizes.split(",") if s] + ([4.0] if args.large else [])
+    args.skip_set = {s for s in args.skip.split(",") if s}
+    if args.runs < 1 or not args.size_list or args.skip_set - set(PARTS):
+        parser.error("--runs must be >= 1, --sizes non-empty and --skip among " + ", ".join(PARTS))
+    return args
+
+
+def progress(message: str) -> None:
+    print(f"• {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip().split()[-1]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
+
+
+def environment() -> dict:
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return {"cpus": os.cpu_count(), "memory_gb": round(pages / 2**30), "kernel": f"Linux {platform.release()}",
+            "postgres": _version([f"{cluster.postgres.BIN}/postgres", "--version"]),
+            "pgbackrest": _version(["pgbackrest", "version"]), "loadavg_start": _load()}
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    spec = load_spec(args.project)
+    started = time.monotonic()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o755)  # the postgres user must traverse it
+    result = {"started": datetime.now().astimezone().isoformat(timespec="seconds"), "arguments": " ".join(argv),
+              "environment": environment(), "restore": [], "drills": [], "overhead": {}, "notes": [], "restore_notes": []}
+    cache = cluster.drop_caches()
+    result["environment"]["drop_caches"] = "yes (`sync; echo 3 > /proc/sys/vm/drop_caches` as root)" if not cache else f"no: {cache}"
+    try:
+        if "restore" not in args.skip_set:
+            for size in args.size_list:
+                bench = cluster.Bench(work / f"restore-{size:g}", spec)
+                try:
+                    result["restore"].append(restore.measure(bench, size, cluster.seed_mb_for(size), args.runs, progress))
+                finally:
+                    bench.remove()
+        if "overhead" not in args.skip_set:
+            bench = cluster.Bench(work / "overhead", spec, first_host=overhead.FIRST_HOST)
+            try:
+                result["overhead"] = overhead.measure(bench, args.runs, progress, seconds=args.pgbench_seconds)
+            finally:
+                bench.remove()
+        if "drills" not in args.skip_set:
+            for size in args.size_list:
+                for scenario in [s for s in args.scenarios.split(",") if s]:
+                    result["drills"].append(drills.run_drill(scenario, size, work, spec, args.project, progress))
+    finally:
+        result["duration_seconds"] = time.monotonic() - started
+        result["environment"]["loadavg_end"] = _load()
+        result["notes"] = notes(result)
+        (work / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    print(report.text(result))
+    image = args.out.parent / "img" / "benchmarks.png"
+    chart.draw(result, image)
+    args.out.write_text(report.markdown(result, os.path.relpath(image, args.out.parent)))
+    progress(f"wrote {args.out} and {image} ({image.stat().st_size // 1024} KB) in {result['duration_seconds'] / 60:.1f} min; "
+             f"raw figures in {work / 'result.json'}")
+    shutil.rmtree(work / "scratch", ignore_errors=True)
+    return 0
+
+
+def notes(result: dict) -> list[str]:
+    lines = [
+        "Restore sites are dedicated clusters on 127.0.50.1-3 (pgbench on 127.0.50.11-13, the pg_restore target on "
+        "127.0.50.9), built with the same playbook and protection functions as the local cloud; drills use "
+        "`failover drill` with its own local cloud on 127.0.51.x. Everything binds 127.0.0.0/8 only and is torn down.",
+        "pgBackRest restores from the warm site's posix repository (repo2) into the pilot-light site's empty data "
+        "directory, with process-max 2 and the backup compressed with lz4 as configured; its time covers the "
+        "restore command only, not WAL replay to consistency at startup.",
+        "The source data directory is measured after seeding, a restart with wal_keep_size 0 and two checkpoints, "
+        "and min_wal_size 32MB, so cp -a copies data rather than the WAL the seeding left behind (pgBackRest writes "
+        "an empty pg_wal). Seed sizes name the database files (data directory without pg_wal) they aim at.",
+        "The naive path is timed from pg_dump's start to pg_restore's end (a fresh cluster, started beforehand, "
+        "with archiving off); its index builds and constraint checks are the price of a logical restore.",
+        "Every timed operation ends with `sync`, so buffered writes count alike for all methods.",
+    ]
+    if any(m.get("cache_note") for m in result.get("restore", [])):
+        lines.append("Dropping the page cache failed during the run: " + result["restore"][0]["cache_note"])
+    broken = [d for d in result.get("drills", []) if d["result"] == "error"]
+    lines += [f"The {d['scenario']} drill at {d['size_gb']:g} GB produced no figures: {d['error']}" for d in broken]
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

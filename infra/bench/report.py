@@ -1,0 +1,164 @@
+"""Rendering the bench's results: a plain-text table for the terminal and docs/benchmarks.md (pure)."""
+from __future__ import annotations
+
+from infra.bench import stats
+from infra.bench.stats import Check
+
+LABELS = {"copy": "cp -a (machine limit)", "pgbackrest": "pgBackRest restore (p2, lz4)",
+          "dump": "pg_dump -Fd -j2 + pg_restore -j2"}
+
+
+def _f(value, digits: int = 1, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A fixed-width text table."""
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+RESTORE_HEADER = ["seed", "data dir", "method", "median s", "MB/s", "x copy", "spread"]
+
+
+def restore_rows(rows: list[dict]) -> list[list[str]]:
+    out = []
+    for row in rows:
+        for method in stats.METHODS:
+            spread = row[f"{method}_spread"]
+            out.append([f"{row['size_gb']:g} GB", f"{row['datadir_mb']:.0f} MB", LABELS[method],
+                        _f(row[f"{method}_seconds"], 2), _f(row[f"{method}_mb_s"]), _f(row[f"{method}_vs_copy"], 2, "x"),
+                        "-" if spread is None else f"{spread * 100:.0f}%"])
+    return out
+
+
+DRILL_HEADER = ["scenario", "seed", "result", "RTO cut-off", "RTO - TTL", "RTO command", "acked", "lost", "RPO window"]
+
+
+def drill_rows(drills: list[dict]) -> list[list[str]]:
+    out = []
+    for d in drills:
+        rto = d.get("rto_seconds")
+        out.append([d["scenario"], f"{d['size_gb']:g} GB", d["result"], _f(rto, 2, " s"),
+                    _f(None if rto is None else rto - d["dns_ttl"], 2, " s"), _f(d.get("rto_from_command_seconds"), 2, " s"),
+                    str(d.get("writes_acked", "-")), str(d.get("writes_lost", "-")), _f(d.get("rpo_seconds"), 2, " s")])
+    return out
+
+
+def step_rows(drills: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per runbook step, one column per drill (steps in the order first seen)."""
+    done = [d for d in drills if d.get("steps")]
+    names: list[str] = []
+    for d in done:
+        names += [s["step"] for s in d["steps"] if s["step"] not in names]
+    header = ["step", *(f"{d['scenario']} {d['size_gb']:g} GB" for d in done)]
+    rows = []
+    for name in names:
+        cells = []
+        for d in done:
+            step = next((s for s in d["steps"] if s["step"] == name), None)
+            cells.append("-" if step is None else _f(step.get("seconds"), 2, " s") + ("" if step.get("status") == "done" else f" ({step.get('status')})"))
+        rows.append([name, *cells])
+    return header, rows
+
+
+OVERHEAD_HEADER = ["protection", "median tps", "runs (tps)", "cost vs off"]
+MODE_LABELS = {"off": "off (no archiving, no replica)", "async": "archiving + async replica",
+               "sync": "archiving + synchronous replica"}
+
+
+def overhead_rows(runs: dict[str, list[float]]) -> list[list[str]]:
+    base = stats.median(runs.get("off", []))
+    out = []
+    for mode in ("off", "async", "sync"):
+        tps = stats.median(runs.get(mode, []))
+        cost = stats.overhead(tps, base) if mode != "off" else None
+        out.append([MODE_LABELS[mode], _f(tps, 0), ", ".join(f"{t:.0f}" for t in runs.get(mode, [])) or "-",
+                    "-" if cost is None else f"{cost * 100:.1f}%"])
+    return out
+
+
+def check_rows(checks: list[Check]) -> list[list[str]]:
+    return [[c.target, c.measured, c.verdict] for c in checks]
+
+
+def all_checks(result: dict) -> list[Check]:
+    rows = [stats.restore_row(m) for m in result.get("restore", [])]
+    medians = {m: stats.median(v) for m, v in result.get("overhead", {}).get("tps", {}).items()}
+    return (stats.restore_checks(rows) + stats.drill_checks(result.get("drills", []))
+            + (stats.overhead_checks(medians) if medians else []))
+
+
+def text(result: dict) -> str:
+    """What the bench prints: every figure side by side."""
+    rows = [stats.restore_row(m) for m in result.get("restore", [])]
+    parts = []
+    if rows:
+        parts += ["Restore throughput (median of runs; MB = source data directory / seconds)",
+                  table(RESTORE_HEADER, restore_rows(rows)), ""]
+    if result.get("drills"):
+        parts += ["Drills", table(DRILL_HEADER, drill_rows(result["drills"])), ""]
+        header, steps = step_rows(result["drills"])
+        if steps:
+            parts += ["Runbook steps", table(header, steps), ""]
+    if result.get("overhead", {}).get("tps"):
+        parts += ["Protection overhead (pgbench)", table(OVERHEAD_HEADER, overhead_rows(result["overhead"]["tps"])), ""]
+    parts += ["Targets (issue 8)", table(["target", "measured", "result"], check_rows(all_checks(result)))]
+    return "\n".join(parts) + "\n"
+
+
+def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
+    rows = [stats.restore_row(m) for m in result.get("restore", [])]
+    env = result.get("environment", {})
+    lines = ["# Benchmarks", "",
+             f"Generated by `scripts/bench {result.get('arguments', '')}`".rstrip() + f" on {result.get('started', '?')}; "
+             f"the run took {_f(result.get('duration_seconds', 0) / 60, 1)} minutes. Regenerate with `scripts/bench`.", "",
+             "## Machine and conditions", "",
+             f"- {env.get('cpus', '?')} CPUs, {env.get('memory_gb', '?')} GB RAM, {env.get('kernel', '?')}; "
+             f"PostgreSQL {env.get('postgres', '?')}, pgBackRest {env.get('pgbackrest', '?')}.",
+             f"- Page cache dropped before every timed run: {env.get('drop_caches', '?')}.",
+             f"- Load average when the run started: {env.get('loadavg_start', '?')}; when it ended: {env.get('loadavg_end', '?')}.",
+             "- **Contention:** other engineers' test suites ran on the same 2 cores during this run, so absolute",
+             "  figures are noisy; the `spread` column ((max - min) / median over runs) shows how much. Ratios from",
+             "  the same run (each method ran back to back for each repetition) are more trustworthy than absolutes.",
+             ""]
+    if chart:
+        lines += [f"![benchmarks]({chart})", ""]
+    lines += ["## Targets from issue 8", "", markdown_table(["target", "measured", "result"], check_rows(all_checks(result))), ""]
+    if rows:
+        lines += ["## Restore throughput", "",
+                  "Each method rebuilds the same seeded database; MB/s is the source data directory's size divided by",
+                  "the median wall time (including a final `sync`), so `x copy` is the time ratio to `cp -a`.",
+                  "", markdown_table(RESTORE_HEADER, restore_rows(rows)), ""]
+        lines += [f"- {m['size_gb']:g} GB seed: app database {m['counts']['database_bytes'] / stats.MB:.0f} MB ({m['counts']['posts']} posts), data directory {m['datadir_bytes'] / stats.MB:.0f} MB "
+                  f"(of which pg_wal {m['pg_wal_bytes'] / stats.MB:.0f} MB), pgBackRest backup "
+                  f"{_f(m.get('backup_seconds'), 1)} s, restored directory {m.get('restored_bytes', 0) / stats.MB:.0f} MB; "
+                  f"pg_dump alone {_f(stats.median(m['seconds'].get('dump_only', [])), 1)} s, "
+                  f"pg_restore alone {_f(stats.median(m['seconds'].get('restore_only', [])), 1)} s."
+                  for m in result["restore"]]
+        lines += ["", *result.get("restore_notes", []), ""]
+    if result.get("drills"):
+        lines += ["## Drills", "", "`failover drill --json` on a fresh local cloud per scenario and size "
+                  "(RTO from cut-off to the first write acknowledged through DNS; the DNS TTL is part of it).", "",
+                  markdown_table(DRILL_HEADER, drill_rows(result["drills"])), ""]
+        failed = [d for d in result["drills"] if d.get("error")]
+        lines += [f"- {d['scenario']} at {d['size_gb']:g} GB: {d['error']}" for d in failed]
+        header, steps = step_rows(result["drills"])
+        if steps:
+            lines += ["", "### Runbook steps (seconds)", "", markdown_table(header, steps), ""]
+    if result.get("overhead", {}).get("tps"):
+        o = result["overhead"]
+        lines += ["## Overhead of protection on the primary", "",
+                  f"`pgbench -i -s {o['scale']}`, then `pgbench -c {o['clients']} -j {o['threads']} -T {o['seconds']}` "
+                  "against the primary's address, the three settings interleaved per repetition "
+                  "(the same cluster restarted with archive_mode and synchronous_standby_names changed).", "",
+                  markdown_table(OVERHEAD_HEADER, overhead_rows(o["tps"])), ""]
+    lines += ["## Notes", "", *[f"- {n}" for n in result.get("notes", [])], ""]
+    return "\n".join(lines)

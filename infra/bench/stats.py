@@ -1,0 +1,139 @@
+"""Pure arithmetic over measured runs: medians, rates, ratios and the issue's targets."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+MB = 1024 * 1024
+
+
+def median(values: list[float]) -> float | None:
+    """The median of the measured values, None when nothing was measured."""
+    clean = [v for v in values if v is not None]
+    return statistics.median(clean) if clean else None
+
+
+def mb_per_s(size_bytes: int, seconds: float | None) -> float | None:
+    if not seconds or seconds <= 0:
+        return None
+    return size_bytes / MB / seconds
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def spread(values: list[float]) -> float | None:
+    """(max - min) / median: how noisy a set of runs was."""
+    mid = median(values)
+    if not mid or len(values) < 2:
+        return None
+    return (max(values) - min(values)) / mid
+
+
+def overhead(protected_tps: float | None, baseline_tps: float | None) -> float | None:
+    """The share of tps lost to protection (0.05 = 5% fewer transactions)."""
+    if protected_tps is None or not baseline_tps:
+        return None
+    return 1 - protected_tps / baseline_tps
+
+
+@dataclass(frozen=True)
+class Check:
+    """One target from issue 8, evaluated on measured figures."""
+
+    target: str
+    measured: str
+    passed: bool | None  # None: not measured
+
+    @property
+    def verdict(self) -> str:
+        return {True: "pass", False: "FAIL", None: "not measured"}[self.passed]
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _at(rows: list[dict], size: float, key: str = "size_gb") -> dict | None:
+    """The row for the size closest to `size` (GB), if any size is within 50% of it."""
+    near = [r for r in rows if abs(r[key] - size) <= size * 0.5]
+    return min(near, key=lambda r: abs(r[key] - size)) if near else None
+
+
+def restore_checks(rows: list[dict]) -> list[Check]:
+    """Pilot-light (pgBackRest) restore >= 0.6x the copy and >= 3x pg_restore, at 1 GB."""
+    row = _at(rows, 1.0)
+    if row is None:
+        return [Check("pgBackRest restore >= 0.6x cp -a at 1 GB", "no 1 GB run", None),
+                Check("pgBackRest restore >= 3x pg_dump/pg_restore at 1 GB", "no 1 GB run", None)]
+    vs_copy, vs_dump = row.get("pgbackrest_vs_copy"), row.get("pgbackrest_vs_dump")
+    return [Check("pgBackRest restore >= 0.6x cp -a at 1 GB", _fmt(vs_copy, "x"),
+                  None if vs_copy is None else vs_copy >= 0.6),
+            Check("pgBackRest restore >= 3x pg_dump/pg_restore at 1 GB", _fmt(vs_dump, "x"),
+                  None if vs_dump is None else vs_dump >= 3.0)]
+
+
+def drill_checks(drills: list[dict]) -> list[Check]:
+    """Warm RTO - TTL <= 2 s and flat (within 30%); pilot-light RTO - TTL <= 15 s at 1 GB, RPO <= 1 s."""
+    checks = []
+    warm = [d for d in drills if d["scenario"] == "warm" and d.get("rto_seconds") is not None]
+    for d in warm:
+        net = d["rto_seconds"] - d["dns_ttl"]
+        checks.append(Check(f"warm RTO - TTL <= 2 s at {d['size_gb']:g} GB", _fmt(net, " s"), net <= 2.0))
+    if len(warm) >= 2:
+        nets = [d["rto_seconds"] - d["dns_ttl"] for d in sorted(warm, key=lambda d: d["size_gb"])]
+        # "Flat" compares the largest size with the smallest; a net RTO under 0 s is clamped.
+        low, high = max(nets[0], 0.01), max(nets[-1], 0.01)
+        growth = high / low - 1
+        checks.append(Check("warm RTO flat across sizes (within 30%)", f"{growth * 100:+.0f}%", abs(growth) <= 0.3))
+    elif not warm:
+        checks.append(Check("warm RTO - TTL <= 2 s", "no warm drill completed", None))
+    pilot = [d for d in drills if d["scenario"] == "pilot-light"]
+    one = _at(pilot, 1.0)
+    if one is None or one.get("rto_seconds") is None:
+        checks.append(Check("pilot-light RTO - TTL <= 15 s at 1 GB", "no completed pilot-light drill at 1 GB", None))
+    else:
+        net = one["rto_seconds"] - one["dns_ttl"]
+        checks.append(Check("pilot-light RTO - TTL <= 15 s at 1 GB", _fmt(net, " s"), net <= 15.0))
+    done = [d for d in pilot if d.get("rpo_seconds") is not None and d.get("rto_seconds") is not None]
+    if not done:
+        checks.append(Check("pilot-light RPO window <= 1 s", "no completed pilot-light drill", None))
+    for d in done:
+        checks.append(Check(f"pilot-light RPO window <= 1 s at {d['size_gb']:g} GB", _fmt(d["rpo_seconds"], " s"),
+                            d["rpo_seconds"] <= 1.0))
+    return checks
+
+
+def overhead_checks(modes: dict[str, float | None]) -> list[Check]:
+    """Asynchronous protection costs <= 10% tps; synchronous is reported only."""
+    cost = overhead(modes.get("async"), modes.get("off"))
+    checks = [Check("protection overhead <= 10% tps (async replica + archiving)", _fmt(None if cost is None else cost * 100, "%", 1),
+                    None if cost is None else cost <= 0.10)]
+    sync = overhead(modes.get("sync"), modes.get("off"))
+    checks.append(Check("protection overhead with synchronous replica (reported)",
+                        _fmt(None if sync is None else sync * 100, "%", 1), None if sync is None else True))
+    return checks
+
+
+METHODS = ("copy", "pgbackrest", "dump")  # cp -a, pgBackRest restore, pg_dump -Fd -j2 + pg_restore -j2
+
+
+def restore_row(measured: dict) -> dict:
+    """Medians, MB/s and ratios for one seed size from its raw per-run seconds.
+
+    Every rate divides the same size (the source data directory) so that ratios are time ratios.
+    """
+    size = measured["datadir_bytes"]
+    row = {"size_gb": measured["size_gb"], "datadir_mb": size / MB}
+    for method in METHODS:
+        seconds = median(measured["seconds"].get(method, []))
+        row[f"{method}_seconds"] = seconds
+        row[f"{method}_mb_s"] = mb_per_s(size, seconds)
+        row[f"{method}_spread"] = spread(measured["seconds"].get(method, []))
+    for method in METHODS:
+        row[f"{method}_vs_copy"] = ratio(row[f"{method}_mb_s"], row["copy_mb_s"])
+    row["pgbackrest_vs_dump"] = ratio(row["pgbackrest_mb_s"], row["dump_mb_s"])
+    return row

@@ -1,0 +1,206 @@
+"""Failback: a planned switchover to a repaired site, with zero acknowledged writes lost.
+
+`failover back --to P` runs these steps, journaled and resumable like `failover run`:
+1. preflight: P is reachable again, the current primary answers, the DNS secrets resolve;
+2. reseed: P's old data is never trusted: a fresh data directory cloned from the current
+   primary (pg_basebackup), started as a streaming replica, plus a media copy;
+3. sync: P becomes the primary's synchronous standby and catches up, so from here every
+   acknowledged commit is on P's disk;
+4. stop_writes: the epoch is raised (inventory, and the primary's failover.epoch row, which
+   streams to P); the old primary's app is fenced. The app inserts only while its epoch equals
+   the database's, in one statement, so nothing commits for the old epoch after this; the
+   step waits for in-flight statements, reads the primary's final LSN and waits until P has
+   replayed it;
+5. switch: the old primary's PostgreSQL stops (fast shutdown: it sends P everything first), P
+   is promoted and becomes the active site;
+6-10. media, start_app, verify_app, shift_dns, verify_dns: the same steps as a failover;
+11. protect: P archives to every repository with a fresh backup in each; the warm site (the
+    old primary when it is the warm one) is re-cloned from P and, with synchronous replication
+    in the spec, becomes P's synchronous standby again.
+"""
+from __future__ import annotations
+
+import time
+
+from infra.cliutil import FailoverError
+from infra.data import media as media_config
+from infra.data import protection
+from infra.runbook import steps
+from infra.runbook.steps import Run
+from infra.sites.bringup import record_postmaster
+from infra.sites.processes import wait_for
+from playbooks import media, postgres
+from playbooks.host import run as host_run
+
+SWITCHOVER = "switchover"
+
+
+def input_problems(names: list[str], active: str, dropped: set[str], target: str) -> list[str]:
+    """Everything wrong with `back --to target`, before anything is touched."""
+    if target not in names:
+        return [f"unknown site {target!r}: the inventory has {', '.join(names)}"]
+    if target == active:
+        return [f"site {target} is already the active primary: nothing to fail back"]
+    if target in dropped:
+        return [f"site {target} is still dropped (cut off): repair it first "
+                f"(on the local cloud: `failover local restore-site --site {target}`)"]
+    return []
+
+
+def data_source(source: str, target: str) -> steps.DataSource:
+    return steps.DataSource(SWITCHOVER, f"re-seed {target} from {source} (fresh data directory), then switch over",
+                            f"none: writes stop until {target} has replayed {source}'s final LSN")
+
+
+# ---------------------------------------------------------------- SQL on a given site
+
+def _sql(run: Run, address: str, sql: str, warn: bool = True) -> str | None:
+    result = postgres.psql(run.c, address, run.port, sql, warn=warn)
+    return result.stdout.strip() if result.ok else None
+
+
+def _primary_site(run: Run):
+    return run.cloud.site(run.source)
+
+
+def _replication(run: Run) -> tuple[str, str, int] | None:
+    """(state, sync_state, bytes not yet replayed) of the target as seen by the current primary."""
+    row = _sql(run, _primary_site(run).address,
+               "SELECT state, sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint "
+               f"FROM pg_stat_replication WHERE application_name = '{run.target}'")
+    if not row:
+        return None
+    state, sync_state, lag = row.split("|")
+    return state, sync_state, int(lag or 0)
+
+
+def _streaming(run: Run) -> bool:
+    found = _replication(run)
+    return bool(found and found[0] == "streaming")
+
+
+# ---------------------------------------------------------------- the steps
+
+def preflight(run: Run) -> dict:
+    """The repaired site is reachable, the current primary answers as a primary, DNS secrets resolve."""
+    if not run.reachable(run.target):
+        raise FailoverError(f"site {run.target} ({run.site.address}) is unreachable: repair it before failing back")
+    primary = _primary_site(run)
+    if _sql(run, primary.address, "SELECT pg_is_in_recovery()") != "f":
+        if run.inventory.active == run.target:
+            return {"primary": f"{run.target} is already active (resumed after the switch)"}
+        raise FailoverError(f"the active site {run.source} ({primary.address}:{run.port}) does not answer as a primary: "
+                            f"a failback is a planned switchover; use `failover run --to {run.target}` instead")
+    config = run.dns()
+    missing = steps.missing_dns_secrets(config.providers)
+    if missing:
+        raise FailoverError(f"DNS secrets missing: {', '.join(missing)} (from {config.source})")
+    return {"primary": run.source, "dns_providers": [p.name for p in config.providers]}
+
+
+def reseed(run: Run) -> dict:
+    """P as a streaming replica of the current primary, from a fresh data directory."""
+    site, primary, inventory = run.site, _primary_site(run), run.inventory
+    if run.inventory.active == run.target or _streaming(run):
+        return {"replica": "already streaming"}
+    started = time.monotonic()
+    skip = run.unreachable()
+    protection.install_pgbackrest(run.c, inventory, site.name, site.paths, run.port, skip)
+    protection.install_rclone(run.c, inventory, site.paths)
+    run.cloud.processes.stop(f"pg-{site.name}")
+    postgres.stop(run.c, site.paths.pgdata, "immediate")
+    # Its old data diverged at the cut-off (and may hold writes nobody acknowledged): never reuse it.
+    host_run(run.c, ["rm", "-rf", site.paths.pgdata])
+    protection.start_replica(run.c, primary.address, run.port, site.address, site.paths, site.name,
+                             str(site.logs / "postgresql.log"))
+    record_postmaster(run.cloud, site)
+    wait_for(lambda: _streaming(run), 120, f"{site.name} to stream from {run.source}")
+    clone_seconds = round(time.monotonic() - started, 3)
+    conf = f"{primary.paths.pgbackrest_dir}/rclone.conf"
+    copied = media.copy(run.c, conf, media_config.bucket(inventory, run.source), media_config.bucket(inventory, run.target))
+    return {"replica": f"cloned from {run.source}, streaming", "clone_seconds": clone_seconds,
+            "media": "copied" if copied.ok else (copied.stderr or "failed").strip()[-200:]}
+
+
+def sync(run: Run) -> dict:
+    """P becomes the primary's synchronous standby and catches up (each commit then waits for P)."""
+    if run.inventory.active == run.target:
+        return {"sync": "skipped: already switched"}
+    primary = _primary_site(run)
+    _sql(run, primary.address, f"ALTER SYSTEM SET synchronous_standby_names = '\"{run.target}\"'", warn=False)
+    _sql(run, primary.address, "SELECT pg_reload_conf()", warn=False)
+
+    def in_sync():
+        found = _replication(run)
+        return found if found and found[0] == "streaming" and found[1] == "sync" and found[2] < 1 << 20 else None
+
+    state = wait_for(in_sync, 60, f"{run.target} to be {run.source}'s synchronous standby and caught up", 0.1)
+    return {"sync_state": state[1], "replay_lag_bytes": state[2]}
+
+
+def stop_writes(run: Run) -> dict:
+    """Raise the epoch, fence the old primary's app, and wait until P replayed the final LSN."""
+    inventory, primary = run.inventory, _primary_site(run)
+    if inventory.epoch < run.epoch:
+        inventory.epoch = run.epoch
+        inventory.save(run.cloud.inventory_file)
+    if inventory.active == run.target:
+        return {"epoch": run.epoch, "writes": "already switched"}
+    clock = time.monotonic()
+    config = primary.app_config
+    if config.exists():
+        import json
+
+        epoch = int(json.loads(config.read_text()).get("epoch", 0))
+        run.cloud.write_app_config(primary, run.spec, epoch, fenced=True)
+    # The app's insert is conditional on this row: raising it ends writes for the old epoch at once.
+    _sql(run, primary.address, "UPDATE failover.epoch SET epoch = %d, site = '%s', raised_at = now() WHERE epoch < %d"
+         % (run.epoch, run.target, run.epoch), warn=False)
+    in_flight = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                 "AND state <> 'idle' AND pid <> pg_backend_pid()")
+    wait_for(lambda: _sql(run, primary.address, in_flight) == "0", 10, f"in-flight statements on {run.source}", 0.05)
+    final = _sql(run, primary.address, "SELECT pg_current_wal_lsn()", warn=False)
+    wait_for(lambda: _sql(run, run.site.address, f"SELECT pg_last_wal_replay_lsn() >= '{final}'::pg_lsn") == "t",
+             60, f"{run.target} to replay {run.source}'s final LSN {final}", 0.05)
+    return {"epoch": run.epoch, "final_lsn": final, "writes_stopped_seconds": round(time.monotonic() - clock, 3)}
+
+
+def switch(run: Run) -> dict:
+    """Stop the old primary (it sends P everything on a fast shutdown), promote P, make it active."""
+    primary = _primary_site(run)
+    stopped = False
+    if postgres.is_running(run.c, primary.paths.pgdata):
+        postgres.stop(run.c, primary.paths.pgdata, "fast")
+        stopped = True
+    run.cloud.processes.stop(f"pg-{run.source}")
+    promoted = postgres.promote(run.c, run.site.paths.pgdata, run.site.address, run.port)
+    detail = steps.promote_or_restore(run)
+    return {**detail, "old_primary_stopped": stopped, "promoted_seconds": round(promoted, 3)}
+
+
+def protect(run: Run) -> dict:
+    """Protect P as after a failover; restore synchronous replication to its warm follower."""
+    detail = steps.protect_again(run)
+    warm = [s.name for s in run.cloud.sites() if s.role == "warm" and s.name != run.target
+            and s.name not in run.unreachable()]
+    if run.spec.database.replication == "sync" and warm:
+        _sql(run, run.site.address, f"ALTER SYSTEM SET synchronous_standby_names = '\"{warm[0]}\"'", warn=False)
+        _sql(run, run.site.address, "SELECT pg_reload_conf()", warn=False)
+        detail["synchronous_standby"] = warm[0]
+    return detail
+
+
+FAILBACK = [
+    ("preflight", preflight),
+    ("reseed", reseed),
+    ("sync", sync),
+    ("stop_writes", stop_writes),
+    ("switch", switch),
+    ("media", steps.catch_up_media),
+    ("start_app", steps.start_app),
+    ("verify_app", steps.verify_app),
+    ("shift_dns", steps.shift_dns),
+    ("verify_dns", steps.verify_dns),
+    ("protect", protect),
+]
+STEP_NAMES = [name for name, _ in FAILBACK]

@@ -1,0 +1,128 @@
+"""Failback on the real local cloud (127.0.40.x): aws → gcp (warm failover), then back to aws.
+
+One cloud for the module. While `failover back --to aws --yes` runs, the canary writes through
+DNS (respecting the TTL, as clients do); afterwards every write any site acknowledged must be
+on aws, aws is the active primary at a raised epoch, and DNS answers aws.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import failover, failover_json, service_dir
+
+PREFIX = "127.0.40"
+AWS, GCP = f"{PREFIX}.1", f"{PREFIX}.2"
+PORT = 18080
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
+                                reason="needs root (runuser) and PostgreSQL 15")
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    workdir = service_dir("back")
+    try:
+        failover("local", "up", "--seed-mb", "5", "--prefix", PREFIX, workdir=workdir)
+        yield workdir
+    finally:
+        failover("local", "down", workdir=workdir, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def health(address: str) -> dict:
+    with urllib.request.urlopen(f"http://{address}:{PORT}/healthz", timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def dns(workdir: Path) -> list[tuple[str, int]]:
+    from infra.dns.local import local_providers
+    from infra.drill.canary import dns_servers
+
+    return dns_servers(local_providers(workdir))
+
+
+def resolve(workdir: Path) -> str:
+    from infra.drill.canary import TtlResolver
+
+    return TtlResolver(dns(workdir)).resolve("social.example.")
+
+
+def wait(check, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_failback_is_refused_while_the_site_is_still_dropped(cloud):
+    failover("local", "drop", "--site", "aws", workdir=cloud)
+    failover("run", "--to", "gcp", "--yes", workdir=cloud)
+    result = failover("back", "--to", "aws", "--yes", workdir=cloud, check=False)
+    assert result.returncode == 2 and "still dropped" in result.stderr and "restore-site" in result.stderr
+    result = failover("back", "--to", "gcp", workdir=cloud, check=False)
+    assert result.returncode == 2 and "already the active primary" in result.stderr
+    assert not (cloud / "journal" / "current.json").exists()
+
+
+def test_failback_to_the_repaired_site_loses_no_acknowledged_write(cloud):
+    from infra.drill.canary import Canary, read_back
+
+    failover("local", "restore-site", "--site", "aws", workdir=cloud)
+    planned = failover_json("back", "--to", "aws", workdir=cloud)
+    assert not planned["executed"] and planned["plan"]["kind"] == "failback"
+    assert planned["plan"]["steps"][:5] == ["preflight", "reseed", "sync", "stop_writes", "switch"]
+
+    canary = Canary("social.example.", PORT, dns(cloud)).start()
+    try:
+        assert wait(lambda: sum(w.acked and w.site == "gcp" for w in canary.writes) >= 10, 30)
+        started = time.time()
+        back = failover_json("back", "--to", "aws", "--yes", workdir=cloud)
+        command_seconds = time.time() - started
+        # Clients keep the old answer for the TTL (30 s): the first ack on aws comes after that.
+        assert wait(lambda: canary.acked_on("aws"), 45), "aws never acknowledged a write through DNS"
+        time.sleep(1)
+    finally:
+        writes = canary.stop()
+
+    acked = {w.seq: w.site for w in writes if w.acked}
+    present = read_back(AWS, PORT)
+    lost = sorted(seq for seq in acked if seq not in present)
+    print(f"failback: command {command_seconds:.1f}s, {len(acked)} acked "
+          f"({sum(s == 'gcp' for s in acked.values())} on gcp, {sum(s == 'aws' for s in acked.values())} on aws), "
+          f"{len(lost)} lost; steps: " + ", ".join(f"{s['step']} {s['seconds']}s" for s in back["steps"]))
+    assert lost == [], f"{len(lost)} acknowledged writes missing on aws: {lost[:10]}"
+    assert {"gcp", "aws"} <= set(acked.values())
+
+    inventory = json.loads((cloud / "inventory.json").read_text())
+    assert inventory["active"] == "aws" and inventory["epoch"] == 3
+    state = health(AWS)
+    assert state["writable"] and state["epoch"] == state["db_epoch"] == 3
+    assert resolve(cloud) == AWS
+    assert all(s["status"] == "done" for s in back["steps"])
+    protect = next(s for s in back["steps"] if s["step"] == "protect")
+    assert "gcp: re-cloned, streaming" in protect["detail"]["followers"]
+    assert protect["detail"].get("synchronous_standby") == "gcp"
+
+
+def test_old_primary_follows_and_refuses_writes(cloud):
+    state = health(GCP)
+    assert state["in_recovery"] and not state["writable"]
+    request = urllib.request.Request(f"http://{GCP}:{PORT}/posts", json.dumps({"body": "x"}).encode(),
+                                     {"Content-Type": "application/json"}, method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=5)
+        code = 201
+    except urllib.error.HTTPError as error:
+        code = error.code
+    assert code in (409, 503)
+    journal = failover_json("journal", workdir=cloud)
+    assert journal["kind"] == "failback" and journal["complete"]
