@@ -68,6 +68,8 @@ def local_up(
     sites: Annotated[int, typer.Option(help="How many sites: the spec's first N (primary, warm, pilot-light).")] = 3,
     seed_mb: Annotated[int, typer.Option(help="About how many MB of users, posts, follows and media to seed.")] = 20,
     prefix: Annotated[str, typer.Option(help="Loopback prefix: site i gets PREFIX.i.")] = DEFAULT_PREFIX,
+    storage: Annotated[str, typer.Option(help="posix: a directory per site (fast); emulated: S3 (moto), GCS "
+                                              "(fake-gcs-server) and Azure (Azurite) over TLS, one per site.")] = "posix",
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Start N protected sites: PostgreSQL, pgBackRest repositories, media buckets and the app."""
@@ -75,8 +77,10 @@ def local_up(
 
     if not prefix.startswith("127."):
         raise cliutil.FailoverError(f"--prefix {prefix!r} must be inside 127.0.0.0/8: the local cloud stays on loopback")
+    if storage not in ("posix", "emulated"):
+        raise cliutil.FailoverError(f"--storage {storage!r} must be posix or emulated")
     spec = load_spec(project)
-    summary = bringup.up(workdir_path(workdir), spec, sites, seed_mb, _progress, prefix)
+    summary = bringup.up(workdir_path(workdir), spec, sites, seed_mb, _progress, prefix, storage)
     emit(summary, as_json, lambda s: _progress(f"{len(s['sites'])} sites up: " +
                                                ", ".join(f"{x['name']} ({x['role']}, {x['address']})" for x in s["sites"])))
 

@@ -30,6 +30,12 @@ def store_reachable(c, site: LocalSite) -> bool:
     return run(c, ["test", "-r", str(site.store), "-a", "-x", str(site.store)], warn=True).ok
 
 
+def repository_reachable(c, inventory, name: str) -> bool:
+    """Can the site's store (a directory, or an object store's endpoint) be reached from here?"""
+    repo = inventory.site(name).repository
+    return storage_for(repo.type).reachable(c, repo)
+
+
 def replica_lag(c, primary: LocalSite, site: LocalSite, port: int) -> tuple[float | None, int | None]:
     """Seconds behind (on the replica) and bytes behind (from the primary's view)."""
     seconds = postgres.psql(c, site.address, port, LAG_SQL, warn=True)
@@ -46,6 +52,9 @@ def repository(c, config: str, index: int, inventory, name: str) -> dict:
     entry = {"name": f"repo{index}", "site": name, "type": repo.type,
              "location": storage_for(repo.type).describe(repo),
              "last_backup": None, "last_archived_wal": None, "backups": 0, "error": None}
+    if not storage_for(repo.type).reachable(c, repo):
+        entry["error"] = f"unreachable: {entry['location']} does not answer from here"
+        return entry
     info, error = pgbackrest.info(c, config, index)
     if info is None or info.get("status", {}).get("code") not in (0, None):
         entry["error"] = error or (info or {}).get("status", {}).get("message", "no stanza")
@@ -72,7 +81,7 @@ def collect(cloud: LocalCloud, db_port: int, check_media: bool = True) -> dict:
 
 def _site(c, cloud, inventory, site, active, config_host, db_port, check_media) -> dict:
     dropped = site.name in cloud.dropped()
-    store_ok = not dropped and store_reachable(c, site)
+    store_ok = not dropped and store_reachable(c, site) and repository_reachable(c, inventory, site.name)
     runs_db = cloud.processes.running(f"pg-{site.name}")
     db_ok = runs_db and db_reachable(c, site, db_port)
     role = site.role if site.name != inventory.active else "primary"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import shlex
 
+from invoke.exceptions import CommandTimedOut
+
 SERVICE_USER = "postgres"
 
 
@@ -22,8 +24,19 @@ def as_service(c, argv: list[str]) -> str:
 
 
 def run(c, argv: list[str], warn: bool = False, timeout: float | None = None, env: dict | None = None):
-    """Runs argv as the service user; raises invoke's UnexpectedExit unless warn=True."""
-    return c.run(as_service(c, argv), hide=True, warn=warn, timeout=timeout, env=env or {}, in_stream=False)
+    """Runs argv as the service user; raises invoke's UnexpectedExit unless warn=True.
+
+    With warn=True a command that outlives `timeout` comes back as a failed result too.
+    """
+    try:
+        return c.run(as_service(c, argv), hide=True, warn=warn, timeout=timeout, env=env or {}, in_stream=False)
+    except CommandTimedOut as error:
+        if not warn:
+            raise
+        result = error.result
+        result.exited = 124
+        result.stderr = (result.stderr or "") + f"\ntimed out after {timeout}s"
+        return result
 
 
 def _is_root(c) -> bool:

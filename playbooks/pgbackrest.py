@@ -51,3 +51,10 @@ def restore(c, config: str, repo: int, target_time: str | None = None, archive_o
 
 def check(c, config: str):
     return run(c, _argv(config, "check"), warn=True, timeout=120)
+
+
+def interrupt(c, config: str) -> None:
+    """Ends running pgBackRest processes of the stanza (an async archive-push stuck retrying a dead
+    repository holds its lock for minutes), then allows new ones, which read the current config."""
+    run(c, _argv(config, "stop", "--force"), warn=True, timeout=60)
+    run(c, _argv(config, "start"), warn=True, timeout=60)

@@ -93,3 +93,33 @@ def test_report_files_are_written(tmp_path):
     assert written["passed"]
     assert {"report.json", "report.md", "junit.xml", "timeline-warm.png"} <= set(written["files"])
     assert "| warm | aws → gcp |" in (tmp_path / "report.md").read_text()
+
+
+def test_archive_lag_runs_from_the_last_ack_before_cut_off_to_the_last_replayed_commit():
+    # The restore replayed up to a commit at 100.2: writes 2 and 3 (acked 100.5, 101.0) are lost.
+    assert measure.archive_lag(CANARY, "aws", 101.2, 100.2) == 0.8
+    assert measure.archive_lag(CANARY, "aws", 101.2, 101.1) == 0.0  # the archive held every ack
+    assert measure.archive_lag(CANARY, "aws", 101.2, None) is None
+    assert measure.archive_lag(CANARY, "azure", 101.2, 100.2) is None
+
+
+def test_the_rpo_window_of_a_restore_never_exceeds_the_archive_lag():
+    lost = measure.rpo(CANARY, {1, 6, 7})
+    lag = measure.archive_lag(CANARY, "aws", 101.2, 100.2)
+    assert lost.window_seconds == 0.5 and lost.window_seconds <= lag
+    within = Targets(rto_margin_seconds=30, max_writes_lost=None, rpo_within_archive_lag=True)
+    assert measure.judge(within, 30, 24.0, lost, lag) == []
+
+
+def test_judge_fails_a_window_beyond_the_archive_lag_or_an_unmeasured_lag():
+    within = Targets(rto_margin_seconds=30, max_writes_lost=None, rpo_within_archive_lag=True)
+    lost = measure.rpo(CANARY, {6, 7})  # 1.0 s window
+    assert any("exceeds the WAL archive lag 0.50s" in m for m in measure.judge(within, 30, 24.0, lost, 0.5))
+    assert any("could not be measured" in m for m in measure.judge(within, 30, 24.0, lost, None))
+    assert measure.judge(Targets(max_writes_lost=None), 30, 24.0, lost, None) == []  # warm: not asked
+
+
+def test_report_md_shows_the_archive_lag(tmp_path):
+    pilot = {**scenario("pilot-light", True), "archive_lag_seconds": 0.51}
+    assert "| WAL archive lag |" in report.markdown(report.summary([pilot]))
+    assert "| 0.51s |" in report.markdown(report.summary([pilot]))

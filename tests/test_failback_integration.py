@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import failover, failover_json, service_dir
+from tests.conftest import FAILOVER, ROOT, failover, failover_json, service_dir
 
 PREFIX = "127.0.40"
-AWS, GCP = f"{PREFIX}.1", f"{PREFIX}.2"
+AWS, GCP, AZURE = f"{PREFIX}.1", f"{PREFIX}.2", f"{PREFIX}.3"
 PORT = 18080
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
@@ -116,13 +118,67 @@ def test_failback_to_the_repaired_site_loses_no_acknowledged_write(cloud):
 def test_old_primary_follows_and_refuses_writes(cloud):
     state = health(GCP)
     assert state["in_recovery"] and not state["writable"]
-    request = urllib.request.Request(f"http://{GCP}:{PORT}/posts", json.dumps({"body": "x"}).encode(),
-                                     {"Content-Type": "application/json"}, method="POST")
-    try:
-        urllib.request.urlopen(request, timeout=5)
-        code = 201
-    except urllib.error.HTTPError as error:
-        code = error.code
-    assert code in (409, 503)
+    assert post(GCP, None) in (409, 503)
     journal = failover_json("journal", workdir=cloud)
     assert journal["kind"] == "failback" and journal["complete"]
+
+
+def test_a_switchover_killed_after_each_step_resumes_and_loses_nothing(cloud):
+    """`back --to gcp` (now a planned switchover aws → gcp) SIGKILLed after every step in turn:
+    each rerun resumes at the next step; the canary writes through DNS throughout."""
+    from infra.drill.canary import Canary, read_back
+    from infra.runbook.failback import STEP_NAMES
+
+    canary = Canary("social.example.", PORT, dns(cloud)).start()
+    run_id = None
+    try:
+        assert wait(lambda: sum(w.acked and w.site == "aws" for w in canary.writes) >= 10, 30)
+        for index, step in enumerate(STEP_NAMES):
+            crashed = crash_after(step, "back", "--to", "gcp", "--yes", workdir=cloud)
+            assert crashed.returncode == -9, (step, crashed.returncode, crashed.stderr[-2000:])
+            journal = json.loads((cloud / "journal" / "current.json").read_text())
+            assert run_id in (None, journal["run_id"])
+            run_id = journal["run_id"]
+            assert [e["step"] for e in journal["events"] if e["status"] == "done"] == STEP_NAMES[:index + 1]
+        failover("back", "--to", "gcp", "--yes", workdir=cloud)
+        assert wait(lambda: canary.acked_on("gcp"), 45), "gcp never acknowledged a write through DNS"
+        time.sleep(1)
+    finally:
+        writes = canary.stop()
+
+    acked = [w for w in writes if w.acked]
+    present = read_back(GCP, PORT)
+    lost = [w.seq for w in acked if w.seq not in present]
+    assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+    journal = failover_json("journal", workdir=cloud)
+    assert journal["complete"] and journal["run_id"] == run_id
+    assert all(s["attempts"] == 1 for s in journal["steps"]), journal["steps"]
+    inventory = json.loads((cloud / "inventory.json").read_text())
+    assert inventory["active"] == "gcp" and inventory["epoch"] == 4
+    assert [a for a in (AWS, GCP, AZURE) if writable(a)] == [GCP]
+    assert health(AWS)["in_recovery"]  # the old primary follows gcp
+    assert resolve(cloud) == GCP
+
+
+def crash_after(step: str, *args: str, workdir: Path) -> subprocess.CompletedProcess:
+    """The CLI with FAILOVER_CRASH_AFTER=step: it SIGKILLs itself once that step is journaled done."""
+    env = {**os.environ, "FAILOVER_WORKDIR": str(workdir), "FAILOVER_CRASH_AFTER": step}
+    return subprocess.run([*FAILOVER, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def post(address: str, seq: int | None) -> int:
+    request = urllib.request.Request(f"http://{address}:{PORT}/posts",
+                                     json.dumps({"body": "x", "canary_seq": seq}).encode(),
+                                     {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def writable(address: str) -> bool:
+    try:
+        return bool(health(address)["writable"])
+    except OSError:
+        return False

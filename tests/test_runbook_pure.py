@@ -101,3 +101,22 @@ def test_journal_copy_to_an_unwritable_store_is_reported_not_fatal(tmp_path):
 def test_the_failover_steps_are_in_the_issue_order():
     assert steps.STEP_NAMES == ["preflight", "fence", "capacity", "promote", "media", "start_app", "verify_app",
                                 "shift_dns", "verify_dns", "protect"]
+
+
+def test_failback_inputs_are_checked_before_anything_changes():
+    from infra.runbook import failback
+
+    assert failback.input_problems(NAMES, "gcp", set(), "aws") == []
+    assert "unknown site 'oracle'" in failback.input_problems(NAMES, "gcp", set(), "oracle")[0]
+    assert "already the active primary" in failback.input_problems(NAMES, "gcp", set(), "gcp")[0]
+    problem = failback.input_problems(NAMES, "gcp", {"aws"}, "aws")[0]
+    assert "still dropped" in problem and "restore-site --site aws" in problem
+
+
+def test_the_failback_steps_reseed_sync_and_stop_writes_before_the_switch():
+    from infra.runbook import failback, runner
+
+    assert failback.STEP_NAMES == ["preflight", "reseed", "sync", "stop_writes", "switch", "media", "start_app",
+                                   "verify_app", "shift_dns", "verify_dns", "protect"]
+    assert runner.steps_for("failback") is failback.FAILBACK and runner.steps_for("failover") is steps.FAILOVER
+    assert failback.data_source("gcp", "aws").expected_loss.startswith("none")

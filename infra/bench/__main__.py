@@ -31,6 +31,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="the markdown to write (the chart goes to img/benchmarks.png beside it)")
     parser.add_argument("--project", type=Path, default=ROOT / "Pulumi.yaml")
+    parser.add_argument("--render", type=Path, metavar="RESULT_JSON",
+                        help="only rewrite the markdown and chart from a saved result.json")
     args = parser.parse_args(argv)
     args.size_list = [float(s) for s in args.sizes.split(",") if s] + ([4.0] if args.large else [])
     args.skip_set = {s for s in args.skip.split(",") if s}
@@ -45,7 +47,7 @@ def progress(message: str) -> None:
 
 def _version(argv: list[str]) -> str:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip().split()[-1]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout.strip().split()[-1]
     except (OSError, IndexError, subprocess.SubprocessError):
         return "?"
 
@@ -63,6 +65,8 @@ def _load() -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render, args.out)
     spec = load_spec(args.project)
     started = time.monotonic()
     work = args.workdir
@@ -95,30 +99,34 @@ def main(argv: list[str]) -> int:
         result["environment"]["loadavg_end"] = _load()
         result["notes"] = notes(result)
         (work / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    print(report.text(result))
-    image = args.out.parent / "img" / "benchmarks.png"
-    chart.draw(result, image)
-    args.out.write_text(report.markdown(result, os.path.relpath(image, args.out.parent)))
-    progress(f"wrote {args.out} and {image} ({image.stat().st_size // 1024} KB) in {result['duration_seconds'] / 60:.1f} min; "
-             f"raw figures in {work / 'result.json'}")
+    write(result, args.out)
+    progress(f"measured in {result['duration_seconds'] / 60:.1f} min; raw figures in {work / 'result.json'}")
     shutil.rmtree(work / "scratch", ignore_errors=True)
     return 0
 
 
 def notes(result: dict) -> list[str]:
     lines = [
-        "Restore sites are dedicated clusters on 127.0.50.1-3 (pgbench on 127.0.50.11-13, the pg_restore target on "
-        "127.0.50.9), built with the same playbook and protection functions as the local cloud; drills use "
-        "`failover drill` with its own local cloud on 127.0.51.x. Everything binds 127.0.0.0/8 only and is torn down.",
-        "pgBackRest restores from the warm site's posix repository (repo2) into the pilot-light site's empty data "
-        "directory, with process-max 2 and the backup compressed with lz4 as configured; its time covers the "
-        "restore command only, not WAL replay to consistency at startup.",
-        "The source data directory is measured after seeding, a restart with wal_keep_size 0 and two checkpoints, "
-        "and min_wal_size 32MB, so cp -a copies data rather than the WAL the seeding left behind (pgBackRest writes "
-        "an empty pg_wal). Seed sizes name the database files (data directory without pg_wal) they aim at.",
-        "The naive path is timed from pg_dump's start to pg_restore's end (a fresh cluster, started beforehand, "
-        "with archiving off); its index builds and constraint checks are the price of a logical restore.",
-        "Every timed operation ends with `sync`, so buffered writes count alike for all methods.",
+        ("Restore sites are dedicated clusters on 127.0.50.1-3 (pgbench on 127.0.50.11-13, the pg_restore target on "
+         "127.0.50.9), built with the same playbook and protection functions as the local cloud; drills use "
+         "`failover drill` with its own local cloud on 127.0.51.x. Everything binds 127.0.0.0/8 only and is torn down."),
+        ("pgBackRest restores from the warm site's posix repository (repo2) into the pilot-light site's empty data "
+         "directory, with process-max 2 and the backup compressed with lz4 as configured; its time covers the "
+         "restore command only, not WAL replay to consistency at startup (the drill's restore step includes that)."),
+        ("The source data directory is measured after seeding, a restart with wal_keep_size 0 and min_wal_size 32MB "
+         "and two checkpoints, so cp -a copies data rather than the WAL the seeding left behind (pgBackRest writes "
+         "an empty pg_wal). A size names the database files (data directory without pg_wal) it aims at."),
+        ("Seeding: `infra.app.seed.seed` computes follows with int4 arithmetic that overflows above about 60 MB "
+         "(`integer out of range`), so the bench seeds 50 MB with it and grows `posts` with rows of the same shape "
+         "(bigint generate_series) to the size. Drills therefore run on a cloud brought up with `failover local up "
+         "--seed-mb 50`, grown the same way on the primary (the synchronous replica follows), backed up anew with "
+         "`failover snapshot --type full` into every repository, then handed to `failover drill`, which reuses a "
+         "pristine cloud."),
+        ("The naive path is timed from pg_dump's start to pg_restore's end (a fresh cluster, started beforehand, "
+         "with archiving off); its index builds and constraint checks are the price of a logical restore."),
+        "Every timed restore operation ends with `sync`, so buffered writes count alike for all methods.",
+        ("`RTO - TTL` subtracts the record's TTL as the issue's target does; it is negative when the canary saw the "
+         "new address before a full TTL elapsed, i.e. the TTL was not the bound on this run."),
     ]
     if any(m.get("cache_note") for m in result.get("restore", [])):
         lines.append("Dropping the page cache failed during the run: " + result["restore"][0]["cache_note"])
@@ -126,6 +134,23 @@ def notes(result: dict) -> list[str]:
     lines += [f"The {d['scenario']} drill at {d['size_gb']:g} GB produced no figures: {d['error']}" for d in broken]
     return lines
 
+
+def render(result_file: Path, out: Path) -> int:
+    """Rewrites the markdown and chart from a saved result.json (no measuring)."""
+    import json as _json
+
+    result = _json.loads(result_file.read_text())
+    result["notes"] = notes(result)
+    write(result, out)
+    return 0
+
+
+def write(result: dict, out: Path) -> None:
+    print(report.text(result))
+    image = out.parent / "img" / "benchmarks.png"
+    chart.draw(result, image)
+    out.write_text(report.markdown(result, os.path.relpath(image, out.parent)))
+    progress(f"wrote {out} and {image} ({image.stat().st_size // 1024} KB)")
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -21,7 +21,6 @@ from infra.sites.contract import Inventory
 from infra.sites.local import LocalCloud, LocalSite, outputs
 from infra.spec import Spec
 from playbooks import postgres
-from playbooks.host import run
 
 PREFIX = "127.0.50"
 ROLES = (("aws", "primary"), ("gcp", "warm"), ("azure", "pilot-light"))
@@ -120,7 +119,8 @@ class Bench:
         for site in self.sites:
             if Path(site.paths.pgdata, "postmaster.pid").exists():
                 postgres.stop(self.c, site.paths.pgdata)
-        self.cloud.processes.names() and [self.cloud.processes.stop(n) for n in self.cloud.processes.names()]
+        for name in self.cloud.processes.names():
+            self.cloud.processes.stop(name)
 
     def remove(self) -> None:
         self.stop_all()
@@ -151,7 +151,3 @@ def timed(action) -> float:
     action()
     os.sync()
     return time.monotonic() - started
-
-
-def as_postgres(c, argv: list[str], timeout: float = 7200):
-    return run(c, argv, timeout=timeout)

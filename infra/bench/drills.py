@@ -43,7 +43,7 @@ def parse(stdout: str) -> dict | None:
 
 
 def _failover(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([*failover_command(), *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*failover_command(), *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def prepare(work: Path, size_gb: float, spec, project: Path, progress, timeout: float) -> None:
@@ -99,5 +99,5 @@ def teardown(work: Path) -> None:
     """The drill tears its cloud down unless it crashed; make sure with `failover local down`."""
     if (work / "cloud.json").exists():
         subprocess.run([*failover_command(), "local", "down", "--workdir", str(work)], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, check=False)
     shutil.rmtree(work, ignore_errors=True)

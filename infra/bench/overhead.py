@@ -61,10 +61,10 @@ def measure(bench: Bench, runs: int, progress, scale: int = 10, clients: int = 4
                              str(warm.logs / "postgresql.log"))
     tps: dict[str, list[float]] = {"off": [], "async": [], "sync": []}
     for number in range(1, runs + 1):
-        for mode in tps:
+        for mode, values in tps.items():
             _mode(bench, mode)
             bench.sql(primary, "CHECKPOINT")
             time.sleep(1)
-            tps[mode].append(pgbench(bench, clients, threads, seconds))
+            values.append(pgbench(bench, clients, threads, seconds))
         progress(f"pgbench run {number}/{runs}: " + ", ".join(f"{m} {v[-1]:.0f} tps" for m, v in tps.items()))
     return {"scale": scale, "clients": clients, "threads": threads, "seconds": seconds, "tps": tps}

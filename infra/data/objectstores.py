@@ -8,6 +8,8 @@ in SiteOutputs and the Inventory), and a short `describe()` for messages.
 """
 from __future__ import annotations
 
+import socket
+
 from typing import ClassVar
 
 from infra import secrets
@@ -53,6 +55,30 @@ class ObjectStore(Storage):
         return f"{self.noun} {options.get(self.container_option, '?')} at {endpoint}{self._path(options)}"
 
     noun: ClassVar[str] = "bucket"
+
+    def reachable(self, c, repo: Repository) -> bool:
+        """A TCP connection to the endpoint within a second: enough to tell a dead store fast."""
+        host, port = self.endpoint(repo)
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def endpoint(self, repo: Repository) -> tuple[str, int]:
+        endpoint = repo.options.get(self.endpoint_option) or self.default_endpoint
+        host, _, port = endpoint.partition(":")
+        return host, int(port or repo.options.get("storage-port") or 443)
+
+    def explain(self, site: str, repo: Repository, output: str, index: int | None = None) -> str:
+        from infra.data.storage_errors import repository_error
+
+        return repository_error(site, repo, output, index)
+
+    def explain_media(self, site: str, remote: MediaRemote, output: str) -> str:
+        from infra.data.storage_errors import media_error
+
+        return media_error(site, self.type, remote, output)
 
     @staticmethod
     def _path(options: dict[str, str]) -> str:

@@ -36,6 +36,8 @@ GLOBAL = {
     # A queue limit keeps one dead repository from filling the primary's disk with WAL.
     "archive-push-queue-max": "4GiB",
     "archive-timeout": "30",
+    # pgBackRest retries a dead object store about four times io-timeout: keep that short.
+    "io-timeout": "10",
     "process-max": "2",
     "compress-type": "lz4",
     "start-fast": "y",

@@ -91,15 +91,11 @@ def _each_repo(inventory: Inventory, exclude: set[str], action) -> list[RepoResu
     for index, site in pgbr_config.repositories(inventory, exclude).items():
         started = time.monotonic()
         result = action(index)
-        error = "" if result.ok else _tail(result.stderr or result.stdout)
+        repo = inventory.site(site).repository
+        error = "" if result.ok else storage_for(repo.type).explain(site, repo, result.stderr or result.stdout, index)
         results.append(RepoResult(f"repo{index}", site, _location(inventory, site), result.ok,
                                   round(time.monotonic() - started, 3), error))
     return results
-
-
-def _tail(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "failed without output"
 
 
 def create_stanzas(c, inventory: Inventory, paths: HostPaths, exclude: set[str] = frozenset()) -> list[RepoResult]:
@@ -120,10 +116,25 @@ def sync_media(c, rclone_conf: str, inventory: Inventory, source: str, targets: 
     for target in targets:
         started = time.monotonic()
         result = media.copy(c, rclone_conf, media_config.bucket(inventory, source), media_config.bucket(inventory, target))
-        results.append(RepoResult("media", target, inventory.site(target).media_remote.path, result.ok,
-                                  round(time.monotonic() - started, 3),
-                                  "" if result.ok else _tail(result.stderr)))
+        outputs = inventory.site(target)
+        error = "" if result.ok else storage_for(outputs.repository.type).explain_media(
+            target, outputs.media_remote, result.stderr)
+        results.append(RepoResult("media", target, outputs.media_remote.path, result.ok,
+                                  round(time.monotonic() - started, 3), error))
     return results
+
+
+def upload_staged_media(c, rclone_conf: str, inventory: Inventory, site: str, staging: str) -> list[RepoResult]:
+    """Moves what the app wrote to its local media directory into the site's bucket, when they differ.
+
+    With directory stores the directory is the bucket and there is nothing to do.
+    """
+    outputs = inventory.site(site)
+    if outputs.media_remote.path == staging:
+        return []
+    result = media.copy(c, rclone_conf, staging, media_config.bucket(inventory, site))
+    error = "" if result.ok else storage_for(outputs.repository.type).explain_media(site, outputs.media_remote, result.stderr)
+    return [RepoResult("media-upload", site, outputs.media_remote.path, result.ok, 0.0, error)]
 
 
 def start_replica(c, primary_host: str, db_port: int, address: str, paths: HostPaths, name: str, log: str) -> None:

@@ -1,8 +1,13 @@
-"""The local cloud's media replicator: copies the active site's bucket to every other site, continuously.
+"""The local cloud's protector: keeps WAL and media flowing from the active site to every other site.
 
-Run as `python -m infra.data.replicator WORKDIR`. On a cloud VM the same copy runs from a
-systemd timer; here it is a loop. A site that is dropped or unreachable is skipped and
-logged by name; the others keep being protected.
+Run as `python -m infra.data.replicator WORKDIR`; on a cloud VM the same round runs from a
+systemd timer. Each round (every second):
+- repositories that do not answer are left out of the active site's pgBackRest config, and put
+  back when they answer again: pgBackRest's archive-push fails for all repositories while one
+  is down, so one dead store would otherwise hold WAL back from all the others;
+- media the app staged locally goes into the active site's bucket (object stores only);
+- the active bucket is copied to every other reachable site's bucket.
+Every problem is logged with the site's name; the other sites keep being protected.
 """
 from __future__ import annotations
 
@@ -14,27 +19,65 @@ from invoke import Context
 
 from infra.data import protection
 from infra.sites.local import LocalCloud
+from infra.status import repository_reachable
+from playbooks import pgbackrest
 
 INTERVAL = 1.0
 
 
-def once(cloud: LocalCloud) -> list:
-    inventory = cloud.inventory()
+def unreachable(c, cloud: LocalCloud, inventory) -> set[str]:
+    return {n for n in inventory.names if n in cloud.dropped() or not repository_reachable(c, inventory, n)}
+
+
+def archive_only_to_reachable(c, cloud: LocalCloud, inventory, down: set[str], state: dict) -> None:
+    """Rewrites the active site's pgBackRest config when the set of unreachable repositories changes."""
+    key = (inventory.active, frozenset(down))
+    previous = state.get("excluded")
+    if previous == key:
+        return
     source = cloud.site(inventory.active)
-    targets = [n for n in inventory.names if n != inventory.active and n not in cloud.dropped()]
+    protection.install_pgbackrest(c, inventory, source.name, source.paths, inventory.site(source.name).db_port, down)
+    if previous is not None:
+        pgbackrest.interrupt(c, source.paths.config)
+    if previous is not None or down:
+        left_out = ", ".join(f"repo{inventory.repo_index(n)} ({n})" for n in sorted(down)) or "none"
+        print(f"archiving from {source.name}; repositories left out: {left_out}", flush=True)
+    state["excluded"] = key
+    if previous is not None and previous[0] == inventory.active:
+        back_up_rejoined(c, inventory, source, previous[1] - down)
+
+
+def back_up_rejoined(c, inventory, source, names: set[str]) -> None:
+    """A repository that comes back missed the WAL archived while it was away: a backup into it
+    (incremental where it has a full one) makes it usable for restores again."""
+    for name in sorted(names):
+        result = pgbackrest.backup(c, source.paths.config, inventory.repo_index(name), "incr")
+        print(f"repo{inventory.repo_index(name)} ({name}) is back: backup "
+              + ("done" if result.ok else f"failed: {result.stderr.strip().splitlines()[-1:]}"), flush=True)
+
+
+def once(cloud: LocalCloud, state: dict) -> list:
+    inventory = cloud.inventory()
+    c = Context()
+    down = unreachable(c, cloud, inventory)
+    archive_only_to_reachable(c, cloud, inventory, down, state)
+    source = cloud.site(inventory.active)
+    targets = [n for n in inventory.names if n != inventory.active and n not in down]
     rclone_conf = f"{source.paths.pgbackrest_dir}/rclone.conf"
-    return protection.sync_media(Context(), rclone_conf, inventory, inventory.active, targets)
+    staged = protection.upload_staged_media(c, rclone_conf, inventory, inventory.active, str(source.media_dir))
+    return staged + protection.sync_media(c, rclone_conf, inventory, inventory.active, targets)
 
 
 def main(workdir: str) -> None:
     cloud = LocalCloud(Path(workdir))
+    state: dict = {}
     while True:
         try:
-            for result in once(cloud):
+            for result in once(cloud, state):
                 if not result.ok:
                     print(f"media copy to {result.site} ({result.location}) failed: {result.error}", flush=True)
         except Exception as error:  # keep protecting: a bad round is logged, the next one retries
-            print(f"replicator round failed: {error}", flush=True)
+            print(f"protection round failed: {error}", flush=True)
         time.sleep(INTERVAL)
 
 

@@ -23,13 +23,15 @@ from infra.sites.bringup import dsn, record_postmaster
 from infra.sites.local import LocalCloud, LocalSite
 from infra.sites.processes import wait_for
 from infra.spec import Spec
-from infra.status import db_reachable, repository, store_reachable
+from infra.status import db_reachable, repository, repository_reachable, store_reachable
 from playbooks import media, pgbackrest, postgres
 
 
 
 def _unreachable(c, cloud: LocalCloud) -> set[str]:
-    return {s.name for s in cloud.sites() if s.name in cloud.dropped() or not store_reachable(c, s)}
+    inventory = cloud.inventory()
+    return {s.name for s in cloud.sites()
+            if s.name in cloud.dropped() or not store_reachable(c, s) or not repository_reachable(c, inventory, s.name)}
 
 
 def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:

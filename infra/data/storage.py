@@ -33,8 +33,25 @@ class Storage:
         """Where the repository lives, for messages: a path, endpoint/bucket or container."""
         return repo.options.get("path", "?")
 
+    def reachable(self, c, repo: Repository) -> bool:
+        """Can this host reach the store at all? Cheap: status and preflight call it for every site."""
+        raise NotImplementedError
+
+    def explain(self, site: str, repo: Repository, output: str, index: int | None = None) -> str:
+        """A failed pgBackRest command's output as a message naming the store and a fix (no secrets)."""
+        return f"site {site}: {self.type} repository {self.describe(repo)}: {last_line(output)}"
+
+    def explain_media(self, site: str, remote: MediaRemote, output: str) -> str:
+        """A failed rclone command's output as a message naming the bucket and a fix (no secrets)."""
+        return f"site {site}: media bucket {remote.path}: {last_line(output)}"
+
     def _value(self, key: str, value: str, site: str) -> str:
         return secrets.resolve(value, f"site {site} {self.type} option {key}") if secrets.is_ref(value) else str(value)
+
+
+def last_line(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return secrets.redact(lines[-1]) if lines else "failed without output"
 
 
 _TYPES: dict[str, Storage] = {}
@@ -57,3 +74,17 @@ class Posix(Storage):
     """A directory: the local cloud's object store, or a mounted volume."""
 
     type = "posix"
+
+    def reachable(self, c, repo: Repository) -> bool:
+        from playbooks.host import run
+
+        path = repo.options.get("path", "")
+        return run(c, ["test", "-r", path, "-a", "-x", path], warn=True).ok
+
+
+def _load_object_stores() -> None:
+    # The cloud object stores register themselves on import; they live apart to keep this small.
+    import infra.data.objectstores  # noqa: F401
+
+
+_load_object_stores()

@@ -59,7 +59,9 @@ def junit(result: dict) -> str:
         case = ET.SubElement(suite, "testcase", classname="failover.drill", name=s["name"],
                              time=f"{s['command_seconds']:.3f}")
         ET.SubElement(case, "system-out").text = (f"RTO {s['rto_seconds']}s, RPO window {s['rpo_seconds']}s, "
-                                                  f"{s['writes_lost']} of {s['writes_acked']} acked writes lost")
+                                                  f"{s['writes_lost']} of {s['writes_acked']} acked writes lost"
+                                                  + (f", WAL archive lag {s['archive_lag_seconds']}s"
+                                                     if s.get("archive_lag_seconds") is not None else ""))
         if not s["passed"]:
             ET.SubElement(case, "failure", message="; ".join(s["missed"])).text = "\n".join(s["missed"])
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
@@ -95,7 +97,10 @@ def timeline(scenario: dict, path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds from cut-off")
     ax.set_title(f"{scenario['name']}: {scenario['source']} → {scenario['target']}, TTL {scenario['dns_ttl']}s")
-    ax.legend(loc="lower right", fontsize=7)
+    if scenario.get("recovered_to") and scenario.get("archive_lag_seconds") is not None:
+        ax.axvline(_ts(scenario["recovered_to"]) - zero, color="tab:orange", linestyle="-.",
+                   label=f"restore reached (archive lag {scenario['archive_lag_seconds']:.2f}s)")
+    ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

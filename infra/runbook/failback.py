@@ -14,9 +14,10 @@
 5. switch: the old primary's PostgreSQL stops (fast shutdown: it sends P everything first), P
    is promoted and becomes the active site;
 6-10. media, start_app, verify_app, shift_dns, verify_dns: the same steps as a failover;
-11. protect: P archives to every repository with a fresh backup in each; the warm site (the
-    old primary when it is the warm one) is re-cloned from P and, with synchronous replication
-    in the spec, becomes P's synchronous standby again.
+11. protect: P archives to every repository with a fresh backup in each; the warm site and
+    the old primary (unless it is a pilot-light site) are re-cloned from P, and with
+    synchronous replication in the spec a follower (the warm one first) becomes P's
+    synchronous standby again.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def data_source(source: str, target: str) -> steps.DataSource:
 # ---------------------------------------------------------------- SQL on a given site
 
 def _sql(run: Run, address: str, sql: str, warn: bool = True) -> str | None:
-    result = postgres.psql(run.c, address, run.port, sql, warn=warn)
+    result = postgres.psql(run.c, address, run.port, sql, db=run.spec.database.name, warn=warn)
     return result.stdout.strip() if result.ok else None
 
 
@@ -179,14 +180,19 @@ def switch(run: Run) -> dict:
 
 
 def protect(run: Run) -> dict:
-    """Protect P as after a failover; restore synchronous replication to its warm follower."""
+    """Protect P as after a failover; the old primary (unless pilot-light) follows P too, and with
+    synchronous replication in the spec the first follower (a warm one first) is P's synchronous standby."""
     detail = steps.protect_again(run)
-    warm = [s.name for s in run.cloud.sites() if s.role == "warm" and s.name != run.target
-            and s.name not in run.unreachable()]
-    if run.spec.database.replication == "sync" and warm:
-        _sql(run, run.site.address, f"ALTER SYSTEM SET synchronous_standby_names = '\"{warm[0]}\"'", warn=False)
+    old = run.cloud.site(run.source)
+    if old.role != "pilot-light" and old.role != "warm" and run.reachable(old.name):
+        detail["followers"].append(steps.reclone(run, old))
+    followers = [f.split(":")[0] for f in detail["followers"]]
+    warm = {s.name for s in run.cloud.sites() if s.role == "warm"}
+    followers.sort(key=lambda name: name not in warm)
+    if run.spec.database.replication == "sync" and followers:
+        _sql(run, run.site.address, f"ALTER SYSTEM SET synchronous_standby_names = '\"{followers[0]}\"'", warn=False)
         _sql(run, run.site.address, "SELECT pg_reload_conf()", warn=False)
-        detail["synchronous_standby"] = warm[0]
+        detail["synchronous_standby"] = followers[0]
     return detail
 
 

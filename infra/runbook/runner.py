@@ -3,12 +3,13 @@
 `plan()` checks every input before anything changes (unknown site, the active site, a target
 without data, a missing DNS secret) and decides the data source. `execute()` runs the steps
 the journal has not completed, recording each before and after it runs; after a crash or
-Ctrl-C the same command resumes. `FAILOVER_CRASH_AFTER=<step>` makes the process exit
-abruptly right after that step is journaled as done (for the crash-and-resume tests).
+Ctrl-C the same command resumes. `FAILOVER_CRASH_AFTER=<step>` makes the process SIGKILL
+itself right after that step is journaled as done (for the crash-and-resume tests).
 """
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -168,7 +169,8 @@ def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journa
         journal.record(name, DONE, seconds=round(time.monotonic() - started, 3), **(detail or {}))
         store.save(journal, reachable_media(cloud))
         if crash_after == name:
-            os._exit(137)  # as abrupt as SIGKILL: no cleanup, no journal close
+            # A real SIGKILL at the step boundary: no cleanup, no finally blocks, no journal close.
+            os.kill(os.getpid(), signal.SIGKILL)
     journal.finished = steps_mod_now()
     store.save(journal, reachable_media(cloud))
     store.close(journal)

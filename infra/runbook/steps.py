@@ -391,20 +391,21 @@ def follow(run: Run, skip: set[str]) -> list[str]:
     from infra.sites.local import LocalSite  # noqa: F401  (type only)
 
     warm = [s for s in run.cloud.sites() if s.role == "warm" and s.name != run.target and s.name not in skip]
-    done = []
-    for other in warm:
-        if _streams_from(run, other.name):
-            done.append(f"{other.name}: already streaming")
-            continue
-        run.cloud.processes.stop(f"pg-{other.name}")
-        postgres.stop(run.c, other.paths.pgdata, "immediate")
-        host_run(run.c, ["rm", "-rf", other.paths.pgdata])
-        protection.start_replica(run.c, run.site.address, run.port, other.address, other.paths, other.name,
-                                 str(other.logs / "postgresql.log"))
-        record_postmaster(run.cloud, other)
-        wait_for(lambda: _streams_from(run, other.name), 60, f"{other.name} to stream from {run.target}")
-        done.append(f"{other.name}: re-cloned, streaming")
-    return done
+    return [reclone(run, other) for other in warm]
+
+
+def reclone(run: Run, other: LocalSite) -> str:
+    """`other` streams from the new primary, from a fresh clone unless it already does."""
+    if _streams_from(run, other.name):
+        return f"{other.name}: already streaming"
+    run.cloud.processes.stop(f"pg-{other.name}")
+    postgres.stop(run.c, other.paths.pgdata, "immediate")
+    host_run(run.c, ["rm", "-rf", other.paths.pgdata])
+    protection.start_replica(run.c, run.site.address, run.port, other.address, other.paths, other.name,
+                             str(other.logs / "postgresql.log"))
+    record_postmaster(run.cloud, other)
+    wait_for(lambda: _streams_from(run, other.name), 60, f"{other.name} to stream from {run.target}")
+    return f"{other.name}: re-cloned, streaming"
 
 
 def _streams_from(run: Run, name: str) -> bool:

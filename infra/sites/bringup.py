@@ -63,31 +63,52 @@ def _replicator(cloud: LocalCloud) -> None:
                           cwd=Path(__file__).parents[2])
 
 
-def _inventory(cloud: LocalCloud, spec: Spec, sites: list[LocalSite]) -> Inventory:
-    """The existing inventory when completing a partial cloud; refuses one that has failed over."""
+EMULATOR_BASE_PORT = 19300  # tests of the emulators use their own range
+
+
+def _stores(cloud: LocalCloud, sites: list[LocalSite], storage: str, progress: Progress) -> list:
+    """Each site's emulated object store (started), or None for the site's own directory."""
+    if storage == "posix":
+        return [None] * len(sites)
+    from infra.sites import emulators
+
+    progress("starting emulated object stores: " + ", ".join(
+        f"{s.name} {emulators.KINDS[i % len(emulators.KINDS)]}" for i, s in enumerate(sites)))
+    return [emulators.start_emulated(cloud.workdir, i, s.name, EMULATOR_BASE_PORT) for i, s in enumerate(sites)]
+
+
+def _inventory(cloud: LocalCloud, spec: Spec, sites: list[LocalSite], stores: list) -> Inventory:
+    """A new inventory, or the existing one when completing a partial cloud."""
     if not cloud.inventory_file.exists():
-        return Inventory([outputs(s, spec) for s in sites], active=sites[0].name)
-    inventory = cloud.inventory()
-    if inventory.active != sites[0].name:
+        return Inventory([outputs(s, spec, store) for s, store in zip(sites, stores)], active=sites[0].name)
+    return cloud.inventory()
+
+
+def _refuse_failed_over(cloud: LocalCloud, sites: list[LocalSite]) -> None:
+    inventory = cloud.inventory() if cloud.inventory_file.exists() else None
+    if inventory and inventory.active != sites[0].name:
         raise FailoverError(f"{cloud.workdir} has failed over to {inventory.active} (epoch {inventory.epoch}); "
                             f"`local up` only builds the initial layout: use `failover back --to {sites[0].name}` "
                             "or `failover local down` first")
-    return inventory
 
 
-def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, prefix: str) -> dict:
+def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, prefix: str,
+       storage: str = "posix") -> dict:
     """Brings the local cloud up (or completes a partial one); returns a summary."""
     cloud = LocalCloud(workdir)
-    if cloud.exists and (len(cloud.sites()) != count or cloud.settings()["prefix"] != prefix):
+    settings = cloud.settings() if cloud.exists else {}
+    if settings and (len(cloud.sites()) != count or settings["prefix"] != prefix or settings["storage"] != storage):
         raise FailoverError(f"{workdir} already holds a local cloud of {len(cloud.sites())} sites on "
                             f"{cloud.settings()['prefix']}.x; run `failover local down --workdir {workdir}` "
-                            "first to change --sites or --prefix")
+                            "first to change --sites, --prefix or --storage")
     sites = plan_sites(spec, count, cloud.workdir, prefix)
-    inventory = _inventory(cloud, spec, sites)
-    cloud.save(sites, prefix=prefix, storage="posix", dropped=[])
+    _refuse_failed_over(cloud, sites)
+    cloud.save(sites, prefix=prefix, storage=storage, dropped=[])
     c = Context()
     for site in sites:
         _dirs(c, site)
+    inventory = _inventory(cloud, spec, sites, _stores(cloud, sites, storage, progress))
+    for site in sites:
         protection.install_pgbackrest(c, inventory, site.name, site.paths, spec.database.port)
         protection.install_rclone(c, inventory, site.paths)
     cloud.publish(inventory)

@@ -7,9 +7,13 @@ from infra.sites.local import LocalCloud
 
 
 def drop(cloud: LocalCloud, name: str) -> dict:
-    """Kills the site's processes (SIGKILL, by PID) and makes its directory unreadable to the service user."""
+    """Kills the site's processes (SIGKILL, by PID) and makes its directory unreadable to the service user.
+
+    With emulated object stores the site's emulator is killed too: its store goes with it.
+    """
     site = cloud.site(name)
-    killed = [p for p in (f"pg-{name}", f"app-{name}", f"receivewal-{name}") if cloud.processes.kill(p)]
+    processes = (f"pg-{name}", f"app-{name}", f"receivewal-{name}", f"emulator-{name}", f"emulator-{name}-tls")
+    killed = [p for p in processes if cloud.processes.kill(p)]
     os.chmod(site.root, 0o000)
     cloud.mark_dropped(name)
     return {"site": name, "killed": killed, "storage": "unreachable"}

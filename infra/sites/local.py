@@ -24,6 +24,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from infra import secrets
 from infra.app.seed import write_media
 from infra.data.pgbackrest import HostPaths
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
@@ -72,14 +73,20 @@ def plan_sites(spec: Spec, count: int, workdir: Path, prefix: str = DEFAULT_PREF
             for i, s in enumerate(spec.sites[:count])]
 
 
-def outputs(site: LocalSite, spec: Spec) -> SiteOutputs:
-    """The local site's SiteOutputs: the same contract a Pulumi stack exports."""
+def outputs(site: LocalSite, spec: Spec, store: tuple[Repository, MediaRemote] | None = None) -> SiteOutputs:
+    """The local site's SiteOutputs: the same contract a Pulumi stack exports.
+
+    `store` replaces the site's directory store with an emulated object store's repository and
+    bucket; the app then stages uploads in its media directory and the replicator moves them.
+    """
+    repository, media_remote = store or (
+        Repository(type="posix", options={"path": str(site.store / "pgbackrest")}),
+        MediaRemote(type="local", options={}, path=str(site.media_dir)),
+    )
     return SiteOutputs(
         site=site.name, cloud="local", region="loopback", role=site.role,
         public_addresses=(site.address,), ssh_hosts=(site.address,), ssh_user=SERVICE_USER,
-        db_host=site.address, db_port=spec.database.port,
-        repository=Repository(type="posix", options={"path": str(site.store / "pgbackrest")}),
-        media_remote=MediaRemote(type="local", options={}, path=str(site.media_dir)),
+        db_host=site.address, db_port=spec.database.port, repository=repository, media_remote=media_remote,
     )
 
 
@@ -90,6 +97,16 @@ class LocalCloud:
         self.workdir = Path(workdir)
         self.state_file = self.workdir / "cloud.json"
         self.processes = ProcessTable(self.workdir)
+        if self.exists and self.settings().get("storage") == "emulated":
+            self.load_emulator_secrets()
+
+    def load_emulator_secrets(self) -> None:
+        """The emulated stores' credentials, for pgBackRest and rclone run from this process."""
+        from infra.sites.emulators import emulator_env
+
+        for name, value in emulator_env(self.workdir).items():
+            os.environ.setdefault(name, value)
+            secrets.remember(value)
 
     @property
     def exists(self) -> bool:

@@ -1,0 +1,115 @@
+"""The bench's pure arithmetic and rendering, tested with data (no timing, no processes)."""
+from __future__ import annotations
+
+import pytest
+
+from infra.bench import drills, overhead, report, stats
+
+MB = stats.MB
+
+
+def measured(size_gb=1.0, copy=(10.0, 12.0, 11.0), pgbackrest=(15.0, 14.0, 16.0), dump=(60.0, 50.0, 55.0)):
+    return {"size_gb": size_gb, "datadir_bytes": 1100 * MB, "pg_wal_bytes": 33 * MB, "restored_bytes": 1000 * MB,
+            "backup_seconds": 30.0, "counts": {"database_bytes": 1000 * MB, "posts": 1_700_000},
+            "seconds": {"copy": list(copy), "pgbackrest": list(pgbackrest), "dump": list(dump),
+                        "dump_only": [20.0, 21.0, 22.0], "restore_only": [35.0, 30.0, 33.0]}}
+
+
+def drill(scenario="warm", size_gb=0.25, rto=31.0, ttl=30, rpo=0.0, steps=None, error=""):
+    return {"scenario": scenario, "size_gb": size_gb, "seed_mb": 231, "dns_ttl": ttl, "result": "pass" if not error else "error",
+            "rto_seconds": rto, "rto_from_command_seconds": rto, "rpo_seconds": rpo, "writes_lost": 0, "writes_acked": 50,
+            "steps": steps or [{"step": "promote", "status": "done", "seconds": 1.2}], "error": error}
+
+
+def test_median_ignores_missing_values_and_none_when_empty():
+    assert stats.median([3.0, None, 1.0, 2.0]) == 2.0
+    assert stats.median([]) is None
+
+
+def test_rates_and_ratios_guard_against_zero():
+    assert stats.mb_per_s(100 * MB, 4.0) == 25.0
+    assert stats.mb_per_s(100 * MB, 0) is None
+    assert stats.ratio(5.0, 10.0) == 0.5
+    assert stats.ratio(5.0, None) is None
+    assert stats.overhead(90.0, 100.0) == pytest.approx(0.10)
+
+
+def test_restore_row_divides_the_same_size_so_ratios_are_time_ratios():
+    row = stats.restore_row(measured())
+    assert row["copy_seconds"] == 11.0 and row["pgbackrest_seconds"] == 15.0 and row["dump_seconds"] == 55.0
+    assert row["copy_mb_s"] == pytest.approx(100.0)
+    assert row["pgbackrest_vs_copy"] == pytest.approx(11 / 15)
+    assert row["pgbackrest_vs_dump"] == pytest.approx(55 / 15)
+    assert row["copy_spread"] == pytest.approx(2 / 11)
+
+
+def test_restore_checks_at_one_gigabyte():
+    checks = stats.restore_checks([stats.restore_row(measured(0.25)), stats.restore_row(measured(1.0, pgbackrest=(30, 30, 30)))])
+    assert [c.passed for c in checks] == [False, False]  # 11/30 of the copy, 55/30 of the dump
+    assert stats.restore_checks([stats.restore_row(measured(0.25))])[0].passed is None
+
+
+def test_drill_checks_net_rto_flatness_and_pilot_light_rpo():
+    checks = stats.drill_checks([drill(size_gb=0.25, rto=31.0), drill(size_gb=1.0, rto=31.5),
+                                 drill("pilot-light", 1.0, rto=50.0, rpo=2.5)])
+    verdicts = {c.target: c.passed for c in checks}
+    assert verdicts["warm RTO - TTL <= 2 s at 0.25 GB"] is True
+    assert verdicts["warm RTO flat across sizes (within 30%)"] is False  # 1.0 s -> 1.5 s is +50%
+    assert verdicts["pilot-light RTO - TTL <= 15 s at 1 GB"] is False
+    assert verdicts["pilot-light RPO window <= 1 s at 1 GB"] is False
+
+
+def test_a_failed_pilot_light_drill_is_not_measured_rather_than_failed():
+    checks = stats.drill_checks([drill(), drill("pilot-light", 1.0, rto=None, rpo=None, error="exit 2")])
+    assert [c.passed for c in checks if c.target.startswith("pilot-light")] == [None, None]
+
+
+def test_overhead_checks_pass_under_ten_percent_and_report_sync():
+    checks = stats.overhead_checks({"off": 1000.0, "async": 950.0, "sync": 600.0})
+    assert checks[0].passed is True and checks[0].measured == "5.0%"
+    assert checks[1].measured == "40.0%"
+
+
+def test_text_table_aligns_columns():
+    text = report.table(["a", "long header"], [["x", "1"], ["yyyy", "22"]])
+    lines = text.splitlines()
+    assert lines[0] == "a     long header"
+    assert lines[2] == "x     1"
+
+
+def test_markdown_renders_every_section_with_targets():
+    result = {"started": "2026-11-28T19:00:00+00:00", "arguments": "--sizes 0.25,1", "duration_seconds": 600,
+              "environment": {"cpus": 2, "drop_caches": "yes"}, "restore": [measured(1.0)],
+              "drills": [drill(steps=[{"step": "promote", "status": "done", "seconds": 1.2},
+                                      {"step": "shift_dns", "status": "failed", "seconds": 0.3}]),
+                         drill("pilot-light", 1.0, rto=None, rpo=None, error="exit 2: restore failed")],
+              "overhead": {"scale": 10, "clients": 4, "threads": 2, "seconds": 20,
+                           "tps": {"off": [500.0, 520.0, 510.0], "async": [480.0], "sync": [300.0]}},
+              "notes": ["a note"], "restore_notes": []}
+    text = report.markdown(result)
+    assert "| 1 GB | 1100 MB | cp -a (machine limit) | 11.00 | 100.0 | 1.00x | 18% |" in text
+    assert "| pgBackRest restore >= 0.6x cp -a at 1 GB | 0.73x | pass |" in text
+    assert "| shift_dns | 0.30 s (failed) |" in text
+    assert "pilot-light at 1 GB: exit 2: restore failed" in text
+    assert "| archiving + async replica | 480 | 480 | 5.9% |" in text
+    assert "![benchmarks](img/benchmarks.png)" in text and "- a note" in text
+    assert "Protection overhead" in report.text(result)
+
+
+def test_pgbench_tps_is_parsed_without_connection_time():
+    output = "number of transactions actually processed: 9000\ntps = 449.9 (without initial connection time)\n"
+    assert overhead.parse_tps(output) == 449.9
+    with pytest.raises(ValueError):
+        overhead.parse_tps("connection refused")
+
+
+def test_drill_json_becomes_a_row_and_missing_json_an_error_row():
+    parsed = {"passed": True, "scenarios": [{"name": "warm", "passed": True, "dns_ttl": 30, "rto_seconds": 31.2,
+                                             "rto_from_command_seconds": 30.9, "rpo_seconds": 0.0, "writes_lost": 0,
+                                             "writes_acked": 80, "steps": [{"step": "promote", "status": "done",
+                                                                            "seconds": 1.1, "started": "x"}]}]}
+    row = drills.row("warm", 1.0, 999, drills.parse("noise\n" + __import__("json").dumps(parsed)), "")
+    assert row["result"] == "pass" and row["rto_seconds"] == 31.2
+    assert row["steps"] == [{"step": "promote", "status": "done", "seconds": 1.1}]
+    failed = drills.row("pilot-light", 1.0, 999, drills.parse("Traceback"), "exit 1")
+    assert failed["result"] == "error" and failed["error"] == "exit 1"
