@@ -47,9 +47,9 @@ def start(c, pgdata: str, log: str, timeout: int = 60) -> None:
     run(c, [f"{BIN}/pg_ctl", "start", "-w", "-t", str(timeout), "-D", pgdata, "-l", log])
 
 
-def stop(c, pgdata: str, mode: str = "fast") -> None:
+def stop(c, pgdata: str, mode: str = "fast", warn: bool = False) -> None:
     if is_running(c, pgdata):
-        run(c, [f"{BIN}/pg_ctl", "stop", "-w", "-m", mode, "-D", pgdata])
+        run(c, [f"{BIN}/pg_ctl", "stop", "-w", "-t", "30", "-m", mode, "-D", pgdata], warn=warn)
 
 
 def reload(c, pgdata: str) -> None:

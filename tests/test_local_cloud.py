@@ -26,10 +26,13 @@ PORT = 15432
 @pytest.fixture(scope="module")
 def cloud():
     workdir = service_dir("cloud")
-    failover("local", "up", "--sites", "3", "--seed-mb", "5", "--prefix", PREFIX, workdir=workdir)
-    yield LocalCloud(workdir)
-    failover("local", "down", workdir=workdir, check=False)
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        failover("local", "up", "--sites", "3", "--seed-mb", "5", "--prefix", PREFIX, workdir=workdir)
+        yield LocalCloud(workdir)
+    finally:  # also when `local up` fails half-way: stop what it started
+        down = failover("local", "down", workdir=workdir, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert down.returncode == 0, down.stderr
 
 
 def dsn(address: str) -> str:

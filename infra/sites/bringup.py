@@ -156,7 +156,8 @@ def start_dns(cloud: LocalCloud, spec: Spec, inventory: Inventory, prefix: str, 
     providers = local_dns.start_local_dns(cloud.workdir, addresses, local_dns.DEFAULT_PORT, spec.dns.zone)
     results = apply_site(inventory, inventory.active, providers, spec.dns.zone, spec.dns.names, spec.dns.ttl)
     if failed(results):
-        raise FailoverError(f"DNS for {inventory.active} failed at: {', '.join(failed(results))}")
+        details = "; ".join(f"{r.name}: {r.error}" for r in results if r.name in failed(results))
+        raise FailoverError(f"DNS for {inventory.active} failed at {details}")
     return [{"name": r.name, "status": r.status} for r in results]
 
 

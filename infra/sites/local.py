@@ -193,14 +193,19 @@ class LocalCloud:
         self.processes.start(f"app-{site.name}", argv, site.logs / "app.log", cwd=Path(__file__).parents[2])
 
     def stop_all(self) -> list[str]:
-        """Stops every process recorded in the PID table (PostgreSQL with a fast shutdown first)."""
-        from playbooks import postgres
+        """Stops every process recorded in the PID table.
+
+        PostgreSQL gets a fast shutdown first; whatever does not stop that way is signalled by
+        its recorded PID (SIGTERM, then SIGKILL), so `down` always ends what `up` started.
+        """
         from invoke import Context
+
+        from playbooks import postgres
 
         stopped = []
         for site in self.sites() if self.exists else []:
             if self.processes.running(f"pg-{site.name}") and site.name not in self.dropped():
-                postgres.stop(Context(), site.paths.pgdata)
+                postgres.stop(Context(), site.paths.pgdata, warn=True)
         for name in self.processes.names():
             if self.processes.stop(name):
                 stopped.append(name)
