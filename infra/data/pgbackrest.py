@@ -7,6 +7,7 @@ a gap in the numbering that pgBackRest accepts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from infra.data.storage import storage_for
 from infra.sites.contract import Inventory
@@ -25,6 +26,11 @@ class HostPaths:
     @property
     def config(self) -> str:
         return f"{self.pgbackrest_dir}/pgbackrest.conf"
+
+    @property
+    def wal_stream(self) -> str:
+        """Where pg_receivewal keeps the primary's WAL on a pilot-light host (beside PGDATA)."""
+        return f"{Path(self.pgdata).parent}/walstream"
 
     @property
     def dirs(self) -> list[str]:

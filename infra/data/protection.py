@@ -34,7 +34,9 @@ def archive_command(paths: HostPaths) -> str:
 
 
 def restore_command(paths: HostPaths) -> str:
-    return f"pgbackrest --config={paths.config} --stanza={pgbr_config.STANZA} archive-get %f \"%p\""
+    """archive-get from the repositories, else the site's own WAL stream (pilot-light sites)."""
+    archive = f"pgbackrest --config={paths.config} --stanza={pgbr_config.STANZA} archive-get %f \"%p\""
+    return f"{archive} || cp {paths.wal_stream}/%f \"%p\""
 
 
 def pg_settings(address: str, port: int, paths: HostPaths, sync_standby: str | None = None) -> dict[str, str]:
@@ -46,6 +48,8 @@ def pg_settings(address: str, port: int, paths: HostPaths, sync_standby: str | N
         "wal_level": "replica",
         "max_wal_senders": "10",
         "max_replication_slots": "10",
+        # A WAL stream whose receiver is gone must not fill the primary's disk.
+        "max_slot_wal_keep_size": "1GB",
         "wal_keep_size": "512MB",
         "hot_standby": "on",
         "archive_mode": "on",
@@ -135,6 +139,23 @@ def upload_staged_media(c, rclone_conf: str, inventory: Inventory, site: str, st
     result = media.copy(c, rclone_conf, staging, media_config.bucket(inventory, site))
     error = "" if result.ok else storage_for(outputs.repository.type).explain_media(site, outputs.media_remote, result.stderr)
     return [RepoResult("media-upload", site, outputs.media_remote.path, result.ok, 0.0, error)]
+
+
+def stream_slot(site: str) -> str:
+    return "stream_" + "".join(ch if ch.isalnum() else "_" for ch in site)
+
+
+def start_wal_stream(c, table, site: str, paths: HostPaths, primary_host: str, db_port: int, log) -> None:
+    """pg_receivewal from the primary into the site's own disk: a pilot-light site then loses at
+    most what was in flight when the primary died, not the archive's last ~2 s segment switch."""
+    from playbooks.host import ensure_dir
+
+    ensure_dir(c, paths.wal_stream)
+    slot = stream_slot(site)
+    postgres.psql(c, primary_host, db_port, f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
+                  f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
+    table.start(f"receivewal-{site}", [f"{postgres.BIN}/pg_receivewal", "-D", paths.wal_stream, "-h", primary_host,
+                                      "-p", str(db_port), "-U", "postgres", "-S", slot, "-w"], log, user="postgres")
 
 
 def start_replica(c, primary_host: str, db_port: int, address: str, paths: HostPaths, name: str, log: str) -> None:

@@ -6,7 +6,8 @@ systemd timer. Each round (every second):
   back when they answer again: pgBackRest's archive-push fails for all repositories while one
   is down, so one dead store would otherwise hold WAL back from all the others;
 - media the app staged locally goes into the active site's bucket (object stores only);
-- the active bucket is copied to every other reachable site's bucket.
+- the active bucket is copied to every other reachable site's bucket;
+- each pilot-light site streams the active primary's WAL (pg_receivewal) to its own disk.
 Every problem is logged with the site's name; the other sites keep being protected.
 """
 from __future__ import annotations
@@ -56,11 +57,30 @@ def back_up_rejoined(c, inventory, source, names: set[str]) -> None:
               + ("done" if result.ok else f"failed: {result.stderr.strip().splitlines()[-1:]}"), flush=True)
 
 
+def stream_to_pilot_lights(c, cloud: LocalCloud, inventory, state: dict) -> None:
+    """Keeps one pg_receivewal per pilot-light site following the active primary."""
+    active = inventory.site(inventory.active)
+    for site in cloud.sites():
+        name = f"receivewal-{site.name}"
+        if site.role != "pilot-light" or site.name in cloud.dropped() or site.name == inventory.active:
+            if cloud.processes.running(name):
+                cloud.processes.stop(name)
+            continue
+        if state.get(name) == inventory.active and cloud.processes.running(name):
+            continue
+        cloud.processes.stop(name)
+        protection.start_wal_stream(c, cloud.processes, site.name, site.paths, active.db_host, active.db_port,
+                                    site.logs / "receivewal.log")
+        state[name] = inventory.active
+        print(f"streaming WAL from {inventory.active} to {site.name}", flush=True)
+
+
 def once(cloud: LocalCloud, state: dict) -> list:
     inventory = cloud.inventory()
     c = Context()
     down = unreachable(c, cloud, inventory)
     archive_only_to_reachable(c, cloud, inventory, down, state)
+    stream_to_pilot_lights(c, cloud, inventory, state)
     source = cloud.site(inventory.active)
     targets = [n for n in inventory.names if n != inventory.active and n not in down]
     rclone_conf = f"{source.paths.pgbackrest_dir}/rclone.conf"

@@ -25,6 +25,7 @@ from infra.sites.processes import wait_for
 from infra.spec import Spec
 from infra.status import db_reachable, repository, repository_reachable, store_reachable
 from playbooks import media, pgbackrest, postgres
+from playbooks.host import run as host_run
 
 
 
@@ -112,9 +113,12 @@ def restore_database(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalS
     not push into the archive it came from until the runbook protects it again.
     """
     cloud.processes.stop(f"pg-{target.name}")
+    cloud.processes.stop(f"receivewal-{target.name}")
     postgres.stop(c, target.paths.pgdata, "immediate")
     protection.install_pgbackrest(c, inventory, target.name, target.paths, spec.database.port, skip)
-    pgbackrest.restore(c, target.paths.config, index, pgbackrest_time(target_time) if target_time else None)
+    pgbackrest.restore(c, target.paths.config, index, pgbackrest_time(target_time) if target_time else None,
+                       restore_command=protection.restore_command(target.paths))
+    complete_partial_segments(c, target.paths.wal_stream)
     settings = protection.pg_settings(target.address, spec.database.port, target.paths)
     settings["archive_mode"] = "off"
     postgres.configure(c, target.paths.pgdata, settings, protection.HBA)
@@ -122,6 +126,13 @@ def restore_database(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalS
     record_postmaster(cloud, target)
     wait_for(lambda: not postgres.in_recovery(c, target.address, spec.database.port), 600,
              f"{target.name} to finish recovery and promote")
+
+
+def complete_partial_segments(c, stream: str) -> None:
+    """pg_receivewal names the segment it was writing `*.partial`; recovery asks for the plain
+    name, and replays its records up to the last complete one."""
+    host_run(c, ["sh", "-c", f'for f in {stream}/*.partial; do [ -e "$f" ] && [ ! -e "${{f%.partial}}" ] '
+                             f'&& cp "$f" "${{f%.partial}}"; done; true'], warn=True)
 
 
 def pgbackrest_time(value: str) -> str:
