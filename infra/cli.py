@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -15,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from infra import cliutil
-from infra.cliutil import DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, workdir_path
+from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
+                            workdir_path)
 from infra.sites.local import DEFAULT_PREFIX, LocalCloud
 from infra.spec import load_spec
 
@@ -58,9 +58,6 @@ def _mount_top_level() -> None:
 _mount_top_level()
 
 
-def _progress(message: str) -> None:
-    cliutil.console.print(f"[cyan]•[/cyan] {message}")
-
 
 @local.command("up")
 @command
@@ -80,8 +77,8 @@ def local_up(
     if storage not in ("posix", "emulated"):
         raise cliutil.FailoverError(f"--storage {storage!r} must be posix or emulated")
     spec = load_spec(project)
-    summary = bringup.up(workdir_path(workdir), spec, sites, seed_mb, _progress, prefix, storage)
-    emit(summary, as_json, lambda s: _progress(f"{len(s['sites'])} sites up: " +
+    summary = bringup.up(workdir_path(workdir), spec, sites, seed_mb, progress, prefix, storage)
+    emit(summary, as_json, lambda s: progress(f"{len(s['sites'])} sites up: " +
                                                ", ".join(f"{x['name']} ({x['role']}, {x['address']})" for x in s["sites"])))
 
 
@@ -97,7 +94,7 @@ def local_down(
     if not keep:
         cloud.remove()
     emit({"stopped": stopped, "removed": not keep}, as_json,
-         lambda r: _progress(f"stopped {len(r['stopped'])} processes" + ("" if keep else ", removed the sites' data")))
+         lambda r: progress(f"stopped {len(r['stopped'])} processes" + ("" if keep else ", removed the sites' data")))
 
 
 @local.command("drop")
@@ -110,7 +107,7 @@ def local_drop(
     from infra.sites import chaos
 
     result = chaos.drop(LocalCloud(workdir_path(workdir)), site)
-    emit(result, as_json, lambda r: _progress(f"dropped {site}: killed {', '.join(r['killed']) or 'nothing'}"))
+    emit(result, as_json, lambda r: progress(f"dropped {site}: killed {', '.join(r['killed']) or 'nothing'}"))
 
 
 @local.command("restore-site")
@@ -123,7 +120,7 @@ def local_restore_site(
     from infra.sites import chaos
 
     result = chaos.restore(LocalCloud(workdir_path(workdir)), site)
-    emit(result, as_json, lambda r: _progress(f"{site} is reachable again; its data is stale until `failover back`"))
+    emit(result, as_json, lambda r: progress(f"{site} is reachable again; its data is stale until `failover back`"))
 
 
 @app.command("status")
@@ -164,7 +161,7 @@ def snapshot(
 
     if kind not in ("full", "diff", "incr"):
         raise cliutil.FailoverError(f"--type {kind!r} must be one of full, diff, incr")
-    result = restore_mod.snapshot(LocalCloud(workdir_path(workdir)), load_spec(project), kind, _progress)
+    result = restore_mod.snapshot(LocalCloud(workdir_path(workdir)), load_spec(project), kind, progress)
     emit(result, as_json, _render_results)
     if not result["ok"]:
         raise typer.Exit(1)
@@ -188,7 +185,7 @@ def restore(
     from infra.data import restore as restore_mod
 
     result = restore_mod.restore(LocalCloud(workdir_path(workdir)), load_spec(project), site, repo, target_time,
-                                 _progress)
+                                 progress)
     emit(result, as_json, _render_restore)
     if not result["verified"]:
         raise typer.Exit(1)

@@ -37,6 +37,11 @@ class FailoverError(RuntimeError):
     """An expected failure with a message that says what failed and what to do."""
 
 
+def progress(message: str) -> None:
+    """One line of progress on stderr, so stdout stays clean for --json."""
+    console.print(f"[cyan]•[/cyan] {message}")
+
+
 def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
     """JSON on stdout for scripts, or a human rendering (rich) for operators."""
     if as_json:

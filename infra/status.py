@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from invoke import Context
 
 from infra.data import media as media_config
-from infra.data import pgbackrest as pgbr_config
 from infra.data.storage import storage_for
 from infra.sites.local import LocalCloud, LocalSite
 from playbooks import media, pgbackrest, postgres

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from playbooks.host import ensure_dir, run, write_file
 
@@ -18,13 +19,27 @@ def _argv(config: str, *args: str) -> list[str]:
     return ["pgbackrest", f"--config={config}", f"--stanza={STANZA}", *args]
 
 
+LOCK_WAIT = 180.0  # seconds a command waits for another pgBackRest process of the stanza
+
+
+def _waiting_for_lock(c, argv: list[str], timeout: float):
+    """Runs a command that takes the stanza's lock, waiting while another pgBackRest process holds
+    it (the async archiver, a backup started by the protector): that passes."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        result = run(c, argv, warn=True, timeout=timeout)
+        if result.ok or "[050]" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(1)
+
+
 def stanza_create(c, config: str):
     """Creates the stanza in every configured repository (idempotent in pgBackRest itself)."""
-    return run(c, _argv(config, "stanza-create"), warn=True, timeout=120)
+    return _waiting_for_lock(c, _argv(config, "stanza-create"), 120)
 
 
 def backup(c, config: str, repo: int, kind: str = "full"):
-    return run(c, _argv(config, f"--repo={repo}", f"--type={kind}", "backup"), warn=True, timeout=7200)
+    return _waiting_for_lock(c, _argv(config, f"--repo={repo}", f"--type={kind}", "backup"), 7200)
 
 
 def info(c, config: str, repo: int) -> tuple[dict | None, str]:

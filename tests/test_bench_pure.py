@@ -54,9 +54,18 @@ def test_drill_checks_net_rto_flatness_and_pilot_light_rpo():
                                  drill("pilot-light", 1.0, rto=50.0, rpo=2.5)])
     verdicts = {c.target: c.passed for c in checks}
     assert verdicts["warm RTO - TTL <= 2 s at 0.25 GB"] is True
-    assert verdicts["warm RTO flat across sizes (within 30%)"] is False  # 1.0 s -> 1.5 s is +50%
+    assert verdicts["warm RTO - TTL flat from 0.25 to 1 GB (within 30%)"] is False  # 1.0 s -> 1.5 s is +50%
     assert verdicts["pilot-light RTO - TTL <= 15 s at 1 GB"] is False
     assert verdicts["pilot-light RPO window <= 1 s at 1 GB"] is False
+
+
+def test_net_rto_is_never_less_than_the_runbook_time_until_dns_shifted():
+    steps = [{"step": "promote", "status": "done", "seconds": 1.5}, {"step": "verify_dns", "status": "done", "seconds": 0.2},
+             {"step": "protect", "status": "done", "seconds": 40.0}]
+    assert stats.until_dns_shift(steps) == pytest.approx(1.7)
+    assert stats.net_rto(drill(rto=12.0, ttl=30, steps=steps)) == pytest.approx(1.7)  # the cache expired early
+    assert stats.net_rto(drill(rto=33.0, ttl=30, steps=steps)) == pytest.approx(3.0)
+    assert stats.until_dns_shift(steps[:1]) is None and stats.net_rto(drill(rto=None)) is None
 
 
 def test_a_failed_pilot_light_drill_is_not_measured_rather_than_failed():
@@ -67,7 +76,7 @@ def test_a_failed_pilot_light_drill_is_not_measured_rather_than_failed():
 def test_overhead_checks_pass_under_ten_percent_and_report_sync():
     checks = stats.overhead_checks({"off": 1000.0, "async": 950.0, "sync": 600.0})
     assert checks[0].passed is True and checks[0].measured == "5.0%"
-    assert checks[1].measured == "40.0%"
+    assert checks[1].measured == "40.0%" and checks[1].verdict == "reported"
 
 
 def test_text_table_aligns_columns():

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from infra.dns import local, servers, sync
+from infra.dns import local, servers
 from infra.dns import site as dns_site
 from infra.dns.cli import app
 from infra.dns.records import RecordSet

@@ -31,10 +31,10 @@ def seed(dsn: str, media_dir: Path, megabytes: int) -> dict[str, int]:
                      (users,))
         conn.execute(
             "INSERT INTO follows (follower, followee) SELECT 1 + (g * 7919) %% %s, 1 + (g * 104729) %% %s "
-            "FROM generate_series(1, %s) g", (users, users, users * 5))
+            "FROM generate_series(1::bigint, %s) g", (users, users, users * 5))
         conn.execute(
             "INSERT INTO posts (user_id, body) SELECT 1 + g %% %s, repeat(md5(g::text), 16) "
-            "FROM generate_series(1, %s) g", (users, posts))
+            "FROM generate_series(1::bigint, %s) g", (users, posts))
         objects = max(2, int(megabytes * MEDIA_SHARE * 1_000_000 / MEDIA_OBJECT_BYTES))
         for number in range(objects):
             key, size, digest = write_media(media_dir, f"seed/{number:06d}.bin", os.urandom(MEDIA_OBJECT_BYTES))

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -47,9 +48,11 @@ def progress(message: str) -> None:
 
 def _version(argv: list[str]) -> str:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout.strip().split()[-1]
-    except (OSError, IndexError, subprocess.SubprocessError):
+        output = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
         return "?"
+    match = re.search(r"\d+\.\d+(\.\d+)?", output)
+    return match.group(0) if match else "?"
 
 
 def environment() -> dict:
@@ -128,6 +131,13 @@ def notes(result: dict) -> list[str]:
         ("`RTO - TTL` subtracts the record's TTL as the issue's target does; it is negative when the canary saw the "
          "new address before a full TTL elapsed, i.e. the TTL was not the bound on this run."),
     ]
+    lines += [(f"At {m['size_gb']:g} GB pgBackRest wrote {m['restored_bytes'] / 2**20:.0f} MB (no pg_wal) where cp -a "
+               f"wrote {m['datadir_bytes'] / 2**20:.0f} MB, and it reads an lz4-compressed repository with two "
+               "processes: that is how it can beat the plain copy, and with a spread near 100% on cp -a a ratio "
+               "above 1 means 'about the copy's speed' rather than 'faster than the disk'.")
+              for m in result.get("restore", []) if m.get("restored_bytes")][-1:]
+    lines.append("pgbench runs of 20 s under contention from other test suites vary by tens of percent (see "
+                 "the per-run tps); the overhead percentages are medians of three and should be read as rough.")
     if any(m.get("cache_note") for m in result.get("restore", [])):
         lines.append("Dropping the page cache failed during the run: " + result["restore"][0]["cache_note"])
     broken = [d for d in result.get("drills", []) if d["result"] == "error"]

@@ -38,23 +38,29 @@ def _restore(ax, rows: list[dict]) -> None:
                             ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rows)), [f"{r['size_gb']:g} GB\n({r['datadir_mb']:.0f} MB)" for r in rows])
     ax.set_ylabel("MB/s (median)")
+    ax.set_ylim(0, max([r[f"{m}_mb_s"] or 0 for r in rows for m in stats.METHODS] + [1]) * 1.45)
     ax.set_title("Restore throughput (x = ratio to cp -a)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
 
 
 def _drills(ax, drills: list[dict]) -> None:
     done = [d for d in drills if d.get("rto_seconds") is not None]
-    labels = [f"{d['scenario']}\n{d['size_gb']:g} GB" for d in done]
-    nets = [d["rto_seconds"] - d["dns_ttl"] for d in done]
-    ttls = [d["dns_ttl"] for d in done]
-    ax.bar(labels, nets, color="tab:green", label="RTO - TTL")
-    ax.bar(labels, ttls, bottom=nets, color="tab:olive", alpha=0.5, label="DNS TTL")
-    for n, d in enumerate(done):
-        ax.annotate(f"RPO {d['rpo_seconds']:.2f}s", (n, d["rto_seconds"]), ha="center", va="bottom", fontsize=7)
+    xs = range(len(done))
+    ax.bar([x - 0.2 for x in xs], [d["rto_seconds"] for d in done], 0.4, color="tab:olive", alpha=0.6,
+           label="RTO from cut-off (canary, through DNS)")
+    ax.bar([x + 0.2 for x in xs], [stats.net_rto(d) for d in done], 0.4, color="tab:green", label="net RTO (beyond TTL)")
+    for x, d in zip(xs, done):
+        ax.annotate(f"RPO {d['rpo_seconds']:.2f}s\nlost {d['writes_lost']}", (x, d["rto_seconds"]), ha="center",
+                    va="bottom", fontsize=7)
+    ttls = {d["dns_ttl"] for d in done}
+    for ttl in ttls:
+        ax.axhline(ttl, color="gray", linestyle="--", linewidth=1, label=f"DNS TTL {ttl}s")
+    ax.set_xticks(list(xs), [f"{d['scenario']}\n{d['size_gb']:g} GB" for d in done])
     failed = [f"{d['scenario']} {d['size_gb']:g} GB" for d in drills if d.get("rto_seconds") is None]
-    ax.set_ylabel("seconds from cut-off")
-    ax.set_title("Drill RTO" + (f" (no result: {', '.join(failed)})" if failed else ""), fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_ylabel("seconds")
+    ax.set_ylim(0, max([d["rto_seconds"] for d in done] + list(ttls) + [1]) * 1.3)
+    ax.set_title("Drill RTO" + (f" (no result: {', '.join(failed)})" if failed else ""), fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def _overhead(ax, tps: dict[str, list[float]]) -> None:

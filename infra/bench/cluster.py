@@ -112,8 +112,11 @@ class Bench:
         if not self.sql(primary, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
             self.sql(primary, f"CREATE DATABASE {name}")
         seed.create_schema(dsn(primary, self.spec), primary.name)
-        counts = seed.seed(dsn(primary, self.spec), primary.media_dir, BASE_SEED_MB)
-        return {**counts, "database_bytes": grow(dsn(primary, self.spec), database_target_bytes(size_gb), progress)}
+        seed.seed(dsn(primary, self.spec), primary.media_dir, BASE_SEED_MB)
+        size = grow(dsn(primary, self.spec), database_target_bytes(size_gb), progress)
+        counts = {t: int(self.sql(primary, f"SELECT count(*) FROM {t}", self.spec.database.name))
+                  for t in ("users", "posts", "follows", "media")}
+        return {**counts, "database_bytes": size}
 
     def stop_all(self) -> None:
         for site in self.sites:

@@ -47,9 +47,12 @@ class Check:
     target: str
     measured: str
     passed: bool | None  # None: not measured
+    reported_only: bool = False  # the issue asks for the figure, not a bound
 
     @property
     def verdict(self) -> str:
+        if self.reported_only:
+            return "reported" if self.passed is not None else "not measured"
         return {True: "pass", False: "FAIL", None: "not measured"}[self.passed]
 
 
@@ -76,33 +79,55 @@ def restore_checks(rows: list[dict]) -> list[Check]:
                   None if vs_dump is None else vs_dump >= 3.0)]
 
 
+DNS_SHIFTED_STEP = "verify_dns"
+
+
+def until_dns_shift(steps: list[dict]) -> float | None:
+    """Runbook seconds from its start through the step that proves DNS points at the new site."""
+    names = [s["step"] for s in steps]
+    if DNS_SHIFTED_STEP not in names:
+        return None
+    return sum(s.get("seconds") or 0 for s in steps[: names.index(DNS_SHIFTED_STEP) + 1])
+
+
+def net_rto(drill: dict) -> float | None:
+    """RTO minus TTL, conservatively: never less than the runbook's time until DNS was shifted.
+
+    The canary caches the record for its TTL like any client, so when the cut-off falls late in
+    its cache period it sees the new site before a full TTL: RTO - TTL then understates what a
+    client whose cache just expired waits beyond the TTL, which is the runbook's time to DNS.
+    """
+    if drill.get("rto_seconds") is None:
+        return None
+    shift = until_dns_shift(drill.get("steps", []))
+    measured = drill["rto_seconds"] - drill["dns_ttl"]
+    return measured if shift is None else max(measured, shift)
+
+
 def drill_checks(drills: list[dict]) -> list[Check]:
     """Warm RTO - TTL <= 2 s and flat (within 30%); pilot-light RTO - TTL <= 15 s at 1 GB, RPO <= 1 s."""
     checks = []
-    warm = [d for d in drills if d["scenario"] == "warm" and d.get("rto_seconds") is not None]
-    for d in warm:
-        net = d["rto_seconds"] - d["dns_ttl"]
-        checks.append(Check(f"warm RTO - TTL <= 2 s at {d['size_gb']:g} GB", _fmt(net, " s"), net <= 2.0))
+    warm = sorted((d for d in drills if d["scenario"] == "warm" and net_rto(d) is not None), key=lambda d: d["size_gb"])
+    checks += [Check(f"warm RTO - TTL <= 2 s at {d['size_gb']:g} GB", _fmt(net_rto(d), " s"), net_rto(d) <= 2.0)
+               for d in warm]
     if len(warm) >= 2:
-        nets = [d["rto_seconds"] - d["dns_ttl"] for d in sorted(warm, key=lambda d: d["size_gb"])]
-        # "Flat" compares the largest size with the smallest; a net RTO under 0 s is clamped.
-        low, high = max(nets[0], 0.01), max(nets[-1], 0.01)
-        growth = high / low - 1
-        checks.append(Check("warm RTO flat across sizes (within 30%)", f"{growth * 100:+.0f}%", abs(growth) <= 0.3))
+        growth = net_rto(warm[-1]) / max(net_rto(warm[0]), 0.01) - 1
+        checks.append(Check(f"warm RTO - TTL flat from {warm[0]['size_gb']:g} to {warm[-1]['size_gb']:g} GB (within 30%)",
+                            f"{growth * 100:+.0f}%", abs(growth) <= 0.3))
     elif not warm:
         checks.append(Check("warm RTO - TTL <= 2 s", "no warm drill completed", None))
     pilot = [d for d in drills if d["scenario"] == "pilot-light"]
     one = _at(pilot, 1.0)
-    if one is None or one.get("rto_seconds") is None:
+    if one is None or net_rto(one) is None:
         checks.append(Check("pilot-light RTO - TTL <= 15 s at 1 GB", "no completed pilot-light drill at 1 GB", None))
     else:
-        net = one["rto_seconds"] - one["dns_ttl"]
-        checks.append(Check("pilot-light RTO - TTL <= 15 s at 1 GB", _fmt(net, " s"), net <= 15.0))
+        checks.append(Check("pilot-light RTO - TTL <= 15 s at 1 GB", _fmt(net_rto(one), " s"), net_rto(one) <= 15.0))
     done = [d for d in pilot if d.get("rpo_seconds") is not None and d.get("rto_seconds") is not None]
     if not done:
         checks.append(Check("pilot-light RPO window <= 1 s", "no completed pilot-light drill", None))
     for d in done:
-        checks.append(Check(f"pilot-light RPO window <= 1 s at {d['size_gb']:g} GB", _fmt(d["rpo_seconds"], " s"),
+        checks.append(Check(f"pilot-light RPO window <= 1 s at {d['size_gb']:g} GB",
+                            f"{_fmt(d['rpo_seconds'], ' s')} ({d.get('writes_lost')} acked writes lost)",
                             d["rpo_seconds"] <= 1.0))
     return checks
 
@@ -113,8 +138,8 @@ def overhead_checks(modes: dict[str, float | None]) -> list[Check]:
     checks = [Check("protection overhead <= 10% tps (async replica + archiving)", _fmt(None if cost is None else cost * 100, "%", 1),
                     None if cost is None else cost <= 0.10)]
     sync = overhead(modes.get("sync"), modes.get("off"))
-    checks.append(Check("protection overhead with synchronous replica (reported)",
-                        _fmt(None if sync is None else sync * 100, "%", 1), None if sync is None else True))
+    checks.append(Check("protection overhead with synchronous replica", _fmt(None if sync is None else sync * 100, "%", 1),
+                        None if sync is None else True, reported_only=True))
     return checks
 
 

@@ -8,16 +8,14 @@ import typer
 from rich.console import Console
 
 from infra import cliutil
-from infra.cliutil import DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, workdir_path
+from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
+                            workdir_path)
 from infra.sites.local import DEFAULT_PREFIX
 from infra.spec import load_spec
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 out = Console(highlight=False)
 
-
-def _progress(message: str) -> None:
-    cliutil.console.print(f"[cyan]•[/cyan] {message}")
 
 
 @app.command("drill")
@@ -50,7 +48,7 @@ def drill(
     results = []
     try:
         for item in chosen:
-            results.append(scenario_mod.run_scenario(item, options, _progress))
+            results.append(scenario_mod.run_scenario(item, options, progress))
     finally:
         if not keep:
             cloud = LocalCloud(work)

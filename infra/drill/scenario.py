@@ -135,8 +135,6 @@ def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> di
 
 def _result(scenario, targets, cloud, spec, source, target, writes: list[Write], cut_off, command_started,
             command_ended, journal, error, before) -> dict:
-    from infra.data import integrity
-    from infra.sites.bringup import dsn
 
     acks = [measure.Ack(w.seq, w.sent, w.answered, w.acked, w.site) for w in writes]
     present, readback_error = set(), ""

@@ -11,16 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 from infra import cliutil
-from infra.cliutil import DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, workdir_path
+from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
+                            workdir_path)
 from infra.sites.local import LocalCloud
 from infra.spec import load_spec
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 out = Console(highlight=False)
 
-
-def _progress(message: str) -> None:
-    cliutil.console.print(f"[cyan]•[/cyan] {message}")
 
 
 @app.command("run")
@@ -41,7 +39,7 @@ def run_command(
         return
     if not as_json:
         _render_plan(the_plan)
-    result = runner.execute(cloud, spec, project, the_plan, journal, _progress)
+    result = runner.execute(cloud, spec, project, the_plan, journal, progress)
     emit({"plan": the_plan.to_dict(), "executed": True, "journal": result.to_dict(), "steps": result.timings()},
          as_json, lambda r: _render_steps(result))
 
@@ -76,7 +74,7 @@ def back_command(
         return
     if not as_json:
         _render_plan(the_plan)
-    result = runner.execute(cloud, spec, project, the_plan, journal, _progress)
+    result = runner.execute(cloud, spec, project, the_plan, journal, progress)
     emit({"plan": the_plan.to_dict(), "executed": True, "journal": result.to_dict(), "steps": result.timings()},
          as_json, lambda r: _render_steps(result))
 
@@ -90,7 +88,7 @@ def fence_command(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, p
     cloud = LocalCloud(workdir_path(workdir))
     result = runner.fence_returning(cloud, load_spec(project), project)
     emit({"fenced": result, "epoch": cloud.inventory().epoch}, as_json,
-         lambda r: _progress(", ".join(f"{k}: {v}" for k, v in r["fenced"].items()) or "nothing to fence"))
+         lambda r: progress(", ".join(f"{k}: {v}" for k, v in r["fenced"].items()) or "nothing to fence"))
 
 
 def _render_plan(the_plan) -> None:

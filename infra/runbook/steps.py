@@ -343,8 +343,8 @@ def protect_again(run: Run) -> dict:
     postgres.psql(run.c, site.address, run.port, "CHECKPOINT")
     stanzas = []
     if _stanza_missing(run, inventory, site, skip):
-        stanzas = _retry_locked(lambda: protection.create_stanzas(run.c, inventory, site.paths, skip))
-    backups = _retry_locked(lambda: protection.backup_all(run.c, inventory, site.paths, skip))
+        stanzas = protection.create_stanzas(run.c, inventory, site.paths, skip)
+    backups = protection.backup_all(run.c, inventory, site.paths, skip)
     failed = [f"{r.repo} ({r.site}): {r.error}" for r in [*stanzas, *backups] if not r.ok]
     if failed:
         raise FailoverError("protecting the new primary failed: " + "; ".join(failed))
@@ -373,17 +373,6 @@ def _stanza_missing(run: Run, inventory, site: LocalSite, skip: set[str]) -> boo
 
     return any(repository(run.c, site.paths.config, inventory.repo_index(n), inventory, n)["error"]
                for n in inventory.names if n not in skip)
-
-
-def _retry_locked(action, attempts: int = 6, pause: float = 2.0):
-    """pgBackRest refuses to run while the async archiver holds its lock: that passes, so retry."""
-    for attempt in range(attempts):
-        results = action()
-        locked = [r for r in results if not r.ok and "another pgBackRest process" in r.error]
-        if not locked or attempt == attempts - 1:
-            return results
-        time.sleep(pause)
-    return results
 
 
 def follow(run: Run, skip: set[str]) -> list[str]:
