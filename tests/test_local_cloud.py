@@ -6,7 +6,6 @@ Real PostgreSQL 15, pgBackRest and rclone on 127.0.20.x; one cloud for the whole
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from infra import status
 from infra.data import integrity
 from infra.sites.local import LocalCloud
-from tests.conftest import failover, failover_json, service_dir
+from tests.conftest import failover, failover_json, local_cloud
 
 pytestmark = pytest.mark.integration
 PREFIX = "127.0.20"
@@ -25,14 +24,8 @@ PORT = 15432
 
 @pytest.fixture(scope="module")
 def cloud():
-    workdir = service_dir("cloud")
-    try:
-        failover("local", "up", "--sites", "3", "--seed-mb", "5", "--prefix", PREFIX, workdir=workdir)
-        yield LocalCloud(workdir)
-    finally:  # also when `local up` fails half-way: stop what it started
-        down = failover("local", "down", workdir=workdir, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
-    assert down.returncode == 0, down.stderr
+    with local_cloud("cloud", "--sites", "3", "--seed-mb", "5", "--prefix", PREFIX) as running:
+        yield running
 
 
 def dsn(address: str) -> str:

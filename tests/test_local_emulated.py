@@ -6,7 +6,6 @@ backed up again.
 """
 from __future__ import annotations
 
-import shutil
 import time
 
 import psycopg
@@ -16,7 +15,7 @@ from infra import status
 from infra.sites import emulators
 from infra.sites.bringup import EMULATOR_BASE_PORT
 from infra.sites.local import LocalCloud
-from tests.conftest import failover, failover_json, service_dir
+from tests.conftest import failover_json, local_cloud
 
 pytestmark = pytest.mark.integration
 PREFIX = "127.0.22"
@@ -25,14 +24,8 @@ PORT = 15432
 
 @pytest.fixture(scope="module")
 def cloud():
-    workdir = service_dir("emulated")
-    try:
-        failover("local", "up", "--storage", "emulated", "--seed-mb", "5", "--prefix", PREFIX, workdir=workdir)
-        yield LocalCloud(workdir)
-    finally:  # also when `local up` fails half-way: stop what it started
-        down = failover("local", "down", workdir=workdir, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
-    assert down.returncode == 0, down.stderr
+    with local_cloud("emulated", "--storage", "emulated", "--seed-mb", "5", "--prefix", PREFIX) as running:
+        yield running
 
 
 def write_and_switch(body: str) -> str:

@@ -15,7 +15,10 @@ def _f(value, digits: int = 1, unit: str = "") -> str:
 def table(header: list[str], rows: list[list[str]]) -> str:
     """A fixed-width text table."""
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    def line(cells) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 

@@ -33,15 +33,7 @@ def run_command(
     from infra.runbook import runner
 
     cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
-    the_plan, journal = runner.plan(cloud, spec, project, to, source)
-    if not yes:
-        emit({"plan": the_plan.to_dict(), "executed": False}, as_json, lambda r: _render_plan(the_plan))
-        return
-    if not as_json:
-        _render_plan(the_plan)
-    result = runner.execute(cloud, spec, project, the_plan, journal, progress)
-    emit({"plan": the_plan.to_dict(), "executed": True, "journal": result.to_dict(), "steps": result.timings()},
-         as_json, lambda r: _render_steps(result))
+    _plan_then_execute(cloud, spec, project, *runner.plan(cloud, spec, project, to, source), yes, as_json)
 
 
 @app.command("journal")
@@ -68,7 +60,13 @@ def back_command(
     from infra.runbook import runner
 
     cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
-    the_plan, journal = runner.plan_back(cloud, spec, project, to)
+    _plan_then_execute(cloud, spec, project, *runner.plan_back(cloud, spec, project, to), yes, as_json)
+
+
+def _plan_then_execute(cloud, spec, project, the_plan, journal, yes: bool, as_json: bool) -> None:
+    """Prints the plan; executes it only with --yes (plan, then apply)."""
+    from infra.runbook import runner
+
     if not yes:
         emit({"plan": the_plan.to_dict(), "executed": False}, as_json, lambda r: _render_plan(the_plan))
         return

@@ -11,10 +11,11 @@ Fencing, the guarantee that an old primary that comes back cannot take writes, h
 2. the old site's app.json is marked `fenced` (and its PostgreSQL stopped) wherever it can be
    reached: at failover time, and again by `fence_returning`, which every runbook command runs
    first, for any site that came back since (its app then answers 409 for every write);
-3. DNS no longer names it, so clients that respect the TTL stop reaching it within one TTL.
-A site that was unreachable during the failover and is restarted behind the runbook's back,
-with its stale config, is only covered by layer 3 until the next runbook command (see the
-report of issue 5: the app checking its peers' epoch would close that window).
+3. the app watches its peers' /healthz and refuses writes as soon as any serves a higher
+   epoch (infra/app/server.py PeerWatch, checked before it serves anything), so a site that
+   was unreachable during the failover and is restarted behind the runbook's back, with its
+   stale config and database, still refuses writes;
+4. DNS no longer names it, so clients that respect the TTL stop reaching it within one TTL.
 """
 from __future__ import annotations
 
