@@ -141,6 +141,31 @@ def upload_staged_media(c, rclone_conf: str, inventory: Inventory, site: str, st
     return [RepoResult("media-upload", site, outputs.media_remote.path, result.ok, 0.0, error)]
 
 
+def prestage(c, inventory: Inventory, site: str, paths: HostPaths, db_port: int,
+             exclude: set[str] = frozenset()) -> RepoResult:
+    """Keeps a pilot-light site's data directory restored (not running) from its own repository.
+
+    A failover's restore is then a delta over it (pgBackRest copies only the files that
+    changed) instead of a full copy of the database.
+    """
+    from invoke.exceptions import UnexpectedExit
+
+    from playbooks.host import ensure_dir
+
+    started = time.monotonic()
+    ensure_dir(c, paths.pgdata)
+    install_pgbackrest(c, inventory, site, paths, db_port, exclude)
+    index = inventory.repo_index(site)
+    try:
+        pgbackrest.restore(c, paths.config, index)
+        error = ""
+    except UnexpectedExit as failure:
+        repo = inventory.site(site).repository
+        error = storage_for(repo.type).explain(site, repo, failure.result.stderr, index)
+    return RepoResult(f"prestage repo{index}", site, _location(inventory, site), not error,
+                      round(time.monotonic() - started, 3), error)
+
+
 def stream_slot(site: str) -> str:
     return "stream_" + "".join(ch if ch.isalnum() else "_" for ch in site)
 

@@ -46,6 +46,8 @@ def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:
     progress(f"backing up {active.name} ({kind}) into every reachable repository")
     results = protection.backup_all(c, inventory, active.paths, skip, kind)
     integrity.write_manifest(dsn(active, spec), active.media_dir, active.name)
+    results += [protection.prestage(c, inventory, s.name, s.paths, spec.database.port, skip) for s in cloud.sites()
+                if s.role == "pilot-light" and s.name not in skip | {active.name}]
     targets = [n for n in inventory.names if n != active.name and n not in skip]
     results += protection.sync_media(c, f"{active.paths.pgbackrest_dir}/rclone.conf", inventory, active.name, targets)
     skipped = [{"repo": f"repo{inventory.repo_index(n)}", "site": n, "location": inventory.site(n).repository.options.get("path", ""),

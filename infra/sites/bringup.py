@@ -127,6 +127,9 @@ def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, 
     backups = protection.backup_all(c, inventory, primary.paths)
     _fail_on(backups, "backup")
     integrity.write_manifest(dsn(primary, spec), primary.media_dir, primary.name)
+    for site in sites:
+        if site.role == "pilot-light":
+            _fail_on([protection.prestage(c, inventory, site.name, site.paths, spec.database.port)], "prestage")
 
     for site in warm:
         progress(f"starting the warm replica {site.name} on {site.address}")
