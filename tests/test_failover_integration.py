@@ -217,3 +217,23 @@ def test_restarted_old_primary_refuses_writes(cloud):
     assert status in (409, 503), body
     assert resolve(cloud) == GCP
     assert post(GCP, 4)[0] == 201
+
+
+def test_a_dns_provider_that_is_down_does_not_block_the_failover(cloud):
+    """A provider can belong to the cloud that dropped us: the runbook moves the others and names it."""
+    from dns.resolver import Resolver
+
+    from infra.sites.processes import ProcessTable
+
+    assert ProcessTable(cloud).stop("dns-knot-b")
+    result = failover(cloud, "run", "--to", "azure", "--yes", "--json")
+    assert "provider knot-b failed" in result.stderr
+    journal = json.loads(failover(cloud, "journal", "--json").stdout)
+    assert journal["complete"]
+    shift = next(e for e in journal["events"] if e["step"] == "shift_dns" and e["status"] == "done")
+    assert list(shift["detail"]["failed"]) == ["knot-b"]
+    (knot_a, port), _ = dns(cloud)
+    resolver = Resolver(configure=False)
+    resolver.nameservers, resolver.port = [knot_a], port
+    assert [r.address for r in resolver.resolve("social.example.", "A")] == [AZURE]
+    assert post(AZURE, 6)[1].get("site") == "azure"
