@@ -11,17 +11,16 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.appclient import APP_PORT, dns, health, post, resolve
 from tests.conftest import FAILOVER, ROOT, failover, failover_json, service_dir
 
 PREFIX = "127.0.40"
 AWS, GCP, AZURE = f"{PREFIX}.1", f"{PREFIX}.2", f"{PREFIX}.3"
-PORT = 18080
+PORT = APP_PORT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
                                 reason="needs root (runuser) and PostgreSQL 15")
@@ -36,24 +35,6 @@ def cloud():
     finally:
         failover("local", "down", workdir=workdir, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def health(address: str) -> dict:
-    with urllib.request.urlopen(f"http://{address}:{PORT}/healthz", timeout=5) as reply:
-        return json.loads(reply.read())
-
-
-def dns(workdir: Path) -> list[tuple[str, int]]:
-    from infra.dns.local import local_providers
-    from infra.drill.canary import dns_servers
-
-    return dns_servers(local_providers(workdir))
-
-
-def resolve(workdir: Path) -> str:
-    from infra.drill.canary import TtlResolver
-
-    return TtlResolver(dns(workdir)).resolve("social.example.")
 
 
 def wait(check, timeout: float):
@@ -118,7 +99,7 @@ def test_failback_to_the_repaired_site_loses_no_acknowledged_write(cloud):
 def test_old_primary_follows_and_refuses_writes(cloud):
     state = health(GCP)
     assert state["in_recovery"] and not state["writable"]
-    assert post(GCP, None) in (409, 503)
+    assert post(GCP, None)[0] in (409, 503)
     journal = failover_json("journal", workdir=cloud)
     assert journal["kind"] == "failback" and journal["complete"]
 
@@ -164,17 +145,6 @@ def crash_after(step: str, *args: str, workdir: Path) -> subprocess.CompletedPro
     """The CLI with FAILOVER_CRASH_AFTER=step: it SIGKILLs itself once that step is journaled done."""
     env = {**os.environ, "FAILOVER_WORKDIR": str(workdir), "FAILOVER_CRASH_AFTER": step}
     return subprocess.run([*FAILOVER, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def post(address: str, seq: int | None) -> int:
-    request = urllib.request.Request(f"http://{address}:{PORT}/posts",
-                                     json.dumps({"body": "x", "canary_seq": seq}).encode(),
-                                     {"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def writable(address: str) -> bool:

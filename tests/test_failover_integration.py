@@ -19,34 +19,25 @@ import json
 import time
 import os
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.appclient import APP_PORT, dns, health, post, resolve
+from tests.conftest import FAILOVER
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "127.0.41"
 GCP, AWS, AZURE = f"{PREFIX}.2", f"{PREFIX}.1", f"{PREFIX}.3"
-PORT = 18080
+PORT = APP_PORT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
                                 reason="needs root (runuser) and PostgreSQL 15")
 
-CLI = """
-import sys, typer
-from infra.cli import app
-from infra.runbook import cli as runbook
-for name in ("run", "journal", "back", "fence"):
-    fn = next(c.callback for c in runbook.app.registered_commands if c.name == name)
-    app.command(name)(fn)
-app()
-"""
-
-
 def failover(workdir: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-c", CLI, *args], cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run([*FAILOVER, *args], cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "FAILOVER_WORKDIR": str(workdir), **(env or {})}, timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f"failover {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
@@ -67,35 +58,6 @@ def cloud():
     finally:
         failover(workdir, "local", "down", check=False)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def post(address: str, seq: int) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://{address}:{PORT}/posts",
-                                     json.dumps({"canary_seq": seq, "body": "test"}).encode(),
-                                     {"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
-def health(address: str) -> dict:
-    with urllib.request.urlopen(f"http://{address}:{PORT}/healthz", timeout=5) as reply:
-        return json.loads(reply.read())
-
-
-def dns(workdir: Path) -> list[tuple[str, int]]:
-    from infra.drill.canary import dns_servers
-    from infra.dns.local import local_providers
-
-    return dns_servers(local_providers(workdir))
-
-
-def resolve(workdir: Path) -> str:
-    from infra.drill.canary import TtlResolver
-
-    return TtlResolver(dns(workdir)).resolve("social.example.")
 
 
 def test_bad_inputs_fail_clearly_before_anything_changes(cloud):

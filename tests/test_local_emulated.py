@@ -68,14 +68,15 @@ def test_snapshot_reaches_every_object_store(cloud):
 
 def test_a_stopped_emulator_is_named_and_the_others_stay_protected(cloud):
     assert cloud.processes.stop("emulator-azure")
-    segment = write_and_switch("while azure's store is down")
-    wait_archived(cloud, segment, {"repo1", "repo2"}, timeout=45)
-    report = failover_json("status", "--no-media", workdir=cloud.workdir)
-    azure = next(s for s in report["sites"] if s["name"] == "azure")
-    assert azure["reachable"] is False
-    assert "container failover-azure at localhost" in azure["repositories"][0]["error"]
-
-    emulators.start_emulated(cloud.workdir, 2, "azure", EMULATOR_BASE_PORT)
+    try:
+        segment = write_and_switch("while azure's store is down")
+        wait_archived(cloud, segment, {"repo1", "repo2"}, timeout=45)
+        report = failover_json("status", "--no-media", workdir=cloud.workdir)
+        azure = next(s for s in report["sites"] if s["name"] == "azure")
+        assert azure["reachable"] is False
+        assert "container failover-azure at localhost" in azure["repositories"][0]["error"]
+    finally:  # the store comes back, as a provider's outage ends
+        emulators.start_emulated(cloud.workdir, 2, "azure", EMULATOR_BASE_PORT)
     later = write_and_switch("azure is back")
     wait_archived(cloud, later, {"repo1", "repo2", "repo3"}, timeout=90)
     log = cloud.workdir / "logs" / "replicator.log"

@@ -1,7 +1,7 @@
 """The local cloud's protector: keeps WAL and media flowing from the active site to every other site.
 
 Run as `python -m infra.data.replicator WORKDIR`; on a cloud VM the same round runs from a
-systemd timer. Each round (every second):
+systemd timer. Two loops run side by side, each every second:
 - repositories that do not answer are left out of the active site's pgBackRest config, and put
   back when they answer again: pgBackRest's archive-push fails for all repositories while one
   is down, so one dead store would otherwise hold WAL back from all the others;
@@ -13,6 +13,7 @@ Every problem is logged with the site's name; the other sites keep being protect
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -75,12 +76,20 @@ def stream_to_pilot_lights(c, cloud: LocalCloud, inventory, state: dict) -> None
         print(f"streaming WAL from {inventory.active} to {site.name}", flush=True)
 
 
-def once(cloud: LocalCloud, state: dict) -> list:
+def protect_wal(cloud: LocalCloud, state: dict) -> list:
+    """The fast round: which repositories get WAL, and the pilot-light streams."""
+    inventory = cloud.inventory()
+    c = Context()
+    archive_only_to_reachable(c, cloud, inventory, unreachable(c, cloud, inventory), state)
+    stream_to_pilot_lights(c, cloud, inventory, state)
+    return []
+
+
+def copy_media(cloud: LocalCloud, state: dict) -> list:
+    """The media round: staged uploads, then the active bucket to every reachable site."""
     inventory = cloud.inventory()
     c = Context()
     down = unreachable(c, cloud, inventory)
-    archive_only_to_reachable(c, cloud, inventory, down, state)
-    stream_to_pilot_lights(c, cloud, inventory, state)
     source = cloud.site(inventory.active)
     targets = [n for n in inventory.names if n != inventory.active and n not in down]
     rclone_conf = f"{source.paths.pgbackrest_dir}/rclone.conf"
@@ -88,17 +97,24 @@ def once(cloud: LocalCloud, state: dict) -> list:
     return staged + protection.sync_media(c, rclone_conf, inventory, inventory.active, targets)
 
 
-def main(workdir: str) -> None:
-    cloud = LocalCloud(Path(workdir))
+def forever(round_, cloud: LocalCloud, what: str) -> None:
     state: dict = {}
     while True:
         try:
-            for result in once(cloud, state):
+            for result in round_(cloud, state):
                 if not result.ok:
                     print(f"media copy to {result.site} ({result.location}) failed: {result.error}", flush=True)
         except Exception as error:  # keep protecting: a bad round is logged, the next one retries
-            print(f"protection round failed: {error}", flush=True)
+            print(f"{what} round failed: {error}", flush=True)
         time.sleep(INTERVAL)
+
+
+def main(workdir: str) -> None:
+    # Two loops, so that a media copy hanging on a store that just died (rclone can take a
+    # minute to give up on Azure) never delays taking that store out of WAL archiving.
+    cloud = LocalCloud(Path(workdir))
+    threading.Thread(target=forever, args=(protect_wal, cloud, "WAL protection"), daemon=True).start()
+    forever(copy_media, cloud, "media")
 
 
 if __name__ == "__main__":
