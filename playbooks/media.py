@@ -38,9 +38,6 @@ def list_keys(c, config: str, remote: str) -> set[str] | None:
     return set(result.stdout.split()) if result.ok else None
 
 
-def put(c, config: str, local_path: str, remote_path: str):
-    return run(c, _rclone(config, "copyto", local_path, remote_path), warn=True, timeout=300)
-
 
 def cat(c, config: str, remote_path: str) -> str | None:
     result = run(c, _rclone(config, "cat", remote_path), warn=True, timeout=300)

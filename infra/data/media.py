@@ -10,13 +10,10 @@ def render(inventory: Inventory) -> str:
     sections = []
     for outputs in inventory.sites:
         remote = outputs.media_remote
-        options = storage_for(_storage_type(outputs)).rclone_section(remote, outputs.site)
+        # A site's bucket lives in the same store as its repository, so the storage type is shared.
+        options = storage_for(outputs.repository.type).rclone_section(remote, outputs.site)
         sections.append(f"[{outputs.site}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items()))
     return "\n".join(sections)
-
-
-def _storage_type(outputs) -> str:
-    return outputs.repository.type
 
 
 def bucket(inventory: Inventory, site: str) -> str:

@@ -378,11 +378,6 @@ def start_emulated(workdir: Path, site_index: int, site_name: str,
     return emu.repository(), emu.media_remote()
 
 
-def stop_emulated(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT) -> bool:
-    """Stops the site's emulator (by PID); True if it ran. moto loses its data; the others keep it."""
-    return emulator(workdir, site_index, site_name, base_port).stop()
-
-
 def emulator_env(workdir: Path) -> dict[str, str]:
     """The env variables behind every emulated site's references, plus the test CA for rclone."""
     root = Path(workdir) / "emulators"
