@@ -49,13 +49,18 @@ def start(c, pgdata: str, log: str, timeout: int = 60) -> None:
 
 def stop(c, pgdata: str, mode: str = "fast", warn: bool = False) -> None:
     """Stops the cluster; a fast shutdown that does not finish in time (a busy machine, a
-    walsender waiting on its receiver) becomes an immediate one: crash recovery handles that."""
+    walsender waiting on its receiver) becomes an immediate one: crash recovery handles that.
+
+    A postmaster that exits while pg_ctl signals it (or was killed and left its pid file)
+    makes pg_ctl fail with "No such process": the cluster is down all the same.
+    """
     if not is_running(c, pgdata):
         return
     argv = [f"{BIN}/pg_ctl", "stop", "-w", "-t", "60", "-D", pgdata]
-    if run(c, [*argv, "-m", mode], warn=True).ok or mode == "immediate":
-        return
-    run(c, [*argv, "-m", "immediate"], warn=warn)
+    for attempt in dict.fromkeys((mode, "immediate")):
+        if run(c, [*argv, "-m", attempt], warn=True).ok or not is_running(c, pgdata):
+            return
+    run(c, [*argv, "-m", "immediate"], warn=warn)  # still up after both: report pg_ctl's error
 
 
 def reload(c, pgdata: str) -> None:

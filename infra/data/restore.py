@@ -114,9 +114,9 @@ def restore_database(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalS
     The restored cluster gets the target's own address and port, and archiving off: it must
     not push into the archive it came from until the runbook protects it again.
     """
+    postgres.stop(c, target.paths.pgdata, "immediate")
     cloud.processes.stop(f"pg-{target.name}")
     cloud.processes.stop(f"receivewal-{target.name}")
-    postgres.stop(c, target.paths.pgdata, "immediate")
     protection.install_pgbackrest(c, inventory, target.name, target.paths, spec.database.port, skip)
     pgbackrest.restore(c, target.paths.config, index, pgbackrest_time(target_time) if target_time else None,
                        restore_command=protection.restore_command(target.paths))

@@ -108,8 +108,8 @@ def reseed(run: Run) -> dict:
     skip = run.unreachable()
     protection.install_pgbackrest(run.c, inventory, site.name, site.paths, run.port, skip)
     protection.install_rclone(run.c, inventory, site.paths)
-    run.cloud.processes.stop(f"pg-{site.name}")
     postgres.stop(run.c, site.paths.pgdata, "immediate")
+    run.cloud.processes.stop(f"pg-{site.name}")
     # Its old data diverged at the cut-off (and may hold writes nobody acknowledged): never reuse it.
     host_run(run.c, ["rm", "-rf", site.paths.pgdata])
     protection.start_replica(run.c, primary.address, run.port, site.address, site.paths, site.name,

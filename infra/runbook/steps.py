@@ -194,8 +194,8 @@ def fence_site(run: Run, name: str) -> str:
         run.cloud.write_app_config(site, run.spec, int(config.get("epoch", 0)), fenced=True)
     stopped = False
     if postgres.is_running(run.c, site.paths.pgdata) and not _in_recovery(run, site):
-        run.cloud.processes.stop(f"pg-{name}")
         postgres.stop(run.c, site.paths.pgdata)
+        run.cloud.processes.stop(f"pg-{name}")
         stopped = True
     return "app fenced" + (", PostgreSQL stopped" if stopped else "")
 
@@ -405,8 +405,8 @@ def reclone(run: Run, other: LocalSite) -> str:
     """`other` streams from the new primary, from a fresh clone unless it already does."""
     if _streams_from(run, other.name):
         return f"{other.name}: already streaming"
-    run.cloud.processes.stop(f"pg-{other.name}")
     postgres.stop(run.c, other.paths.pgdata, "immediate")
+    run.cloud.processes.stop(f"pg-{other.name}")
     host_run(run.c, ["rm", "-rf", other.paths.pgdata])
     protection.start_replica(run.c, run.site.address, run.port, other.address, other.paths, other.name,
                              str(other.logs / "postgresql.log"))
