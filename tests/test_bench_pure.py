@@ -68,6 +68,15 @@ def test_net_rto_is_never_less_than_the_runbook_time_until_dns_shifted():
     assert stats.until_dns_shift(steps[:1]) is None and stats.net_rto(drill(rto=None)) is None
 
 
+def test_time_to_dns_is_wall_time_when_steps_overlap():
+    def step(name, started, ended):
+        return {"step": name, "status": "done", "seconds": ended - started,
+                "started": f"2026-11-28T10:00:{started:06.3f}+00:00", "ended": f"2026-11-28T10:00:{ended:06.3f}+00:00"}
+
+    steps = [step("promote", 1.0, 3.0), step("media", 1.0, 2.5), step("verify_dns", 3.0, 3.4), step("protect", 3.4, 9.0)]
+    assert stats.until_dns_shift(steps) == pytest.approx(2.4)  # not 2.0 + 1.5 + 0.4
+
+
 def test_a_failed_pilot_light_drill_is_not_measured_rather_than_failed():
     checks = stats.drill_checks([drill(), drill("pilot-light", 1.0, rto=None, rpo=None, error="exit 2")])
     assert [c.passed for c in checks if c.target.startswith("pilot-light")] == [None, None]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.runbook import steps as steps_mod
 from tests.appclient import APP_PORT, dns, health, post, resolve
 from tests.conftest import FAILOVER
 
@@ -81,8 +82,9 @@ def test_bad_inputs_fail_clearly_before_anything_changes(cloud):
     assert post(AWS, 1)[0] == 201
 
 
-STEPS = ["preflight", "fence", "capacity", "promote", "media", "start_app", "verify_app", "shift_dns",
-         "verify_dns", "protect"]
+STEPS = ["preflight", "fence", "capacity", "promote", "media", "start_app", "prepare_dns", "verify_app",
+         "shift_dns", "verify_dns", "protect"]
+STAGE_OF = {name: index for index, stage in enumerate(steps_mod.FAILOVER_STAGES) for name, _ in stage}
 
 
 def writable(address: str) -> bool:
@@ -95,7 +97,10 @@ def writable(address: str) -> bool:
 def test_sigkill_after_each_step_then_the_rerun_resumes_and_loses_nothing(cloud):
     """One failover killed with SIGKILL after every step in turn (one cloud, reused): each
     rerun resumes at the next step, never repeats one, and the last rerun completes. The
-    canary writes through DNS the whole time; no acknowledged write is lost."""
+    canary writes through DNS the whole time; no acknowledged write is lost.
+
+    Steps of one stage run at once: one may complete before the step the crash follows (it is
+    then skipped), and one still running at the crash is started again by the rerun."""
     from infra.drill.canary import Canary, read_back
 
     canary = Canary("social.example.", PORT, dns(cloud)).start()
@@ -104,15 +109,19 @@ def test_sigkill_after_each_step_then_the_rerun_resumes_and_loses_nothing(cloud)
         while sum(w.acked for w in canary.writes) < 10 and time.monotonic() < deadline:
             time.sleep(0.1)
         failover(cloud, "local", "drop", "--site", "aws")
-        run_id = None
+        run_id, done = None, []
         for index, step in enumerate(STEPS):
+            if step in done:
+                continue  # it completed alongside an earlier step of its stage
             crashed = failover(cloud, "run", "--to", "gcp", "--yes", env={"FAILOVER_CRASH_AFTER": step}, check=False)
             assert crashed.returncode == -9, (step, crashed.returncode, crashed.stderr[-2000:])  # killed by SIGKILL
             journal = json.loads((cloud / "journal" / "current.json").read_text())
             assert run_id in (None, journal["run_id"])
             run_id = journal["run_id"]
             done = [e["step"] for e in journal["events"] if e["status"] == "done"]
-            assert done == STEPS[:index + 1], (step, done)  # resumed at the next step, none repeated
+            assert len(done) == len(set(done)), (step, done)  # none repeated
+            stage_mates = {s for s in STEPS if STAGE_OF[s] == STAGE_OF[step]}
+            assert set(STEPS[:index + 1]) <= set(done) <= set(STEPS[:index + 1]) | stage_mates, (step, done)
 
         plan = failover(cloud, "run", "--to", "gcp", "--json")
         assert set(json.loads(plan.stdout)["plan"]["skip"]) == set(STEPS)
@@ -126,7 +135,9 @@ def test_sigkill_after_each_step_then_the_rerun_resumes_and_loses_nothing(cloud)
 
     shown = json.loads(failover(cloud, "journal", "--json").stdout)
     assert shown["complete"] and shown["run_id"] == run_id
-    assert all(step["status"] == "done" and step["attempts"] == 1 for step in shown["steps"]), shown["steps"]
+    assert all(step["status"] == "done" for step in shown["steps"]), shown["steps"]
+    done_events = [e["step"] for e in shown["events"] if e["status"] == "done"]
+    assert sorted(done_events) == sorted(STEPS)  # every step completed exactly once
     copy = json.loads((cloud / "sites" / "gcp" / "store" / "media" / ".failover" / "journal.json").read_text())
     assert copy["run_id"] == run_id and copy["finished"]
 

@@ -99,8 +99,51 @@ def test_journal_copy_to_an_unwritable_store_is_reported_not_fatal(tmp_path):
 
 
 def test_the_failover_steps_are_in_the_issue_order():
-    assert steps.STEP_NAMES == ["preflight", "fence", "capacity", "promote", "media", "start_app", "verify_app",
-                                "shift_dns", "verify_dns", "protect"]
+    assert steps.STEP_NAMES == ["preflight", "fence", "capacity", "promote", "media", "start_app", "prepare_dns",
+                                "verify_app", "shift_dns", "verify_dns", "protect"]
+
+
+def test_media_the_app_and_the_dns_plan_run_alongside_the_promotion_and_nothing_else_overlaps():
+    together = [[name for name, _ in stage] for stage in steps.FAILOVER_STAGES if len(stage) > 1]
+    assert together == [["promote", "media", "start_app", "prepare_dns"]]
+
+
+def _stage_run(events: list):
+    return steps.Run(None, None, None, "aws", "gcp", 2, None, None, progress=events.append)
+
+
+def _journal_and_saves():
+    journal, saves = Journal.new("failover", "aws", "gcp", 2, ["a", "b", "c"], {}), []
+    return journal, saves, lambda: saves.append(len(journal.events))
+
+
+def test_the_steps_of_a_stage_run_at_once_and_each_is_journaled():
+    import threading
+
+    from infra.runbook import runner
+
+    barrier = threading.Barrier(3, timeout=10)  # passes only when all three steps run at the same time
+    stage = [(name, lambda run, n=name: {"name": n, "met": barrier.wait() >= 0}) for name in ("a", "b", "c")]
+    journal, saves, save = _journal_and_saves()
+    runner._run_stage(_stage_run([]), stage, journal, save)
+    assert journal.completed() == {"a", "b", "c"}
+    assert all(e.detail["met"] for e in journal.events if e.status == DONE)
+    assert [e.status for e in journal.events[:3]] == [STARTED] * 3
+    assert saves[0] == 3 and len(saves) == 4  # once with every start, then after each end
+
+
+def test_a_failed_step_fails_the_stage_after_the_others_end():
+    from infra.runbook import runner
+
+    def broken(run):
+        raise FailoverError("restore failed")
+
+    journal, _, save = _journal_and_saves()
+    stage = [("a", broken), ("b", lambda run: {"copied": 1})]
+    with pytest.raises(FailoverError, match="restore failed"):
+        runner._run_stage(_stage_run([]), stage, journal, save)
+    assert journal.completed() == {"b"}
+    assert [e.detail["error"] for e in journal.events if e.status == FAILED] == ["restore failed"]
 
 
 def test_failback_inputs_are_checked_before_anything_changes():
@@ -118,5 +161,6 @@ def test_the_failback_steps_reseed_sync_and_stop_writes_before_the_switch():
 
     assert failback.STEP_NAMES == ["preflight", "reseed", "sync", "stop_writes", "switch", "media", "start_app",
                                    "verify_app", "shift_dns", "verify_dns", "protect"]
-    assert runner.steps_for("failback") is failback.FAILBACK and runner.steps_for("failover") is steps.FAILOVER
+    assert runner.stages_for("failback") == [[step] for step in failback.FAILBACK]
+    assert runner.stages_for("failover") is steps.FAILOVER_STAGES
     assert failback.data_source("gcp", "aws").expected_loss.startswith("none")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from datetime import datetime
 
 MB = 1024 * 1024
 
@@ -83,10 +84,18 @@ DNS_SHIFTED_STEP = "verify_dns"
 
 
 def until_dns_shift(steps: list[dict]) -> float | None:
-    """Runbook seconds from its start through the step that proves DNS points at the new site."""
+    """Runbook seconds from its start through the step that proves DNS points at the new site.
+
+    With the journal's timestamps that is wall time (steps of one stage overlap); without them,
+    the sum of the steps' seconds.
+    """
     names = [s["step"] for s in steps]
     if DNS_SHIFTED_STEP not in names:
         return None
+    shifted = steps[names.index(DNS_SHIFTED_STEP)]
+    starts = [s["started"] for s in steps if s.get("started")]
+    if starts and shifted.get("ended"):
+        return round((datetime.fromisoformat(shifted["ended"]) - datetime.fromisoformat(min(starts))).total_seconds(), 3)
     return sum(s.get("seconds") or 0 for s in steps[: names.index(DNS_SHIFTED_STEP) + 1])
 
 

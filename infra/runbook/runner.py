@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -89,12 +90,12 @@ def plan_back(cloud: LocalCloud, spec: Spec, project: Path, target: str) -> tupl
                 sorted(cloud.dropped())), None
 
 
-def steps_for(kind: str) -> list[tuple[str, Callable]]:
+def stages_for(kind: str) -> list[list[steps_mod.Step]]:
     if kind == "failback":
         from infra.runbook import failback
 
-        return failback.FAILBACK
-    return steps_mod.FAILOVER
+        return steps_mod.one_at_a_time(failback.FAILBACK)
+    return steps_mod.FAILOVER_STAGES
 
 
 def _check_dns(cloud: LocalCloud, project: Path) -> None:
@@ -139,42 +140,80 @@ def reachable_media(cloud: LocalCloud) -> list[Path]:
 
 def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journal: Journal | None,
             progress: Callable[[str], None] = lambda m: None,
-            step_list: list[tuple[str, Callable]] | None = None) -> Journal:
-    """Runs the plan's pending steps, journaling each before and after; returns the completed journal."""
+            stages: list[list[steps_mod.Step]] | None = None) -> Journal:
+    """Runs the plan's pending steps, journaling each before and after; returns the completed journal.
+
+    The steps of one stage run at once (threads, each with its own invoke Context); the next
+    stage starts when all of them are done. A failed step fails the run once its stage ends.
+    """
     store = JournalStore(cloud.workdir)
-    step_list = step_list or steps_for(journal.kind if journal is not None else the_plan.kind)
+    stages = stages or stages_for(journal.kind if journal is not None else the_plan.kind)
     if journal is None:
         journal = Journal.new(the_plan.kind, the_plan.source, the_plan.target, the_plan.epoch,
-                              [name for name, _ in step_list], the_plan.to_dict())
+                              [name for stage in stages for name, _ in stage], the_plan.to_dict())
         store.save(journal, reachable_media(cloud))
     run = steps_mod.Run(cloud, spec, project, journal.source, journal.target, journal.epoch, the_plan.data,
                         Context(), progress)
     fence_returning(cloud, spec, project)
-    crash_after = os.environ.get(CRASH_ENV)
     done = journal.completed()
-    for name, step in step_list:
-        if name in done:
-            progress(f"{name}: done earlier, skipped")
-            continue
-        progress(f"{name} …")
-        journal.record(name, STARTED)
-        store.save(journal, reachable_media(cloud))
-        started = time.monotonic()
-        try:
-            detail = step(run)
-        except BaseException as error:
-            journal.record(name, FAILED, error=str(error), seconds=round(time.monotonic() - started, 3))
-            store.save(journal, reachable_media(cloud))
-            raise
-        journal.record(name, DONE, seconds=round(time.monotonic() - started, 3), **(detail or {}))
-        store.save(journal, reachable_media(cloud))
-        if crash_after == name:
-            # A real SIGKILL at the step boundary: no cleanup, no finally blocks, no journal close.
-            os.kill(os.getpid(), signal.SIGKILL)
+    for stage in stages:
+        for name, _ in stage:
+            if name in done:
+                progress(f"{name}: done earlier, skipped")
+        pending = [(name, step) for name, step in stage if name not in done]
+        if pending:
+            _run_stage(run, pending, journal, lambda: store.save(journal, reachable_media(cloud)))
     journal.finished = steps_mod_now()
     store.save(journal, reachable_media(cloud))
     store.close(journal)
     return journal
+
+
+def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal, save: Callable[[], None]) -> None:
+    """Journals every step of the stage as started, runs them, and journals each as it ends."""
+    for name, _ in stage:
+        run.progress(f"{name} …")
+        journal.record(name, STARTED)
+    save()
+    started = time.monotonic()
+
+    def finished(name: str, detail: dict | None = None, error: BaseException | None = None) -> None:
+        seconds = round(time.monotonic() - started, 3)
+        if error is None:
+            journal.record(name, DONE, seconds=seconds, **(detail or {}))
+        else:
+            journal.record(name, FAILED, error=str(error), seconds=seconds)
+        save()
+        if error is None and os.environ.get(CRASH_ENV) == name:
+            # A real SIGKILL at the step boundary: no cleanup, no finally blocks, no journal close.
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if len(stage) == 1:
+        name, step = stage[0]
+        try:
+            detail = step(run)
+        except BaseException as error:
+            finished(name, error=error)
+            raise
+        finished(name, detail)
+        return
+    errors = []
+    with ThreadPoolExecutor(max_workers=len(stage)) as pool:
+        futures = {pool.submit(step, replace(run, c=Context())): name for name, step in stage}
+        unfinished = set(futures.values())
+        try:
+            for future in as_completed(futures):
+                name = futures[future]
+                unfinished.discard(name)
+                error = future.exception()
+                finished(name, None if error else future.result(), error)
+                errors += [error] if error else []
+        except BaseException as interrupt:  # Ctrl-C while the stage runs: the rerun repeats what did not end
+            for name in sorted(unfinished):
+                finished(name, error=interrupt)
+            raise  # leaving the pool waits for the running steps: each stops at a safe point of its own
+    if errors:
+        raise errors[0]
 
 
 def steps_mod_now() -> str:

@@ -301,6 +301,21 @@ def _healthy(url: str, epoch: int) -> dict | None:
     return health if health.get("writable") and health.get("epoch") == epoch else None
 
 
+def prepare_dns(run: Run) -> dict:
+    """Plan the shift at every provider while the data is being made ready: octoDNS and the
+    provider modules are loaded, each zone read, and a provider that is down is known before
+    the shift. Nothing is applied; a provider that fails here is tried again by `shift_dns`."""
+    from infra.dns.site import failed, plan_site
+
+    config = run.dns()
+    results = plan_site(run.inventory, run.target, config.providers, config.zone, config.names, config.ttl)
+    for name in failed(results):
+        error = next(r.error for r in results if r.name == name)
+        run_warning(f"DNS provider {name} cannot be planned ({error}); `shift_dns` tries it again")
+    return {"providers": {r.name: r.status for r in results},
+            "changes": {r.name: r.changes for r in results if r.changes}}
+
+
 def shift_dns(run: Run) -> dict:
     """Point every name at the target at every provider (each independently).
 
@@ -434,16 +449,26 @@ def _primary(run: Run) -> bool:
     return _db_up(run) and not _in_recovery(run, run.site)
 
 
-FAILOVER: list[tuple[str, Callable[[Run], dict]]] = [
-    ("preflight", preflight),
-    ("fence", fence),
-    ("capacity", capacity),
-    ("promote", promote_or_restore),
-    ("media", catch_up_media),
-    ("start_app", start_app),
-    ("verify_app", verify_app),
-    ("shift_dns", shift_dns),
-    ("verify_dns", verify_dns),
-    ("protect", protect_again),
+Step = tuple[str, Callable[[Run], dict]]
+
+# Steps in one stage run at once, each journaled on its own. Media, the app and the DNS plan
+# need nothing from the promotion, and starting the app early is safe: it takes writes only
+# once the new epoch is in a writable database, which `promote` stores last (fencing layer 1),
+# so until then it answers 409/503 and nothing is acknowledged.
+FAILOVER_STAGES: list[list[Step]] = [
+    [("preflight", preflight)],
+    [("fence", fence)],
+    [("capacity", capacity)],
+    [("promote", promote_or_restore), ("media", catch_up_media), ("start_app", start_app),
+     ("prepare_dns", prepare_dns)],
+    [("verify_app", verify_app)],
+    [("shift_dns", shift_dns)],
+    [("verify_dns", verify_dns)],
+    [("protect", protect_again)],
 ]
-STEP_NAMES = [name for name, _ in FAILOVER]
+STEP_NAMES = [name for stage in FAILOVER_STAGES for name, _ in stage]
+
+
+def one_at_a_time(steps: list[Step]) -> list[list[Step]]:
+    """Stages of one step each, for runbooks whose steps all depend on the one before."""
+    return [[step] for step in steps]
