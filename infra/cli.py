@@ -179,24 +179,56 @@ def restore(
     site: Annotated[str, typer.Option(help="The site to restore into.")],
     repo: Annotated[Optional[str], typer.Option(help="Repository (repoN or a site name); default: the newest reachable.")] = None,
     target_time: Annotated[Optional[str], typer.Option(help="Point in time, e.g. '2026-11-28 18:00:00+00'.")] = None,
+    scratch: Annotated[bool, typer.Option(
+        "--scratch", help="Leave the site as it is: restore into a scratch cluster beside its own (port +100), "
+                          "check it against the checksum manifest, remove it. DNS and the inventory are untouched.")] = False,
+    ssh: Annotated[bool, typer.Option(
+        "--ssh", help="With --scratch: on the site's database VM over SSH (inventory ssh_hosts/ssh_user; host key "
+                      "from FAILOVER_SSH_KNOWN_HOSTS or ~/.ssh/known_hosts, key from FAILOVER_SSH_KEY).")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
-    """Restore the database and media into a site and verify row counts and per-table checksums."""
-    from infra.data import restore as restore_mod
+    """Restore the database and media into a site and verify row counts and per-table checksums.
 
-    result = restore_mod.restore(LocalCloud(workdir_path(workdir)), load_spec(project), site, repo, target_time,
-                                 progress)
-    emit(result, as_json, _render_restore)
+    With --scratch it is a restore test that changes nothing: the weekly drill runs it on the
+    real standby cloud with --ssh.
+    """
+    from infra.data import restore as restore_mod
+    from infra.data import scratch as scratch_mod
+    from infra.sites.contract import Inventory
+
+    if ssh and not scratch:
+        raise cliutil.FailoverError("--ssh works only with --scratch (a full restore replaces a site's data)")
+    if scratch and target_time:
+        raise cliutil.FailoverError("--scratch restores the latest state: leave out --target-time")
+    spec, cloud = load_spec(project), LocalCloud(workdir_path(workdir))
+    if scratch and ssh:
+        result = scratch_mod.on_remote_site(Inventory.load(cloud.inventory_file), spec, site, repo, progress)
+    elif scratch:
+        result = scratch_mod.on_local_site(cloud, spec, site, repo, progress)
+    else:
+        result = restore_mod.restore(cloud, spec, site, repo, target_time, progress)
+    emit(result, as_json, _render_scratch if scratch else _render_restore)
     if not result["verified"]:
         raise typer.Exit(1)
 
 
+def _render_scratch(result: dict) -> None:
+    out.print(f"restored {result['repo']} ({result['source_site']}) into a scratch cluster on {result['site']} "
+              f"(port {result['port']}) in {result['seconds']}s, checked against the manifest of {result['manifest_taken']}, "
+              "then removed it")
+    _render_checks(result)
+
+
 def _render_restore(result: dict) -> None:
     out.print(f"restored {result['site']} from {result['repo']} ({result['source_site']}) in {result['seconds']}s")
+    _render_checks(result)
+    out.print(f"  media objects missing: {result['media_missing']}")
+
+
+def _render_checks(result: dict) -> None:
     for table, check in result["checks"].items():
         mark = "[green]identical[/green]" if check["match"] else "[red]DIFFERENT[/red]"
         out.print(f"  {table:8} rows {check['restored_rows']:>9} (compared up to id {check['upto']})  {mark}")
-    out.print(f"  media objects missing: {result['media_missing']}")
 
 
 def main() -> None:

@@ -52,13 +52,15 @@ def info(c, config: str, repo: int) -> tuple[dict | None, str]:
 
 
 def restore(c, config: str, repo: int, target_time: str | None = None, archive_off: bool = True,
-            process_max: int = 2, restore_command: str | None = None):
-    """Restores the stanza into pg1-path (delta: reuses what is already there).
+            process_max: int = 2, restore_command: str | None = None, pg_path: str | None = None):
+    """Restores the stanza into pg1-path, or `pg_path` instead (delta: reuses what is already there).
 
     pgBackRest writes its own restore_command into postgresql.auto.conf; `restore_command`
     replaces it (for example to fall back to a local WAL stream).
     """
     args = [f"--repo={repo}", "--delta", f"--process-max={process_max}"]
+    if pg_path:
+        args.append(f"--pg1-path={pg_path}")
     if restore_command:
         args.append(f"--recovery-option=restore_command={restore_command}")
     if target_time:

@@ -6,7 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILOVER = [sys.executable, "-m", "infra.cli"]
+SSH_ADDRESS = "127.0.0.1"
 
 
 def service_dir(prefix: str) -> Path:
@@ -56,3 +59,39 @@ def local_cloud(name: str, *up_args: str):
         down = failover("local", "down", workdir=workdir, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
     assert down.returncode == 0, down.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((SSH_ADDRESS, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    """sshd on 127.0.0.1 with its own host key, config and port; yields (its dir, port).
+
+    The client key is root/client and root/known_hosts holds the host key, as for a cloud VM.
+    """
+    root = service_dir("ssh")
+    port = free_port()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", root / "host_ed25519"], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", root / "client"], check=True)
+    shutil.copy(root / "client.pub", root / "authorized_keys")
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress {SSH_ADDRESS}\nHostKey {root}/host_ed25519\nPidFile {root}/sshd.pid\n"
+        f"AuthorizedKeysFile {root}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+        "X11Forwarding no\nPrintMotd no\n")
+    host_key = (root / "host_ed25519.pub").read_text().split()
+    (root / "known_hosts").write_text(f"[{SSH_ADDRESS}]:{port} {host_key[0]} {host_key[1]}\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", root / "sshd_config"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while socket.socket().connect_ex((SSH_ADDRESS, port)) != 0:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    yield root, port
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(root, ignore_errors=True)

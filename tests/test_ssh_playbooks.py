@@ -6,9 +6,6 @@ known_hosts (an unknown key is rejected), as it would against a cloud VM.
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import paramiko
@@ -20,44 +17,12 @@ from infra.data.pgbackrest import HostPaths
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
 from playbooks import pgbackrest, postgres
 from playbooks.host import ensure_dir
+from tests.conftest import SSH_ADDRESS as ADDRESS
 from tests.conftest import service_dir
 
 pytestmark = pytest.mark.integration
-ADDRESS = "127.0.0.1"
 DB_ADDRESS = "127.0.21.1"
 DB_PORT = 15433
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((ADDRESS, 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd():
-    root = service_dir("ssh")
-    port = free_port()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", root / "host_ed25519"], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", root / "client"], check=True)
-    shutil.copy(root / "client.pub", root / "authorized_keys")
-    (root / "sshd_config").write_text(
-        f"Port {port}\nListenAddress {ADDRESS}\nHostKey {root}/host_ed25519\nPidFile {root}/sshd.pid\n"
-        f"AuthorizedKeysFile {root}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
-        "X11Forwarding no\nPrintMotd no\n")
-    host_key = (root / "host_ed25519.pub").read_text().split()
-    (root / "known_hosts").write_text(f"[{ADDRESS}]:{port} {host_key[0]} {host_key[1]}\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", root / "sshd_config"], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while socket.socket().connect_ex((ADDRESS, port)) != 0:
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode() if proc.poll() else "timeout"
-        time.sleep(0.05)
-    yield root, port
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def connect(root: Path, port: int, known_hosts: Path) -> Connection:

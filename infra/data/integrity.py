@@ -18,17 +18,33 @@ TABLES = ("users", "posts", "follows", "media")
 MANIFEST = ".failover/checksums.json"  # in the active site's media bucket, replicated with the media
 
 
+def checksum_sql(table: str, upto: dict[str, int] | None = None) -> str:
+    """The query for one table's row count, max id and checksum (of the rows with id <= upto[table])."""
+    limit = (upto or {}).get(table)
+    where = f"WHERE id <= {int(limit)}" if limit is not None else ""
+    return (f"SELECT count(*), coalesce(max(id), 0), md5(coalesce(string_agg(md5(t::text), '' ORDER BY id), '')) "
+            f"FROM {table} t {where}")
+
+
 def checksums(dsn: str, upto: dict[str, int] | None = None) -> dict[str, dict]:
     """Per table: rows, max id and checksum of the rows with id <= upto[table] (all rows if None)."""
     result = {}
     with psycopg.connect(dsn, connect_timeout=5) as conn:
         for table in TABLES:
-            limit = (upto or {}).get(table)
-            where = "WHERE id <= %(limit)s" if limit is not None else ""
-            rows, max_id, digest = conn.execute(
-                f"SELECT count(*), coalesce(max(id), 0), md5(coalesce(string_agg(md5(t::text), '' ORDER BY id), '')) "
-                f"FROM {table} t {where}", {"limit": limit}).fetchone()
+            rows, max_id, digest = conn.execute(checksum_sql(table, upto)).fetchone()
             result[table] = {"rows": rows, "max_id": max_id, "md5": digest}
+    return result
+
+
+def checksums_on_host(c, host: str, port: int, db: str, upto: dict[str, int] | None = None) -> dict[str, dict]:
+    """`checksums` through psql on the database host (a Fabric connection reaches what the
+    firewall keeps from the runner, such as a scratch cluster's port)."""
+    from playbooks import postgres
+
+    result = {}
+    for table in TABLES:
+        rows, max_id, digest = postgres.psql(c, host, port, checksum_sql(table, upto), db).stdout.strip().split("|")
+        result[table] = {"rows": int(rows), "max_id": int(max_id), "md5": digest}
     return result
 
 

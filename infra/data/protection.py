@@ -33,9 +33,13 @@ def archive_command(paths: HostPaths) -> str:
     return f"pgbackrest --config={paths.config} --stanza={pgbr_config.STANZA} archive-push %p"
 
 
-def restore_command(paths: HostPaths) -> str:
-    """archive-get from the repositories, else the site's own WAL stream (pilot-light sites)."""
-    archive = f"pgbackrest --config={paths.config} --stanza={pgbr_config.STANZA} archive-get %f \"%p\""
+def restore_command(paths: HostPaths, pg_path: str | None = None) -> str:
+    """archive-get from the repositories, else the site's own WAL stream (pilot-light sites).
+
+    `pg_path`: a cluster restored elsewhere than the config's pg1-path (archive-get checks it).
+    """
+    where = f" --pg1-path={pg_path}" if pg_path else ""
+    archive = f"pgbackrest --config={paths.config}{where} --stanza={pgbr_config.STANZA} archive-get %f \"%p\""
     return f"{archive} || cp {paths.wal_stream}/%f \"%p\""
 
 

@@ -57,7 +57,15 @@ def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:
 
 
 def _choose_repo(c, cloud: LocalCloud, inventory, target: LocalSite, wanted: str | None, skip: set[str]) -> tuple[int, str]:
-    """The repository to restore from: the one asked for, or the reachable one with the newest backup."""
+    reachable = [n for n in inventory.names if n not in skip]
+    return choose_repo(c, cloud.site(reachable[0]).paths.config if reachable else "", inventory, target.name, wanted, skip)
+
+
+def choose_repo(c, config: str, inventory, target: str, wanted: str | None, skip: set[str]) -> tuple[int, str]:
+    """The repository to restore from: the one asked for, or the reachable one with the newest backup.
+
+    `config` is a pgBackRest config naming every repository, on the host `c` runs on.
+    """
     reachable = [n for n in inventory.names if n not in skip]
     if wanted:
         name = next((n for n in inventory.names if wanted in (n, f"repo{inventory.repo_index(n)}")), None)
@@ -68,12 +76,11 @@ def _choose_repo(c, cloud: LocalCloud, inventory, target: LocalSite, wanted: str
             raise FailoverError(f"repository of site {name} ({inventory.site(name).repository.options.get('path')}) "
                                 "is unreachable; choose another with --repo or leave it out to use the newest reachable")
         return inventory.repo_index(name), name
-    config = next(cloud.site(n).paths.config for n in reachable)
     entries = [repository(c, config, inventory.repo_index(n), inventory, n) for n in reachable]
     usable = [e for e in entries if e["last_backup"]]
     if not usable:
-        details = "; ".join(f"{e['name']} at {e['site']}: {e['error'] or 'no backup'}" for e in entries)
-        raise FailoverError(f"no reachable repository holds a backup ({details}); nothing to restore {target.name} from")
+        details = "; ".join(f"{e['name']} at {e['site']}: {e['error'] or 'no backup'}" for e in entries) or "none reachable"
+        raise FailoverError(f"no reachable repository holds a backup ({details}); nothing to restore {target} from")
     best = max(usable, key=lambda e: (e["last_archived_wal"] or "", e["last_backup"]))
     return int(best["name"][4:]), best["site"]
 
