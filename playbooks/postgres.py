@@ -41,10 +41,12 @@ def _quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def start(c, pgdata: str, log: str, timeout: int = 60) -> None:
+def start(c, pgdata: str, log: str, timeout: int = 60, nice: int = 0) -> None:
+    """Starts the cluster unless it runs; `nice` lowers the CPU priority of all its processes."""
     if is_running(c, pgdata):
         return
-    run(c, [f"{BIN}/pg_ctl", "start", "-w", "-t", str(timeout), "-D", pgdata, "-l", log])
+    prefix = ["nice", "-n", str(nice)] if nice else []
+    run(c, [*prefix, f"{BIN}/pg_ctl", "start", "-w", "-t", str(timeout), "-D", pgdata, "-l", log])
 
 
 def stop(c, pgdata: str, mode: str = "fast", warn: bool = False) -> None:

@@ -88,6 +88,17 @@ def test_overhead_checks_pass_under_ten_percent_and_report_sync():
     assert checks[1].measured == "40.0%" and checks[1].verdict == "reported"
 
 
+def test_overhead_target_uses_the_isolated_replica_and_reports_the_shared_one():
+    checks = stats.overhead_checks({"off": 1000.0, "archive": 980.0, "async": 800.0, "async_isolated": 920.0,
+                                    "sync": 600.0, "sync_isolated": 700.0})
+    assert "tmpfs at nice 19" in checks[0].target and checks[0].measured == "8.0%" and checks[0].passed is True
+    reported = {c.target: c.measured for c in checks[1:]}
+    assert reported["protection overhead, archiving + async replica on the same disk and CPUs"] == "20.0%"
+    assert reported["protection overhead, archiving only"] == "2.0%"
+    assert all(c.verdict == "reported" for c in checks[1:]) and len(checks) == 5
+    assert stats.overhead_checks({"off": 1000.0, "async_isolated": 850.0})[0].passed is False
+
+
 def test_text_table_aligns_columns():
     text = report.table(["a", "long header"], [["x", "1"], ["yyyy", "22"]])
     lines = text.splitlines()
@@ -109,7 +120,7 @@ def test_markdown_renders_every_section_with_targets():
     assert "| pgBackRest restore >= 0.6x cp -a at 1 GB | 0.73x | pass |" in text
     assert "| shift_dns | 0.30 s (failed) |" in text
     assert "pilot-light at 1 GB: exit 2: restore failed" in text
-    assert "| archiving + async replica | 480 | 480 | 5.9% |" in text
+    assert "| archiving + async replica (same disk and CPUs) | 480 | 480 | 5.9% |" in text
     assert "![benchmarks](img/benchmarks.png)" in text and "- a note" in text
     assert "Protection overhead" in report.text(result)
 

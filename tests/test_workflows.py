@@ -6,6 +6,7 @@ actionlint test is skipped, saying so; the structure and command checks always r
 """
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import shutil
@@ -22,6 +23,7 @@ from infra.cli import app
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 FAILOVER = re.compile(r"(?:^|/)failover$")
+ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Scripts that hand their extra arguments to a `failover` sub-command (see the script).
 FORWARDS = {"scripts/drill": ["drill"]}
 
@@ -51,7 +53,9 @@ def commands(line: str) -> list[list[str]]:
             parts, current = parts + [current], []
         else:
             current.append(word)
-    return [p for p in parts + [current] if p]
+    # `NAME=value cmd ...`: the command is what follows the environment assignments.
+    stripped = [list(itertools.dropwhile(ASSIGNMENT.match, p)) for p in parts + [current]]
+    return [p for p in stripped if p]
 
 
 def resolve(argv: list[str]) -> str | None:
@@ -148,6 +152,11 @@ def test_pipelines_do_what_the_issue_asks():
     assert main["jobs"]["up"]["environment"] == "${{ matrix.stack }}"
     assert {"schedule", "workflow_dispatch"} <= set(drill["on"])
     assert "scripts/drill --scenario all" in runs(ROOT / ".github" / "workflows" / "drill.yml")
+
+
+def test_commands_after_environment_assignments_are_checked():
+    assert commands('A=1 B="x y" .venv/bin/failover status --json > out') == [[".venv/bin/failover", "status", "--json", ">", "out"]]
+    assert _check(commands("A=1 .venv/bin/failover restore --scratchy")[0])
 
 
 def test_command_check_catches_what_does_not_exist():

@@ -64,9 +64,14 @@ def _drills(ax, drills: list[dict]) -> None:
 
 
 def _overhead(ax, tps: dict[str, list[float]]) -> None:
-    modes = [m for m in ("off", "async", "sync") if tps.get(m)]
+    from infra.bench.overhead import MODES
+
+    modes = [m for m in MODES if tps.get(m)]
     values = [stats.median(tps[m]) for m in modes]
-    ax.bar(modes, values, color=["tab:gray", "tab:blue", "tab:purple"][: len(modes)])
+    colours = {"off": "tab:gray", "archive": "tab:green", "async": "tab:blue", "async_isolated": "tab:cyan",
+               "sync": "tab:purple", "sync_isolated": "tab:pink"}
+    ax.bar([m.replace("_isolated", "\nisolated") for m in modes], values, color=[colours[m] for m in modes])
+    ax.tick_params(axis="x", labelsize=7)
     for n, mode in enumerate(modes):
         for t in tps[mode]:
             ax.plot(n, t, "k.", markersize=4)

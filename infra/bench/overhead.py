@@ -1,14 +1,18 @@
 """Overhead of protection on the primary: pgbench tps with archiving and a replica, async and sync, vs off."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import time
+from pathlib import Path
 
 from infra.bench.cluster import Bench
 from infra.data import protection
+from infra.sites.bringup import record_postmaster
 from infra.sites.processes import wait_for
 from playbooks import postgres
-from playbooks.host import run
+from playbooks.host import ensure_dir, run
 
 DB = "pgbench"
 FIRST_HOST = 11  # sites on PREFIX.11-13, apart from the restore bench
@@ -23,22 +27,52 @@ def parse_tps(output: str) -> float:
     return float(match.group(1))
 
 
+# Modes, in the order each repetition runs them. On one machine a replica shares the primary's
+# disk and CPUs, which a standby at another site does not: the `_isolated` modes keep its data
+# directory on tmpfs and run it at nice 19, the closest this machine gets to a second host.
+MODES = ("off", "archive", "async", "async_isolated", "sync", "sync_isolated")
+LABELS = {
+    "off": "off (no archiving, no replica)",
+    "archive": "archiving to every repository, no replica",
+    "async": "archiving + async replica (same disk and CPUs)",
+    "async_isolated": "archiving + async replica (tmpfs, nice 19)",
+    "sync": "archiving + synchronous replica (same disk and CPUs)",
+    "sync_isolated": "archiving + synchronous replica (tmpfs, nice 19)",
+}
+TMPFS = Path("/dev/shm")
+TMPFS_NEEDED = 3 << 30
+
+
 def _streaming(bench: Bench, name: str) -> bool:
     sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
     return bench.sql(bench.primary, sql) == "1"
 
 
-def _mode(bench: Bench, mode: str) -> None:
-    """off: no archiving, replica stopped; async: archiving + streaming replica; sync: the replica synchronous."""
-    primary, warm = bench.primary, bench.site("gcp")
+def tmpfs_problem() -> str | None:
+    """Why the isolated modes cannot run here, or None."""
+    if not TMPFS.is_dir():
+        return f"no tmpfs at {TMPFS}"
+    free = shutil.disk_usage(TMPFS).free
+    return None if free >= TMPFS_NEEDED else f"{TMPFS} has {free >> 20} MB free, {TMPFS_NEEDED >> 20} MB needed"
+
+
+def _mode(bench: Bench, mode: str, replicas: dict) -> None:
+    """Stops both replicas, restarts the primary with the mode's settings, starts the mode's replica."""
+    primary = bench.primary
+    for site in replicas.values():
+        postgres.stop(bench.c, site.paths.pgdata)
+        bench.cloud.processes.stop(f"pg-{site.name}")
     if mode == "off":
-        postgres.stop(bench.c, warm.paths.pgdata)
-        bench.cloud.processes.stop(f"pg-{warm.name}")
         bench.restart(primary, bench.settings(primary, archive=False))
         return
-    bench.restart(primary, bench.settings(primary, sync_standby=warm.name if mode == "sync" else None))
-    postgres.start(bench.c, warm.paths.pgdata, str(warm.logs / "postgresql.log"))
-    wait_for(lambda: _streaming(bench, warm.name), 60, f"{warm.name} to stream")
+    if mode == "archive":
+        bench.restart(primary, bench.settings(primary))
+        return
+    isolated = mode.endswith("_isolated")
+    replica = replicas["isolated" if isolated else "shared"]
+    bench.restart(primary, bench.settings(primary, sync_standby=replica.name if mode.startswith("sync") else None))
+    postgres.start(bench.c, replica.paths.pgdata, str(replica.logs / "postgresql.log"), nice=19 if isolated else 0)
+    wait_for(lambda: _streaming(bench, replica.name), 60, f"{replica.name} to stream")
 
 
 def pgbench(bench: Bench, clients: int, threads: int, seconds: int) -> float:
@@ -49,22 +83,43 @@ def pgbench(bench: Bench, clients: int, threads: int, seconds: int) -> float:
 
 def measure(bench: Bench, runs: int, progress, scale: int = 10, clients: int = 4, threads: int = 2,
             seconds: int = 20) -> dict:
+    """pgbench tps per mode, the modes interleaved in every repetition so drift hits them alike.
+
+    The shared replica is the warm site's; the isolated one is the pilot-light site's directories
+    with its data directory on tmpfs (removed at the end).
+    """
     bench.prepare()
-    primary, warm = bench.primary, bench.site("gcp")
+    primary, shared, isolated = bench.primary, bench.site("gcp"), bench.site("azure")
     bench.start(primary, bench.settings(primary))
     protection.create_stanzas(bench.c, bench.inventory, primary.paths)
     bench.sql(primary, f"CREATE DATABASE {DB}")
     run(bench.c, [f"{postgres.BIN}/pgbench", "-i", "-q", "-s", str(scale), "-h", primary.address, "-p", str(bench.port),
                   "-U", "postgres", DB], timeout=600)
     bench.sql(primary, "CHECKPOINT")
-    protection.start_replica(bench.c, primary.address, bench.port, warm.address, warm.paths, warm.name,
-                             str(warm.logs / "postgresql.log"))
-    tps: dict[str, list[float]] = {"off": [], "async": [], "sync": []}
-    for number in range(1, runs + 1):
-        for mode, values in tps.items():
-            _mode(bench, mode)
-            bench.sql(primary, "CHECKPOINT")
-            time.sleep(1)
-            values.append(pgbench(bench, clients, threads, seconds))
-        progress(f"pgbench run {number}/{runs}: " + ", ".join(f"{m} {v[-1]:.0f} tps" for m, v in tps.items()))
-    return {"scale": scale, "clients": clients, "threads": threads, "seconds": seconds, "tps": tps}
+    replicas = {"shared": shared}
+    skipped = tmpfs_problem()
+    memory = TMPFS / f"failover-bench-{os.getpid()}"
+    try:
+        if skipped is None:
+            ensure_dir(bench.c, str(memory))
+            Path(isolated.paths.pgdata).symlink_to(memory)
+            replicas["isolated"] = isolated
+        for site in replicas.values():
+            protection.start_replica(bench.c, primary.address, bench.port, site.address, site.paths, site.name,
+                                     str(site.logs / "postgresql.log"))
+            record_postmaster(bench.cloud, site)
+        modes = [m for m in MODES if "isolated" in replicas or not m.endswith("_isolated")]
+        tps: dict[str, list[float]] = {m: [] for m in modes}
+        for number in range(1, runs + 1):
+            for mode in modes:
+                _mode(bench, mode, replicas)
+                bench.sql(primary, "CHECKPOINT")
+                time.sleep(1)
+                tps[mode].append(pgbench(bench, clients, threads, seconds))
+            progress(f"pgbench run {number}/{runs}: " + ", ".join(f"{m} {v[-1]:.0f}" for m, v in tps.items()))
+    finally:
+        if "isolated" in replicas:
+            postgres.stop(bench.c, isolated.paths.pgdata, warn=True)
+        shutil.rmtree(memory, ignore_errors=True)
+    return {"scale": scale, "clients": clients, "threads": threads, "seconds": seconds, "tps": tps,
+            "isolated_skipped": skipped}

