@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,6 +106,13 @@ def test_ssh_needs_scratch(cloud):
     assert result.returncode == 2 and "--ssh works only with --scratch" in result.stderr
 
 
+def gcp_behind_ssh(cloud, port: int) -> Inventory:
+    """The local cloud's inventory, with gcp's database host reached through the test's sshd as root."""
+    local = cloud.inventory()
+    vm = replace(local.site("gcp"), ssh_hosts=(f"127.0.0.1:{port}",), ssh_user="root")
+    return Inventory([vm if s.site == "gcp" else s for s in local.sites], local.active, local.epoch)
+
+
 def test_scratch_restore_over_ssh_on_a_host_laid_out_like_a_vm(cloud, sshd, monkeypatch):
     """Fabric to sshd on 127.0.0.1: configs rendered from the inventory into the host's own
     directory, the scratch cluster on the host's loopback, checksums taken there with psql."""
@@ -115,9 +123,7 @@ def test_scratch_restore_over_ssh_on_a_host_laid_out_like_a_vm(cloud, sshd, monk
     root, port = sshd
     monkeypatch.setenv(scratch.KNOWN_HOSTS_ENV, str(root / "known_hosts"))
     monkeypatch.setenv(scratch.KEY_ENV, str(root / "client"))
-    local = cloud.inventory()
-    vm = replace(local.site("gcp"), ssh_hosts=(f"127.0.0.1:{port}",), ssh_user="root")
-    inventory = Inventory([vm if s.site == "gcp" else s for s in local.sites], local.active, local.epoch)
+    inventory = gcp_behind_ssh(cloud, port)
     host = service_dir("vm")
     paths = HostPaths(pgdata=f"{host}/15/main", socket_dir=f"{host}/run", pgbackrest_dir=f"{host}/failover")
     for directory in (f"{host}/15", paths.socket_dir):
@@ -128,8 +134,6 @@ def test_scratch_restore_over_ssh_on_a_host_laid_out_like_a_vm(cloud, sshd, monk
         assert oct(os.stat(paths.config).st_mode & 0o777) == "0o600"  # credentials stay with the service user
         assert sorted(os.listdir(f"{host}/15")) == []  # the scratch cluster and its log are gone
     finally:
-        import shutil
-
         shutil.rmtree(host, ignore_errors=True)
 
 
@@ -140,8 +144,6 @@ def test_an_unknown_host_key_stops_the_ssh_restore(cloud, sshd, monkeypatch, tmp
     (tmp_path / "known_hosts").write_text("")
     monkeypatch.setenv(scratch.KNOWN_HOSTS_ENV, str(tmp_path / "known_hosts"))
     monkeypatch.setenv(scratch.KEY_ENV, str(root / "client"))
-    local = cloud.inventory()
-    vm = replace(local.site("gcp"), ssh_hosts=(f"127.0.0.1:{port}",), ssh_user="root")
-    inventory = Inventory([vm if s.site == "gcp" else s for s in local.sites], local.active, local.epoch)
+    inventory = gcp_behind_ssh(cloud, port)
     with pytest.raises(FailoverError, match=r"site gcp: cannot open SSH to its database host 127\.0\.0\.1:\d+ as root"):
         scratch.on_remote_site(inventory, SPEC, "gcp", None, paths=HostPaths("/nonexistent/pg", "/nonexistent", "/nonexistent"))
