@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 from playbooks.host import ensure_dir, run, write_file
@@ -76,8 +77,17 @@ def check(c, config: str):
     return run(c, _argv(config, "check"), warn=True, timeout=120)
 
 
-def interrupt(c, config: str) -> None:
-    """Ends running pgBackRest processes of the stanza (an async archive-push stuck retrying a dead
-    repository holds its lock for minutes), then allows new ones, which read the current config."""
-    run(c, _argv(config, "stop", "--force"), warn=True, timeout=60)
-    run(c, _argv(config, "start"), warn=True, timeout=60)
+def interrupt_archiving(c, config: str) -> list[int]:
+    """Ends the archive-push processes started with `config` (an async archive-push stuck retrying
+    a dead repository holds the archive lock for minutes); PostgreSQL retries its archive_command,
+    which starts new ones that read the current config. Returns the PIDs signalled.
+
+    Only archive-push: a backup or restore of the stanza keeps running (`pgbackrest stop --force`
+    would end those too, and a runbook's backup right after a failover would fail).
+    """
+    # `archive-pus[h]` matches the processes but not this shell's own command line.
+    script = (f'for p in $(pgrep -f "archive-pus[h]"); do '
+              f'tr "\\0" " " < /proc/$p/cmdline 2>/dev/null | grep -qF -- {shlex.quote(f"--config={config} ")} '
+              f'&& kill "$p" 2>/dev/null && echo "$p"; done; true')
+    result = run(c, ["sh", "-c", script], warn=True, timeout=60)
+    return [int(pid) for pid in result.stdout.split()]

@@ -130,9 +130,9 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
               f"PostgreSQL {env.get('postgres', '?')}, pgBackRest {env.get('pgbackrest', '?')}."),
              f"- Page cache dropped before every timed run: {env.get('drop_caches', '?')}.",
              f"- Load average when the run started: {env.get('loadavg_start', '?')}; when it ended: {env.get('loadavg_end', '?')}.",
-             "- **Contention:** other engineers' test suites ran on the same 2 cores during this run, so absolute",
-             "  figures are noisy; the `spread` column ((max - min) / median over runs) shows how much. Ratios from",
-             "  the same run (each method ran back to back for each repetition) are more trustworthy than absolutes.",
+             "- Absolute figures move between runs on two shared cores; the `spread` column ((max - min) / median",
+             "  over runs) shows how much. Ratios from the same run (the methods ran back to back in every",
+             "  repetition) are more trustworthy than absolutes.",
              ""]
     if chart:
         lines += [f"![benchmarks]({chart})", ""]

@@ -130,12 +130,18 @@ def _data_source(c, cloud: LocalCloud, spec: Spec, inventory, target: str) -> st
         raise FailoverError(f"site {target}: {error}") from None
 
 
-def reachable_media(cloud: LocalCloud) -> list[Path]:
-    """Media buckets of the sites the service user can still reach (journal copies go there)."""
+def journal_copies(cloud: LocalCloud) -> Callable[[], list[Path]]:
+    """Where journal copies go: the media buckets of the sites the service user can reach.
+
+    The stores are probed once (about 20 ms a site) and a site dropped since is left out at
+    each call (a file read): the journal is saved twice per step, and probing every time cost
+    the runbook about a second before DNS moved.
+    """
     from infra.status import store_reachable
 
     c = Context()
-    return [s.media_dir for s in cloud.sites() if s.name not in cloud.dropped() and store_reachable(c, s)]
+    reachable = {s.name: s.media_dir for s in cloud.sites() if s.name not in cloud.dropped() and store_reachable(c, s)}
+    return lambda: [path for name, path in reachable.items() if name not in cloud.dropped()]
 
 
 def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journal: Journal | None,
@@ -146,12 +152,12 @@ def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journa
     The steps of one stage run at once (threads, each with its own invoke Context); the next
     stage starts when all of them are done. A failed step fails the run once its stage ends.
     """
-    store = JournalStore(cloud.workdir)
+    store, copies = JournalStore(cloud.workdir), journal_copies(cloud)
     stages = stages or stages_for(journal.kind if journal is not None else the_plan.kind)
     if journal is None:
         journal = Journal.new(the_plan.kind, the_plan.source, the_plan.target, the_plan.epoch,
                               [name for stage in stages for name, _ in stage], the_plan.to_dict())
-        store.save(journal, reachable_media(cloud))
+        store.save(journal, copies())
     run = steps_mod.Run(cloud, spec, project, journal.source, journal.target, journal.epoch, the_plan.data,
                         Context(), progress)
     fence_returning(cloud, spec, project)
@@ -162,9 +168,9 @@ def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journa
                 progress(f"{name}: done earlier, skipped")
         pending = [(name, step) for name, step in stage if name not in done]
         if pending:
-            _run_stage(run, pending, journal, lambda: store.save(journal, reachable_media(cloud)))
+            _run_stage(run, pending, journal, lambda: store.save(journal, copies()))
     journal.finished = steps_mod_now()
-    store.save(journal, reachable_media(cloud))
+    store.save(journal, journal_copies(cloud)())  # probed again: sites may have come back
     store.close(journal)
     return journal
 
