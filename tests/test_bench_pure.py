@@ -136,9 +136,11 @@ def test_drill_json_becomes_a_row_and_missing_json_an_error_row():
     parsed = {"passed": True, "scenarios": [{"name": "warm", "passed": True, "dns_ttl": 30, "rto_seconds": 31.2,
                                              "rto_from_command_seconds": 30.9, "rpo_seconds": 0.0, "writes_lost": 0,
                                              "writes_acked": 80, "steps": [{"step": "promote", "status": "done",
-                                                                            "seconds": 1.1, "started": "x"}]}]}
+                                                                            "seconds": 1.1, "started": "s", "ended": "e",
+                                                                            "detail": {"how": "promoted"}}]}]}
     row = drills.row("warm", 1.0, 999, drills.parse("noise\n" + __import__("json").dumps(parsed)), "")
     assert row["result"] == "pass" and row["rto_seconds"] == 31.2
-    assert row["steps"] == [{"step": "promote", "status": "done", "seconds": 1.1}]
+    # Timestamps are kept: steps of one stage overlap, so time to DNS is wall time, not a sum.
+    assert row["steps"] == [{"step": "promote", "status": "done", "seconds": 1.1, "started": "s", "ended": "e"}]
     failed = drills.row("pilot-light", 1.0, 999, drills.parse("Traceback"), "exit 1")
     assert failed["result"] == "error" and failed["error"] == "exit 1"

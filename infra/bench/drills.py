@@ -27,7 +27,8 @@ def row(scenario: str, size_gb: float, seed_mb: int, parsed: dict | None, error:
             "rto_seconds": s.get("rto_seconds"), "rto_from_command_seconds": s.get("rto_from_command_seconds"),
             "rpo_seconds": s.get("rpo_seconds"), "writes_lost": s.get("writes_lost"),
             "writes_acked": s.get("writes_acked"), "missed": s.get("missed", []),
-            "steps": [{"step": st["step"], "status": st.get("status"), "seconds": st.get("seconds")} for st in s.get("steps", [])],
+            "steps": [{key: st.get(key) for key in ("step", "status", "seconds", "started", "ended")}
+                      for st in s.get("steps", [])],
             "error": "; ".join(s.get("missed", [])) if not s.get("passed") else ""}
 
 
