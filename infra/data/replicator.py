@@ -42,7 +42,9 @@ def archive_only_to_reachable(c, cloud: LocalCloud, inventory, down: set[str], s
     if previous is not None:
         # A running archive-push may be stuck retrying a repository that went away (on a new
         # primary, the dropped site's): only archive-push is ended, a backup keeps running.
-        pgbackrest.interrupt_archiving(c, source.paths.config)
+        ended = pgbackrest.interrupt_archiving(c, source.paths.config)
+        if ended:
+            print(f"ended {len(ended)} archive-push processes on {source.name} (config changed)", flush=True)
     if previous is not None or down:
         left_out = ", ".join(f"repo{inventory.repo_index(n)} ({n})" for n in sorted(down)) or "none"
         print(f"archiving from {source.name}; repositories left out: {left_out}", flush=True)

@@ -29,7 +29,8 @@ from playbooks.host import run as host_run
 
 
 
-def _unreachable(c, cloud: LocalCloud) -> set[str]:
+def unreachable(c, cloud: LocalCloud) -> set[str]:
+    """Sites that are dropped, or whose store or repository does not answer the service user."""
     inventory = cloud.inventory()
     return {s.name for s in cloud.sites()
             if s.name in cloud.dropped() or not store_reachable(c, s) or not repository_reachable(c, inventory, s.name)}
@@ -42,7 +43,7 @@ def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:
     if not db_reachable(c, active, spec.database.port):
         raise FailoverError(f"the active site {active.name} ({active.address}:{spec.database.port}) is unreachable: "
                             "run `failover run --to <site>` to fail over before taking snapshots")
-    skip = _unreachable(c, cloud)
+    skip = unreachable(c, cloud)
     progress(f"backing up {active.name} ({kind}) into every reachable repository")
     results = protection.backup_all(c, inventory, active.paths, skip, kind)
     integrity.write_manifest(dsn(active, spec), active.media_dir, active.name)
@@ -54,11 +55,6 @@ def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:
                 "ok": False, "seconds": 0, "error": "site unreachable (dropped or storage not readable)"} for n in sorted(skip)]
     entries = [r.__dict__ for r in results] + skipped
     return {"ok": all(e["ok"] for e in entries), "results": entries}
-
-
-def _choose_repo(c, cloud: LocalCloud, inventory, target: LocalSite, wanted: str | None, skip: set[str]) -> tuple[int, str]:
-    reachable = [n for n in inventory.names if n not in skip]
-    return choose_repo(c, cloud.site(reachable[0]).paths.config if reachable else "", inventory, target.name, wanted, skip)
 
 
 def choose_repo(c, config: str, inventory, target: str, wanted: str | None, skip: set[str]) -> tuple[int, str]:
@@ -98,8 +94,10 @@ def restore(cloud: LocalCloud, spec: Spec, site: str, repo: str | None, target_t
     c = Context()
     inventory = cloud.inventory()
     target = _check_target(cloud, inventory, site)
-    skip = _unreachable(c, cloud)
-    index, source_site = _choose_repo(c, cloud, inventory, target, repo, skip)
+    skip = unreachable(c, cloud)
+    reachable = [n for n in inventory.names if n not in skip]
+    config = cloud.site(reachable[0]).paths.config if reachable else target.paths.config
+    index, source_site = choose_repo(c, config, inventory, target.name, repo, skip)
     started = time.monotonic()
     progress(f"restoring {target.name} from repo{index} ({source_site})" + (f" to {target_time}" if target_time else ""))
     restore_database(c, cloud, spec, inventory, target, index, skip, target_time)

@@ -28,7 +28,6 @@ from playbooks.host import ensure_dir
 from playbooks.host import run as host_run
 
 PORT_OFFSET = 100  # the scratch cluster listens on the database port + this
-DATABASE = "social"
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class ScratchHost:
         return f"{self.pgdata}.log"
 
 
-def restore_and_verify(host: ScratchHost, inventory: Inventory, repo_site: str, database: str = DATABASE,
+def restore_and_verify(host: ScratchHost, inventory: Inventory, repo_site: str, database: str,
                        progress=lambda m: None) -> dict:
     """Checks first (config, repository, manifest), then restores, verifies and removes the scratch cluster."""
     c, index = host.c, inventory.repo_index(repo_site)
@@ -84,10 +83,10 @@ def restore_and_verify(host: ScratchHost, inventory: Inventory, repo_site: str, 
         restored = integrity.checksums_on_host(c, host.address, host.port, database, integrity.max_ids(manifest["tables"]))
         checks = integrity.compare(restored, manifest["tables"])
     finally:
-        remove(host)
+        removed = remove(host)
     return {"site": host.site, "repo": f"repo{index}", "source_site": repo_site, "scratch": host.pgdata,
             "port": host.port, "seconds": seconds, "manifest_taken": manifest.get("taken"),
-            "verified": all(check["match"] for check in checks.values()), "checks": checks, "removed": True}
+            "verified": all(check["match"] for check in checks.values()), "checks": checks, "removed": removed}
 
 
 def _start(host: ScratchHost) -> None:
@@ -112,11 +111,12 @@ def _manifest(host: ScratchHost, inventory: Inventory, repo_site: str) -> dict:
                         "run `failover snapshot` while the primary is up, then try again")
 
 
-def remove(host: ScratchHost) -> None:
-    """Stops the scratch cluster if it runs and deletes its directory and log."""
+def remove(host: ScratchHost) -> bool:
+    """Stops the scratch cluster if it runs and deletes its directory and log; True once both are gone."""
     if host_run(host.c, ["test", "-f", f"{host.pgdata}/PG_VERSION"], warn=True).ok:
         postgres.stop(host.c, host.pgdata, "immediate", warn=True)
     host_run(host.c, ["rm", "-rf", host.pgdata, host.log])
+    return not host_run(host.c, ["test", "-e", host.pgdata, "-o", "-e", host.log], warn=True).ok
 
 
 # ---------------------------------------------------------------- where it runs
@@ -132,15 +132,14 @@ def on_local_site(cloud, spec, site: str, repo: str | None, progress=lambda m: N
     """The embedded local cloud: `site` must be up; the repository is `repo` or the newest reachable."""
     from invoke import Context
 
-    from infra.data.restore import _unreachable, choose_repo
+    from infra.data.restore import choose_repo, unreachable
 
     c, inventory = Context(), cloud.inventory()
-    if site not in inventory.names:
-        raise FailoverError(f"unknown site {site!r}: the inventory has {', '.join(inventory.names)}")
+    _known(inventory, site)
     if site in cloud.dropped():
         raise FailoverError(f"site {site} is dropped (its storage is unreachable); choose a site that is up")
     target = cloud.site(site)
-    _, repo_site = choose_repo(c, target.paths.config, inventory, site, repo, _unreachable(c, cloud))
+    _, repo_site = choose_repo(c, target.paths.config, inventory, site, repo, unreachable(c, cloud))
     host = ScratchHost(c, site, target.paths, target.address, spec.database.port)
     return restore_and_verify(host, inventory, repo_site, spec.database.name, progress)
 
@@ -152,8 +151,7 @@ def on_remote_site(inventory: Inventory, spec, site: str, repo: str | None, prog
     restore runs there."""
     from infra.data.restore import choose_repo
 
-    if site not in inventory.names:
-        raise FailoverError(f"unknown site {site!r}: the inventory has {', '.join(inventory.names)}")
+    _known(inventory, site)
     outputs = inventory.site(site)
     with ssh_connection(outputs) as c:
         progress(f"connected to {c.host} as {c.user}; installing the pgBackRest and rclone configs")
@@ -163,6 +161,11 @@ def on_remote_site(inventory: Inventory, spec, site: str, repo: str | None, prog
         # Loopback: a cloud's public address is often not on the VM's interface (NAT).
         host = ScratchHost(c, site, paths, "127.0.0.1", outputs.db_port)
         return restore_and_verify(host, inventory, repo_site, spec.database.name, progress)
+
+
+def _known(inventory: Inventory, site: str) -> None:
+    if site not in inventory.names:
+        raise FailoverError(f"unknown site {site!r}: the inventory has {', '.join(inventory.names)}")
 
 
 def ssh_connection(outputs):

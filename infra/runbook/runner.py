@@ -135,7 +135,7 @@ def journal_copies(cloud: LocalCloud) -> Callable[[], list[Path]]:
 
     The stores are probed once (about 20 ms a site) and a site dropped since is left out at
     each call (a file read): the journal is saved twice per step, and probing every time cost
-    the runbook about a second before DNS moved.
+    the warm runbook about half a second before DNS moved.
     """
     from infra.status import store_reachable
 
