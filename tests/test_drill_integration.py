@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -29,12 +30,18 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgres
 def drill():
     workdir = service_dir("drill")
     reports = workdir / "report"
+    result = None
     try:
         result = failover("drill", "--scenario", "all", "--prefix", PREFIX, "--seed-mb", "5", "--json",
                           "--report-dir", str(reports), workdir=workdir, check=False, timeout=600)
         yield result, reports
     finally:
         failover("local", "down", workdir=workdir, check=False)
+        if result is None or result.returncode != 0:  # keep the report and the logs: a failed drill must be explainable
+            kept = Path(os.environ.get("FAILOVER_KEEP_FAILED", tempfile.gettempdir())) / f"{workdir.name}-failed"
+            shutil.copytree(workdir, kept, ignore=shutil.ignore_patterns("pgdata", "store", "media"),
+                            dirs_exist_ok=True, ignore_dangling_symlinks=True)
+            print(f"failed drill kept in {kept}")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
