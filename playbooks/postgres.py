@@ -70,9 +70,16 @@ def reload(c, pgdata: str) -> None:
         run(c, [f"{BIN}/pg_ctl", "reload", "-D", pgdata])
 
 
-def psql(c, host: str, port: int, sql: str, db: str = "postgres", warn: bool = False):
-    """Runs SQL with psql; returns the invoke Result (stdout unaligned, tuples only)."""
-    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", host, "-p", str(port), "-U", "postgres", "-d", db, "-c", sql]
+def psql(c, host: str, port: int, sql: str | list[str], db: str = "postgres", warn: bool = False):
+    """Runs SQL with psql; returns the invoke Result (stdout unaligned, tuples only).
+
+    A list runs its statements one after another in one session, each in its own transaction
+    (ALTER SYSTEM cannot share one), stopping at the first error.
+    """
+    statements = [sql] if isinstance(sql, str) else sql
+    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", host, "-p", str(port), "-U", "postgres", "-d", db]
+    for statement in statements:
+        argv += ["-c", statement]
     return run(c, argv, warn=warn, timeout=120)
 
 
@@ -80,11 +87,19 @@ def in_recovery(c, host: str, port: int) -> bool:
     return psql(c, host, port, "SELECT pg_is_in_recovery()").stdout.strip() == "t"
 
 
-def promote(c, pgdata: str, host: str, port: int, timeout: float = 30) -> float:
-    """Promotes a standby (no-op if already primary); returns seconds until it takes writes."""
+def promote(c, pgdata: str, host: str, port: int, timeout: float = 30, archive: bool = True) -> float:
+    """Promotes a standby (no-op if already primary); returns seconds until it takes writes.
+
+    `archive=False` is for a standby that already holds every WAL record it needs (a synchronous
+    one): its restore_command is emptied first, so promotion does not wait for archive look-ups
+    (one for the next segment and one per timeline history file, each a pgBackRest process
+    asking every repository). The caller resets restore_command afterwards (`ALTER SYSTEM RESET`).
+    """
     started = time.monotonic()
     if not in_recovery(c, host, port):
         return 0.0
+    if not archive:
+        psql(c, host, port, ["ALTER SYSTEM SET restore_command = ''", "SELECT pg_reload_conf()"])
     run(c, [f"{BIN}/pg_ctl", "promote", "-w", "-t", str(int(timeout)), "-D", pgdata])
     return time.monotonic() - started
 

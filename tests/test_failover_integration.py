@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "127.0.41"
 GCP, AWS, AZURE = f"{PREFIX}.2", f"{PREFIX}.1", f"{PREFIX}.3"
 PORT = APP_PORT
+DB_PORT = 15432
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
                                 reason="needs root (runuser) and PostgreSQL 15")
@@ -159,6 +160,19 @@ def test_new_primary_takes_writes_through_dns_at_a_raised_epoch(cloud):
     assert state["writable"] and state["epoch"] == state["db_epoch"] == 2
     assert json.loads((cloud / "inventory.json").read_text())["epoch"] == 2
     assert json.loads((cloud / "inventory.json").read_text())["active"] == "gcp"
+
+
+def test_the_synchronous_replica_was_promoted_without_archive_look_ups_and_has_its_restore_command_back(cloud):
+    from invoke import Context
+
+    from playbooks import postgres
+
+    log = (cloud / "sites" / "gcp" / "logs" / "postgresql.log").read_text()
+    promotion = log.split("received promote request", 1)[1].split("ready to accept connections", 1)[0]
+    # Each archive look-up runs restore_command, whose local fallback (cp) reports a missing file.
+    assert "timeline ID: 2" in promotion and "cp: cannot stat" not in promotion, promotion
+    restore_command = postgres.psql(Context(), GCP, DB_PORT, "SHOW restore_command").stdout
+    assert "archive-get" in restore_command
 
 
 def test_restarted_old_primary_refuses_writes(cloud):

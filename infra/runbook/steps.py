@@ -54,6 +54,8 @@ class DataSource:
     expected_loss: str
     repo_index: int | None = None
     repo_site: str | None = None
+    # A synchronous replica flushed every acknowledged commit: promoting it needs no archive.
+    has_every_commit: bool = False
 
 
 def input_problems(names: list[str], active: str, dropped: set[str], target: str,
@@ -82,7 +84,7 @@ def choose_source(target_role: str, replica_ok: bool, sync_replication: bool,
     if replica_ok:
         loss = ("none: the replica confirmed every commit (synchronous replication)" if sync_replication
                 else "the replica's lag at cut-off (asynchronous replication)")
-        return DataSource(PROMOTE, f"promote the {target_role} replica", loss)
+        return DataSource(PROMOTE, f"promote the {target_role} replica", loss, has_every_commit=sync_replication)
     usable = [r for r in repos if r.get("last_backup")]
     if not usable:
         details = "; ".join(f"{r['name']} at {r['site']}: {r.get('error') or 'no backup'}" for r in repos) or "none reachable"
@@ -225,7 +227,9 @@ def promote_or_restore(run: Run) -> dict:
     if _db_up(run) and not _in_recovery(run, site):
         how = "already a primary"
     elif run.data.kind == PROMOTE:
-        how = f"promoted in {postgres.promote(run.c, site.paths.pgdata, site.address, run.port):.2f}s"
+        seconds = postgres.promote(run.c, site.paths.pgdata, site.address, run.port,
+                                   archive=not run.data.has_every_commit)
+        how = f"promoted in {seconds:.2f}s"
     else:
         from infra.data.restore import restore_database
 
@@ -233,9 +237,11 @@ def promote_or_restore(run: Run) -> dict:
         how = f"restored from repo{run.data.repo_index} ({run.data.repo_site})"
     data_seconds = round(time.monotonic() - clock, 3)
     recovered_to = _recovered_to(run)
-    # Belt and braces for a target that was configured synchronous: commits must not wait for a dead standby.
-    postgres.psql(run.c, site.address, run.port, "ALTER SYSTEM SET synchronous_standby_names = ''")
-    postgres.psql(run.c, site.address, run.port, "SELECT pg_reload_conf()")
+    # Belt and braces for a target that was configured synchronous: commits must not wait for a dead
+    # standby. The restore_command a promotion may have emptied comes back for the site's next time
+    # as a standby.
+    postgres.psql(run.c, site.address, run.port, ["ALTER SYSTEM SET synchronous_standby_names = ''",
+                                                  "ALTER SYSTEM RESET restore_command", "SELECT pg_reload_conf()"])
     if not run.cloud.processes.running(f"pg-{site.name}"):
         record_postmaster(run.cloud, site)
     _store_epoch(run)
