@@ -87,19 +87,11 @@ def in_recovery(c, host: str, port: int) -> bool:
     return psql(c, host, port, "SELECT pg_is_in_recovery()").stdout.strip() == "t"
 
 
-def promote(c, pgdata: str, host: str, port: int, timeout: float = 30, archive: bool = True) -> float:
-    """Promotes a standby (no-op if already primary); returns seconds until it takes writes.
-
-    `archive=False` is for a standby that already holds every WAL record it needs (a synchronous
-    one): its restore_command is emptied first, so promotion does not wait for archive look-ups
-    (one for the next segment and one per timeline history file, each a pgBackRest process
-    asking every repository). The caller resets restore_command afterwards (`ALTER SYSTEM RESET`).
-    """
+def promote(c, pgdata: str, host: str, port: int, timeout: float = 30) -> float:
+    """Promotes a standby (no-op if already primary); returns seconds until it takes writes."""
     started = time.monotonic()
     if not in_recovery(c, host, port):
         return 0.0
-    if not archive:
-        psql(c, host, port, ["ALTER SYSTEM SET restore_command = ''", "SELECT pg_reload_conf()"])
     run(c, [f"{BIN}/pg_ctl", "promote", "-w", "-t", str(int(timeout)), "-D", pgdata])
     return time.monotonic() - started
 

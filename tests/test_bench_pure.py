@@ -59,13 +59,13 @@ def test_drill_checks_net_rto_flatness_and_pilot_light_rpo():
     assert verdicts["pilot-light RPO window <= 1 s at 1 GB"] is False
 
 
-def test_net_rto_is_never_less_than_the_runbook_time_until_dns_shifted():
-    steps = [{"step": "promote", "status": "done", "seconds": 1.5}, {"step": "verify_dns", "status": "done", "seconds": 0.2},
-             {"step": "protect", "status": "done", "seconds": 40.0}]
-    assert stats.until_dns_shift(steps) == pytest.approx(1.7)
-    assert stats.net_rto(drill(rto=12.0, ttl=30, steps=steps)) == pytest.approx(1.7)  # the cache expired early
+def test_net_rto_is_never_less_than_the_runbook_time_until_dns_serves_a_writable_site():
+    steps = [{"step": "promote", "status": "done", "seconds": 1.5}, {"step": "verify_app", "status": "done", "seconds": 0.1},
+             {"step": "verify_dns", "status": "done", "seconds": 0.2}, {"step": "protect", "status": "done", "seconds": 40.0}]
+    assert stats.until_writable(steps) == pytest.approx(1.8)
+    assert stats.net_rto(drill(rto=12.0, ttl=30, steps=steps)) == pytest.approx(1.8)  # the cache expired early
     assert stats.net_rto(drill(rto=33.0, ttl=30, steps=steps)) == pytest.approx(3.0)
-    assert stats.until_dns_shift(steps[:1]) is None and stats.net_rto(drill(rto=None)) is None
+    assert stats.until_writable(steps[:1]) is None and stats.net_rto(drill(rto=None)) is None
 
 
 def test_time_to_dns_is_wall_time_when_steps_overlap():
@@ -74,7 +74,19 @@ def test_time_to_dns_is_wall_time_when_steps_overlap():
                 "started": f"2026-11-28T10:00:{started:06.3f}+00:00", "ended": f"2026-11-28T10:00:{ended:06.3f}+00:00"}
 
     steps = [step("promote", 1.0, 3.0), step("media", 1.0, 2.5), step("verify_dns", 3.0, 3.4), step("protect", 3.4, 9.0)]
-    assert stats.until_dns_shift(steps) == pytest.approx(2.4)  # not 2.0 + 1.5 + 0.4
+    assert stats.until_reads(steps) == pytest.approx(2.4)  # not 2.0 + 1.5 + 0.4
+
+
+def test_a_restored_site_serves_reads_through_dns_before_it_takes_writes():
+    def step(name, started, ended):
+        return {"step": name, "status": "done", "seconds": ended - started,
+                "started": f"2026-11-28T10:00:{started:06.3f}+00:00", "ended": f"2026-11-28T10:00:{ended:06.3f}+00:00"}
+
+    # DNS moved and was verified while WAL replay went on; the app became writable after take_writes.
+    steps = [step("promote", 1.0, 4.0), step("shift_dns", 4.0, 4.1), step("take_writes", 4.1, 9.0),
+             step("verify_dns", 4.1, 4.15), step("verify_app", 9.0, 9.1)]
+    assert stats.until_reads(steps) == pytest.approx(3.15)
+    assert stats.until_writable(steps) == pytest.approx(8.1)
 
 
 def test_a_failed_pilot_light_drill_is_not_measured_rather_than_failed():

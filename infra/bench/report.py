@@ -42,8 +42,8 @@ def restore_rows(rows: list[dict]) -> list[list[str]]:
     return out
 
 
-DRILL_HEADER = ["scenario", "seed", "result", "RTO cut-off", "RTO - TTL", "runbook to DNS", "net RTO", "acked", "lost",
-                "RPO window"]
+DRILL_HEADER = ["scenario", "seed", "result", "RTO cut-off", "RTO - TTL", "runbook to reads", "runbook to writes",
+                "net RTO", "acked", "lost", "RPO window"]
 
 
 def drill_rows(drills: list[dict]) -> list[list[str]]:
@@ -51,8 +51,8 @@ def drill_rows(drills: list[dict]) -> list[list[str]]:
     for d in drills:
         rto = d.get("rto_seconds")
         out.append([d["scenario"], f"{d['size_gb']:g} GB", d["result"], _f(rto, 2, " s"),
-                    _f(None if rto is None else rto - d["dns_ttl"], 2, " s"), _f(stats.until_dns_shift(d.get("steps", [])), 2, " s"),
-                    _f(stats.net_rto(d), 2, " s"),
+                    _f(None if rto is None else rto - d["dns_ttl"], 2, " s"), _f(stats.until_reads(d.get("steps", [])), 2, " s"),
+                    _f(stats.until_writable(d.get("steps", [])), 2, " s"), _f(stats.net_rto(d), 2, " s"),
                     str(d.get("writes_acked", "-")), str(d.get("writes_lost", "-")), _f(d.get("rpo_seconds"), 2, " s")])
     return out
 
@@ -154,9 +154,11 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
                   ("`failover drill --json` on a fresh local cloud per scenario and size. `RTO cut-off` runs from the "
                    "cut-off to the first canary write acknowledged through DNS. The canary caches the DNS answer for its "
                    "TTL like any client, so where in its cache period the cut-off falls decides much of that figure "
-                   "(it can be well under the TTL). `runbook to DNS` is the runbook's time from its start (right at "
-                   "the cut-off) through `verify_dns`, the wait a client whose cache just expired has beyond the TTL; "
-                   "`net RTO` = max(RTO - TTL, runbook to DNS) is what the targets are checked against."), "",
+                   "(it can be well under the TTL). `runbook to reads` is the runbook's time from its start (right at "
+                   "the cut-off) until DNS serves the new site (`verify_dns`): a restored site may still replay WAL "
+                   "then, and serves reads meanwhile. `runbook to writes` runs until its app also takes writes "
+                   "(`verify_app`), the wait a client whose cache just expired has beyond the TTL; "
+                   "`net RTO` = max(RTO - TTL, runbook to writes) is what the targets are checked against."), "",
                   markdown_table(DRILL_HEADER, drill_rows(result["drills"])), ""]
         failed = [d for d in result["drills"] if d.get("error")]
         lines += [f"- {d['scenario']} at {d['size_gb']:g} GB: {d['error']}" for d in failed]

@@ -80,35 +80,50 @@ def restore_checks(rows: list[dict]) -> list[Check]:
                   None if vs_dump is None else vs_dump >= 3.0)]
 
 
-DNS_SHIFTED_STEP = "verify_dns"
+DNS_SERVES = "verify_dns"  # the providers answer the new site's address: clients reach it (reads)
+APP_WRITABLE = "verify_app"  # its app reports writable at the new epoch
 
 
-def until_dns_shift(steps: list[dict]) -> float | None:
-    """Runbook seconds from its start through the step that proves DNS points at the new site.
+def runbook_until(steps: list[dict], *names: str) -> float | None:
+    """Runbook seconds from its start until every step in `names` has ended.
 
     With the journal's timestamps that is wall time (steps of one stage overlap); without them,
-    the sum of the steps' seconds.
+    the sum of the steps' seconds up to the last of them.
     """
-    names = [s["step"] for s in steps]
-    if DNS_SHIFTED_STEP not in names:
+    known = [s["step"] for s in steps]
+    if not all(name in known for name in names):
         return None
-    shifted = steps[names.index(DNS_SHIFTED_STEP)]
+    ends = [steps[known.index(name)].get("ended") for name in names]
     starts = [s["started"] for s in steps if s.get("started")]
-    if starts and shifted.get("ended"):
-        return round((datetime.fromisoformat(shifted["ended"]) - datetime.fromisoformat(min(starts))).total_seconds(), 3)
-    return sum(s.get("seconds") or 0 for s in steps[: names.index(DNS_SHIFTED_STEP) + 1])
+    if starts and all(ends):
+        last = max(datetime.fromisoformat(e) for e in ends)
+        return round((last - datetime.fromisoformat(min(starts))).total_seconds(), 3)
+    return sum(s.get("seconds") or 0 for s in steps[: max(known.index(name) for name in names) + 1])
+
+
+def until_reads(steps: list[dict]) -> float | None:
+    """Until DNS serves the new site: from here a client whose cache expires reaches it and can read
+    (a restored site may still be replaying WAL then)."""
+    return runbook_until(steps, DNS_SERVES)
+
+
+def until_writable(steps: list[dict]) -> float | None:
+    """Until DNS serves the new site and its app takes writes: what a client whose cache just
+    expired waits beyond the TTL for its first acknowledged write."""
+    return runbook_until(steps, DNS_SERVES, APP_WRITABLE)
 
 
 def net_rto(drill: dict) -> float | None:
-    """RTO minus TTL, conservatively: never less than the runbook's time until DNS was shifted.
+    """RTO minus TTL, conservatively: never less than the runbook's time until DNS serves the new
+    site and its app takes writes.
 
     The canary caches the record for its TTL like any client, so when the cut-off falls late in
     its cache period it sees the new site before a full TTL: RTO - TTL then understates what a
-    client whose cache just expired waits beyond the TTL, which is the runbook's time to DNS.
+    client whose cache just expired waits beyond the TTL, which is that runbook time.
     """
     if drill.get("rto_seconds") is None:
         return None
-    shift = until_dns_shift(drill.get("steps", []))
+    shift = until_writable(drill.get("steps", []))
     measured = drill["rto_seconds"] - drill["dns_ttl"]
     return measured if shift is None else max(measured, shift)
 

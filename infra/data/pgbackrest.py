@@ -33,6 +33,11 @@ class HostPaths:
         return f"{Path(self.pgdata).parent}/walstream"
 
     @property
+    def archive_off(self) -> str:
+        """While this file exists the cluster's restore_command finds nothing (see protection.restore_command)."""
+        return f"{self.pgbackrest_dir}/archive-off"
+
+    @property
     def dirs(self) -> list[str]:
         return [self.pgbackrest_dir, *(f"{self.pgbackrest_dir}/{d}" for d in ("log", "lock", "spool"))]
 

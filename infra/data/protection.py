@@ -36,11 +36,16 @@ def archive_command(paths: HostPaths) -> str:
 def restore_command(paths: HostPaths, pg_path: str | None = None) -> str:
     """archive-get from the repositories, else the site's own WAL stream (pilot-light sites).
 
-    `pg_path`: a cluster restored elsewhere than the config's pg1-path (archive-get checks it).
+    While `paths.archive_off` exists it finds nothing at once: a synchronous standby being
+    promoted holds every acknowledged commit, and each look-up (the next segment, the timeline
+    history files) would otherwise start a pgBackRest process that asks every repository.
+    A file, not a reloaded setting: the startup process may read its config only after the
+    promotion's look-ups. `pg_path`: a cluster restored elsewhere than the config's pg1-path
+    (archive-get checks it).
     """
     where = f" --pg1-path={pg_path}" if pg_path else ""
     archive = f"pgbackrest --config={paths.config}{where} --stanza={pgbr_config.STANZA} archive-get %f \"%p\""
-    return f"{archive} || cp {paths.wal_stream}/%f \"%p\""
+    return f"test ! -e {paths.archive_off} && {{ {archive} || cp {paths.wal_stream}/%f \"%p\"; }}"
 
 
 def pg_settings(address: str, port: int, paths: HostPaths, sync_standby: str | None = None) -> dict[str, str]:

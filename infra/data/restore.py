@@ -113,11 +113,13 @@ def restore(cloud: LocalCloud, spec: Spec, site: str, repo: str | None, target_t
 
 
 def restore_database(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalSite, index: int, skip: set[str],
-                     target_time: str | None) -> None:
+                     target_time: str | None, wait: bool = True) -> None:
     """Replaces the target's cluster with one restored from repo `index`, started and promoted.
 
     The restored cluster gets the target's own address and port, and archiving off: it must
-    not push into the archive it came from until the runbook protects it again.
+    not push into the archive it came from until the runbook protects it again. It answers
+    read-only queries once consistent; `wait=False` returns then, while it still replays WAL
+    (it promotes itself at the end).
     """
     postgres.stop(c, target.paths.pgdata, "immediate")
     cloud.processes.stop(f"pg-{target.name}")
@@ -131,8 +133,9 @@ def restore_database(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalS
     postgres.configure(c, target.paths.pgdata, settings, protection.HBA)
     postgres.start(c, target.paths.pgdata, str(target.logs / "postgresql.log"), timeout=600)
     record_postmaster(cloud, target)
-    wait_for(lambda: not postgres.in_recovery(c, target.address, spec.database.port), 600,
-             f"{target.name} to finish recovery and promote")
+    if wait:
+        wait_for(lambda: not postgres.in_recovery(c, target.address, spec.database.port), 600,
+                 f"{target.name} to finish recovery and promote")
 
 
 def complete_partial_segments(c, stream: str) -> None:

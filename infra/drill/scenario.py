@@ -145,7 +145,7 @@ def _result(scenario, targets, cloud, spec, source, target, writes: list[Write],
     lost = measure.rpo(acks, present) if not readback_error else measure.rpo(acks, set())
     rto_cut = measure.rto(acks, target.name, cut_off)
     rto_cmd = measure.rto(acks, target.name, command_started)
-    recovered_to = _step_detail(journal, "promote").get("recovered_to")
+    recovered_to = _step_detail(journal, "take_writes").get("recovered_to")
     restored = bool(journal) and (journal.plan.get("data") or {}).get("kind") == "restore"
     # Only a restore is bounded by the archive; a promoted replica had every commit streamed.
     lag = measure.archive_lag(acks, source, cut_off, recovered_to) if restored else None

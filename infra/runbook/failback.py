@@ -175,7 +175,7 @@ def switch(run: Run) -> dict:
         stopped = True
     run.cloud.processes.stop(f"pg-{run.source}")
     promoted = postgres.promote(run.c, run.site.paths.pgdata, run.site.address, run.port)
-    detail = steps.promote_or_restore(run)
+    detail = steps.take_writes(run)
     return {**detail, "old_primary_stopped": stopped, "promoted_seconds": round(promoted, 3)}
 
 

@@ -216,39 +216,53 @@ def capacity(run: Run) -> dict:
 
 
 def promote_or_restore(run: Run) -> dict:
-    """Promote the replica, or restore from the best repository; then store the new epoch with the data.
+    """Promote the replica, or restore from the best repository and start it: readable, maybe still replaying.
 
-    Only what the first write needs happens here: rewriting pgBackRest and PostgreSQL config
+    A restored cluster starts in archive recovery and answers read-only queries as soon as it is
+    consistent, so the app serves reads and DNS can move while it replays the rest of the WAL;
+    `take_writes` waits for the end of recovery. Rewriting pgBackRest and PostgreSQL config
     waits for `protect` (after DNS). A promoted replica runs with its replica settings, which
     name no synchronous standby, so commits never wait for the dropped site.
     """
-    site, inventory = run.site, run.inventory
+    site = run.site
     clock = time.monotonic()
     if _db_up(run) and not _in_recovery(run, site):
         how = "already a primary"
     elif run.data.kind == PROMOTE:
-        seconds = postgres.promote(run.c, site.paths.pgdata, site.address, run.port,
-                                   archive=not run.data.has_every_commit)
-        how = f"promoted in {seconds:.2f}s"
+        if run.data.has_every_commit:  # nothing to fetch from the archive; `take_writes` removes the file
+            host_run(run.c, ["touch", site.paths.archive_off])
+        how = f"promoted in {postgres.promote(run.c, site.paths.pgdata, site.address, run.port):.2f}s"
     else:
         from infra.data.restore import restore_database
 
-        restore_database(run.c, run.cloud, run.spec, inventory, site, run.data.repo_index, run.unreachable(), None)
-        how = f"restored from repo{run.data.repo_index} ({run.data.repo_site})"
-    data_seconds = round(time.monotonic() - clock, 3)
-    recovered_to = _recovered_to(run)
-    # Belt and braces for a target that was configured synchronous: commits must not wait for a dead
-    # standby. The restore_command a promotion may have emptied comes back for the site's next time
-    # as a standby.
-    postgres.psql(run.c, site.address, run.port, ["ALTER SYSTEM SET synchronous_standby_names = ''",
-                                                  "ALTER SYSTEM RESET restore_command", "SELECT pg_reload_conf()"])
+        restore_database(run.c, run.cloud, run.spec, run.inventory, site, run.data.repo_index, run.unreachable(), None,
+                         wait=False)
+        how = f"restored from repo{run.data.repo_index} ({run.data.repo_site}), replaying WAL"
     if not run.cloud.processes.running(f"pg-{site.name}"):
         record_postmaster(run.cloud, site)
+    return {"how": how, "data_seconds": round(time.monotonic() - clock, 3)}
+
+
+def take_writes(run: Run) -> dict:
+    """Once recovery has ended, store the new epoch with the data: from here the app takes writes.
+
+    Storing the epoch is the last thing, so no write is acknowledged before the database is the
+    new primary (fencing layer 1); the inventory then names the target active.
+    """
+    site = run.site
+    clock = time.monotonic()
+    wait_for(lambda: _primary(run), 600, f"{run.target} to finish WAL replay and promote", 0.05)
+    waited = round(time.monotonic() - clock, 3)
+    recovered_to = _recovered_to(run)
+    # Belt and braces for a target that was configured synchronous: commits must not wait for a dead standby.
+    postgres.psql(run.c, site.address, run.port, ["ALTER SYSTEM SET synchronous_standby_names = ''",
+                                                  "SELECT pg_reload_conf()"])
+    host_run(run.c, ["rm", "-f", site.paths.archive_off])  # the archive is back for its next time as a standby
     _store_epoch(run)
     inventory = run.inventory
     inventory.active = run.target
     run.cloud.publish(inventory)
-    return {"how": how, "epoch": run.epoch, "data_seconds": data_seconds, "recovered_to": recovered_to}
+    return {"epoch": run.epoch, "replay_wait_seconds": waited, "recovered_to": recovered_to}
 
 
 def _recovered_to(run: Run) -> float | None:
@@ -458,18 +472,20 @@ def _primary(run: Run) -> bool:
 Step = tuple[str, Callable[[Run], dict]]
 
 # Steps in one stage run at once, each journaled on its own. Media, the app and the DNS plan
-# need nothing from the promotion, and starting the app early is safe: it takes writes only
-# once the new epoch is in a writable database, which `promote` stores last (fencing layer 1),
-# so until then it answers 409/503 and nothing is acknowledged.
+# need nothing from the promotion. Starting the app early and moving DNS to a site that is
+# still replaying WAL is safe: the app takes writes only once the new epoch is in a writable
+# database, which `take_writes` stores (fencing layer 1), so until then it serves reads and
+# answers 409/503 to writes; nothing is acknowledged. Clients that re-resolve during the replay
+# read from the new site instead of timing out on the dropped one.
 FAILOVER_STAGES: list[list[Step]] = [
     [("preflight", preflight)],
     [("fence", fence)],
     [("capacity", capacity)],
     [("promote", promote_or_restore), ("media", catch_up_media), ("start_app", start_app),
      ("prepare_dns", prepare_dns)],
-    [("verify_app", verify_app)],
     [("shift_dns", shift_dns)],
-    [("verify_dns", verify_dns)],
+    [("take_writes", take_writes), ("verify_dns", verify_dns)],
+    [("verify_app", verify_app)],
     [("protect", protect_again)],
 ]
 STEP_NAMES = [name for stage in FAILOVER_STAGES for name, _ in stage]
