@@ -39,17 +39,20 @@ def archive_only_to_reachable(c, cloud: LocalCloud, inventory, down: set[str], s
         return
     source = cloud.site(inventory.active)
     protection.install_pgbackrest(c, inventory, source.name, source.paths, inventory.site(source.name).db_port, down)
-    if previous is not None:
-        # A running archive-push may be stuck retrying a repository that went away (on a new
-        # primary, the dropped site's): only archive-push is ended, a backup keeps running.
+    same_primary = previous is not None and previous[0] == inventory.active
+    if same_primary and down - previous[1]:
+        # A running archive-push may be stuck retrying the repository that went away: only
+        # archive-push is ended, a backup keeps running. Not when the primary changed: the
+        # runbook wrote the new primary's config before promoting it, and ending a healthy
+        # archive-push costs PostgreSQL's archiver up to archive-timeout (30 s) of waiting.
         ended = pgbackrest.interrupt_archiving(c, source.paths.config)
         if ended:
-            print(f"ended {len(ended)} archive-push processes on {source.name} (config changed)", flush=True)
+            print(f"ended {len(ended)} archive-push processes on {source.name} (a repository went away)", flush=True)
     if previous is not None or down:
         left_out = ", ".join(f"repo{inventory.repo_index(n)} ({n})" for n in sorted(down)) or "none"
         print(f"archiving from {source.name}; repositories left out: {left_out}", flush=True)
     state["excluded"] = key
-    if previous is not None and previous[0] == inventory.active:
+    if same_primary and previous[1] - down:
         back_up_rejoined(c, inventory, source, previous[1] - down)
 
 

@@ -226,9 +226,12 @@ def promote_or_restore(run: Run) -> dict:
     """
     site = run.site
     clock = time.monotonic()
-    if _db_up(run) and not _in_recovery(run, site):
+    if _writable(run):
         how = "already a primary"
     elif run.data.kind == PROMOTE:
+        # Archiving starts at the promotion: only into repositories that answer, or pgBackRest
+        # retries the dead one and holds WAL back from the others.
+        protection.install_pgbackrest(run.c, run.inventory, site.name, site.paths, run.port, run.unreachable())
         if run.data.has_every_commit:  # nothing to fetch from the archive; `take_writes` removes the file
             host_run(run.c, ["touch", site.paths.archive_off])
         how = f"promoted in {postgres.promote(run.c, site.paths.pgdata, site.address, run.port):.2f}s"
@@ -247,41 +250,36 @@ def take_writes(run: Run) -> dict:
     """Once recovery has ended, store the new epoch with the data: from here the app takes writes.
 
     Storing the epoch is the last thing, so no write is acknowledged before the database is the
-    new primary (fencing layer 1); the inventory then names the target active.
+    new primary (fencing layer 1); the inventory then names the target active. One connection
+    does the SQL (each psql would cost a process start on the critical path).
     """
-    site = run.site
     clock = time.monotonic()
-    wait_for(lambda: _primary(run), 600, f"{run.target} to finish WAL replay and promote", 0.05)
+    wait_for(lambda: _writable(run), 600, f"{run.target} to finish WAL replay and promote", 0.05)
     waited = round(time.monotonic() - clock, 3)
-    recovered_to = _recovered_to(run)
-    # Belt and braces for a target that was configured synchronous: commits must not wait for a dead standby.
-    postgres.psql(run.c, site.address, run.port, ["ALTER SYSTEM SET synchronous_standby_names = ''",
-                                                  "SELECT pg_reload_conf()"])
-    host_run(run.c, ["rm", "-f", site.paths.archive_off])  # the archive is back for its next time as a standby
-    _store_epoch(run)
-    inventory = run.inventory
-    inventory.active = run.target
-    run.cloud.publish(inventory)
-    return {"epoch": run.epoch, "replay_wait_seconds": waited, "recovered_to": recovered_to}
-
-
-def _recovered_to(run: Run) -> float | None:
-    """Commit time (epoch seconds) of the last transaction replayed before promotion, if any.
-
-    PostgreSQL keeps `pg_last_xact_replay_timestamp()` static after recovery ends, so this is
-    how far the archive (or the stream) reached: the drill's archive lag is measured from it.
-    """
-    result = postgres.psql(run.c, run.site.address, run.port,
-                           "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())", warn=True)
-    text = result.stdout.strip() if result.ok else ""
-    return float(text) if text else None
-
-
-def _store_epoch(run: Run) -> None:
     with psycopg.connect(dsn(run.site, run.spec), autocommit=True, connect_timeout=5) as conn:
+        # PostgreSQL keeps pg_last_xact_replay_timestamp() after recovery: how far the archive (or
+        # the stream) reached, from which the drill measures the archive lag.
+        recovered_to = conn.execute("SELECT extract(epoch FROM pg_last_xact_replay_timestamp())").fetchone()[0]
+        # Belt and braces for a target that was configured synchronous: commits must not wait for a dead standby.
+        conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        conn.execute("SELECT pg_reload_conf()")
         conn.execute("INSERT INTO failover.epoch (id, epoch, site, raised_at) VALUES (1, %s, %s, now()) "
                      "ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, site = excluded.site, raised_at = now() "
                      "WHERE failover.epoch.epoch < excluded.epoch", (run.epoch, run.target))
+    host_run(run.c, ["rm", "-f", run.site.paths.archive_off])  # the archive is back for its next time as a standby
+    inventory = run.inventory
+    inventory.active = run.target
+    run.cloud.publish(inventory)
+    return {"epoch": run.epoch, "replay_wait_seconds": waited,
+            "recovered_to": None if recovered_to is None else float(recovered_to)}
+
+
+def _writable(run: Run) -> bool:
+    try:
+        with psycopg.connect(dsn(run.site, run.spec), connect_timeout=2) as conn:
+            return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    except psycopg.Error:
+        return False  # restarting at the end of recovery, or not up yet
 
 
 def catch_up_media(run: Run) -> dict:
