@@ -70,16 +70,9 @@ def reload(c, pgdata: str) -> None:
         run(c, [f"{BIN}/pg_ctl", "reload", "-D", pgdata])
 
 
-def psql(c, host: str, port: int, sql: str | list[str], db: str = "postgres", warn: bool = False):
-    """Runs SQL with psql; returns the invoke Result (stdout unaligned, tuples only).
-
-    A list runs its statements one after another in one session, each in its own transaction
-    (ALTER SYSTEM cannot share one), stopping at the first error.
-    """
-    statements = [sql] if isinstance(sql, str) else sql
-    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", host, "-p", str(port), "-U", "postgres", "-d", db]
-    for statement in statements:
-        argv += ["-c", statement]
+def psql(c, host: str, port: int, sql: str, db: str = "postgres", warn: bool = False):
+    """Runs SQL with psql; returns the invoke Result (stdout unaligned, tuples only)."""
+    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", host, "-p", str(port), "-U", "postgres", "-d", db, "-c", sql]
     return run(c, argv, warn=warn, timeout=120)
 
 

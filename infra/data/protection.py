@@ -14,7 +14,7 @@ from infra.data.pgbackrest import HostPaths
 from infra.data.storage import storage_for
 from infra.sites.contract import Inventory
 from playbooks import media, pgbackrest, postgres
-from playbooks.host import write_file
+from playbooks.host import run as host_run, write_file
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,7 @@ def start_wal_stream(c, table, site: str, paths: HostPaths, primary_host: str, d
 
 def start_replica(c, primary_host: str, db_port: int, address: str, paths: HostPaths, name: str, log: str) -> None:
     """A streaming replica of the primary (pg_basebackup -R), started with the site's own settings."""
+    host_run(c, ["rm", "-f", paths.archive_off])  # left behind by a promotion that never finished
     postgres.clone_replica(c, paths.pgdata, primary_host, db_port, name)
     postgres.configure(c, paths.pgdata, pg_settings(address, db_port, paths), HBA)
     postgres.start(c, paths.pgdata, log)

@@ -220,9 +220,10 @@ def promote_or_restore(run: Run) -> dict:
 
     A restored cluster starts in archive recovery and answers read-only queries as soon as it is
     consistent, so the app serves reads and DNS can move while it replays the rest of the WAL;
-    `take_writes` waits for the end of recovery. Rewriting pgBackRest and PostgreSQL config
-    waits for `protect` (after DNS). A promoted replica runs with its replica settings, which
-    name no synchronous standby, so commits never wait for the dropped site.
+    `take_writes` waits for the end of recovery. Only the pgBackRest config (its repositories)
+    is rewritten first; the PostgreSQL config waits for `protect` (after DNS). A promoted replica
+    runs with its replica settings, which name no synchronous standby, so commits never wait for
+    the dropped site.
     """
     site = run.site
     clock = time.monotonic()
