@@ -52,8 +52,9 @@ def archive_only_to_reachable(c, cloud: LocalCloud, inventory, down: set[str], s
         left_out = ", ".join(f"repo{inventory.repo_index(n)} ({n})" for n in sorted(down)) or "none"
         print(f"archiving from {source.name}; repositories left out: {left_out}", flush=True)
     state["excluded"] = key
-    if same_primary and previous[1] - down:
-        back_up_rejoined(c, inventory, source, previous[1] - down)
+    rejoined = previous[1] - down if same_primary else set()
+    if rejoined:
+        back_up_rejoined(c, inventory, source, rejoined)
 
 
 def back_up_rejoined(c, inventory, source, names: set[str]) -> None:

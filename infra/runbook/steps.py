@@ -171,7 +171,7 @@ def preflight(run: Run) -> dict:
     missing = missing_dns_secrets(config.providers)
     if missing:
         raise FailoverError(f"DNS secrets missing: {', '.join(missing)} (from {config.source})")
-    if run.data.kind == PROMOTE and not _primary(run) and not _db_up(run):
+    if run.data.kind == PROMOTE and _recovery_state(run) is None:
         raise FailoverError(f"the replica on {run.target} ({run.site.address}:{run.port}) does not answer")
     return {"dns_providers": [p.name for p in config.providers], "data": run.data.detail}
 
@@ -275,12 +275,18 @@ def take_writes(run: Run) -> dict:
             "recovered_to": None if recovered_to is None else float(recovered_to)}
 
 
-def _writable(run: Run) -> bool:
+def _recovery_state(run: Run) -> bool | None:
+    """The target's pg_is_in_recovery(), or None when it does not answer (restarting at the end
+    of recovery, or not up yet). One in-process connection: a psql is a process start."""
     try:
         with psycopg.connect(dsn(run.site, run.spec), connect_timeout=2) as conn:
-            return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
     except psycopg.Error:
-        return False  # restarting at the end of recovery, or not up yet
+        return None
+
+
+def _writable(run: Run) -> bool:
+    return _recovery_state(run) is False
 
 
 def catch_up_media(run: Run) -> dict:
@@ -455,17 +461,9 @@ def _streams_from(run: Run, name: str) -> bool:
     return result.ok and result.stdout.strip() == "1"
 
 
-def _db_up(run: Run) -> bool:
-    return postgres.psql(run.c, run.site.address, run.port, "SELECT 1", warn=True).ok
-
-
 def _in_recovery(run: Run, site: LocalSite) -> bool:
     result = postgres.psql(run.c, site.address, run.port, "SELECT pg_is_in_recovery()", warn=True)
     return result.ok and result.stdout.strip() == "t"
-
-
-def _primary(run: Run) -> bool:
-    return _db_up(run) and not _in_recovery(run, run.site)
 
 
 Step = tuple[str, Callable[[Run], dict]]
