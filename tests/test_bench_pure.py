@@ -1,6 +1,8 @@
 """The bench's pure arithmetic and rendering, tested with data (no timing, no processes)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from infra.bench import drills, overhead, report, stats
@@ -125,7 +127,10 @@ def test_markdown_renders_every_section_with_targets():
                                       {"step": "shift_dns", "status": "failed", "seconds": 0.3}]),
                          drill("pilot-light", 1.0, rto=None, rpo=None, error="exit 2: restore failed")],
               "overhead": {"scale": 10, "clients": 4, "threads": 2, "seconds": 20,
-                           "tps": {"off": [500.0, 520.0, 510.0], "async": [480.0], "sync": [300.0]}},
+                           "tps": {"off": [500.0, 520.0, 510.0], "async": [480.0], "sync": [300.0]},
+                           "cpu": {"off": [{"walsender": 0.0, "archiving": 0.0, "replica": 0.0}],
+                                   "async": [{"walsender": 7.5, "archiving": 2.0, "replica": 20.0},
+                                             {"walsender": 8.5, "archiving": 4.0, "replica": 30.0}]}},
               "notes": ["a note"], "restore_notes": []}
     text = report.markdown(result)
     assert "| 1 GB | 1100 MB | cp -a (machine limit) | 11.00 | 100.0 | 1.00x | 18% |" in text
@@ -134,7 +139,30 @@ def test_markdown_renders_every_section_with_targets():
     assert "pilot-light at 1 GB: exit 2: restore failed" in text
     assert "| archiving + async replica (same disk and CPUs) | 480 | 480 | 5.9% |" in text
     assert "![benchmarks](img/benchmarks.png)" in text and "- a note" in text
+    assert "| archiving + async replica (same disk and CPUs) | 8.0% | 3.0% | 25.0% |" in text
+    assert "| off (no archiving, no replica) |" not in text.split("Where protection's CPU goes")[1]
     assert "Protection overhead" in report.text(result)
+
+
+STAT = ("4242 (postgres) S 4200 4242 4242 0 -1 4194560 3000 100 0 0 {utime} {stime} {cutime} {cstime} 20 0 1 0 "
+        "500 229376 1200 18446744073709551615 1 1 0 0 0 0 0 16781312 16384 0 0 0 17 1 0 0 0 0 0")
+
+
+def test_process_stat_gives_parent_and_cpu_including_waited_for_children():
+    assert overhead.parse_stat(STAT.format(utime=120, stime=30, cutime=40, cstime=10)) == (4200, 200)
+    # a process title with a parenthesis and spaces does not shift the fields
+    assert overhead.parse_stat(STAT.replace("(postgres)", "(post (gres) x)").format(utime=1, stime=2, cutime=3, cstime=4)) == (4200, 10)
+
+
+def test_protection_cpu_is_attributed_to_walsender_archiver_and_replica():
+    assert overhead.primary_role("postgres: walsender postgres 127.0.0.1(5123) streaming 0/3000148") == "walsender"
+    assert overhead.primary_role("postgres: archiver last was 000000010000000000000003") == "archiving"
+    assert overhead.primary_role("postgres: postgres pgbench 127.0.50.1(40000) UPDATE") is None
+    ticks = os.sysconf("SC_CLK_TCK")
+    before = {10: ("walsender", 0), 11: ("archiving", ticks), 20: ("replica", 5 * ticks)}
+    after = {10: ("walsender", 2 * ticks), 11: ("archiving", 2 * ticks), 20: ("replica", 9 * ticks),
+             21: ("replica", ticks)}  # a process that started during the run counts from zero
+    assert overhead.core_percent(before, after, 10.0) == {"walsender": 20.0, "archiving": 10.0, "replica": 50.0}
 
 
 def test_pgbench_tps_is_parsed_without_connection_time():

@@ -75,6 +75,52 @@ def _mode(bench: Bench, mode: str, replicas: dict) -> None:
     wait_for(lambda: _streaming(bench, replica.name), 60, f"{replica.name} to stream")
 
 
+# Where protection's CPU goes while pgbench runs: the primary's walsenders and archiver (with
+# the archive-push processes it waited for), and every process of the replica.
+ROLES = ("walsender", "archiving", "replica")
+
+
+def parse_stat(text: str) -> tuple[int, int]:
+    """(parent pid, CPU ticks of the process and of the children it waited for) from /proc/PID/stat."""
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[1]), sum(int(f) for f in fields[11:15])
+
+
+def primary_role(title: str) -> str | None:
+    """The part of protection a primary's process is, from its process title."""
+    if title.startswith("postgres: walsender"):
+        return "walsender"
+    if title.startswith("postgres: archiver"):
+        return "archiving"
+    return None
+
+
+def cluster_ticks(pgdata: str, role=lambda title: "replica") -> dict[int, tuple[str, int]]:
+    """pid -> (role, CPU ticks) of a running cluster's processes that `role` names."""
+    postmaster = int(Path(pgdata, "postmaster.pid").read_text().split()[0])
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent, ticks = parse_stat((entry / "stat").read_text())
+            title = (entry / "cmdline").read_text().replace("\0", " ").strip()
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        name = role(title) if parent == postmaster or int(entry.name) == postmaster else None
+        if name:
+            found[int(entry.name)] = (name, ticks)
+    return found
+
+
+def core_percent(before: dict, after: dict, seconds: float) -> dict[str, float]:
+    """Per role, the CPU used between two cluster_ticks snapshots, as % of one core."""
+    ticks = dict.fromkeys(ROLES, 0)
+    for pid, (name, now) in after.items():
+        ticks[name] += now - before.get(pid, (name, 0))[1]
+    return {name: round(100 * t / os.sysconf("SC_CLK_TCK") / seconds, 1) for name, t in ticks.items()}
+
+
 def pgbench(bench: Bench, clients: int, threads: int, seconds: int) -> float:
     argv = [f"{postgres.BIN}/pgbench", "-h", bench.primary.address, "-p", str(bench.port), "-U", "postgres",
             "-c", str(clients), "-j", str(threads), "-T", str(seconds), DB]
@@ -110,16 +156,32 @@ def measure(bench: Bench, runs: int, progress, scale: int = 10, clients: int = 4
             record_postmaster(bench.cloud, site)
         modes = [m for m in MODES if "isolated" in replicas or not m.endswith("_isolated")]
         tps: dict[str, list[float]] = {m: [] for m in modes}
+        cpu: dict[str, list[dict]] = {m: [] for m in modes}
         for number in range(1, runs + 1):
             for mode in modes:
                 _mode(bench, mode, replicas)
                 bench.sql(primary, "CHECKPOINT")
                 time.sleep(1)
+                replica = _running_replica(mode, replicas)
+                before = _protection_ticks(primary, replica)
+                started = time.monotonic()
                 tps[mode].append(pgbench(bench, clients, threads, seconds))
+                cpu[mode].append(core_percent(before, _protection_ticks(primary, replica), time.monotonic() - started))
             progress(f"pgbench run {number}/{runs}: " + ", ".join(f"{m} {v[-1]:.0f}" for m, v in tps.items()))
     finally:
         if "isolated" in replicas:
             postgres.stop(bench.c, isolated.paths.pgdata, warn=True)
         shutil.rmtree(memory, ignore_errors=True)
-    return {"scale": scale, "clients": clients, "threads": threads, "seconds": seconds, "tps": tps,
+    return {"scale": scale, "clients": clients, "threads": threads, "seconds": seconds, "tps": tps, "cpu": cpu,
             "isolated_skipped": skipped}
+
+
+def _running_replica(mode: str, replicas: dict):
+    if mode in ("off", "archive"):
+        return None
+    return replicas["isolated" if mode.endswith("_isolated") else "shared"]
+
+
+def _protection_ticks(primary, replica) -> dict[int, tuple[str, int]]:
+    ticks = cluster_ticks(primary.paths.pgdata, primary_role)
+    return {**ticks, **(cluster_ticks(replica.paths.pgdata) if replica else {})}

@@ -90,6 +90,17 @@ def overhead_rows(runs: dict[str, list[float]]) -> list[list[str]]:
     return out
 
 
+CPU_HEADER = ["protection", "walsender (primary)", "archiver + archive-push (primary)", "replica (all processes)"]
+
+
+def cpu_rows(cpu: dict[str, list[dict]]) -> list[list[str]]:
+    """Median % of one core each part of protection used while pgbench ran, per mode."""
+    from infra.bench.overhead import LABELS, MODES, ROLES
+
+    return [[LABELS[mode], *(_f(stats.median([run.get(role) for run in cpu[mode]]), 1, "%") for role in ROLES)]
+            for mode in MODES if mode != "off" and cpu.get(mode)]
+
+
 def check_rows(checks: list[Check]) -> list[list[str]]:
     return [[c.target, c.measured, c.verdict] for c in checks]
 
@@ -115,6 +126,8 @@ def text(result: dict) -> str:
             parts += ["Runbook steps", table(header, steps), ""]
     if result.get("overhead", {}).get("tps"):
         parts += ["Protection overhead (pgbench)", table(OVERHEAD_HEADER, overhead_rows(result["overhead"]["tps"])), ""]
+        if result["overhead"].get("cpu"):
+            parts += ["CPU of protection while pgbench ran (% of one core)", table(CPU_HEADER, cpu_rows(result["overhead"]["cpu"])), ""]
     parts += ["Targets (issue 8)", table(["target", "measured", "result"], check_rows(all_checks(result)))]
     return "\n".join(parts) + "\n"
 
@@ -175,6 +188,10 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
                    "run it with its data directory on tmpfs and at nice 19, the closest this machine gets to a "
                    "second host, and the 10% target is checked against them. The shared rows are the worst case."), "",
                   markdown_table(OVERHEAD_HEADER, overhead_rows(o["tps"])), ""]
+        if o.get("cpu"):
+            lines += ["Where protection's CPU goes while pgbench runs (median over the runs, % of one core of the "
+                      "machine's two; each process's own time plus that of the children it waited for, such as "
+                      "the archiver's archive-push processes):", "", markdown_table(CPU_HEADER, cpu_rows(o["cpu"])), ""]
         if o.get("isolated_skipped"):
             lines += [f"Isolated modes not run: {o['isolated_skipped']}.", ""]
     lines += ["## Notes", "", *[f"- {n}" for n in result.get("notes", [])], ""]
