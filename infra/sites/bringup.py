@@ -6,6 +6,7 @@ apps, the media replicator and DNS.
 """
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Callable
@@ -92,6 +93,30 @@ def _refuse_failed_over(cloud: LocalCloud, sites: list[LocalSite]) -> None:
                             "or `failover local down` first")
 
 
+def dns_addresses(prefix: str) -> list[str]:
+    return [f"{prefix}.53", f"{prefix}.54"]
+
+
+def _answers(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((address, port)) == 0
+
+
+def _refuse_taken_addresses(spec: Spec, sites: list[LocalSite], prefix: str) -> None:
+    """A new local cloud needs its addresses free: a server left on the same prefix (a drill kept
+    with --keep, another workdir's cloud) would answer in place of this cloud's own."""
+    from infra.dns.local import DEFAULT_PORT
+
+    wanted = [(s.address, port, f"{s.name}'s {what}") for s in sites
+              for port, what in ((spec.database.port, "database"), (spec.app.port, "app"))]
+    wanted += [(address, DEFAULT_PORT, "a DNS provider") for address in dns_addresses(prefix)]
+    taken = [f"{address}:{port} ({what})" for address, port, what in wanted if _answers(address, port)]
+    if taken:
+        raise FailoverError(f"something already answers on {', '.join(taken)}: another local cloud uses {prefix}.x. "
+                            "Stop it with `failover local down --workdir <its workdir>`, or choose another --prefix")
+
+
 def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, prefix: str,
        storage: str = "posix") -> dict:
     """Brings the local cloud up (or completes a partial one); returns a summary."""
@@ -103,6 +128,8 @@ def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, 
                             "first to change --sites, --prefix or --storage")
     sites = plan_sites(spec, count, cloud.workdir, prefix)
     _refuse_failed_over(cloud, sites)
+    if not cloud.exists:
+        _refuse_taken_addresses(spec, sites, prefix)
     cloud.save(sites, prefix=prefix, storage=storage, dropped=[])
     c = Context()
     for site in sites:
@@ -154,7 +181,7 @@ def start_dns(cloud: LocalCloud, spec: Spec, inventory: Inventory, prefix: str, 
     from infra.dns import local as local_dns
     from infra.dns.site import apply_site, failed
 
-    addresses = [f"{prefix}.53", f"{prefix}.54"]
+    addresses = dns_addresses(prefix)
     progress(f"starting DNS providers on {', '.join(addresses)} for {spec.dns.zone}")
     providers = local_dns.start_local_dns(cloud.workdir, addresses, local_dns.DEFAULT_PORT, spec.dns.zone)
     results = apply_site(inventory, inventory.active, providers, spec.dns.zone, spec.dns.names, spec.dns.ttl)
