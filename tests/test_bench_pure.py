@@ -139,7 +139,7 @@ def test_markdown_renders_every_section_with_targets():
     assert "pilot-light at 1 GB: exit 2: restore failed" in text
     assert "| archiving + async replica (same disk and CPUs) | 480 | 480 | 5.9% |" in text
     assert "![benchmarks](img/benchmarks.png)" in text and "- a note" in text
-    assert "| archiving + async replica (same disk and CPUs) | 8.0% | 3.0% | 25.0% |" in text
+    assert "| archiving + async replica (same disk and CPUs) | 8.0% | 3.0% | 25.0% | - |" in text
     assert "| off (no archiving, no replica) |" not in text.split("Where protection's CPU goes")[1]
     assert "Protection overhead" in report.text(result)
 
@@ -162,7 +162,8 @@ def test_protection_cpu_is_attributed_to_walsender_archiver_and_replica():
     before = {10: ("walsender", 0), 11: ("archiving", ticks), 20: ("replica", 5 * ticks)}
     after = {10: ("walsender", 2 * ticks), 11: ("archiving", 2 * ticks), 20: ("replica", 9 * ticks),
              21: ("replica", ticks)}  # a process that started during the run counts from zero
-    assert overhead.core_percent(before, after, 10.0) == {"walsender": 20.0, "archiving": 10.0, "replica": 50.0}
+    assert overhead.core_percent(before, after, 10.0) == {"walsender": 20.0, "archiving": 10.0, "replica": 50.0,
+                                                          "wal_stream": 0.0}
 
 
 def test_pgbench_tps_is_parsed_without_connection_time():

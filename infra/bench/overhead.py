@@ -30,12 +30,15 @@ def parse_tps(output: str) -> float:
 # Modes, in the order each repetition runs them. On one machine a replica shares the primary's
 # disk and CPUs, which a standby at another site does not: the `_isolated` modes keep its data
 # directory on tmpfs and run it at nice 19, the closest this machine gets to a second host.
-MODES = ("off", "archive", "async", "async_isolated", "sync", "sync_isolated")
+# `async_stream_isolated` adds what protection also runs for a pilot-light site: pg_receivewal
+# streaming the primary's WAL (likewise on tmpfs at nice 19).
+MODES = ("off", "archive", "async", "async_isolated", "async_stream_isolated", "sync", "sync_isolated")
 LABELS = {
     "off": "off (no archiving, no replica)",
     "archive": "archiving to every repository, no replica",
     "async": "archiving + async replica (same disk and CPUs)",
     "async_isolated": "archiving + async replica (tmpfs, nice 19)",
+    "async_stream_isolated": "archiving + async replica + pilot-light WAL stream (tmpfs, nice 19)",
     "sync": "archiving + synchronous replica (same disk and CPUs)",
     "sync_isolated": "archiving + synchronous replica (tmpfs, nice 19)",
 }
@@ -56,9 +59,25 @@ def tmpfs_problem() -> str | None:
     return None if free >= TMPFS_NEEDED else f"{TMPFS} has {free >> 20} MB free, {TMPFS_NEEDED >> 20} MB needed"
 
 
+def _stream_name(site) -> str:
+    return f"receivewal-{site.name}"
+
+
+def _stop_stream(bench: Bench, site) -> None:
+    """Ends the WAL stream and drops its slot, which would otherwise keep WAL from being recycled."""
+    if bench.cloud.processes.stop(_stream_name(site)):
+        slot = f"FROM pg_replication_slots WHERE slot_name = '{protection.stream_slot(site.name)}'"
+        wait_for(lambda: bench.sql(bench.primary, f"SELECT count(*) {slot} AND active") == "0", 30,
+                 "the WAL stream's walsender to release its slot")
+        bench.sql(bench.primary, f"SELECT pg_drop_replication_slot(slot_name) {slot}")
+
+
 def _mode(bench: Bench, mode: str, replicas: dict) -> None:
-    """Stops both replicas, restarts the primary with the mode's settings, starts the mode's replica."""
+    """Stops both replicas (and the WAL stream), restarts the primary with the mode's settings,
+    starts the mode's replica (and stream)."""
     primary = bench.primary
+    if "isolated" in replicas:
+        _stop_stream(bench, replicas["isolated"])
     for site in replicas.values():
         postgres.stop(bench.c, site.paths.pgdata)
         bench.cloud.processes.stop(f"pg-{site.name}")
@@ -73,11 +92,15 @@ def _mode(bench: Bench, mode: str, replicas: dict) -> None:
     bench.restart(primary, bench.settings(primary, sync_standby=replica.name if mode.startswith("sync") else None))
     postgres.start(bench.c, replica.paths.pgdata, str(replica.logs / "postgresql.log"), nice=19 if isolated else 0)
     wait_for(lambda: _streaming(bench, replica.name), 60, f"{replica.name} to stream")
+    if "_stream" in mode:
+        protection.start_wal_stream(bench.c, bench.cloud.processes, replica.name, replica.paths, primary.address,
+                                    bench.port, replica.logs / "receivewal.log", nice=19)
+        wait_for(lambda: _streaming(bench, "pg_receivewal"), 60, "pg_receivewal to stream")
 
 
 # Where protection's CPU goes while pgbench runs: the primary's walsenders and archiver (with
-# the archive-push processes it waited for), and every process of the replica.
-ROLES = ("walsender", "archiving", "replica")
+# the archive-push processes it waited for), every process of the replica, and pg_receivewal.
+ROLES = ("walsender", "archiving", "replica", "wal_stream")
 
 
 def parse_stat(text: str) -> tuple[int, int]:
@@ -98,6 +121,11 @@ def primary_role(title: str) -> str | None:
 def cluster_ticks(pgdata: str, role=lambda title: "replica") -> dict[int, tuple[str, int]]:
     """pid -> (role, CPU ticks) of a running cluster's processes that `role` names."""
     postmaster = int(Path(pgdata, "postmaster.pid").read_text().split()[0])
+    return process_ticks(postmaster, role)
+
+
+def process_ticks(top: int, role) -> dict[int, tuple[str, int]]:
+    """pid -> (role, CPU ticks) of process `top` and its children that `role` names (by title)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -107,7 +135,7 @@ def cluster_ticks(pgdata: str, role=lambda title: "replica") -> dict[int, tuple[
             title = (entry / "cmdline").read_text().replace("\0", " ").strip()
         except (OSError, ValueError):
             continue  # gone meanwhile
-        name = role(title) if parent == postmaster or int(entry.name) == postmaster else None
+        name = role(title) if top in (parent, int(entry.name)) else None
         if name:
             found[int(entry.name)] = (name, ticks)
     return found
@@ -132,7 +160,7 @@ def measure(bench: Bench, runs: int, progress, scale: int = 10, clients: int = 4
     """pgbench tps per mode, the modes interleaved in every repetition so drift hits them alike.
 
     The shared replica is the warm site's; the isolated one is the pilot-light site's directories
-    with its data directory on tmpfs (removed at the end).
+    with its data directory and WAL stream on tmpfs (removed at the end).
     """
     bench.prepare()
     primary, shared, isolated = bench.primary, bench.site("gcp"), bench.site("azure")
@@ -145,10 +173,12 @@ def measure(bench: Bench, runs: int, progress, scale: int = 10, clients: int = 4
     replicas = {"shared": shared}
     skipped = tmpfs_problem()
     memory = TMPFS / f"failover-bench-{os.getpid()}"
+    stream_memory = TMPFS / f"failover-bench-{os.getpid()}-walstream"
     try:
         if skipped is None:
-            ensure_dir(bench.c, str(memory))
-            Path(isolated.paths.pgdata).symlink_to(memory)
+            for directory, link in ((memory, isolated.paths.pgdata), (stream_memory, isolated.paths.wal_stream)):
+                ensure_dir(bench.c, str(directory))
+                Path(link).symlink_to(directory)
             replicas["isolated"] = isolated
         for site in replicas.values():
             protection.start_replica(bench.c, primary.address, bench.port, site.address, site.paths, site.name,
@@ -163,15 +193,17 @@ def measure(bench: Bench, runs: int, progress, scale: int = 10, clients: int = 4
                 bench.sql(primary, "CHECKPOINT")
                 time.sleep(1)
                 replica = _running_replica(mode, replicas)
-                before = _protection_ticks(primary, replica)
+                before = _protection_ticks(bench, replica)
                 started = time.monotonic()
                 tps[mode].append(pgbench(bench, clients, threads, seconds))
-                cpu[mode].append(core_percent(before, _protection_ticks(primary, replica), time.monotonic() - started))
+                cpu[mode].append(core_percent(before, _protection_ticks(bench, replica), time.monotonic() - started))
             progress(f"pgbench run {number}/{runs}: " + ", ".join(f"{m} {v[-1]:.0f}" for m, v in tps.items()))
     finally:
         if "isolated" in replicas:
+            bench.cloud.processes.stop(_stream_name(isolated))
             postgres.stop(bench.c, isolated.paths.pgdata, warn=True)
         shutil.rmtree(memory, ignore_errors=True)
+        shutil.rmtree(stream_memory, ignore_errors=True)
     return {"scale": scale, "clients": clients, "threads": threads, "seconds": seconds, "tps": tps, "cpu": cpu,
             "isolated_skipped": skipped}
 
@@ -182,6 +214,11 @@ def _running_replica(mode: str, replicas: dict):
     return replicas["isolated" if mode.endswith("_isolated") else "shared"]
 
 
-def _protection_ticks(primary, replica) -> dict[int, tuple[str, int]]:
-    ticks = cluster_ticks(primary.paths.pgdata, primary_role)
-    return {**ticks, **(cluster_ticks(replica.paths.pgdata) if replica else {})}
+def _protection_ticks(bench: Bench, replica) -> dict[int, tuple[str, int]]:
+    ticks = cluster_ticks(bench.primary.paths.pgdata, primary_role)
+    if replica:
+        ticks.update(cluster_ticks(replica.paths.pgdata))
+        stream = bench.cloud.processes.pid(_stream_name(replica))
+        if stream:  # runuser, and pg_receivewal under it
+            ticks.update(process_ticks(stream, lambda title: "wal_stream"))
+    return ticks

@@ -90,7 +90,8 @@ def overhead_rows(runs: dict[str, list[float]]) -> list[list[str]]:
     return out
 
 
-CPU_HEADER = ["protection", "walsender (primary)", "archiver + archive-push (primary)", "replica (all processes)"]
+CPU_HEADER = ["protection", "walsenders (primary)", "archiver + archive-push (primary)", "replica (all processes)",
+              "pg_receivewal"]
 
 
 def cpu_rows(cpu: dict[str, list[dict]]) -> list[list[str]]:
@@ -186,7 +187,9 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
                    "restarted with archive_mode and synchronous_standby_names changed). On one machine a replica "
                    "shares the primary's disk and CPUs, which a standby at another site does not: the isolated rows "
                    "run it with its data directory on tmpfs and at nice 19, the closest this machine gets to a "
-                   "second host, and the 10% target is checked against them. The shared rows are the worst case."), "",
+                   "second host, and the 10% target is checked against them. The shared rows are the worst case. "
+                   "The stream row adds the pg_receivewal that protection runs for every pilot-light site (on "
+                   "tmpfs at nice 19 as well), so it is all a primary runs with one warm and one pilot-light site."), "",
                   markdown_table(OVERHEAD_HEADER, overhead_rows(o["tps"])), ""]
         if o.get("cpu"):
             lines += ["Where protection's CPU goes while pgbench runs (median over the runs, % of one core of the "

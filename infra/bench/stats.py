@@ -171,6 +171,7 @@ def overhead_checks(modes: dict[str, float | None]) -> list[Check]:
     checks = [Check(f"protection overhead <= 10% tps (archiving + async replica, {where})", _fmt(cost(target), "%", 1),
                     None if cost(target) is None else cost(target) <= 10.0)]
     reported = [("archive", "archiving only"), ("async", "archiving + async replica on the same disk and CPUs"),
+                ("async_stream_isolated", "archiving + async replica + pilot-light WAL stream, tmpfs at nice 19"),
                 ("sync_isolated", "synchronous replica, tmpfs at nice 19"),
                 ("sync", "synchronous replica on the same disk and CPUs")]
     for mode, label in reported:

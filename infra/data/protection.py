@@ -179,16 +179,19 @@ def stream_slot(site: str) -> str:
     return "stream_" + "".join(ch if ch.isalnum() else "_" for ch in site)
 
 
-def start_wal_stream(c, table, site: str, paths: HostPaths, primary_host: str, db_port: int, log) -> None:
+def start_wal_stream(c, table, site: str, paths: HostPaths, primary_host: str, db_port: int, log,
+                     nice: int = 0) -> None:
     """pg_receivewal from the primary into the site's own disk: a pilot-light site then loses at
-    most what was in flight when the primary died, not the archive's last ~2 s segment switch."""
+    most what was in flight when the primary died, not the archive's last ~2 s segment switch.
+    `nice` lowers its CPU priority (the bench's stand-in for another host)."""
     from playbooks.host import ensure_dir
 
     ensure_dir(c, paths.wal_stream)
     slot = stream_slot(site)
     postgres.psql(c, primary_host, db_port, f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
                   f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
-    table.start(f"receivewal-{site}", [f"{postgres.BIN}/pg_receivewal", "-D", paths.wal_stream, "-h", primary_host,
+    prefix = ["nice", "-n", str(nice)] if nice else []
+    table.start(f"receivewal-{site}", [*prefix, f"{postgres.BIN}/pg_receivewal", "-D", paths.wal_stream, "-h", primary_host,
                                       "-p", str(db_port), "-U", "postgres", "-S", slot, "-w"], log, user="postgres")
 
 
