@@ -142,6 +142,9 @@ def test_markdown_renders_every_section_with_targets():
     assert "| archiving + async replica (same disk and CPUs) | 8.0% | 3.0% | 25.0% | - |" in text
     assert "| off (no archiving, no replica) |" not in text.split("Where protection's CPU goes")[1]
     assert "Protection overhead" in report.text(result)
+    assert "come from another run" not in text
+    result["overhead"]["run"] = {"started": "2026-11-28T21:00:00+00:00", "arguments": "--skip restore,drills"}
+    assert "`scripts/bench --skip restore,drills` started 2026-11-28T21:00:00+00:00" in report.markdown(result)
 
 
 STAT = ("4242 (postgres) S 4200 4242 4242 0 -1 4194560 3000 100 0 0 {utime} {stime} {cutime} {cstime} 20 0 1 0 "

@@ -91,6 +91,7 @@ def main(argv: list[str]) -> int:
             bench = cluster.Bench(work / "overhead", spec, first_host=overhead.FIRST_HOST)
             try:
                 result["overhead"] = overhead.measure(bench, args.runs, progress, seconds=args.pgbench_seconds)
+                result["overhead"]["run"] = {"started": result["started"], "arguments": result["arguments"]}
             finally:
                 bench.remove()
         if "drills" not in args.skip_set:

@@ -191,6 +191,10 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
                    "The stream row adds the pg_receivewal that protection runs for every pilot-light site (on "
                    "tmpfs at nice 19 as well), so it is all a primary runs with one warm and one pilot-light site."), "",
                   markdown_table(OVERHEAD_HEADER, overhead_rows(o["tps"])), ""]
+        run = o.get("run")
+        if run and run["started"] != result["started"]:  # sections of two runs put together with --render
+            lines += [f"These overhead figures come from another run, `scripts/bench {run['arguments']}` started "
+                      f"{run['started']}; the rest of the page is from the run named at the top.", ""]
         if o.get("cpu"):
             lines += ["Where protection's CPU goes while pgbench runs (median over the runs, % of one core of the "
                       "machine's two; each process's own time plus that of the children it waited for, such as "
