@@ -64,12 +64,18 @@ def _stream_name(site) -> str:
 
 
 def _stop_stream(bench: Bench, site) -> None:
-    """Ends the WAL stream and drops its slot, which would otherwise keep WAL from being recycled."""
+    """Ends the WAL stream and drops its slot, which would otherwise keep WAL from being recycled.
+
+    The received segments go too: the next stream's new slot starts at the current WAL, and
+    pg_receivewal would ask for the position after its newest file, which is gone by then.
+    """
     if bench.cloud.processes.stop(_stream_name(site)):
         slot = f"FROM pg_replication_slots WHERE slot_name = '{protection.stream_slot(site.name)}'"
         wait_for(lambda: bench.sql(bench.primary, f"SELECT count(*) {slot} AND active") == "0", 30,
                  "the WAL stream's walsender to release its slot")
         bench.sql(bench.primary, f"SELECT pg_drop_replication_slot(slot_name) {slot}")
+        for received in Path(site.paths.wal_stream).iterdir():
+            received.unlink()
 
 
 def _mode(bench: Bench, mode: str, replicas: dict) -> None:
