@@ -128,7 +128,8 @@ def text(result: dict) -> str:
     if result.get("overhead", {}).get("tps"):
         parts += ["Protection overhead (pgbench)", table(OVERHEAD_HEADER, overhead_rows(result["overhead"]["tps"])), ""]
         if result["overhead"].get("cpu"):
-            parts += ["CPU of protection while pgbench ran (% of one core)", table(CPU_HEADER, cpu_rows(result["overhead"]["cpu"])), ""]
+            parts += ["CPU of protection while pgbench ran (% of one core)",
+                      table(CPU_HEADER, cpu_rows(result["overhead"]["cpu"])), ""]
     parts += ["Targets (issue 8)", table(["target", "measured", "result"], check_rows(all_checks(result)))]
     return "\n".join(parts) + "\n"
 

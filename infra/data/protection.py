@@ -191,8 +191,9 @@ def start_wal_stream(c, table, site: str, paths: HostPaths, primary_host: str, d
     postgres.psql(c, primary_host, db_port, f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
                   f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
     prefix = ["nice", "-n", str(nice)] if nice else []
-    table.start(f"receivewal-{site}", [*prefix, f"{postgres.BIN}/pg_receivewal", "-D", paths.wal_stream, "-h", primary_host,
-                                      "-p", str(db_port), "-U", "postgres", "-S", slot, "-w"], log, user="postgres")
+    argv = [f"{postgres.BIN}/pg_receivewal", "-D", paths.wal_stream, "-h", primary_host, "-p", str(db_port),
+            "-U", "postgres", "-S", slot, "-w"]
+    table.start(f"receivewal-{site}", [*prefix, *argv], log, user="postgres")
 
 
 def start_replica(c, primary_host: str, db_port: int, address: str, paths: HostPaths, name: str, log: str) -> None:
