@@ -195,7 +195,8 @@ def fence_site(run: Run, name: str) -> str:
     if config and not config.get("fenced"):
         run.cloud.write_app_config(site, run.spec, int(config.get("epoch", 0)), fenced=True)
     stopped = False
-    if postgres.is_running(run.c, site.paths.pgdata) and not _in_recovery(run, site):
+    # A running cluster that is not a standby is stopped, whether it answers or not.
+    if postgres.is_running(run.c, site.paths.pgdata) and _recovery_state(run, site) is not True:
         postgres.stop(run.c, site.paths.pgdata)
         run.cloud.processes.stop(f"pg-{name}")
         stopped = True
@@ -275,11 +276,12 @@ def take_writes(run: Run) -> dict:
             "recovered_to": None if recovered_to is None else float(recovered_to)}
 
 
-def _recovery_state(run: Run) -> bool | None:
-    """The target's pg_is_in_recovery(), or None when it does not answer (restarting at the end
-    of recovery, or not up yet). One in-process connection: a psql is a process start."""
+def _recovery_state(run: Run, site: LocalSite | None = None) -> bool | None:
+    """pg_is_in_recovery() of `site` (the target by default), or None when it does not answer
+    (restarting at the end of recovery, or not up). One in-process connection: a psql is a
+    process start."""
     try:
-        with psycopg.connect(dsn(run.site, run.spec), connect_timeout=2) as conn:
+        with psycopg.connect(dsn(site or run.site, run.spec), connect_timeout=2) as conn:
             return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
     except psycopg.Error:
         return None
@@ -459,11 +461,6 @@ def _streams_from(run: Run, name: str) -> bool:
     sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
     result = postgres.psql(run.c, run.site.address, run.port, sql, warn=True)
     return result.ok and result.stdout.strip() == "1"
-
-
-def _in_recovery(run: Run, site: LocalSite) -> bool:
-    result = postgres.psql(run.c, site.address, run.port, "SELECT pg_is_in_recovery()", warn=True)
-    return result.ok and result.stdout.strip() == "t"
 
 
 Step = tuple[str, Callable[[Run], dict]]
