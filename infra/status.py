@@ -36,14 +36,25 @@ def repository_reachable(c, inventory, name: str) -> bool:
 
 
 def replica_lag(c, primary: LocalSite, site: LocalSite, port: int) -> tuple[float | None, int | None]:
-    """Seconds behind (on the replica) and bytes behind (from the primary's view)."""
-    seconds = postgres.psql(c, site.address, port, LAG_SQL, warn=True)
-    lag_bytes = postgres.psql(c, primary.address, port,
-                              "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication "
-                              f"WHERE application_name = '{site.name}'", warn=True)
-    as_seconds = float(seconds.stdout.strip()) if seconds.ok and seconds.stdout.strip() else None
-    as_bytes = int(float(lag_bytes.stdout.strip())) if lag_bytes.ok and lag_bytes.stdout.strip() else None
-    return as_seconds, as_bytes
+    """Seconds and bytes the replica's replay is behind the primary, both read on the replica.
+
+    pg_stat_replication can be stale for an asynchronous replica, which does not report every
+    write (protection.replica_settings). The primary's position is read first, so a replica that
+    catches up meanwhile shows 0, not a negative lag.
+    """
+    seconds = _value(postgres.psql(c, site.address, port, LAG_SQL, warn=True), float)
+    current = _value(postgres.psql(c, primary.address, port, "SELECT pg_current_wal_lsn()", warn=True), str)
+    if current is None:
+        return seconds, None
+    behind = postgres.psql(c, site.address, port,
+                           f"SELECT greatest(0, pg_wal_lsn_diff('{current}', pg_last_wal_replay_lsn()))::bigint", warn=True)
+    return seconds, _value(behind, int)
+
+
+def _value(result, cast):
+    """A one-value query's answer as `cast`, or None when it failed or returned nothing."""
+    text = result.stdout.strip() if result.ok else ""
+    return cast(text) if text else None
 
 
 def repository(c, config: str, index: int, inventory, name: str) -> dict:

@@ -169,6 +169,12 @@ def test_protection_cpu_is_attributed_to_walsender_archiver_and_replica():
                                                           "wal_stream": 0.0}
 
 
+def test_pgbench_modes_alternate_direction_so_drift_falls_on_every_mode_alike():
+    modes = ["off", "archive", "async"]
+    assert [overhead.run_order(modes, n) for n in (1, 2, 3)] == [modes, modes[::-1], modes]
+    assert modes == ["off", "archive", "async"]  # the caller's list is left as it was
+
+
 def test_pgbench_tps_is_parsed_without_connection_time():
     output = "number of transactions actually processed: 9000\ntps = 449.9 (without initial connection time)\n"
     assert overhead.parse_tps(output) == 449.9

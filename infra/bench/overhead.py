@@ -80,7 +80,8 @@ def _stop_stream(bench: Bench, site) -> None:
 
 def _mode(bench: Bench, mode: str, replicas: dict) -> None:
     """Stops both replicas (and the WAL stream), restarts the primary with the mode's settings,
-    starts the mode's replica (and stream)."""
+    starts the mode's replica (configured as protection configures a replica of that mode)
+    and stream."""
     primary = bench.primary
     if "isolated" in replicas:
         _stop_stream(bench, replicas["isolated"])
@@ -93,9 +94,11 @@ def _mode(bench: Bench, mode: str, replicas: dict) -> None:
     if mode == "archive":
         bench.restart(primary, bench.settings(primary))
         return
-    isolated = mode.endswith("_isolated")
+    isolated, synchronous = mode.endswith("_isolated"), mode.startswith("sync")
     replica = replicas["isolated" if isolated else "shared"]
-    bench.restart(primary, bench.settings(primary, sync_standby=replica.name if mode.startswith("sync") else None))
+    bench.restart(primary, bench.settings(primary, sync_standby=replica.name if synchronous else None))
+    postgres.configure(bench.c, replica.paths.pgdata,
+                       protection.replica_settings(replica.address, bench.port, replica.paths, synchronous), protection.HBA)
     postgres.start(bench.c, replica.paths.pgdata, str(replica.logs / "postgresql.log"), nice=19 if isolated else 0)
     wait_for(lambda: _streaming(bench, replica.name), 60, f"{replica.name} to stream")
     if "_stream" in mode:
@@ -193,8 +196,11 @@ def measure(bench: Bench, runs: int, progress, scale: int = 10, clients: int = 4
         modes = [m for m in MODES if "isolated" in replicas or not m.endswith("_isolated")]
         tps: dict[str, list[float]] = {m: [] for m in modes}
         cpu: dict[str, list[dict]] = {m: [] for m in modes}
+        _mode(bench, modes[0], replicas)
+        progress(f"pgbench warm-up ({seconds} s, not counted)")
+        pgbench(bench, clients, threads, seconds)
         for number in range(1, runs + 1):
-            for mode in modes:
+            for mode in run_order(modes, number):
                 _mode(bench, mode, replicas)
                 bench.sql(primary, "CHECKPOINT")
                 time.sleep(1)
@@ -212,6 +218,14 @@ def measure(bench: Bench, runs: int, progress, scale: int = 10, clients: int = 4
         shutil.rmtree(stream_memory, ignore_errors=True)
     return {"scale": scale, "clients": clients, "threads": threads, "seconds": seconds, "tps": tps, "cpu": cpu,
             "isolated_skipped": skipped}
+
+
+def run_order(modes: list[str], number: int) -> list[str]:
+    """The modes in the order repetition `number` (from 1) runs them: forward, then backward.
+
+    The machine's speed drifts over minutes (measured: `off` at 1351, 1618 and 1940 tps in three
+    repetitions), so a fixed order would favour the modes that come last."""
+    return list(modes) if number % 2 else list(reversed(modes))
 
 
 def _running_replica(mode: str, replicas: dict):

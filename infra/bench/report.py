@@ -184,8 +184,11 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
         o = result["overhead"]
         lines += ["## Overhead of protection on the primary", "",
                   (f"`pgbench -i -s {o['scale']}`, then `pgbench -c {o['clients']} -j {o['threads']} -T {o['seconds']}` "
-                   "against the primary's address, the settings interleaved per repetition (the same cluster "
-                   "restarted with archive_mode and synchronous_standby_names changed). On one machine a replica "
+                   "against the primary's address after one uncounted warm-up run, the settings interleaved per "
+                   "repetition, forward in odd and backward in even ones so a drift of the machine's speed falls on "
+                   "every mode alike (the same cluster restarted with archive_mode and synchronous_standby_names "
+                   "changed, each replica configured as protection configures one of its mode: an asynchronous one "
+                   "does not report its position after every write). On one machine a replica "
                    "shares the primary's disk and CPUs, which a standby at another site does not: the isolated rows "
                    "run it with its data directory on tmpfs and at nice 19, the closest this machine gets to a "
                    "second host, and the 10% target is checked against them. The shared rows are the worst case. "

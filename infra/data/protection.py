@@ -63,8 +63,11 @@ def pg_settings(address: str, port: int, paths: HostPaths, sync_standby: str | N
         "hot_standby": "on",
         "archive_mode": "on",
         "archive_command": archive_command(paths),
-        # A segment switch at least every 2 s bounds how old the newest archived WAL can be.
-        "archive_timeout": "2",
+        # A forced segment switch pads the segment to 16 MB, and the padding is written, streamed
+        # to every replica and archived like WAL: at 2 s it was 8 MB/s of WAL under pgbench for
+        # 1.5 MB/s of changes. The replica and the pilot-light's WAL stream bound what a failover
+        # loses; the archive is the fallback behind them, at most this old.
+        "archive_timeout": "30",
         "restore_command": restore_command(paths),
         "synchronous_standby_names": f'"{sync_standby}"' if sync_standby else "",
         "max_connections": "60",
@@ -196,9 +199,27 @@ def start_wal_stream(c, table, site: str, paths: HostPaths, primary_host: str, d
     table.start(f"receivewal-{site}", [*prefix, *argv], log, user="postgres")
 
 
-def start_replica(c, primary_host: str, db_port: int, address: str, paths: HostPaths, name: str, log: str) -> None:
-    """A streaming replica of the primary (pg_basebackup -R), started with the site's own settings."""
+def replica_settings(address: str, port: int, paths: HostPaths, synchronous: bool) -> dict[str, str]:
+    """A replica's settings: the site's own, and no per-write replies when asynchronous.
+
+    A walreceiver reports its positions to the primary after every write and every flush of
+    what it receives, and each report wakes the primary's walsender again. Only a synchronous
+    standby needs them, to release the commits that wait for it. With 0 an asynchronous one
+    reports only when its replay has caught up and when the walsender asks (wal_sender_timeout / 2),
+    so lag is read on the replica (infra.status), not from pg_stat_replication.
+    """
+    settings = pg_settings(address, port, paths)
+    if not synchronous:
+        settings["wal_receiver_status_interval"] = "0"
+    return settings
+
+
+def start_replica(c, primary_host: str, db_port: int, address: str, paths: HostPaths, name: str, log: str,
+                  synchronous: bool = True) -> None:
+    """A streaming replica of the primary (pg_basebackup -R), started with the site's own settings.
+
+    `synchronous`: whether the primary may wait for it (see replica_settings)."""
     host_run(c, ["rm", "-f", paths.archive_off])  # left behind by a promotion that never finished
     postgres.clone_replica(c, paths.pgdata, primary_host, db_port, name)
-    postgres.configure(c, paths.pgdata, pg_settings(address, db_port, paths), HBA)
+    postgres.configure(c, paths.pgdata, replica_settings(address, db_port, paths, synchronous), HBA)
     postgres.start(c, paths.pgdata, log)

@@ -112,8 +112,9 @@ def reseed(run: Run) -> dict:
     run.cloud.processes.stop(f"pg-{site.name}")
     # Its old data diverged at the cut-off (and may hold writes nobody acknowledged): never reuse it.
     host_run(run.c, ["rm", "-rf", site.paths.pgdata])
+    # Synchronous whatever the spec says: the switchover makes it the primary's synchronous standby.
     protection.start_replica(run.c, primary.address, run.port, site.address, site.paths, site.name,
-                             str(site.logs / "postgresql.log"))
+                             str(site.logs / "postgresql.log"), synchronous=True)
     record_postmaster(run.cloud, site)
     wait_for(lambda: _streaming(run), 120, f"{site.name} to stream from {run.source}")
     clone_seconds = round(time.monotonic() - started, 3)

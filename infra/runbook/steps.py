@@ -451,7 +451,7 @@ def reclone(run: Run, other: LocalSite) -> str:
     run.cloud.processes.stop(f"pg-{other.name}")
     host_run(run.c, ["rm", "-rf", other.paths.pgdata])
     protection.start_replica(run.c, run.site.address, run.port, other.address, other.paths, other.name,
-                             str(other.logs / "postgresql.log"))
+                             str(other.logs / "postgresql.log"), run.spec.database.replication == "sync")
     record_postmaster(run.cloud, other)
     wait_for(lambda: _streams_from(run, other.name), 60, f"{other.name} to stream from {run.target}")
     return f"{other.name}: re-cloned, streaming"

@@ -161,7 +161,7 @@ def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, 
     for site in warm:
         progress(f"starting the warm replica {site.name} on {site.address}")
         protection.start_replica(c, primary.address, spec.database.port, site.address, site.paths, site.name,
-                                 str(site.logs / "postgresql.log"))
+                                 str(site.logs / "postgresql.log"), spec.database.replication == "sync")
         record_postmaster(cloud, site)
         wait_for(lambda: _streaming(c, primary, spec, site.name), 60, f"{site.name} to stream from {primary.name}")
     if warm and spec.database.replication == "sync":
