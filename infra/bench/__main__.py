@@ -141,8 +141,10 @@ def notes(result: dict) -> list[str]:
                "processes: that is how it can beat the plain copy, and with a spread near 100% on cp -a a ratio "
                "above 1 means 'about the copy's speed' rather than 'faster than the disk'.")
               for m in result.get("restore", []) if m.get("restored_bytes")][-1:]
-    lines.append("pgbench runs of 20 s vary by 5-15% between repetitions (see the per-run tps): the overhead "
-                 "percentages are medians and differ by a few points from run to run.")
+    lines.append("pgbench runs of 20 s vary by 5-15% between repetitions (see the per-run tps), the modes with a "
+                 "niced replica most: the overhead percentages are medians and differ by several points from run to "
+                 "run. A negative cost means that mode's median beat `off`; protection does not speed the primary "
+                 "up, so read it as that row's noise.")
     if any(m.get("cache_note") for m in result.get("restore", [])):
         lines.append("Dropping the page cache failed during the run: " + result["restore"][0]["cache_note"])
     broken = [d for d in result.get("drills", []) if d["result"] == "error"]

@@ -184,7 +184,9 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
         o = result["overhead"]
         lines += ["## Overhead of protection on the primary", "",
                   (f"`pgbench -i -s {o['scale']}`, then `pgbench -c {o['clients']} -j {o['threads']} -T {o['seconds']}` "
-                   "against the primary's address after one uncounted warm-up run, the settings interleaved per "
+                   "against the primary's address after one uncounted warm-up run, each run started from a VACUUM "
+                   "and a CHECKPOINT (autovacuum is off on pgbench's tables, so it cannot fall into some runs and "
+                   "not others), the settings interleaved per "
                    "repetition, forward in odd and backward in even ones so a drift of the machine's speed falls on "
                    "every mode alike (the same cluster restarted with archive_mode and synchronous_standby_names "
                    "changed, each replica configured as protection configures one of its mode: an asynchronous one "
