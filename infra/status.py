@@ -15,10 +15,8 @@ from infra.sites.local import LocalCloud, LocalSite
 from playbooks import media, pgbackrest, postgres
 from playbooks.host import run
 
-LAG_SQL = (
-    "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-    "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
-)
+LAG_SECONDS = ("CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+               "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END")
 
 
 def db_reachable(c, site: LocalSite, port: int) -> bool:
@@ -38,23 +36,18 @@ def repository_reachable(c, inventory, name: str) -> bool:
 def replica_lag(c, primary: LocalSite, site: LocalSite, port: int) -> tuple[float | None, int | None]:
     """Seconds and bytes the replica's replay is behind the primary, both read on the replica.
 
-    pg_stat_replication can be stale for an asynchronous replica, which does not report every
-    write (protection.replica_settings). The primary's position is read first, so a replica that
-    catches up meanwhile shows 0, not a negative lag.
+    pg_stat_replication lags for an asynchronous replica, which does not report every write
+    (protection.replica_settings). The primary's position is read first, so a replica that
+    catches up meanwhile shows 0, not a negative lag; with the primary unreachable, bytes are None.
     """
-    seconds = _value(postgres.psql(c, site.address, port, LAG_SQL, warn=True), float)
-    current = _value(postgres.psql(c, primary.address, port, "SELECT pg_current_wal_lsn()", warn=True), str)
-    if current is None:
-        return seconds, None
-    behind = postgres.psql(c, site.address, port,
-                           f"SELECT greatest(0, pg_wal_lsn_diff('{current}', pg_last_wal_replay_lsn()))::bigint", warn=True)
-    return seconds, _value(behind, int)
-
-
-def _value(result, cast):
-    """A one-value query's answer as `cast`, or None when it failed or returned nothing."""
-    text = result.stdout.strip() if result.ok else ""
-    return cast(text) if text else None
+    current = postgres.psql(c, primary.address, port, "SELECT pg_current_wal_lsn()", warn=True)
+    lsn = current.stdout.strip() if current.ok else ""
+    behind = f"greatest(0, pg_wal_lsn_diff('{lsn}', pg_last_wal_replay_lsn()))::bigint" if lsn else "NULL"
+    result = postgres.psql(c, site.address, port, f"SELECT {LAG_SECONDS}, {behind}", warn=True)
+    if not result.ok or "|" not in result.stdout:
+        return None, None
+    seconds, lag_bytes = result.stdout.strip().split("|")
+    return (float(seconds) if seconds else None), (int(lag_bytes) if lag_bytes else None)
 
 
 def repository(c, config: str, index: int, inventory, name: str) -> dict:

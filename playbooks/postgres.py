@@ -76,6 +76,13 @@ def psql(c, host: str, port: int, sql: str, db: str = "postgres", warn: bool = F
     return run(c, argv, warn=warn, timeout=120)
 
 
+def streaming(c, host: str, port: int, name: str) -> bool:
+    """Whether the cluster at host:port streams WAL to the receiver that calls itself `name`."""
+    sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
+    result = psql(c, host, port, sql, warn=True)
+    return result.ok and result.stdout.strip() == "1"
+
+
 def in_recovery(c, host: str, port: int) -> bool:
     return psql(c, host, port, "SELECT pg_is_in_recovery()").stdout.strip() == "t"
 

@@ -16,6 +16,7 @@ from infra import status
 from infra.data import protection
 from infra.sites.bringup import _dirs
 from infra.sites.local import LocalSite
+from infra.sites.processes import wait_for
 from playbooks import postgres
 from tests.conftest import service_dir
 
@@ -57,18 +58,6 @@ def _write(c, primary: LocalSite) -> str:
     return _sql(c, primary, "SELECT pg_current_wal_lsn()")
 
 
-def _wait(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def _streaming(c, primary: LocalSite, name: str) -> bool:
-    sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
-    return _sql(c, primary, sql) == "1"
-
-
 def _reported_flush_reached(c, primary: LocalSite, name: str, lsn: str) -> bool:
     sql = f"SELECT flush_lsn >= '{lsn}'::pg_lsn FROM pg_stat_replication WHERE application_name = '{name}'"
     return _sql(c, primary, sql) == "t"
@@ -79,11 +68,12 @@ def _received_while_paused(c, primary: LocalSite, replica: LocalSite) -> str:
 
     While replay is paused, only the walreceiver's own replies could tell the primary (a
     replica whose replay catches up also reports once before it waits for more WAL)."""
-    _wait(lambda: _streaming(c, primary, replica.name))
+    wait_for(lambda: postgres.streaming(c, primary.address, PORT, replica.name), 10, f"{replica.name} to stream")
     _sql(c, replica, "SELECT pg_wal_replay_pause()")
-    _wait(lambda: _sql(c, replica, "SELECT pg_get_wal_replay_pause_state()") == "paused")
+    wait_for(lambda: _sql(c, replica, "SELECT pg_get_wal_replay_pause_state()") == "paused", 10, "replay to pause")
     lsn = _write(c, primary)
-    _wait(lambda: _sql(c, replica, f"SELECT pg_last_wal_receive_lsn() >= '{lsn}'::pg_lsn") == "t")
+    wait_for(lambda: _sql(c, replica, f"SELECT pg_last_wal_receive_lsn() >= '{lsn}'::pg_lsn") == "t", 10,
+             f"{replica.name} to receive {lsn}")
     time.sleep(0.5)
     return lsn
 
@@ -96,7 +86,7 @@ def test_async_replica_sends_no_reply_per_write_and_its_lag_is_still_measured(pr
         assert not _reported_flush_reached(c, site, "gcp", lsn)
         assert status.replica_lag(c, site, replica, PORT)[1] > 0
         _sql(c, replica, "SELECT pg_wal_replay_resume()")
-        _wait(lambda: status.replica_lag(c, site, replica, PORT)[1] == 0)
+        wait_for(lambda: status.replica_lag(c, site, replica, PORT)[1] == 0, 10, "the lag to reach 0")
     finally:
         postgres.stop(c, replica.paths.pgdata, "immediate", warn=True)
 

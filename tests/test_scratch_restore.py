@@ -46,8 +46,7 @@ def replica_streams(cloud, name: str) -> bool:
     from playbooks import postgres
 
     primary = cloud.site(cloud.inventory().active)
-    sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
-    return postgres.psql(Context(), primary.address, 15432, sql).stdout.strip() == "1"
+    return postgres.streaming(Context(), primary.address, 15432, name)
 
 
 def test_scratch_restore_verifies_and_leaves_the_warm_site_as_it_was(cloud):

@@ -48,8 +48,7 @@ TMPFS_NEEDED = 3 << 30
 
 
 def _streaming(bench: Bench, name: str) -> bool:
-    sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
-    return bench.sql(bench.primary, sql) == "1"
+    return postgres.streaming(bench.c, bench.primary.address, bench.port, name)
 
 
 def tmpfs_problem() -> str | None:
@@ -179,8 +178,9 @@ def measure(bench: Bench, runs: int, progress, scale: int = 10, clients: int = 4
     bench.sql(primary, f"CREATE DATABASE {DB}")
     run(bench.c, [f"{postgres.BIN}/pgbench", "-i", "-q", "-s", str(scale), "-h", primary.address, "-p", str(bench.port),
                   "-U", "postgres", DB], timeout=600)
-    # Autovacuum would vacuum pgbench_accounts in whichever run crosses its threshold (about one
-    # run in six) and take that run's CPU and WAL; every run starts from a VACUUM instead.
+    # Autovacuum would vacuum pgbench_accounts in whichever run crosses its threshold (20% of 1M
+    # rows dead: about every sixth run at ~34k updates each) and take that run's CPU and WAL;
+    # every run starts from a VACUUM instead.
     for table in PGBENCH_TABLES:
         bench.sql(primary, f"ALTER TABLE {table} SET (autovacuum_enabled = off)", DB)
     bench.sql(primary, "CHECKPOINT")

@@ -458,9 +458,7 @@ def reclone(run: Run, other: LocalSite) -> str:
 
 
 def _streams_from(run: Run, name: str) -> bool:
-    sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
-    result = postgres.psql(run.c, run.site.address, run.port, sql, warn=True)
-    return result.ok and result.stdout.strip() == "1"
+    return postgres.streaming(run.c, run.site.address, run.port, name)
 
 
 Step = tuple[str, Callable[[Run], dict]]

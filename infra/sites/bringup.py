@@ -163,7 +163,7 @@ def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, 
         protection.start_replica(c, primary.address, spec.database.port, site.address, site.paths, site.name,
                                  str(site.logs / "postgresql.log"), spec.database.replication == "sync")
         record_postmaster(cloud, site)
-        wait_for(lambda: _streaming(c, primary, spec, site.name), 60, f"{site.name} to stream from {primary.name}")
+        wait_for(lambda: postgres.streaming(c, primary.address, spec.database.port, site.name), 60, f"{site.name} to stream from {primary.name}")
     if warm and spec.database.replication == "sync":
         start_primary(c, cloud, primary, spec, warm[0].name)
 
@@ -189,11 +189,6 @@ def start_dns(cloud: LocalCloud, spec: Spec, inventory: Inventory, prefix: str, 
         details = "; ".join(f"{r.name}: {r.error}" for r in results if r.name in failed(results))
         raise FailoverError(f"DNS for {inventory.active} failed at {details}")
     return [{"name": r.name, "status": r.status} for r in results]
-
-
-def _streaming(c, primary: LocalSite, spec: Spec, name: str) -> bool:
-    sql = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
-    return postgres.psql(c, primary.address, spec.database.port, sql).stdout.strip() == "1"
 
 
 def _fail_on(results, what: str) -> None:
