@@ -22,8 +22,9 @@ PREFIX = "127.0.40"
 AWS, GCP, AZURE = f"{PREFIX}.1", f"{PREFIX}.2", f"{PREFIX}.3"
 PORT = APP_PORT
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
-                                reason="needs root (runuser) and PostgreSQL 15")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
+                                 reason="needs root (runuser) and PostgreSQL 15")]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from infra.dns.local import DEFAULT_PORT
 from infra.sites import bringup
 from infra.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "127.0.62"
 
 

@@ -22,8 +22,9 @@ from tests.conftest import failover, service_dir
 
 PREFIX = "127.0.41"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
-                                reason="needs root (runuser) and PostgreSQL 15")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
+                                 reason="needs root (runuser) and PostgreSQL 15")]
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "pulumi"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "pulumi"))
 from mock_run import run_stacks  # noqa: E402
 
 from infra.clouds import base  # noqa: E402
 from infra.sites.contract import EXPORTED_KEYS, SiteOutputs  # noqa: E402
 from infra.spec import load_spec  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec(ROOT / "Pulumi.yaml")
 STACKS = [site.name for site in SPEC.sites]
 EXPECTED_TYPES = {

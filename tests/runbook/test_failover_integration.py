@@ -29,14 +29,15 @@ from infra.runbook import steps as steps_mod
 from tests.appclient import APP_PORT, dns, health, post, resolve
 from tests.conftest import FAILOVER
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "127.0.41"
 GCP, AWS, AZURE = f"{PREFIX}.2", f"{PREFIX}.1", f"{PREFIX}.3"
 PORT = APP_PORT
 DB_PORT = 15432
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
-                                reason="needs root (runuser) and PostgreSQL 15")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
+                                 reason="needs root (runuser) and PostgreSQL 15")]
 
 def failover(workdir: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([*FAILOVER, *args], cwd=ROOT, capture_output=True, text=True,
