@@ -16,7 +16,8 @@ import typer
 from invoke.exceptions import UnexpectedExit
 from rich.console import Console
 
-from infra import secrets
+from infra import events, secrets
+from infra.errors import FailoverError  # noqa: F401  (re-exported: CLI modules raise it too)
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console(stderr=True, highlight=False)
@@ -33,13 +34,17 @@ ProjectFile = Annotated[Path, typer.Option(
 DEFAULT_PROJECT = ROOT / "Pulumi.yaml"
 
 
-class FailoverError(RuntimeError):
-    """An expected failure with a message that says what failed and what to do."""
-
-
 def progress(message: str) -> None:
     """One line of progress on stderr, so stdout stays clean for --json."""
     console.print(f"[cyan]•[/cyan] {message}")
+
+
+def render_event(event: events.Event) -> None:
+    """What the domain code emits (infra.events), on stderr with secrets redacted."""
+    if event.kind == events.WARNING:
+        console.print(f"[yellow]warning:[/yellow] {secrets.redact(event.message)}")
+    else:
+        console.print(f"{event.kind}: {secrets.redact(event.message)}")
 
 
 def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
@@ -51,13 +56,15 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 
 
 def command(fn: Callable) -> Callable:
-    """Turns expected errors into one clear line on stderr and exit code 2, secrets redacted."""
+    """Turns expected errors into one clear line on stderr and exit code 2, secrets redacted;
+    the domain code's events (warnings) are rendered on stderr while the command runs."""
     from infra.spec import SpecError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with events.subscribed(render_event):
+                return fn(*args, **kwargs)
         except (FailoverError, SpecError, secrets.MissingSecret, FileNotFoundError, KeyError, TimeoutError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             console.print(f"[red]error:[/red] {secrets.redact(str(message))}", markup=True, soft_wrap=True)

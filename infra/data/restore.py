@@ -16,7 +16,7 @@ import psycopg
 
 from invoke import Context
 
-from infra.cliutil import FailoverError
+from infra.errors import FailoverError
 from infra.data import integrity, protection
 from infra.data import media as media_config
 from infra.sites.bringup import dsn, record_postmaster

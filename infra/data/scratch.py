@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.cliutil import FailoverError
+from infra.errors import FailoverError
 from infra.data import integrity, protection
 from infra.data import media as media_config
 from infra.data.pgbackrest import HostPaths

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from infra.errors import FailoverError
 from infra.drill import measure
 from infra.drill.canary import Canary, Write, dns_servers, read_back
 from infra.sites.local import LocalCloud
@@ -47,8 +48,6 @@ def selected(name: str) -> list[Scenario]:
     if name == "all":
         return list(SCENARIOS.values())
     if name not in SCENARIOS:
-        from infra.cliutil import FailoverError
-
         raise FailoverError(f"--scenario {name!r} must be one of: {', '.join(SCENARIOS)}, all")
     return [SCENARIOS[name]]
 

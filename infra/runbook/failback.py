@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 
-from infra.cliutil import FailoverError
+from infra.errors import FailoverError
 from infra.data import media as media_config
 from infra.data import protection
 from infra.runbook import steps

@@ -18,7 +18,7 @@ from typing import Callable
 
 from invoke import Context
 
-from infra.cliutil import FailoverError
+from infra.errors import FailoverError
 from infra.runbook import steps as steps_mod
 from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore
 from infra.sites.local import LocalCloud

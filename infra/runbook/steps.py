@@ -28,8 +28,8 @@ from typing import Callable
 
 import psycopg
 
-from infra import secrets
-from infra.cliutil import FailoverError
+from infra import events, secrets
+from infra.errors import FailoverError
 from infra.data import protection
 from infra.data import media as media_config
 from infra.sites.bringup import dsn, record_postmaster
@@ -338,7 +338,7 @@ def prepare_dns(run: Run) -> dict:
     results = plan_site(run.inventory, run.target, config.providers, config.zone, config.names, config.ttl)
     for name in failed(results):
         error = next(r.error for r in results if r.name == name)
-        run_warning(f"DNS provider {name} cannot be planned ({error}); `shift_dns` tries it again")
+        events.warn(f"DNS provider {name} cannot be planned ({error}); `shift_dns` tries it again")
     return {"providers": {r.name: r.status for r in results},
             "changes": {r.name: r.changes for r in results if r.changes}}
 
@@ -375,14 +375,8 @@ def _at_least_one(results, failed_names: list[str], what: str, errors: dict[str,
     if results and len(failed_names) == len(results):
         raise FailoverError(f"{what} failed at every provider: " + "; ".join(f"{n}: {e}" for n, e in errors.items()))
     for name, error in errors.items():
-        run_warning(f"{what}: provider {name} failed ({error}); the others serve it, rerun `failover dns apply` "
+        events.warn(f"{what}: provider {name} failed ({error}); the others serve it, rerun `failover dns apply` "
                     "when it is back")
-
-
-def run_warning(message: str) -> None:
-    from infra.cliutil import console
-
-    console.print(f"[yellow]warning:[/yellow] {secrets.redact(message)}")
 
 
 def protect_again(run: Run) -> dict:

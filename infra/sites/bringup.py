@@ -14,7 +14,7 @@ from typing import Callable
 from invoke import Context
 
 from infra.app import seed
-from infra.cliutil import FailoverError
+from infra.errors import FailoverError
 from infra.data import integrity, protection
 from infra.sites.contract import Inventory
 from infra.sites.local import LocalCloud, LocalSite, outputs, plan_sites

@@ -137,7 +137,7 @@ def test_scratch_restore_over_ssh_on_a_host_laid_out_like_a_vm(cloud, sshd, monk
 
 
 def test_an_unknown_host_key_stops_the_ssh_restore(cloud, sshd, monkeypatch, tmp_path):
-    from infra.cliutil import FailoverError
+    from infra.errors import FailoverError
 
     root, port = sshd
     (tmp_path / "known_hosts").write_text("")

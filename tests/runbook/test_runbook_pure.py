@@ -1,7 +1,7 @@
 """The runbook's decisions and its journal, tested with data (no processes)."""
 import pytest
 
-from infra.cliutil import FailoverError
+from infra.errors import FailoverError
 from infra.runbook import steps
 from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore
 from infra.spec import DnsProvider

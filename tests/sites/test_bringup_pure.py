@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.cliutil import FailoverError
+from infra.errors import FailoverError
 from infra.dns.local import DEFAULT_PORT
 from infra.sites import bringup
 from infra.spec import load_spec
