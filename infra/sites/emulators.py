@@ -1,11 +1,11 @@
 """Emulated cloud object stores for the local cloud: S3 (moto behind stunnel), GCS (fake-gcs-server), Azure (Azurite).
 
-Each emulator serves one site on 127.0.0.1 over TLS with a test CA that this module creates,
+Each emulator serves one site on 127.0.0.1 (or another loopback address) over TLS with a test CA that this module creates,
 because pgBackRest only speaks TLS to object stores and matches host names, not addresses,
 in certificates (so clients use `localhost`). Every server is started through the
 ProcessTable of the work directory and stopped by its PID. The layout is:
 
-    <workdir>/emulators/tls/            ca.crt, ca.key, server.crt, server.key
+    <workdir>/emulators/tls/            ca.crt, ca.key, server.crt, server.key (server-<address>.* per other address)
     <workdir>/emulators/<site>/         the emulator's data, logs and secrets.json (mode 600)
 
 A site's Repository and MediaRemote hold only env/NAME references for credentials;
@@ -28,17 +28,18 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from infra.sites.contract import MediaRemote, Repository
 from infra.sites.processes import ProcessTable, wait_for
 
-KINDS = ("s3", "gcs", "azure")
 BASE_PORT = 19000
 PORTS_PER_SITE = 10
 REPO_PATH = "/pgbackrest"
 MEDIA_PATH = "media"
 REGION = "us-east-1"
 AZURE_ACCOUNT = "failover"
+LOOPBACK = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".failover-tools"
 
@@ -75,8 +76,13 @@ def ensure_ca(directory: Path, name: str = "failover test CA") -> tuple[Path, Pa
     return crt, key_file
 
 
-def ensure_tls(directory: Path) -> Tls:
-    """The test CA plus a server certificate for `localhost` (and 127.0.0.1); idempotent."""
+def ensure_tls(directory: Path, host: str | None = None) -> Tls:
+    """The test CA plus a server certificate for `localhost` (and 127.0.0.1); idempotent.
+
+    With `host` (another loopback address) the certificate is `server-<host>.crt`, naming
+    that address only, as both common name and IP subjectAltName: pgBackRest matches the
+    common name when a certificate has no DNS names, other clients match the IP.
+    """
     import ipaddress
 
     from cryptography import x509
@@ -86,15 +92,19 @@ def ensure_tls(directory: Path) -> Tls:
 
     directory = _public_dir(Path(directory))
     ca_crt, ca_key_file = ensure_ca(directory)
-    tls = Tls(ca_crt, directory / "server.crt", directory / "server.key")
+    stem = f"server-{host}" if host else "server"
+    tls = Tls(ca_crt, directory / f"{stem}.crt", directory / f"{stem}.key")
     if tls.cert.exists() and tls.key.exists():
         return tls
     ca = x509.load_pem_x509_certificate(ca_crt.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
-    names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), ca.subject, key.public_key())
-            .add_extension(names, critical=False)
+    if host:
+        common_name, names = host, [x509.IPAddress(ipaddress.ip_address(host))]
+    else:
+        common_name, names = "localhost", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
+    cert = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), ca.subject, key.public_key())
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     _write(tls.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
@@ -130,12 +140,22 @@ def _public_dir(path: Path) -> Path:
 
 @dataclass(frozen=True)
 class Emulator:
-    """The emulated object store of one site: which API, where it listens, and its bucket."""
+    """The emulated object store of one site: which API, where it listens, and its bucket.
 
-    kind: str
+    Subclasses (one per storage type) set `kind` and `secret_names` and fill the hooks:
+    `_repository_options` and `_media` (the site's outputs), `_start` (the processes) and
+    `_setup` (the bucket and the credentials it accepts). `host` is the address it listens
+    on: 127.0.0.1 is reached as `localhost` (the certificate's DNS name, which pgBackRest
+    needs); any other loopback address is reached by its IP, with a certificate naming it.
+    """
+
+    kind: ClassVar[str]
+    secret_names: ClassVar[tuple[str, ...]]
+
     site: str
     workdir: Path
     port: int
+    host: str = LOOPBACK
 
     @property
     def root(self) -> Path:
@@ -162,57 +182,61 @@ class Emulator:
     def env_prefix(self) -> str:
         return "FAILOVER_EMULATED_" + re.sub(r"[^A-Z0-9]", "_", self.site.upper())
 
+    @property
+    def endpoint_host(self) -> str:
+        return "localhost" if self.host == LOOPBACK else self.host
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.endpoint_host}:{self.port}"
+
+    def tls(self) -> Tls:
+        return ensure_tls(self.tls_dir, None if self.host == LOOPBACK else self.host)
+
     def refs(self) -> dict[str, str]:
         """Secret name -> env variable holding it."""
-        names = {"s3": ("S3_KEY", "S3_KEY_SECRET"), "gcs": ("GCS_TOKEN",),
-                 "azure": ("AZURE_KEY", "AZURE_SAS_URL")}[self.kind]
-        return {name.lower(): f"{self.env_prefix}_{name}" for name in names}
+        return {name.lower(): f"{self.env_prefix}_{name}" for name in self.secret_names}
+
+    def _ref(self) -> dict[str, str]:
+        return {k: f"env/{v}" for k, v in self.refs().items()}
 
     def repository(self) -> Repository:
         ca = str(self.tls_dir / "ca.crt")
-        ref = {k: f"env/{v}" for k, v in self.refs().items()}
-        options = {
-            "s3": {"s3-bucket": self.bucket, "s3-endpoint": "localhost", "storage-port": str(self.port),
-                   "s3-region": REGION, "s3-uri-style": "path", "s3-key": ref.get("s3_key"),
-                   "s3-key-secret": ref.get("s3_key_secret")},
-            # The port belongs inside the GCS endpoint; 1GiB chunks avoid the emulator's resumable uploads.
-            "gcs": {"gcs-bucket": self.bucket, "gcs-endpoint": f"localhost:{self.port}", "gcs-key-type": "token",
-                    "gcs-key": ref.get("gcs_token"), "storage-upload-chunk-size": "1GiB"},
-            "azure": {"azure-account": AZURE_ACCOUNT, "azure-container": self.bucket, "azure-key": ref.get("azure_key"),
-                      "azure-endpoint": "localhost", "storage-port": str(self.port), "azure-uri-style": "path"},
-        }[self.kind]
+        options = self._repository_options(self._ref())
         return Repository(type=self.kind, options={**options, "path": REPO_PATH, "storage-ca-file": ca})
 
     def media_remote(self) -> MediaRemote:
         """An rclone remote of the same store; rclone gets the CA from RCLONE_CA_CERT (emulator_env)."""
-        ref = {k: f"env/{v}" for k, v in self.refs().items()}
-        url = f"https://localhost:{self.port}"
-        type_, options = {
-            "s3": ("s3", {"provider": "Other", "endpoint": url, "region": REGION, "force_path_style": "true",
-                          "access_key_id": ref.get("s3_key"), "secret_access_key": ref.get("s3_key_secret")}),
-            # fake-gcs-server checks no credentials: rclone goes anonymous, pgBackRest sends a token.
-            "gcs": ("google cloud storage", {"endpoint": f"{url}/storage/v1/", "anonymous": "true",
-                                             "project_number": "1234"}),
-            # rclone 1.60 takes `endpoint` as a DNS suffix (account.suffix) and its emulator mode only
-            # knows the well-known account, so media goes through an account SAS URL (as on Azure).
-            "azure": ("azureblob", {"sas_url": ref.get("azure_sas_url")}),
-        }[self.kind]
+        type_, options = self._media(self._ref())
         return MediaRemote(type=type_, options=options, path=f"{self.bucket}/{MEDIA_PATH}")
+
+    def _repository_options(self, ref: dict[str, str]) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _media(self, ref: dict[str, str]) -> tuple[str, dict[str, str]]:
+        raise NotImplementedError
+
+    def _start(self, table: ProcessTable, tls: Tls) -> None:
+        raise NotImplementedError
+
+    def _setup(self, tls: Tls) -> None:
+        raise NotImplementedError
 
     # -- lifecycle --
 
     def start(self, timeout: float = 60) -> None:
         """Starts the emulator unless it runs, and creates its bucket; idempotent."""
-        tls = ensure_tls(self.tls_dir)
+        tls = self.tls()
         self.root.mkdir(parents=True, exist_ok=True)
         table = ProcessTable(self.workdir)
         fresh = not table.running(self.process)
-        {"s3": self._start_s3, "gcs": self._start_gcs, "azure": self._start_azure}[self.kind](table, tls)
-        wait_for(lambda: _listening(self.port), timeout, f"the {self.kind} emulator of site {self.site} on port {self.port}")
+        self._start(table, tls)
+        wait_for(lambda: _listening(self.host, self.port), timeout,
+                 f"the {self.kind} emulator of site {self.site} on {self.host}:{self.port}")
         if fresh or not self.secrets_file.exists():
             errors: list[str] = []
             try:
-                wait_for(lambda: self._setup(tls, errors), timeout, f"the {self.kind} emulator of site {self.site} "
+                wait_for(lambda: self._try_setup(tls, errors), timeout, f"the {self.kind} emulator of site {self.site} "
                          f"to create bucket {self.bucket}", interval=0.3)
             except TimeoutError as error:
                 raise TimeoutError(f"{error}: {errors[-1] if errors else ''} (log: {self.root})") from None
@@ -239,37 +263,52 @@ class Emulator:
         named = {self.refs()[k]: v for k, v in values.items()}
         _write(self.secrets_file, json.dumps(named).encode(), 0o600)
 
-    def _setup(self, tls: Tls, errors: list[str]) -> bool:
+    def _try_setup(self, tls: Tls, errors: list[str]) -> bool:
         try:
-            {"s3": self._setup_s3, "gcs": self._setup_gcs, "azure": self._setup_azure}[self.kind](tls)
+            self._setup(tls)
             return True
         except Exception as error:  # noqa: BLE001 - retried until the timeout, then reported
             errors.append(f"{type(error).__name__}: {error}")
             return False
 
+
+class S3Emulator(Emulator):
+    """moto (plain HTTP, in memory) behind stunnel for TLS."""
+
+    kind = "s3"
+    secret_names = ("S3_KEY", "S3_KEY_SECRET")
     # moto keeps everything in memory; IAM authentication starts after the first actions, so a
     # writer with a generated key pair is created first and everything after it must sign with it.
-    _S3_BOOTSTRAP_ACTIONS = 3
+    _BOOTSTRAP_ACTIONS = 3
 
-    def _start_s3(self, table: ProcessTable, tls: Tls) -> None:
+    def _repository_options(self, ref: dict[str, str]) -> dict[str, str]:
+        return {"s3-bucket": self.bucket, "s3-endpoint": self.endpoint_host, "storage-port": str(self.port),
+                "s3-region": REGION, "s3-uri-style": "path", "s3-key": ref["s3_key"],
+                "s3-key-secret": ref["s3_key_secret"]}
+
+    def _media(self, ref: dict[str, str]) -> tuple[str, dict[str, str]]:
+        return "s3", {"provider": "Other", "endpoint": self.url, "region": REGION, "force_path_style": "true",
+                      "access_key_id": ref["s3_key"], "secret_access_key": ref["s3_key_secret"]}
+
+    def _start(self, table: ProcessTable, tls: Tls) -> None:
         if not table.running(self.process):
             self.secrets_file.unlink(missing_ok=True)  # a new moto has none of the old keys
-            env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self._S3_BOOTSTRAP_ACTIONS)}
-            table.start(self.process, [_tool("moto_server"), "-H", "127.0.0.1", "-p", str(self.backend_port)],
+            env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self._BOOTSTRAP_ACTIONS)}
+            table.start(self.process, [_tool("moto_server"), "-H", self.host, "-p", str(self.backend_port)],
                         self.root / "emulator.log", env=env)
         conf = self.root / "stunnel.conf"
         conf.write_text("\n".join([
             "foreground = yes", "pid =", "debug = 4", f"output = {self.root / 'stunnel.log'}", "[s3]",
-            f"accept = 127.0.0.1:{self.port}", f"connect = 127.0.0.1:{self.backend_port}",
+            f"accept = {self.host}:{self.port}", f"connect = {self.host}:{self.backend_port}",
             f"cert = {tls.cert}", f"key = {tls.key}", ""]))
         table.start(f"{self.process}-tls", [_stunnel(), str(conf)], self.root / "stunnel.out")
 
-    def _setup_s3(self, tls: Tls) -> None:
-        if not _listening(self.backend_port):
+    def _setup(self, tls: Tls) -> None:
+        if not _listening(self.host, self.backend_port):
             raise ConnectionError("moto is not listening yet")
         import boto3  # installed with moto[server] by scripts/install-emulators
 
-        plain = f"http://127.0.0.1:{self.backend_port}"
+        plain = f"http://{self.host}:{self.backend_port}"
         boot = dict(endpoint_url=plain, region_name=REGION, aws_access_key_id="bootstrap",
                     aws_secret_access_key="bootstrap", verify=False)
         iam = boto3.client("iam", **boot)
@@ -279,23 +318,39 @@ class Emulator:
         iam.put_user_policy(UserName=user, PolicyName="writer", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName=user)["AccessKey"]
         # From here on moto authenticates: the bucket is created through TLS with the writer's key.
-        s3 = boto3.client("s3", endpoint_url=f"https://localhost:{self.port}", region_name=REGION,
+        s3 = boto3.client("s3", endpoint_url=self.url, region_name=REGION,
                           aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"],
                           verify=str(tls.ca))
         s3.create_bucket(Bucket=self.bucket)
         self._save_secrets({"s3_key": key["AccessKeyId"], "s3_key_secret": key["SecretAccessKey"]})
 
-    def _start_gcs(self, table: ProcessTable, tls: Tls) -> None:
-        url = f"https://localhost:{self.port}"
-        argv = [_fake_gcs_binary(), "-scheme", "https", "-host", "127.0.0.1", "-port", str(self.port),
+
+class GCSEmulator(Emulator):
+    """fake-gcs-server with a filesystem backend."""
+
+    kind = "gcs"
+    secret_names = ("GCS_TOKEN",)
+
+    def _repository_options(self, ref: dict[str, str]) -> dict[str, str]:
+        # The port belongs inside the GCS endpoint; 1GiB chunks avoid the emulator's resumable uploads.
+        return {"gcs-bucket": self.bucket, "gcs-endpoint": f"{self.endpoint_host}:{self.port}", "gcs-key-type": "token",
+                "gcs-key": ref["gcs_token"], "storage-upload-chunk-size": "1GiB"}
+
+    def _media(self, ref: dict[str, str]) -> tuple[str, dict[str, str]]:
+        # fake-gcs-server checks no credentials: rclone goes anonymous, pgBackRest sends a token.
+        return "google cloud storage", {"endpoint": f"{self.url}/storage/v1/", "anonymous": "true",
+                                        "project_number": "1234"}
+
+    def _start(self, table: ProcessTable, tls: Tls) -> None:
+        argv = [_fake_gcs_binary(), "-scheme", "https", "-host", self.host, "-port", str(self.port),
                 "-cert-location", str(tls.cert), "-private-key-location", str(tls.key),
                 "-backend", "filesystem", "-filesystem-root", str(self.root / "data"),
-                "-external-url", url, "-public-host", f"localhost:{self.port}", "-log-level", "warn"]
+                "-external-url", self.url, "-public-host", f"{self.endpoint_host}:{self.port}", "-log-level", "warn"]
         table.start(self.process, argv, self.root / "emulator.log")
 
-    def _setup_gcs(self, tls: Tls) -> None:
+    def _setup(self, tls: Tls) -> None:
         context = ssl.create_default_context(cafile=str(tls.ca))
-        base = f"https://localhost:{self.port}/storage/v1/b"
+        base = f"{self.url}/storage/v1/b"
         try:
             urllib.request.urlopen(f"{base}/{self.bucket}", context=context, timeout=5)
         except urllib.error.HTTPError as error:
@@ -307,24 +362,40 @@ class Emulator:
         token = self.secrets().get(self.refs()["gcs_token"]) or random.token_urlsafe(24)
         self._save_secrets({"gcs_token": token})
 
-    def _azure_key(self) -> str:
+
+class AzureEmulator(Emulator):
+    """Azurite's blob service, with one generated account key per work directory."""
+
+    kind = "azure"
+    secret_names = ("AZURE_KEY", "AZURE_SAS_URL")
+
+    def _repository_options(self, ref: dict[str, str]) -> dict[str, str]:
+        return {"azure-account": AZURE_ACCOUNT, "azure-container": self.bucket, "azure-key": ref["azure_key"],
+                "azure-endpoint": self.endpoint_host, "storage-port": str(self.port), "azure-uri-style": "path"}
+
+    def _media(self, ref: dict[str, str]) -> tuple[str, dict[str, str]]:
+        # rclone 1.60 takes `endpoint` as a DNS suffix (account.suffix) and its emulator mode only
+        # knows the well-known account, so media goes through an account SAS URL (as on Azure).
+        return "azureblob", {"sas_url": ref["azure_sas_url"]}
+
+    def _key(self) -> str:
         # One key per work directory, kept with the data so a restarted Azurite accepts it again.
         path = self.root / "account.key"
         if not path.exists():
             _write(path, base64.b64encode(random.token_bytes(64)), 0o600)
         return path.read_text().strip()
 
-    def _start_azure(self, table: ProcessTable, tls: Tls) -> None:
-        env = {**os.environ, "AZURITE_ACCOUNTS": f"{AZURE_ACCOUNT}:{self._azure_key()}"}
-        argv = [_azurite(), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
+    def _start(self, table: ProcessTable, tls: Tls) -> None:
+        env = {**os.environ, "AZURITE_ACCOUNTS": f"{AZURE_ACCOUNT}:{self._key()}"}
+        argv = [_azurite(), "--blobHost", self.host, "--blobPort", str(self.port), "--location",
                 str(self.root / "data"), "--cert", str(tls.cert), "--key", str(tls.key), "--disableTelemetry",
                 "--skipApiVersionCheck", "--disableProductStyleUrl", "--silent"]
         table.start(self.process, argv, self.root / "emulator.log", env=env, cwd=self.root)
 
-    def _setup_azure(self, tls: Tls) -> None:
-        key = self._azure_key()
+    def _setup(self, tls: Tls) -> None:
+        key = self._key()
         # An IP host: the SDK in rclone reads the account from the path only for IP endpoints.
-        sas_url = f"https://127.0.0.1:{self.port}/{AZURE_ACCOUNT}?{account_sas(AZURE_ACCOUNT, key)}"
+        sas_url = f"https://{self.host}:{self.port}/{AZURE_ACCOUNT}?{account_sas(AZURE_ACCOUNT, key)}"
         env = {**{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}, "RCLONE_CA_CERT": str(tls.ca),
                "RCLONE_CONFIG_EMU_TYPE": "azureblob", "RCLONE_CONFIG_EMU_SAS_URL": sas_url}
         result = subprocess.run(["rclone", "--config=/dev/null", "--contimeout=5s", "--retries=1",
@@ -334,6 +405,10 @@ class Emulator:
             tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"rclone mkdir failed: {tail.replace(key, '***').split('?')[0]}")
         self._save_secrets({"azure_key": key, "azure_sas_url": sas_url})
+
+
+EMULATORS: dict[str, type[Emulator]] = {cls.kind: cls for cls in (S3Emulator, GCSEmulator, AzureEmulator)}
+KINDS = tuple(EMULATORS)  # the order sites take them in: 0 S3, 1 GCS, 2 Azure, then again
 
 
 def account_sas(account: str, key: str, days: int = 3650, version: str = "2019-12-12") -> str:
@@ -356,23 +431,24 @@ def bucket_name(site: str) -> str:
     return name[:63]
 
 
-def emulator(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT) -> Emulator:
+def emulator(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT,
+             host: str = LOOPBACK) -> Emulator:
     """The emulator of the site at `site_index` (0: S3, 1: GCS, 2: Azure, then again)."""
-    return Emulator(KINDS[site_index % len(KINDS)], site_name, Path(workdir),
-                    base_port + site_index * PORTS_PER_SITE)
+    kind = KINDS[site_index % len(KINDS)]
+    return EMULATORS[kind](site_name, Path(workdir), base_port + site_index * PORTS_PER_SITE, host)
 
 
-def emulated_outputs(workdir: Path, site_index: int, site_name: str,
-                     base_port: int = BASE_PORT) -> tuple[Repository, MediaRemote]:
+def emulated_outputs(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT,
+                     host: str = LOOPBACK) -> tuple[Repository, MediaRemote]:
     """The site's Repository and MediaRemote (pure: nothing is started)."""
-    emu = emulator(workdir, site_index, site_name, base_port)
+    emu = emulator(workdir, site_index, site_name, base_port, host)
     return emu.repository(), emu.media_remote()
 
 
-def start_emulated(workdir: Path, site_index: int, site_name: str,
-                   base_port: int = BASE_PORT) -> tuple[Repository, MediaRemote]:
+def start_emulated(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT,
+                   host: str = LOOPBACK) -> tuple[Repository, MediaRemote]:
     """Starts the site's emulator (idempotent), creates its bucket, puts its secrets in os.environ."""
-    emu = emulator(workdir, site_index, site_name, base_port)
+    emu = emulator(workdir, site_index, site_name, base_port, host)
     emu.start()
     os.environ.update(emulator_env(workdir))
     return emu.repository(), emu.media_remote()
@@ -428,7 +504,7 @@ def _azurite() -> str:
     return str(path)
 
 
-def _listening(port: int) -> bool:
+def _listening(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
