@@ -20,6 +20,8 @@ WORLD = "0.0.0.0/0"
 WEB_PORTS = (80, 443)
 SSH_PORT = 22
 CLOUD_INIT = Path(__file__).with_name("cloud-init.yaml")
+# The one bootstrap file: cloud-init embeds it, and the local cloud's VMs boot with it.
+BOOTSTRAP = Path(__file__).with_name("bootstrap.sh")
 TIERS = ("app", "db")
 
 # Generic size classes, so a role picks a class and each cloud maps it to a machine type.
@@ -147,15 +149,22 @@ def firewall_rules(args: SiteArgs) -> list[Rule]:
 
 
 def cloud_init(args: SiteArgs, tier: str, data_device: str = "") -> str:
-    """The one bootstrap file, rendered for a tier; `data_device` is the cloud's hint for the data disk."""
+    """The VM's user-data for a tier, embedding the one bootstrap file; `data_device` is the
+    cloud's hint for the data disk. Nothing in it changes on a live site (peers and pg_hba are
+    the engine's job), so a routine `pulumi up` leaves every VM's user-data as it was."""
     values = {
         "site": args.site, "role": args.role, "tier": tier, "ssh_user": args.ssh_user,
         "ssh_public_key": args.ssh_public_key or "# no key configured", "app_image": args.app.image,
         "app_port": str(args.app.port), "db_port": str(args.database.port),
         "db_version": str(args.database.version), "data_device": data_device,
-        "peer_cidrs": " ".join(args.peer_cidrs), "app_subnet": subnets(args.network_cidr).app,
+        "bootstrap": _indent(BOOTSTRAP.read_text(), 6),
     }
     return render(CLOUD_INIT.read_text(), values)
+
+
+def _indent(text: str, spaces: int) -> str:
+    """`text` as the body of a YAML block scalar at that indentation (blank lines stay blank)."""
+    return "\n".join(" " * spaces + line if line else "" for line in text.rstrip("\n").split("\n"))
 
 
 def render(template: str, values: dict[str, str]) -> str:

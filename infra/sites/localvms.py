@@ -1,0 +1,194 @@
+"""A local cloud of Debian VMs (infra/sites/vm.py): one per site of the spec, on PREFIX.i.
+
+The layout under its directory (by default <workdir>/vms):
+
+    cloud.json          the sites, their roles and addresses, which are dropped
+    inventory.json      the sites' SiteOutputs, exactly what Pulumi stacks export
+    ssh/                the toolkit's key and the known_hosts it owns (host keys known ahead)
+    stores/<site>/      each site's object store: pgbackrest/ (repository) and media/ (bucket)
+    <site>/             the VM: upper/, work/, root/ (the overlay) and its sshd host key
+
+Only what this module created is ever removed: a pulled Inventory elsewhere is never touched,
+and `down` refuses a directory whose cloud.json it did not write.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
+from infra.sites.vm import USER, SshIdentity, Vm, VmError, ensure_identity, ensure_image
+from infra.spec import Spec
+
+KIND = "local-vms"
+DEFAULT_PREFIX = "127.0.10"
+
+
+@dataclass(frozen=True)
+class VmSite:
+    site: str
+    role: str
+    address: str
+
+
+class LocalVms:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.state_file = self.directory / "cloud.json"
+        self.inventory_file = self.directory / "inventory.json"
+
+    # -------------------------------------------------------- state
+
+    @property
+    def exists(self) -> bool:
+        return self.state_file.exists()
+
+    def state(self) -> dict:
+        if not self.exists:
+            raise VmError(f"{self.directory}: no local VM cloud here; run `failover vms up` first")
+        data = json.loads(self.state_file.read_text())
+        if data.get("kind") != KIND:
+            raise VmError(f"{self.state_file} was not written by `failover vms up`; refusing to touch it")
+        return data
+
+    def _save(self, data: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps({"kind": KIND, **data}, indent=2))
+
+    def sites(self) -> list[VmSite]:
+        return [VmSite(**s) for s in self.state()["sites"]]
+
+    def vm(self, site: VmSite) -> Vm:
+        return Vm(site.site, site.role, site.address, self.directory / site.site)
+
+    def vms(self) -> list[Vm]:
+        return [self.vm(s) for s in self.sites()]
+
+    def store(self, name: str) -> Path:
+        return self.directory / "stores" / name
+
+    @property
+    def identity(self) -> SshIdentity:
+        return SshIdentity(self.directory / "ssh" / "id_ed25519", self.directory / "ssh" / "known_hosts")
+
+    def dropped(self) -> set[str]:
+        return set(self.state().get("dropped", []))
+
+    # -------------------------------------------------------- up
+
+    def up(self, spec: Spec, count: int, prefix: str = DEFAULT_PREFIX, progress=lambda m: None) -> Inventory:
+        """Creates and boots one VM per site, mounts every store in every VM, writes the Inventory."""
+        planned = plan(spec, count, prefix)
+        if self.exists:
+            raise VmError(f"{self.directory} already holds a VM cloud; run `failover vms down` first")
+        _refuse_busy(planned, spec.database.port)
+        image = ensure_image(progress)
+        identity = ensure_identity(self.directory / "ssh")
+        self._save({"sites": [asdict(s) for s in planned], "prefix": prefix, "image": str(image), "dropped": []})
+        try:
+            vms = [self.vm(s) for s in planned]
+            for vm in vms:
+                progress(f"{vm.site}: creating its VM on {vm.address} (overlay over {image.name})")
+                vm.create(image, identity)
+            self._mount_stores(vms, planned, ensure_owner=True)
+            identity.known_hosts.write_text("".join(vm.host_key_line() + "\n" for vm in vms))
+            for vm in vms:
+                progress(f"{vm.site}: booting ({vm.role}) with infra/clouds/bootstrap.sh")
+                vm.boot({}, spec.database.port)
+        except BaseException:
+            self.down()
+            raise
+        inventory = Inventory([outputs(s, spec, self.store(s.site)) for s in planned], active=spec.primary.name)
+        inventory.save(self.inventory_file)
+        return inventory
+
+    def _mount_stores(self, vms: list[Vm], sites: list[VmSite], ensure_owner: bool = False) -> None:
+        for site in sites:
+            store = self.store(site.site)
+            for part in ("pgbackrest", "media"):
+                (store / part).mkdir(parents=True, exist_ok=True)
+            if ensure_owner:
+                uid, gid = _postgres_ids(vms[0])
+                for part in (store, store / "pgbackrest", store / "media"):
+                    shutil.chown(part, uid, gid)
+            for vm in vms:
+                vm.mount_store(store)
+
+    # -------------------------------------------------------- drop, give back, down
+
+    def drop(self, name: str) -> list[int]:
+        """The provider pulls the plug: the VM's processes are killed and its store unmounted everywhere."""
+        site = self._site(name)
+        killed = self.vm(site).kill()
+        for vm in self.vms():
+            vm.unmount_store(self.store(name))
+        state = self.state()
+        state["dropped"] = sorted(set(state.get("dropped", [])) | {name})
+        self._save({k: v for k, v in state.items() if k != "kind"})
+        return killed
+
+    def down(self) -> list[str]:
+        """Stops every VM, unmounts everything, removes the VMs and stores (only what `up` made)."""
+        if not self.exists:
+            return []
+        stopped = []
+        for vm in self.vms():
+            if vm.pids():
+                vm.stop()
+                stopped.append(vm.site)
+            vm.unmount()
+        for vm in self.vms():
+            shutil.rmtree(vm.directory, ignore_errors=True)
+        shutil.rmtree(self.directory / "stores", ignore_errors=True)
+        shutil.rmtree(self.directory / "ssh", ignore_errors=True)
+        self.inventory_file.unlink(missing_ok=True)
+        self.state_file.unlink()
+        return stopped
+
+    def _site(self, name: str) -> VmSite:
+        for site in self.sites():
+            if site.site == name:
+                return site
+        raise VmError(f"unknown site {name!r}; the VM cloud has: {', '.join(s.site for s in self.sites())}")
+
+
+def plan(spec: Spec, count: int, prefix: str) -> list[VmSite]:
+    if not prefix.startswith("127."):
+        raise VmError(f"prefix {prefix!r} must be inside 127.0.0.0/8: the local cloud stays on loopback")
+    if not 2 <= count <= len(spec.sites):
+        raise VmError(f"--sites must be between 2 and {len(spec.sites)} (the stacks in the spec), got {count}")
+    return [VmSite(s.name, s.role, f"{prefix}.{i + 1}") for i, s in enumerate(spec.sites[:count])]
+
+
+def outputs(site: VmSite, spec: Spec, store: Path) -> SiteOutputs:
+    """The VM site's SiteOutputs: the contract a Pulumi stack exports, with a posix (NFS-like) store."""
+    return SiteOutputs(
+        site=site.site, cloud="local", region="loopback", role=site.role,
+        public_addresses=(site.address,), ssh_hosts=(site.address,), ssh_user=USER,
+        db_host=site.address, db_port=spec.database.port,
+        repository=Repository(type="posix", options={"path": str(store / "pgbackrest")}),
+        media_remote=MediaRemote(type="local", options={}, path=str(store / "media")),
+    )
+
+
+def _refuse_busy(sites: list[VmSite], db_port: int) -> None:
+    """Nothing may answer on a VM's SSH or database address yet (another cloud, a kept drill)."""
+    for site in sites:
+        for port, what in ((22, "SSH"), (db_port, "PostgreSQL")):
+            with socket.socket() as probe:
+                probe.settimeout(0.3)
+                if probe.connect_ex((site.address, port)) == 0:
+                    raise VmError(f"{site.address}:{port} already answers ({what}): site {site.site}'s address is "
+                                  "taken; choose another --prefix or stop what runs there")
+
+
+def _postgres_ids(vm: Vm) -> tuple[int, int]:
+    """The VMs' postgres uid and gid (one image, so the same in every VM): owners of the stores."""
+    for line in (vm.root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == "postgres":
+            return int(fields[2]), int(fields[3])
+    raise VmError(f"site {vm.site}: the image has no postgres user; rebuild it (remove {vm.root.parent})")

@@ -1,0 +1,195 @@
+"""The Site seam: everything the engine does to a site goes through its SSH hosts and its store.
+
+A `Site` is built from the site's `SiteOutputs` plus the operator's SSH settings (a key and a
+known_hosts file that the toolkit owns). It gives:
+- `connection()`: one Fabric Connection per host, kept open, whose host key must already be in
+  the known_hosts file (never trusted on first use);
+- `service()` / `root()`: invoke-style contexts on the database host that run each command as
+  the PostgreSQL service user or as root through `sudo -n`, so playbooks written as
+  `step(c, ...)` run there unchanged, for a non-root `ssh_user` as for any other;
+- `paths`: Debian's layout on the database host, the same on cloud VMs and local VMs;
+- `reachable()`: an SSH round-trip with a timeout, the one definition of "reachable".
+
+Errors name the site, the host and what to do; nothing has changed on the site when they occur.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+from fabric import Connection
+from invoke.exceptions import CommandTimedOut, UnexpectedExit
+
+from infra.data.pgbackrest import HostPaths
+from infra.sites.contract import SiteOutputs
+
+KNOWN_HOSTS_ENV, KEY_ENV = "FAILOVER_SSH_KNOWN_HOSTS", "FAILOVER_SSH_KEY"
+SERVICE_USER = "postgres"
+DB_VERSION = "15"
+# Debian's layout on every database host: configs the toolkit renders live beside the data.
+PATHS = HostPaths(pgdata=f"/var/lib/postgresql/{DB_VERSION}/main", socket_dir="/var/run/postgresql",
+                  pgbackrest_dir="/var/lib/postgresql/failover")
+CONF_DIR = f"/etc/postgresql/{DB_VERSION}/main"
+
+
+class SiteError(RuntimeError):
+    """A site cannot be reached or used; the message names the site, the host and what to do."""
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """The operator's side of SSH: the key it logs in with and the known_hosts it trusts."""
+
+    known_hosts: Path
+    key: Path | None = None
+    connect_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, default_dir: Path | None = None) -> "SshSettings":
+        """FAILOVER_SSH_KNOWN_HOSTS / FAILOVER_SSH_KEY, else the files in `default_dir`, else ~/.ssh."""
+        base = default_dir if default_dir and (default_dir / "known_hosts").exists() else Path.home() / ".ssh"
+        key_default = base / "id_ed25519" if (base / "id_ed25519").exists() else None
+        key = os.environ.get(KEY_ENV)
+        return cls(Path(os.environ.get(KNOWN_HOSTS_ENV) or base / "known_hosts"), Path(key) if key else key_default)
+
+
+@dataclass
+class Site:
+    outputs: SiteOutputs
+    ssh: SshSettings
+    _connections: dict[str, Connection] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.outputs.site
+
+    @property
+    def role(self) -> str:
+        return self.outputs.role
+
+    @property
+    def db_host(self) -> str:
+        """The SSH host that runs the database (the last of ssh_hosts unless db_host is one)."""
+        hosts = self.outputs.ssh_hosts
+        if not hosts:
+            raise SiteError(f"site {self.name}: the inventory lists no ssh_hosts; run `failover inventory pull`")
+        return self.outputs.db_host if self.outputs.db_host in hosts else hosts[-1]
+
+    paths = PATHS
+
+    # -------------------------------------------------------- connections
+
+    def connection(self, host: str | None = None) -> Connection:
+        """An open Connection to `host` (the database host by default), reused while it lives."""
+        host = host or self.db_host
+        conn = self._connections.get(host)
+        if conn is not None and conn.is_connected:
+            return conn
+        conn = self._open(host)
+        self._connections[host] = conn
+        return conn
+
+    def _open(self, host: str) -> Connection:
+        user, known = self.outputs.ssh_user, self.ssh.known_hosts
+        if not known.is_file():
+            raise SiteError(f"site {self.name}: no known_hosts file at {known}; put host {host}'s key there "
+                            f"(or point {KNOWN_HOSTS_ENV} at one) so the host can be verified")
+        kwargs = {"look_for_keys": False, "allow_agent": False, "banner_timeout": self.ssh.connect_timeout,
+                  "auth_timeout": self.ssh.connect_timeout}
+        if self.ssh.key:
+            kwargs["key_filename"] = str(self.ssh.key)
+        conn = Connection(host, user=user, connect_kwargs=kwargs, connect_timeout=self.ssh.connect_timeout)
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        conn.client.load_host_keys(str(known))
+        where = f"site {self.name}: host {host} (ssh {user}@{host}:22)"
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException:
+            raise SiteError(f"{where} presented a host key different from the one in {known}: a rebuilt host "
+                            "or a man in the middle; verify the new key out of band, then replace its line") from None
+        except paramiko.AuthenticationException:
+            raise SiteError(f"{where} refused the key {self.ssh.key or '(none)'}: put its public half in "
+                            f"~{user}/.ssh/authorized_keys there, or set {KEY_ENV}") from None
+        except paramiko.SSHException as error:
+            if "not found in known_hosts" in str(error):
+                raise SiteError(f"{where}: its host key is not in {known}; add the key the site exported "
+                                "(the toolkit never trusts a key on first use)") from None
+            raise SiteError(f"{where}: SSH failed ({error}); check that the host is up") from None
+        except (OSError, socket.timeout) as error:
+            raise SiteError(f"{where} does not answer SSH ({type(error).__name__}: {error}); check that the "
+                            "site is up and that the admin CIDRs may reach port 22") from None
+        return conn
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
+
+    def reachable(self, timeout: float = 5.0) -> bool:
+        """An SSH round-trip (`true`) to the database host within `timeout` seconds."""
+        try:
+            return self.connection().run("true", hide=True, warn=True, timeout=timeout, in_stream=False).ok
+        except (SiteError, CommandTimedOut, OSError, paramiko.SSHException, EOFError):
+            self._connections.pop(self.db_host, None)
+            return False
+
+    # -------------------------------------------------------- commands as a user
+
+    def service(self, host: str | None = None) -> "AsUser":
+        """A context that runs commands as the PostgreSQL service user (playbooks run on it)."""
+        return AsUser(self, self.connection(host), SERVICE_USER)
+
+    def root(self, host: str | None = None) -> "AsUser":
+        return AsUser(self, self.connection(host), "root")
+
+    def check_sudo(self) -> None:
+        """Fails with a clear message unless ssh_user may sudo without a password on the database host."""
+        conn = self.connection()
+        result = conn.run("sudo -n true", hide=True, warn=True, in_stream=False)
+        if not result.ok:
+            raise SiteError(f"site {self.name}: host {conn.host}: user {self.outputs.ssh_user} may not run sudo "
+                            f"without a password ({result.stderr.strip() or 'sudo -n refused'}); grant it "
+                            f"NOPASSWD sudo (/etc/sudoers.d/{self.outputs.ssh_user})")
+
+    def psql(self, sql: str, db: str = "postgres", warn: bool = False, port: int | None = None):
+        """SQL on the database host through its unix socket (peer authentication, no password)."""
+        argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-p", str(port or self.outputs.db_port),
+                "-d", db, "-c", sql]
+        return self.service().run(shlex.join(argv), warn=warn, timeout=120)
+
+
+class AsUser:
+    """An invoke-Context look-alike over a Connection: every command runs as `user` via `sudo -n`.
+
+    `run()` has Context.run's signature, so playbooks (playbooks/host.py) use it unchanged;
+    a refused sudo raises SiteError naming the site and host instead of a bare exit code.
+    """
+
+    _failover_is_root = False  # playbooks.host: commands already run as the service user
+
+    def __init__(self, site: Site, conn: Connection, user: str):
+        self.site, self.conn, self.user = site, conn, user
+        self.host = conn.host
+
+    def run(self, command: str, hide=True, warn: bool = False, timeout: float | None = None,
+            env: dict | None = None, in_stream=False, **_):
+        exports = "".join(f"export {k}={shlex.quote(str(v))}; " for k, v in (env or {}).items())
+        who = "" if self.user == "root" else f"-u {self.user} "
+        wrapped = f"sudo -n {who}-H -- bash -c {shlex.quote('cd / && ' + exports + command)}"
+        try:
+            result = self.conn.run(wrapped, hide=True, warn=True, timeout=timeout, in_stream=False)
+        except CommandTimedOut:
+            if warn:
+                raise
+            raise
+        if result.exited == 1 and "sudo:" in result.stderr and "password is required" in result.stderr:
+            raise SiteError(f"site {self.site.name}: host {self.host}: user {self.site.outputs.ssh_user} may not "
+                            f"sudo to {self.user} without a password; grant it NOPASSWD sudo")
+        result.command = command  # what ran, without the sudo wrapper (never logged: it may hold secrets)
+        if not warn and not result.ok:
+            raise UnexpectedExit(result)
+        return result
