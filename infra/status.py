@@ -12,6 +12,7 @@ from invoke import Context
 from infra.data import media as media_config
 from infra.data.storage import storage_for
 from infra.sites.local import LocalCloud, LocalSite
+from infra.sites.reachability import database_answers, reachable
 from playbooks import media, pgbackrest, postgres
 from playbooks.host import run
 
@@ -19,18 +20,13 @@ LAG_SECONDS = ("CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() T
                "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END")
 
 
-def db_reachable(c, site: LocalSite, port: int) -> bool:
-    return postgres.psql(c, site.address, port, "SELECT 1", warn=True).ok
+db_reachable = database_answers  # the name the status code and its callers use
 
 
 def store_reachable(c, site: LocalSite) -> bool:
+    """The site's local store directory is readable: where journal copies are written as files
+    (runner.journal_copies). Whether a site is reachable is `reachability.reachable`."""
     return run(c, ["test", "-r", str(site.store), "-a", "-x", str(site.store)], warn=True).ok
-
-
-def repository_reachable(c, inventory, name: str) -> bool:
-    """Can the site's store (a directory, or an object store's endpoint) be reached from here?"""
-    repo = inventory.site(name).repository
-    return storage_for(repo.type).reachable(c, repo)
 
 
 def replica_lag(c, primary: LocalSite, site: LocalSite, port: int) -> tuple[float | None, int | None]:
@@ -52,7 +48,7 @@ def replica_lag(c, primary: LocalSite, site: LocalSite, port: int) -> tuple[floa
 
 def repository(c, config: str, index: int, inventory, name: str) -> dict:
     repo = inventory.site(name).repository
-    entry = {"name": f"repo{index}", "site": name, "type": repo.type,
+    entry = {"name": f"repo{index}", "index": index, "site": name, "type": repo.type,
              "location": storage_for(repo.type).describe(repo),
              "last_backup": None, "last_archived_wal": None, "backups": 0, "error": None}
     if not storage_for(repo.type).reachable(c, repo):
@@ -72,19 +68,26 @@ def repository(c, config: str, index: int, inventory, name: str) -> dict:
     return entry
 
 
+def newest_repository(entries: list[dict]) -> dict | None:
+    """The `repository` entry to restore from: the newest archived WAL, then the newest backup.
+    None when no entry holds a backup."""
+    usable = [e for e in entries if e.get("last_backup")]
+    return max(usable, key=lambda e: (e.get("last_archived_wal") or "", e["last_backup"]), default=None)
+
+
 def collect(cloud: LocalCloud, db_port: int, check_media: bool = True) -> dict:
     c = Context()
     inventory = cloud.inventory()
     sites = {s.name: s for s in cloud.sites()}
     active = sites[inventory.active]
-    config_host = next((s for s in sites.values() if store_reachable(c, s)), active)
+    config_host = next((s for s in sites.values() if reachable(c, cloud, s.name, inventory)), active)
     report = [_site(c, cloud, inventory, site, active, config_host, db_port, check_media) for site in sites.values()]
     return {"active": inventory.active, "epoch": inventory.epoch, "sites": report}
 
 
 def _site(c, cloud, inventory, site, active, config_host, db_port, check_media) -> dict:
     dropped = site.name in cloud.dropped()
-    store_ok = not dropped and store_reachable(c, site) and repository_reachable(c, inventory, site.name)
+    store_ok = reachable(c, cloud, site.name, inventory)
     runs_db = cloud.processes.running(f"pg-{site.name}")
     db_ok = runs_db and db_reachable(c, site, db_port)
     role = site.role if site.name != inventory.active else "primary"

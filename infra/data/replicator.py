@@ -21,14 +21,10 @@ from invoke import Context
 
 from infra.data import protection
 from infra.sites.local import LocalCloud
-from infra.status import repository_reachable
+from infra.sites.reachability import unreachable
 from playbooks import pgbackrest
 
 INTERVAL = 1.0
-
-
-def unreachable(c, cloud: LocalCloud, inventory) -> set[str]:
-    return {n for n in inventory.names if n in cloud.dropped() or not repository_reachable(c, inventory, n)}
 
 
 def archive_only_to_reachable(c, cloud: LocalCloud, inventory, down: set[str], state: dict) -> None:

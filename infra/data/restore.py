@@ -23,17 +23,11 @@ from infra.sites.bringup import dsn, record_postmaster
 from infra.sites.local import LocalCloud, LocalSite
 from infra.sites.processes import wait_for
 from infra.spec import Spec
-from infra.status import db_reachable, repository, repository_reachable, store_reachable
+from infra.sites.reachability import unreachable
+from infra.status import db_reachable, newest_repository, repository
 from playbooks import media, pgbackrest, postgres
 from playbooks.host import run as host_run
 
-
-
-def unreachable(c, cloud: LocalCloud) -> set[str]:
-    """Sites that are dropped, or whose store or repository does not answer the service user."""
-    inventory = cloud.inventory()
-    return {s.name for s in cloud.sites()
-            if s.name in cloud.dropped() or not store_reachable(c, s) or not repository_reachable(c, inventory, s.name)}
 
 
 def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:
@@ -73,12 +67,11 @@ def choose_repo(c, config: str, inventory, target: str, wanted: str | None, skip
                                 "is unreachable; choose another with --repo or leave it out to use the newest reachable")
         return inventory.repo_index(name), name
     entries = [repository(c, config, inventory.repo_index(n), inventory, n) for n in reachable]
-    usable = [e for e in entries if e["last_backup"]]
-    if not usable:
+    best = newest_repository(entries)
+    if best is None:
         details = "; ".join(f"{e['name']} at {e['site']}: {e['error'] or 'no backup'}" for e in entries) or "none reachable"
         raise FailoverError(f"no reachable repository holds a backup ({details}); nothing to restore {target} from")
-    best = max(usable, key=lambda e: (e["last_archived_wal"] or "", e["last_backup"]))
-    return int(best["name"][4:]), best["site"]
+    return best["index"], best["site"]
 
 
 def _check_target(cloud: LocalCloud, inventory, name: str) -> LocalSite:

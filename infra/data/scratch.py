@@ -132,7 +132,8 @@ def on_local_site(cloud, spec, site: str, repo: str | None, progress=lambda m: N
     """The embedded local cloud: `site` must be up; the repository is `repo` or the newest reachable."""
     from invoke import Context
 
-    from infra.data.restore import choose_repo, unreachable
+    from infra.data.restore import choose_repo
+    from infra.sites.reachability import unreachable
 
     c, inventory = Context(), cloud.inventory()
     _known(inventory, site)

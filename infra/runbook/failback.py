@@ -93,9 +93,7 @@ def preflight(run: Run) -> dict:
         raise FailoverError(f"the active site {run.source} ({primary.address}:{run.port}) does not answer as a primary: "
                             f"a failback is a planned switchover; use `failover run --to {run.target}` instead")
     config = run.dns()
-    missing = steps.missing_dns_secrets(config.providers)
-    if missing:
-        raise FailoverError(f"DNS secrets missing: {', '.join(missing)} (from {config.source})")
+    steps.require_dns_secrets(config)
     return {"primary": run.source, "dns_providers": [p.name for p in config.providers]}
 
 
@@ -142,10 +140,8 @@ def sync(run: Run) -> dict:
 
 def stop_writes(run: Run) -> dict:
     """Raise the epoch, fence the old primary's app, and wait until P replayed the final LSN."""
+    steps.raise_epoch(run)
     inventory, primary = run.inventory, _primary_site(run)
-    if inventory.epoch < run.epoch:
-        inventory.epoch = run.epoch
-        inventory.save(run.cloud.inventory_file)
     if inventory.active == run.target:
         return {"epoch": run.epoch, "writes": "already switched"}
     clock = time.monotonic()

@@ -21,6 +21,7 @@ from invoke import Context
 from infra.errors import FailoverError
 from infra.runbook import steps as steps_mod
 from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore
+from infra.sites import reachability
 from infra.sites.local import LocalCloud
 from infra.spec import Spec
 
@@ -101,15 +102,11 @@ def stages_for(kind: str) -> list[list[steps_mod.Step]]:
 def _check_dns(cloud: LocalCloud, project: Path) -> None:
     from infra.dns.site import dns_config
 
-    config = dns_config(cloud.workdir, project)
-    missing = steps_mod.missing_dns_secrets(config.providers)
-    if missing:
-        raise FailoverError(f"DNS secrets missing: {', '.join(missing)} (providers from {config.source}); "
-                            "set them in the environment before failing over")
+    steps_mod.require_dns_secrets(dns_config(cloud.workdir, project))
 
 
 def _data_source(c, cloud: LocalCloud, spec: Spec, inventory, target: str) -> steps_mod.DataSource:
-    from infra.status import db_reachable, repository, store_reachable
+    from infra.status import db_reachable, repository
 
     site = cloud.site(target)
     port = spec.database.port
@@ -119,7 +116,7 @@ def _data_source(c, cloud: LocalCloud, spec: Spec, inventory, target: str) -> st
                   and postgres.in_recovery(c, site.address, port))
     repos = []
     if not replica_ok:
-        reachable = [s for s in cloud.sites() if s.name not in cloud.dropped() and store_reachable(c, s)]
+        reachable = [s for s in cloud.sites() if reachability.reachable(c, cloud, s.name, inventory)]
         config = next((s.paths.config for s in reachable if Path(s.paths.config).exists()), None)
         if config is None:
             raise FailoverError(f"site {target} holds no replica and no reachable site has a pgBackRest config")

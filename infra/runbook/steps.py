@@ -33,10 +33,12 @@ from infra.errors import FailoverError
 from infra.data import protection
 from infra.data import media as media_config
 from infra.sites.bringup import dsn, record_postmaster
+from infra.sites import reachability
 from infra.sites.contract import Inventory
 from infra.sites.local import LocalCloud, LocalSite
 from infra.sites.processes import wait_for
 from infra.spec import Spec
+from infra.status import newest_repository
 from playbooks import media, postgres
 from playbooks.host import run as host_run
 
@@ -85,15 +87,14 @@ def choose_source(target_role: str, replica_ok: bool, sync_replication: bool,
         loss = ("none: the replica confirmed every commit (synchronous replication)" if sync_replication
                 else "the replica's lag at cut-off (asynchronous replication)")
         return DataSource(PROMOTE, f"promote the {target_role} replica", loss, has_every_commit=sync_replication)
-    usable = [r for r in repos if r.get("last_backup")]
-    if not usable:
+    best = newest_repository(repos)
+    if best is None:
         details = "; ".join(f"{r['name']} at {r['site']}: {r.get('error') or 'no backup'}" for r in repos) or "none reachable"
         raise FailoverError(f"the target holds no replica and no reachable repository has a backup ({details}): "
                             "nothing to fail over to")
-    best = max(usable, key=lambda r: (r.get("last_archived_wal") or "", r["last_backup"]))
     return DataSource(RESTORE, f"restore from {best['name']} ({best['site']}), WAL up to {best.get('last_archived_wal')}",
                       "writes after the last archived WAL segment (archive lag, about archive_timeout)",
-                      int(best["name"][4:]), best["site"])
+                      best["index"], best["site"])
 
 
 def missing_dns_secrets(providers) -> list[str]:
@@ -107,6 +108,14 @@ def missing_dns_secrets(providers) -> list[str]:
                 except secrets.MissingSecret:
                     missing.append(f"{provider.name}.{key} ({value})")
     return missing
+
+
+def require_dns_secrets(config) -> None:
+    """Stops a runbook before anything changes when a DNS provider's secret does not resolve."""
+    missing = missing_dns_secrets(config.providers)
+    if missing:
+        raise FailoverError(f"DNS secrets missing: {', '.join(missing)} (providers from {config.source}); "
+                            "set them in the environment before failing over")
 
 
 def next_epoch(inventory_epoch: int, journal_epoch: int | None) -> int:
@@ -142,14 +151,10 @@ class Run:
         return self.cloud.dropped()
 
     def reachable(self, name: str) -> bool:
-        """A site is reachable when it is not dropped and its store is readable by the service user."""
-        if name in self.dropped:
-            return False
-        site = self.cloud.site(name)
-        return host_run(self.c, ["test", "-r", site.root, "-a", "-x", site.root], warn=True).ok
+        return reachability.reachable(self.c, self.cloud, name)
 
     def unreachable(self) -> set[str]:
-        return {n for n in self.inventory.names if not self.reachable(n)}
+        return reachability.unreachable(self.c, self.cloud)
 
     @property
     def port(self) -> int:
@@ -168,9 +173,7 @@ def preflight(run: Run) -> dict:
     if not run.reachable(run.target):
         raise FailoverError(f"target site {run.target} ({run.site.address}) is unreachable")
     config = run.dns()
-    missing = missing_dns_secrets(config.providers)
-    if missing:
-        raise FailoverError(f"DNS secrets missing: {', '.join(missing)} (from {config.source})")
+    require_dns_secrets(config)
     if run.data.kind == PROMOTE and _recovery_state(run) is None:
         raise FailoverError(f"the replica on {run.target} ({run.site.address}:{run.port}) does not answer")
     return {"dns_providers": [p.name for p in config.providers], "data": run.data.detail}
@@ -178,12 +181,18 @@ def preflight(run: Run) -> dict:
 
 def fence(run: Run) -> dict:
     """Raise the epoch in the inventory (always) and fence the old primary where it can be reached."""
+    raise_epoch(run)
+    fenced = fence_site(run, run.source)
+    return {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced}
+
+
+def raise_epoch(run: Run) -> None:
+    """The run's epoch into the inventory, published to every reachable store (failover and
+    failback alike): a site that comes back reads it there, and fences itself."""
     inventory = run.inventory
     if inventory.epoch < run.epoch:
         inventory.epoch = run.epoch
         run.cloud.publish(inventory)
-    fenced = fence_site(run, run.source)
-    return {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced}
 
 
 def fence_site(run: Run, name: str) -> str:

@@ -36,9 +36,9 @@ def test_a_streaming_replica_is_promoted_with_no_expected_loss_when_synchronous(
 
 def test_without_a_replica_the_repository_with_the_newest_wal_is_chosen():
     repos = [
-        {"name": "repo2", "site": "gcp", "last_backup": "2026-01-01T10:00", "last_archived_wal": "00000001000000000000000A"},
-        {"name": "repo3", "site": "azure", "last_backup": "2026-01-01T09:00", "last_archived_wal": "00000001000000000000000C"},
-        {"name": "repo4", "site": "x", "last_backup": None, "last_archived_wal": None, "error": "no stanza"},
+        {"name": "repo2", "index": 2, "site": "gcp", "last_backup": "2026-01-01T10:00", "last_archived_wal": "00000001000000000000000A"},
+        {"name": "repo3", "index": 3, "site": "azure", "last_backup": "2026-01-01T09:00", "last_archived_wal": "00000001000000000000000C"},
+        {"name": "repo4", "index": 4, "site": "x", "last_backup": None, "last_archived_wal": None, "error": "no stanza"},
     ]
     source = steps.choose_source("pilot-light", False, True, repos)
     assert (source.kind, source.repo_index, source.repo_site) == (steps.RESTORE, 3, "azure")
@@ -46,7 +46,7 @@ def test_without_a_replica_the_repository_with_the_newest_wal_is_chosen():
 
 def test_a_target_without_data_is_refused_with_the_reasons():
     with pytest.raises(FailoverError, match="repo2 at gcp: no stanza"):
-        steps.choose_source("pilot-light", False, True, [{"name": "repo2", "site": "gcp", "last_backup": None,
+        steps.choose_source("pilot-light", False, True, [{"name": "repo2", "index": 2, "site": "gcp", "last_backup": None,
                                                           "error": "no stanza"}])
 
 
@@ -169,3 +169,13 @@ def test_the_failback_steps_reseed_sync_and_stop_writes_before_the_switch():
     assert runner.stages_for("failback") == [[step] for step in failback.FAILBACK]
     assert runner.stages_for("failover") is steps.FAILOVER_STAGES
     assert failback.data_source("gcp", "aws").expected_loss.startswith("none")
+
+
+def test_every_runbook_refuses_missing_dns_secrets_with_one_message(monkeypatch):
+    from infra.dns.site import DnsConfig
+
+    monkeypatch.delenv("FAILOVER_TEST_NO_SUCH_SECRET", raising=False)
+    config = DnsConfig("example.", ("www",), 30, (DnsProvider("knot-b", "x.Y", {"key_secret": "env/FAILOVER_TEST_NO_SUCH_SECRET"}, "v"),),
+                       "providers.yaml")
+    with pytest.raises(FailoverError, match=r"DNS secrets missing: knot-b.key_secret .* \(providers from providers.yaml\)"):
+        steps.require_dns_secrets(config)
