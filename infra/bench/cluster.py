@@ -16,7 +16,8 @@ from invoke import Context
 
 from infra.app import seed
 from infra.data import protection
-from infra.sites.bringup import _dirs, dsn, record_postmaster
+from infra.sites.bringup import _dirs
+from infra.sites.database import dsn, record_postmaster
 from infra.sites.contract import Inventory
 from infra.sites.local import LocalCloud, LocalSite, outputs
 from infra.spec import Spec

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from infra.bench.cluster import Bench
 from infra.data import protection
-from infra.sites.bringup import record_postmaster
+from infra.sites.database import record_postmaster
 from infra.sites.processes import wait_for
 from playbooks import postgres
 from playbooks.host import ensure_dir, run

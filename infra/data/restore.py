@@ -19,7 +19,7 @@ from invoke import Context
 from infra.errors import FailoverError
 from infra.data import integrity, protection
 from infra.data import media as media_config
-from infra.sites.bringup import dsn, record_postmaster
+from infra.sites.database import dsn, record_postmaster
 from infra.sites.local import LocalCloud, LocalSite
 from infra.sites.processes import wait_for
 from infra.spec import Spec

@@ -99,7 +99,7 @@ def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> di
     from infra.runbook import runner
     from infra.runbook.journal import JournalStore
     from infra.sites import chaos
-    from infra.sites.bringup import dsn
+    from infra.sites.database import dsn
 
     targets = measure.Targets(**{**scenario.targets.to_dict(), **options.overrides})
     cloud = fresh_cloud(options, progress)
@@ -194,7 +194,7 @@ def _newest_segment_age(cloud, journal, cut_off: float) -> float | None:
 
 def _integrity(cloud, spec, target, before: dict, scenario: Scenario, writes: list[Write], present: set[int]) -> dict:
     from infra.data import integrity
-    from infra.sites.bringup import dsn
+    from infra.sites.database import dsn
 
     try:
         after = integrity.checksums(dsn(target, spec), integrity.max_ids(before))

@@ -28,7 +28,7 @@ from infra.data import media as media_config
 from infra.data import protection
 from infra.runbook import steps
 from infra.runbook.steps import Run
-from infra.sites.bringup import record_postmaster
+from infra.sites.database import record_postmaster
 from infra.sites.processes import wait_for
 from playbooks import media, postgres
 from playbooks.host import run as host_run

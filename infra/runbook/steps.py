@@ -32,7 +32,7 @@ from infra import events, secrets
 from infra.errors import FailoverError
 from infra.data import protection
 from infra.data import media as media_config
-from infra.sites.bringup import dsn, record_postmaster
+from infra.sites.database import dsn, record_postmaster
 from infra.sites import reachability
 from infra.sites.contract import Inventory
 from infra.sites.local import LocalCloud, LocalSite

@@ -17,6 +17,7 @@ from infra.app import seed
 from infra.errors import FailoverError
 from infra.data import integrity, protection
 from infra.sites.contract import Inventory
+from infra.sites.database import dsn, record_postmaster
 from infra.sites.local import LocalCloud, LocalSite, outputs, plan_sites
 from infra.sites.processes import wait_for
 from infra.spec import Spec
@@ -32,12 +33,6 @@ def _dirs(c, site: LocalSite) -> None:
         ensure_dir(c, path, "755")
 
 
-def record_postmaster(cloud: LocalCloud, site: LocalSite) -> None:
-    """Adds the postmaster's PID (pg_ctl daemonizes it) to the PID table."""
-    pid_file = Path(site.paths.pgdata) / "postmaster.pid"
-    cloud.processes.record(f"pg-{site.name}", int(pid_file.read_text().split()[0]))
-
-
 def start_primary(c, cloud: LocalCloud, site: LocalSite, spec: Spec, sync_standby: str | None) -> None:
     postgres.init_cluster(c, site.paths.pgdata)
     settings = protection.pg_settings(site.address, spec.database.port, site.paths, sync_standby)
@@ -45,10 +40,6 @@ def start_primary(c, cloud: LocalCloud, site: LocalSite, spec: Spec, sync_standb
     postgres.start(c, site.paths.pgdata, str(site.logs / "postgresql.log"))
     postgres.reload(c, site.paths.pgdata)
     record_postmaster(cloud, site)
-
-
-def dsn(site: LocalSite, spec: Spec, db: str | None = None) -> str:
-    return f"host={site.address} port={spec.database.port} user=postgres dbname={db or spec.database.name}"
 
 
 def _create_database(c, site: LocalSite, spec: Spec) -> None:

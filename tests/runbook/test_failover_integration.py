@@ -208,7 +208,7 @@ def test_the_synchronous_replica_was_promoted_without_archive_look_ups_and_the_a
 def test_restarted_old_primary_refuses_writes(cloud):
     from invoke import Context
 
-    from infra.sites.bringup import record_postmaster
+    from infra.sites.database import record_postmaster
     from infra.sites.local import LocalCloud
     from playbooks import postgres
 
