@@ -5,16 +5,26 @@ its MediaRemote options are rclone's option names for the backend, so each class
 checks and passes them through. What the classes add: the options each type cannot work
 without, a refusal of credentials written as values (only env/NAME references may appear
 in SiteOutputs and the Inventory), and a short `describe()` for messages.
+
+Objects (`put`/`get`/`list`) go through rclone with the site's media remote, configured in
+rclone's environment for the one call (`RCLONE_CONFIG_STORE_*`): credentials never reach a
+command line or a file, and rclone's output only classifies a failure (storage_errors).
 """
 from __future__ import annotations
 
+import json
+import os
+import re
 import socket
-
+import subprocess
 from typing import ClassVar
 
 from infra import secrets
-from infra.data.storage import Storage, register
-from infra.sites.contract import MediaRemote, Repository
+from infra.data import storage_errors  # a module import: storage_errors imports infra.data.storage, which loads this
+from infra.data.storage import MissingKey, Storage, StoreError, register
+from infra.sites.contract import MediaRemote, Repository, SiteOutputs
+
+RCLONE_FLAGS = ("--config=/dev/null", "--contimeout=5s", "--timeout=30s", "--retries=1", "--low-level-retries=2")
 
 
 class StorageConfigError(ValueError):
@@ -55,6 +65,13 @@ class ObjectStore(Storage):
         return f"{self.noun} {options.get(self.container_option, '?')} at {endpoint}{self._path(options)}"
 
     noun: ClassVar[str] = "bucket"
+    remote = True
+    # rclone options for a put that fails on a missing bucket instead of creating one.
+    put_options: ClassVar[dict[str, str]] = {"no_check_bucket": "true"}
+    # rclone creates a missing bucket on put whatever it is told (Azure in rclone 1.60), so a
+    # put checks that the bucket exists first (once per process and site).
+    put_creates_bucket: ClassVar[bool] = False
+    _checked: ClassVar[set[tuple[str, str]]] = set()
 
     def reachable(self, c, repo: Repository) -> bool:
         """A TCP connection to the endpoint within a second: enough to tell a dead store fast."""
@@ -65,20 +82,81 @@ class ObjectStore(Storage):
         except OSError:
             return False
 
+    # -- objects, through rclone --
+
+    def put(self, site: SiteOutputs, key: str, data: bytes) -> None:
+        if self.put_creates_bucket and (site.site, self.bucket(site)) not in self._checked:
+            self._rclone(site, f"put {key}", ["lsjson", "--stat", f"store:{self.bucket(site)}"])
+            self._checked.add((site.site, self.bucket(site)))
+        self._rclone(site, f"put {key}", ["rcat", self._object(site, key)], data, self.put_options)
+
+    def get(self, site: SiteOutputs, key: str) -> bytes:
+        data = self._rclone(site, f"get {key}", ["cat", self._object(site, key)])
+        # `rclone cat` of an absent object prints nothing and succeeds: an empty answer is checked.
+        if not data and json.loads(self._rclone(site, f"get {key}", ["lsjson", "--stat", self._object(site, key)]))["Size"] < 0:
+            raise MissingKey(f"site {site.site}: {self.type} storage {self.where(site)} holds no {key}")
+        return data
+
+    def list(self, site: SiteOutputs, prefix: str = "") -> list[str]:
+        folder = prefix.rpartition("/")[0]
+        out = self._rclone(site, f"list {prefix or '/'}", ["lsf", "-R", "--files-only", self._object(site, folder)])
+        keys = (f"{folder}/{name}" if folder else name for name in out.decode().splitlines() if name)
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    def where(self, site: SiteOutputs) -> str:
+        host, port = self.endpoint(site.repository)
+        return f"{self.noun} {self.bucket(site)} at {host}:{port}"
+
+    def media_where(self, remote: MediaRemote) -> str:
+        """The bucket of a media remote and the host of its endpoint (never a SAS URL), for messages."""
+        endpoint = remote.options.get("endpoint", "")
+        at = f" at {re.sub(r'^[a-z]+://', '', endpoint).split('/')[0]}" if endpoint and not secrets.is_ref(endpoint) else ""
+        return f"{self.noun} {remote.path.strip('/').split('/')[0] or '?'}{at}"
+
+    @staticmethod
+    def bucket(site: SiteOutputs) -> str:
+        return site.media_remote.path.strip("/").split("/")[0] or "?"
+
+    @staticmethod
+    def _object(site: SiteOutputs, key: str) -> str:
+        return f"store:{site.media_remote.path.rstrip('/')}/{key}".rstrip("/")
+
+    def _rclone(self, site: SiteOutputs, action: str, args: list[str], data: bytes | None = None,
+                extra: dict[str, str] | None = None) -> bytes:
+        """Runs rclone against the site's media remote; returns its output or raises a StoreError."""
+        host, port = self.endpoint(site.repository)
+        if not self.reachable(None, site.repository):
+            # rclone (the Azure SDK in it) retries a refused connection for most of a minute.
+            raise self.store_error(site, action, f"the endpoint {host}:{port} did not answer",
+                                   "check that the store (or its emulator) is running and that endpoint and port "
+                                   "are right")
+        section = {**self.rclone_section(site.media_remote, site.site), **(extra or {})}
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # breaks rclone 1.60's S3
+        env.update({f"RCLONE_CONFIG_STORE_{k.upper().replace('-', '_')}": v for k, v in section.items()})
+        try:
+            result = subprocess.run(["rclone", *RCLONE_FLAGS, *args], input=data, capture_output=True, env=env,
+                                    timeout=120)
+        except subprocess.TimeoutExpired:
+            raise self.store_error(site, action, "rclone gave no answer within 120 s",
+                                   "check the store's endpoint and network") from None
+        except FileNotFoundError:
+            raise StoreError(f"site {site.site}: rclone is not installed: run scripts/setup") from None
+        if result.returncode:
+            output = result.stderr.decode(errors="replace")
+            message = storage_errors.media_error(site.site, self.type, site.media_remote, output, self.where(site))
+            raise StoreError(f"{message} (could not {action})")
+        return result.stdout
+
     def endpoint(self, repo: Repository) -> tuple[str, int]:
         endpoint = repo.options.get(self.endpoint_option) or self.default_endpoint
         host, _, port = endpoint.partition(":")
         return host, int(port or repo.options.get("storage-port") or 443)
 
     def explain(self, site: str, repo: Repository, output: str, index: int | None = None) -> str:
-        from infra.data.storage_errors import repository_error
-
-        return repository_error(site, repo, output, index)
+        return storage_errors.repository_error(site, repo, output, index)
 
     def explain_media(self, site: str, remote: MediaRemote, output: str) -> str:
-        from infra.data.storage_errors import media_error
-
-        return media_error(site, self.type, remote, output)
+        return storage_errors.media_error(site, self.type, remote, output)
 
     @staticmethod
     def _path(options: dict[str, str]) -> str:
@@ -99,6 +177,7 @@ class S3(ObjectStore):
     """Amazon S3 and S3-compatible stores (moto behind stunnel in the local cloud)."""
 
     type = "s3"
+    credentials = "the access key pair"
     required = ("s3-bucket", "s3-endpoint", "s3-region")
     secret_options = ("s3-key", "s3-key-secret", "s3-token")
     rclone_secret_options = ("access_key_id", "secret_access_key", "session_token")
@@ -116,6 +195,7 @@ class GCS(ObjectStore):
     """
 
     type = "gcs"
+    credentials = "the service account key or token"
     required = ("gcs-bucket",)
     rclone_secret_options = ("service_account_credentials", "token", "client_secret")
     container_option = "gcs-bucket"
@@ -134,12 +214,20 @@ class Azure(ObjectStore):
 
     type = "azure"
     noun = "container"
+    credentials = "the account key or SAS"
+    put_options = {}
+    put_creates_bucket = True
     required = ("azure-account", "azure-container")
     secret_options = ("azure-key",)
     rclone_secret_options = ("key", "sas_url", "client_secret")
     container_option = "azure-container"
     endpoint_option = "azure-endpoint"
     default_endpoint = "blob.core.windows.net"
+
+    def endpoint(self, repo: Repository) -> tuple[str, int]:
+        if not repo.options.get("azure-endpoint"):
+            return f"{repo.options.get('azure-account', '?')}.{self.default_endpoint}", 443
+        return super().endpoint(repo)
 
     def describe(self, repo: Repository) -> str:
         options = repo.options

@@ -2,23 +2,50 @@
 
 The core speaks in sites and repositories; only these classes know a storage type. Each
 turns a site's `Repository` / `MediaRemote` (from SiteOutputs) into pgBackRest `repoN-*`
-options and an rclone remote section, resolving credential references at run time. New
-types (s3, gcs, azure) register themselves with `@register`.
+options and an rclone remote section, resolving credential references at run time, and
+reads and writes small objects (inventory, journal, manifest copies) in the site's store
+with `put`/`get`/`list`. `Store` binds a type to one site's outputs. New types (s3, gcs,
+azure) register themselves with `@register`.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import ClassVar, Iterable
 
 from infra import secrets
-from infra.sites.contract import MediaRemote, Repository
+from infra.sites.contract import MediaRemote, Repository, SiteOutputs
+
+
+class StoreError(RuntimeError):
+    """A put, get or list failed; the message names the site, the store, what failed and a fix."""
+
+
+class MissingKey(StoreError, LookupError):
+    """`get` of a key the store does not hold."""
 
 
 class Storage:
-    """A storage type. Implementors set `type` and fill the two render hooks."""
+    """A storage type. Implementors set `type` and the flags, and fill the hooks.
+
+    Objects live under the site's media remote path (`SiteOutputs.media_remote.path`), so a
+    key such as `.failover/journal.json` sits in the same bucket or directory as the media
+    and travels with it. `put` replaces the object whole (readers never see half of it),
+    `get` raises MissingKey for an absent key, `list` returns whole keys, sorted. Every
+    failure is a StoreError from `store_error`, never the tool's raw output.
+    """
 
     type: ClassVar[str]
     # Secret option names: resolved from env/NAME at run time, redacted everywhere.
     secret_options: ClassVar[tuple[str, ...]] = ()
+    # What the store's top level is called in messages: directory, bucket or container.
+    noun: ClassVar[str] = "directory"
+    # What to check when the store refuses the credentials.
+    credentials: ClassVar[str] = "the credentials"
+    # Reached over the network (True) or a directory on this machine (False).
+    remote: ClassVar[bool] = False
 
     def repo_options(self, index: int, repo: Repository, site: str) -> dict[str, str]:
         """pgBackRest options for this repository as repo<index>-*, secrets resolved."""
@@ -45,6 +72,28 @@ class Storage:
         """A failed rclone command's output as a message naming the bucket and a fix (no secrets)."""
         return f"site {site}: media bucket {remote.path}: {last_line(output)}"
 
+    # -- objects in the site's store --
+
+    def put(self, site: SiteOutputs, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def get(self, site: SiteOutputs, key: str) -> bytes:
+        raise NotImplementedError
+
+    def list(self, site: SiteOutputs, prefix: str = "") -> list[str]:
+        raise NotImplementedError
+
+    def where(self, site: SiteOutputs) -> str:
+        """The store of a site's objects, for messages: its directory, or bucket and endpoint."""
+        return self.media_where(site.media_remote)
+
+    def media_where(self, remote: MediaRemote) -> str:
+        return f"{self.noun} {remote.path}"
+
+    def store_error(self, site: SiteOutputs, action: str, detail: str, fix: str) -> StoreError:
+        return StoreError(secrets.redact(f"site {site.site}: {self.type} storage {self.where(site)}: {action}: "
+                                         f"{detail}; fix: {fix}"))
+
     def _value(self, key: str, value: str, site: str) -> str:
         return secrets.resolve(value, f"site {site} {self.type} option {key}") if secrets.is_ref(value) else str(value)
 
@@ -69,9 +118,67 @@ def storage_for(type_: str) -> Storage:
         raise KeyError(f"unknown storage type {type_!r}; known: {', '.join(sorted(_TYPES))}") from None
 
 
+def check_key(key: str) -> str:
+    """A key is a relative path without `..`: it must not leave the store."""
+    parts = PurePosixPath(key).parts
+    if not key or key.startswith("/") or ".." in parts or key.endswith("/"):
+        raise ValueError(f"object key {key!r} must be a relative path inside the store, without '..'")
+    return key
+
+
+@dataclass(frozen=True)
+class Store:
+    """One site's store: where its copies of the inventory, journal and manifest live."""
+
+    site: SiteOutputs
+
+    @property
+    def storage(self) -> Storage:
+        return storage_for(self.site.repository.type)
+
+    @property
+    def name(self) -> str:
+        return self.site.site
+
+    def put(self, key: str, data: bytes) -> None:
+        self.storage.put(self.site, check_key(key), data)
+
+    def get(self, key: str) -> bytes:
+        return self.storage.get(self.site, check_key(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self.storage.list(self.site, prefix)
+
+    def reachable(self, c) -> bool:
+        return self.storage.reachable(c, self.site.repository)
+
+    def __str__(self) -> str:
+        return f"site {self.name}'s {self.storage.where(self.site)}"
+
+
+def put_all(stores: Iterable[Store], key: str, data: bytes) -> tuple[list[str], list[str]]:
+    """Puts one object into every store at once; returns (sites written, error messages)."""
+    stores = list(stores)
+
+    def attempt(store: Store) -> str:
+        try:
+            store.put(key, data)
+            return ""
+        except (StoreError, secrets.MissingSecret) as error:
+            return secrets.redact(str(error))
+
+    with ThreadPoolExecutor(max_workers=max(1, len(stores))) as pool:
+        errors = list(pool.map(attempt, stores))
+    return [s.name for s, e in zip(stores, errors) if not e], [e for e in errors if e]
+
+
 @register
 class Posix(Storage):
-    """A directory: the local cloud's object store, or a mounted volume."""
+    """A directory: the local cloud's object store, or a mounted volume.
+
+    Objects are files below the media directory (`media_remote.path`), written atomically
+    and owned like that directory, so the service user can replace them later.
+    """
 
     type = "posix"
 
@@ -80,6 +187,47 @@ class Posix(Storage):
 
         path = repo.options.get("path", "")
         return run(c, ["test", "-r", path, "-a", "-x", path], warn=True).ok
+
+    def put(self, site: SiteOutputs, key: str, data: bytes) -> None:
+        root, path = self._root(site), self._root(site) / key
+        try:
+            owner = root.stat()
+            for folder in reversed(path.relative_to(root).parents[:-1]):
+                if not (root / folder).exists():
+                    (root / folder).mkdir(exist_ok=True)
+                    os.chown(root / folder, owner.st_uid, owner.st_gid)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(data)
+            os.chown(tmp, owner.st_uid, owner.st_gid)
+            tmp.replace(path)
+        except OSError as error:
+            raise self._error(site, f"put {key}", error) from None
+
+    def get(self, site: SiteOutputs, key: str) -> bytes:
+        try:
+            return (self._root(site) / key).read_bytes()
+        except FileNotFoundError:
+            if self._root(site).is_dir():
+                raise MissingKey(f"site {site.site}: posix storage {self.where(site)} holds no {key}") from None
+            raise self._error(site, f"get {key}", FileNotFoundError("the directory does not exist")) from None
+        except OSError as error:
+            raise self._error(site, f"get {key}", error) from None
+
+    def list(self, site: SiteOutputs, prefix: str = "") -> list[str]:
+        root = self._root(site)
+        if not root.is_dir():
+            raise self._error(site, f"list {prefix or '/'}", FileNotFoundError("the directory does not exist"))
+        base = root / prefix.rpartition("/")[0]
+        keys = (str(p.relative_to(root)) for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    def _root(self, site: SiteOutputs) -> Path:
+        return Path(site.media_remote.path)
+
+    def _error(self, site: SiteOutputs, action: str, error: OSError) -> StoreError:
+        return self.store_error(site, action, error.strerror or str(error),
+                                "check that the directory exists and is mounted and writable here "
+                                "(a dropped site's store is unreachable on purpose)")
 
 
 def _load_object_stores() -> None:

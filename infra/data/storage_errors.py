@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from infra import secrets
-from infra.data.storage import storage_for
+from infra.data.storage import Storage, storage_for
 from infra.sites.contract import MediaRemote, Repository
 
 CREDENTIALS, MISSING, UNREACHABLE, TLS, UNKNOWN = "credentials", "missing-bucket", "unreachable", "tls", "unknown"
@@ -26,7 +26,7 @@ _PATTERNS = (
                   r"|AuthenticationFailed|AuthorizationPermissionMismatch|AccessDenied|invalid_grant|Unauthorized"
                   r"|Forbidden|(?:failed with|status code:?|StatusCode=|Error) 40[13]\b"),
     (MISSING, r"NoSuchBucket|ContainerNotFound|bucket does not exist|container does not exist"
-              r"|directory not found|404 \(Not Found\)|notFound"),
+              r"|directory not found|404 \(Not Found\)|notFound|googleapi: Error 404"),
 )
 
 
@@ -52,13 +52,11 @@ _SUMMARY = {
     UNKNOWN: "the operation failed",
 }
 
-_KEYS = {"s3": "the access key pair", "gcs": "the service account key or token", "azure": "the account key or SAS"}
-
-
-def _fix(kind: str, storage_type: str, noun: str, refs: list[str], ca_option: str) -> str:
+def _fix(kind: str, storage: Storage, refs: list[str], ca_option: str) -> str:
     held = f" (held in {', '.join(refs)})" if refs else ""
+    noun = storage.noun
     return {
-        CREDENTIALS: f"check {_KEYS.get(storage_type, 'the credentials')}{held}: wrong, expired or rotated, "
+        CREDENTIALS: f"check {storage.credentials}{held}: wrong, expired or rotated, "
                      f"or not allowed to write to this {noun}",
         MISSING: f"create the {noun} (`pulumi up` for the site creates it) or correct its name in the site's outputs",
         UNREACHABLE: "check that the store (or its emulator) is running and that endpoint and port are right; "
@@ -69,14 +67,14 @@ def _fix(kind: str, storage_type: str, noun: str, refs: list[str], ca_option: st
     }[kind]
 
 
-def explain(site: str, storage_type: str, where: str, output: str, tool: str,
-            refs: list[str] = (), noun: str = "bucket", ca_option: str = "the CA file") -> str:
+def explain(site: str, storage: Storage, where: str, output: str, tool: str,
+            refs: list[str] = (), ca_option: str = "the CA file") -> str:
     """One line: site, storage type, location, what failed, the likely fix, and the tool's error token."""
     problem = classify(output)
-    summary = _SUMMARY[problem.kind].format(noun=noun)
+    summary = _SUMMARY[problem.kind].format(noun=storage.noun)
     token = f" [{tool}: {problem.detail}]" if problem.detail else f" [{tool}]"
-    message = (f"site {site}: {storage_type} storage {where}: {summary}; "
-               f"fix: {_fix(problem.kind, storage_type, noun, list(refs), ca_option)}.{token}")
+    message = (f"site {site}: {storage.type} storage {where}: {summary}; "
+               f"fix: {_fix(problem.kind, storage, list(refs), ca_option)}.{token}")
     return secrets.redact(message)
 
 
@@ -84,24 +82,17 @@ def repository_error(site: str, repo: Repository, output: str, index: int | None
     """The message for a pgBackRest failure on a site's repository (repo<index> when known)."""
     storage = storage_for(repo.type)
     prefix = f"repo{index}-" if index else "repoN-"
-    return explain(site, repo.type, storage.describe(repo), output, "pgBackRest",
-                   _refs(repo.options), getattr(storage, "noun", "bucket"), f"{prefix}storage-ca-file")
+    return explain(site, storage, storage.describe(repo), output, "pgBackRest",
+                   _refs(repo.options), f"{prefix}storage-ca-file")
 
 
-def media_error(site: str, storage_type: str, remote: MediaRemote, output: str) -> str:
-    """The message for an rclone failure on a site's media bucket."""
-    bucket = remote.path.strip("/").split("/")[0] or "?"
-    noun = "container" if storage_type == "azure" else "bucket"
-    endpoint = remote.options.get("endpoint", "")
-    where = f"{noun} {bucket}" + (f" at {_host(endpoint)}" if endpoint and not secrets.is_ref(endpoint) else "")
-    return explain(site, storage_type, where, output, "rclone", _refs(remote.options), noun,
+def media_error(site: str, storage_type: str, remote: MediaRemote, output: str, where: str = "") -> str:
+    """The message for an rclone failure on a site's media bucket (`where` it is, if known better)."""
+    storage = storage_for(storage_type)
+    return explain(site, storage, where or storage.media_where(remote), output, "rclone", _refs(remote.options),
                    "rclone's --ca-cert (RCLONE_CA_CERT)")
 
 
 def _refs(options: dict[str, str]) -> list[str]:
     # Reference names are not secret and tell the operator which variable to fix.
     return sorted({value for value in options.values() if secrets.is_ref(value)})
-
-
-def _host(url: str) -> str:
-    return re.sub(r"^[a-z]+://", "", url).split("/")[0]
