@@ -1,6 +1,7 @@
 """`failover drill`: cut the primary off on the embedded local cloud, fail over, prove it with numbers."""
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +11,10 @@ from rich.console import Console
 from infra import cliutil
 from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
                             workdir_path)
-from infra.sites.local import DEFAULT_PREFIX
+from infra.drill import report
+from infra.drill import scenario as scenario_mod
+from infra.drill.result import ScenarioResult
+from infra.sites.local import DEFAULT_PREFIX, LocalCloud
 from infra.spec import load_spec
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -32,11 +36,6 @@ def drill(
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Run drill scenarios and write report.json, report.md, timeline PNGs and junit.xml. Exit 1 if a target is missed."""
-    from datetime import datetime
-
-    from infra.drill import report, scenario as scenario_mod
-    from infra.sites.local import LocalCloud
-
     if not prefix.startswith("127."):
         raise cliutil.FailoverError(f"--prefix {prefix!r} must be inside 127.0.0.0/8")
     chosen = scenario_mod.selected(scenario)
@@ -55,19 +54,19 @@ def drill(
             cloud.stop_all()
             cloud.remove()
     written = report.write(directory, results)
-    emit(written, as_json, lambda r: _render(r, directory))
-    if not written["passed"]:
+    emit(written, as_json, lambda r: _render(results, directory))
+    if not report.passed(results):
         raise typer.Exit(1)
 
 
-def _render(result: dict, directory: Path) -> None:
-    for s in result["scenarios"]:
-        mark = "[green]pass[/green]" if s["passed"] else "[red]FAIL[/red]"
-        rto = "never" if s["rto_seconds"] is None else f"{s['rto_seconds']:.1f}s"
-        out.print(f"{s['name']:12} {s['source']} → {s['target']}  RTO {rto} (limit {s['targets']['rto_limit_seconds']:.0f}s)"
-                  f"  lost {s['writes_lost']}/{s['writes_acked']}  RPO window {s['rpo_seconds']:.2f}s"
-                  + (f"  archive lag {s['archive_lag_seconds']:.2f}s" if s.get("archive_lag_seconds") is not None else "")
+def _render(results: list[ScenarioResult], directory: Path) -> None:
+    for s in results:
+        mark = "[green]pass[/green]" if s.passed else "[red]FAIL[/red]"
+        rto = "never" if s.rto_seconds is None else f"{s.rto_seconds:.1f}s"
+        out.print(f"{s.name:12} {s.source} → {s.target}  RTO {rto} (limit {s.rto_limit_seconds:.0f}s)"
+                  f"  lost {s.writes_lost}/{s.writes_acked}  RPO window {s.rpo_seconds:.2f}s"
+                  + (f"  archive lag {s.archive_lag_seconds:.2f}s" if s.archive_lag_seconds is not None else "")
                   + f"  {mark}")
-        for missed in s["missed"]:
+        for missed in s.missed:
             out.print(f"   [red]✗[/red] {missed}")
     out.print(f"report: {directory}/report.md")

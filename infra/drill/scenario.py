@@ -15,6 +15,7 @@ from typing import Callable
 from infra.errors import FailoverError
 from infra.drill import measure
 from infra.drill.canary import Canary, Write, dns_servers, read_back
+from infra.drill.result import ScenarioResult
 from infra.sites.local import LocalCloud
 from infra.spec import Spec
 
@@ -93,7 +94,7 @@ def fresh_cloud(options: Options, progress: Progress) -> LocalCloud:
     return cloud
 
 
-def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> dict:
+def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> ScenarioResult:
     from infra.data import integrity
     from infra.dns.local import local_providers
     from infra.runbook import runner
@@ -133,7 +134,7 @@ def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> di
 
 
 def _result(scenario, targets, cloud, spec, source, target, writes: list[Write], cut_off, command_started,
-            command_ended, journal, error, before) -> dict:
+            command_ended, journal, error, before) -> ScenarioResult:
 
     acks = [measure.Ack(w.seq, w.sent, w.answered, w.acked, w.site) for w in writes]
     present, readback_error = set(), ""
@@ -157,21 +158,21 @@ def _result(scenario, targets, cloud, spec, source, target, writes: list[Write],
     if readback_error:
         missed.append(f"could not read the canary back from {target.name}: {readback_error}")
     failed, _ = measure.outage(acks, cut_off)
-    return {
-        "name": scenario.name, "description": scenario.description, "source": source, "target": target.name,
-        "dns_ttl": spec.dns.ttl, "targets": {**targets.to_dict(), "rto_limit_seconds": targets.rto_limit(spec.dns.ttl)},
-        "cut_off": iso(cut_off), "command_started": iso(command_started), "command_ended": iso(command_ended),
-        "command_seconds": round(command_ended - command_started, 3),
-        "rto_seconds": rto_cut, "rto_from_command_seconds": rto_cmd,
-        "rpo_seconds": lost.window_seconds, "archive_lag_seconds": lag, "recovered_to": iso(recovered_to),
-        "newest_segment_age_seconds": _newest_segment_age(cloud, journal, cut_off),
-        "writes_acked": sum(a.acked for a in acks), "writes_lost": lost.lost,
-        "lost_seqs": list(lost.lost_seqs)[:50], "writes_failed_after_cut_off": failed, "writes_attempted": len(acks),
-        "passed": not missed, "missed": missed, "error": error or None,
-        "epoch": journal.epoch if journal else None,
-        "steps": journal.timings() if journal else [], "integrity": integrity_report,
-        "canary": [w.to_dict() for w in writes], "cut_off_ts": cut_off, "command_started_ts": command_started,
-    }
+    return ScenarioResult(
+        name=scenario.name, description=scenario.description, source=source, target=target.name,
+        dns_ttl=spec.dns.ttl, targets=targets, rto_limit_seconds=targets.rto_limit(spec.dns.ttl),
+        cut_off=iso(cut_off), command_started=iso(command_started), command_ended=iso(command_ended),
+        command_seconds=round(command_ended - command_started, 3),
+        rto_seconds=rto_cut, rto_from_command_seconds=rto_cmd,
+        rpo_seconds=lost.window_seconds, archive_lag_seconds=lag, recovered_to=iso(recovered_to),
+        newest_segment_age_seconds=_newest_segment_age(cloud, journal, cut_off),
+        writes_acked=sum(a.acked for a in acks), writes_lost=lost.lost,
+        lost_seqs=list(lost.lost_seqs)[:50], writes_failed_after_cut_off=failed, writes_attempted=len(acks),
+        passed=not missed, missed=missed, error=error or None,
+        epoch=journal.epoch if journal else None,
+        steps=journal.timings() if journal else [], integrity=integrity_report,
+        canary=list(writes), cut_off_ts=cut_off, command_started_ts=command_started,
+    )
 
 
 def _step_detail(journal, step: str) -> dict:

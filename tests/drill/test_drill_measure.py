@@ -1,6 +1,10 @@
 """RTO, RPO and the pass/fail judgement, computed from canary records given as data."""
+from dataclasses import replace
+
 from infra.drill import measure, report
+from infra.drill.canary import Write
 from infra.drill.measure import Ack, Targets
+from infra.drill.result import ScenarioResult
 
 
 def writes(*rows):
@@ -66,13 +70,16 @@ def test_targets_explicit_rto_wins_over_ttl():
     assert Targets(rto_margin_seconds=30).rto_limit(30) == 60
 
 
-def scenario(name, passed):
-    return {"name": name, "description": "d", "source": "aws", "target": "gcp", "dns_ttl": 30,
-            "targets": {"rto_limit_seconds": 35.0}, "rto_seconds": 20.0 if passed else None,
-            "rto_from_command_seconds": 19.0 if passed else None, "rpo_seconds": 0.0, "writes_acked": 10,
-            "writes_lost": 0, "passed": passed, "missed": [] if passed else ["never"], "steps": [],
-            "cut_off": "t", "command_seconds": 5.0, "epoch": 2, "integrity": {"summary": "ok"},
-            "canary": [], "cut_off_ts": 0.0, "command_started_ts": 0.0}
+def scenario(name, passed, **changes):
+    result = ScenarioResult(
+        name=name, description="d", source="aws", target="gcp", dns_ttl=30, targets=Targets(), rto_limit_seconds=35.0,
+        cut_off="t", command_started="t", command_ended="t", command_seconds=5.0,
+        rto_seconds=20.0 if passed else None, rto_from_command_seconds=19.0 if passed else None, rpo_seconds=0.0,
+        archive_lag_seconds=None, recovered_to=None, newest_segment_age_seconds=None, writes_acked=10, writes_lost=0,
+        lost_seqs=[], writes_failed_after_cut_off=0, writes_attempted=10, passed=passed,
+        missed=[] if passed else ["never"], error=None, epoch=2, steps=[], integrity={"summary": "ok"},
+        canary=[Write(1, 0.5, 0.6, "127.0.0.2", True, "gcp")])
+    return replace(result, **changes)
 
 
 def test_summary_fails_when_one_scenario_fails_and_drops_raw_records():
@@ -84,7 +91,7 @@ def test_summary_fails_when_one_scenario_fails_and_drops_raw_records():
 
 
 def test_junit_has_a_case_per_scenario_and_failures():
-    xml = report.junit(report.summary([scenario("warm", True), scenario("pilot-light", False)]))
+    xml = report.junit([scenario("warm", True), scenario("pilot-light", False)])
     assert 'tests="2"' in xml and 'failures="1"' in xml and "<failure" in xml
 
 
@@ -120,6 +127,26 @@ def test_judge_fails_a_window_beyond_the_archive_lag_or_an_unmeasured_lag():
 
 
 def test_report_md_shows_the_archive_lag(tmp_path):
-    pilot = {**scenario("pilot-light", True), "archive_lag_seconds": 0.51}
-    assert "| WAL archive lag |" in report.markdown(report.summary([pilot]))
-    assert "| 0.51s |" in report.markdown(report.summary([pilot]))
+    pilot = scenario("pilot-light", True, archive_lag_seconds=0.51)
+    assert "| WAL archive lag |" in report.markdown([pilot])
+    assert "| 0.51s |" in report.markdown([pilot])
+
+
+# The keys of a scenario in report.json before the result was a dataclass: the report keeps its form.
+REPORT_KEYS = ["name", "description", "source", "target", "dns_ttl", "targets", "cut_off", "command_started",
+               "command_ended", "command_seconds", "rto_seconds", "rto_from_command_seconds", "rpo_seconds",
+               "archive_lag_seconds", "recovered_to", "newest_segment_age_seconds", "writes_acked", "writes_lost",
+               "lost_seqs", "writes_failed_after_cut_off", "writes_attempted", "passed", "missed", "error", "epoch",
+               "steps", "integrity", "canary", "cut_off_ts", "command_started_ts"]
+
+
+def test_report_json_keeps_its_keys_and_the_canary_apart(tmp_path):
+    import json
+
+    report.write(tmp_path, [scenario("warm", True)])
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert list(written) == ["passed", "scenarios", "canary"]
+    assert list(written["scenarios"][0]) == [k for k in REPORT_KEYS if k not in ("canary", "cut_off_ts", "command_started_ts")]
+    assert written["scenarios"][0]["targets"]["rto_limit_seconds"] == 35.0 and "rto_margin_seconds" in written["scenarios"][0]["targets"]
+    assert list(scenario("warm", True).to_dict()) == REPORT_KEYS
+    assert written["canary"]["warm"][0]["site"] == "gcp"
