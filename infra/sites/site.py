@@ -15,6 +15,7 @@ Errors name the site, the host and what to do; nothing has changed on the site w
 from __future__ import annotations
 
 import os
+import secrets as random_tokens
 import shlex
 import socket
 from dataclasses import dataclass, field
@@ -155,11 +156,32 @@ class Site:
                             f"without a password ({result.stderr.strip() or 'sudo -n refused'}); grant it "
                             f"NOPASSWD sudo (/etc/sudoers.d/{self.outputs.ssh_user})")
 
+    def write(self, path: str, text: str, owner: str = SERVICE_USER, mode: str = "600") -> None:
+        """Writes a file on the database host over SFTP, then moves it in place as root.
+
+        The content never appears on a command line (sudo logs those; configs hold passwords):
+        it lands 0600 in the SSH user's home first, then `install` gives it owner and mode.
+        """
+        conn = self.connection()
+        staged = f".failover-upload-{secrets_token()}"
+        with conn.sftp().open(staged, "w") as remote:
+            remote.chmod(0o600)
+            remote.write(text.encode())
+        command = (f"install -o {owner} -g {owner} -m {mode} {shlex.quote(staged)} {shlex.quote(path)}; "
+                   f"status=$?; rm -f {shlex.quote(staged)}; exit $status")
+        result = conn.run(f"cd ~ && sudo -n sh -c {shlex.quote(command)}", hide=True, warn=True, in_stream=False)
+        if not result.ok:
+            raise SiteError(f"site {self.name}: host {conn.host}: could not write {path}: {result.stderr.strip()}")
+
     def psql(self, sql: str, db: str = "postgres", warn: bool = False, port: int | None = None):
         """SQL on the database host through its unix socket (peer authentication, no password)."""
         argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-p", str(port or self.outputs.db_port),
                 "-d", db, "-c", sql]
         return self.service().run(shlex.join(argv), warn=warn, timeout=120)
+
+
+def secrets_token() -> str:
+    return random_tokens.token_hex(8)
 
 
 class AsUser:
@@ -180,12 +202,7 @@ class AsUser:
         exports = "".join(f"export {k}={shlex.quote(str(v))}; " for k, v in (env or {}).items())
         who = "" if self.user == "root" else f"-u {self.user} "
         wrapped = f"sudo -n {who}-H -- bash -c {shlex.quote('cd / && ' + exports + command)}"
-        try:
-            result = self.conn.run(wrapped, hide=True, warn=True, timeout=timeout, in_stream=False)
-        except CommandTimedOut:
-            if warn:
-                raise
-            raise
+        result = self.conn.run(wrapped, hide=True, warn=True, timeout=timeout, in_stream=False)
         if result.exited == 1 and "sudo:" in result.stderr and "password is required" in result.stderr:
             raise SiteError(f"site {self.site.name}: host {self.host}: user {self.site.outputs.ssh_user} may not "
                             f"sudo to {self.user} without a password; grant it NOPASSWD sudo")

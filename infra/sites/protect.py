@@ -1,0 +1,287 @@
+"""`failover sites protect`: set up and repair protection on every reachable site of an Inventory.
+
+It works on any site reached through the Site seam (cloud VMs that `pulumi up` created, or the
+local cloud's Debian VMs), idempotently, in this order:
+1. checks first: the primary answers SSH, sudo works on every reachable site, the replication
+   password's secret resolves; nothing changes before all of them pass;
+2. TLS: a server certificate per site from the toolkit's CA, and the settings and pg_hba lines
+   (`hostssl ... scram-sha-256` for the peers, peer authentication on the unix socket, never
+   `trust`) on every reachable site;
+3. the primary: the replication role (its SCRAM verifier, computed here: the password never
+   travels), the epoch schema, pgBackRest with every repository, the stanza and a first full
+   backup in every repository that has none;
+4. the warm replica (cloned over TLS at verify-full unless it already streams) and the
+   pilot-light's WAL receiver (pg_receivewal as a supervisor program).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra import secrets
+from infra.app import seed as app_seed
+from infra.data import protection
+from infra.data.pgbackrest import STANZA
+from infra.sites.contract import Inventory
+from infra.sites.site import CONF_DIR, DB_VERSION, PATHS, SERVICE_USER, Site, SiteError
+from infra.sites.tls import CertificateAuthority
+from infra.spec import Spec
+from playbooks import pgbackrest
+from playbooks.host import ensure_dir
+
+REPLICATION_USER = "replicator"
+PASSWORD_REF = "env/FAILOVER_REPLICATION_PASSWORD"
+TLS_DIR = f"{PATHS.pgbackrest_dir}/tls"
+PASSFILE = f"{PATHS.pgbackrest_dir}/pgpass"
+SETTINGS_FILE = f"{CONF_DIR}/conf.d/50-failover.conf"
+WALSTREAM_PROGRAM = "failover-walstream"
+SCHEMA = Path(app_seed.__file__).with_name("schema.sql")
+
+
+@dataclass
+class ProtectReport:
+    sites: dict[str, list[str]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def did(self, site: str, what: str) -> None:
+        self.sites.setdefault(site, []).append(what)
+
+
+# ---------------------------------------------------------------- pure parts
+
+def hba_lines(site: Site, peers: list[Site]) -> list[str]:
+    """pg_hba.conf: peer auth on the unix socket, TLS + scram from the peers and the site's own app.
+
+    On loopback the kernel gives every connection to a 127.x address the source 127.0.0.1,
+    whoever sends it, so peers there are matched as 127.0.0.1.
+    """
+    sources = sorted({_source(p.outputs.db_host) for p in peers} |
+                     {_source(a) for a in site.outputs.public_addresses})
+    lines = ["local all postgres peer", "local all all peer"]
+    lines += [f"hostssl replication {REPLICATION_USER} {s} scram-sha-256" for s in sources]
+    lines += [f"hostssl all all {s} scram-sha-256" for s in sources]
+    return lines
+
+
+def _source(address: str) -> str:
+    return "127.0.0.1/32" if address.startswith("127.") else f"{address}/32"
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802 / 7677)."""
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored = hashlib.sha256(client_key).digest()
+    server = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored)}:{b64(server)}"
+
+
+def conninfo(primary: Site, application: str) -> str:
+    """How a peer connects to the primary: TLS verified against the toolkit's CA, a passfile."""
+    return (f"host={primary.outputs.db_host} port={primary.outputs.db_port} user={REPLICATION_USER} "
+            f"passfile={PASSFILE} sslmode=verify-full sslrootcert={TLS_DIR}/ca.crt application_name={application}")
+
+
+def settings(site: Site, sync_standby: str | None) -> dict[str, str]:
+    values = protection.pg_settings(site.outputs.db_host, site.outputs.db_port, PATHS, sync_standby)
+    values.update({"ssl": "on", "ssl_cert_file": f"{TLS_DIR}/server.crt", "ssl_key_file": f"{TLS_DIR}/server.key",
+                   "ssl_ca_file": f"{TLS_DIR}/ca.crt", "password_encryption": "scram-sha-256"})
+    return values
+
+
+def render_settings(values: dict[str, str]) -> str:
+    return "".join(f"{k} = '{str(v).replace(chr(39), chr(39) * 2)}'\n" for k, v in sorted(values.items()))
+
+
+# ---------------------------------------------------------------- the run
+
+def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: CertificateAuthority,
+            progress=lambda m: None) -> ProtectReport:
+    started = time.monotonic()
+    report = ProtectReport()
+    primary = sites[inventory.active]
+    reachable = _check(inventory, sites, primary, report)
+    password = secrets.resolve(PASSWORD_REF, "the replication role (sites protect)")
+    peers = [sites[n] for n in inventory.names if n in reachable]
+    sync = spec.database.replication == "sync"
+    for site in peers:
+        progress(f"{site.name}: TLS certificate, settings and pg_hba")
+        _tls(site, ca)
+        _configure(site, [p for p in peers if p is not site], None, report)
+        site.write(PASSFILE, f"*:*:*:{REPLICATION_USER}:{password}\n")
+    progress(f"{primary.name}: replication role, epoch schema, pgBackRest stanza and backups")
+    _primary(primary, inventory, spec, password, reachable, report)
+    standbys = []
+    for site in peers:
+        if site is primary:
+            continue
+        if site.role == "warm":
+            progress(f"{site.name}: streaming replica of {primary.name}")
+            report.did(site.name, _replica(site, primary, inventory, spec, reachable, sync))
+            standbys.append(site.name)
+        elif site.role == "pilot-light":
+            progress(f"{site.name}: WAL stream from {primary.name}")
+            report.did(site.name, _wal_stream(site, primary, inventory, reachable))
+    if sync and standbys:
+        _configure(primary, [p for p in peers if p is not primary], standbys[0], report)
+    report.seconds = round(time.monotonic() - started, 2)
+    return report
+
+
+def _check(inventory: Inventory, sites: dict[str, Site], primary: Site, report: ProtectReport) -> set[str]:
+    """Every check before any change: the primary's SSH and sudo, the others' where they answer."""
+    secrets.resolve(PASSWORD_REF, "the replication role (sites protect)")
+    primary.connection()  # raises SiteError naming the site, host and what to do
+    primary.check_sudo()
+    reachable = {primary.name}
+    for name in inventory.names:
+        site = sites[name]
+        if site is primary:
+            continue
+        if not site.reachable():
+            report.skipped[name] = f"host {site.db_host} does not answer SSH: protected once it is back"
+            continue
+        site.check_sudo()
+        reachable.add(name)
+    return reachable
+
+
+def _cluster(site: Site, action: str) -> None:
+    """Starts/stops/restarts the cluster with systemd where it runs, pg_ctlcluster elsewhere."""
+    unit = f"postgresql@{DB_VERSION}-main"
+    site.root().run(f"if [ -d /run/systemd/system ]; then systemctl {action} {unit}; "
+                    f"else pg_ctlcluster {DB_VERSION} main {action}; fi", timeout=180)
+
+
+def _running(site: Site) -> bool:
+    return site.service().run(f"pg_ctlcluster {DB_VERSION} main status", warn=True).ok
+
+
+def _tls(site: Site, ca: CertificateAuthority) -> None:
+    ensure_dir(site.service(), PATHS.pgbackrest_dir)
+    ensure_dir(site.service(), TLS_DIR)
+    key, certificate = ca.issue(site.outputs.db_host, (site.name,))
+    site.write(f"{TLS_DIR}/server.key", key)
+    site.write(f"{TLS_DIR}/server.crt", certificate, mode="644")
+    site.write(f"{TLS_DIR}/ca.crt", ca.certificate.read_text(), mode="644")
+
+
+def _configure(site: Site, peers: list[Site], sync_standby: str | None, report: ProtectReport) -> None:
+    """Settings and pg_hba; a running cluster reloads, or restarts when archive_mode must change."""
+    site.write(SETTINGS_FILE, render_settings(settings(site, sync_standby)))
+    site.write(f"{CONF_DIR}/pg_hba.conf", "\n".join(hba_lines(site, peers)) + "\n")
+    if not _running(site):
+        return
+    if site.psql("SHOW archive_mode", warn=True).stdout.strip() == "on":
+        site.psql("SELECT pg_reload_conf()")
+    else:
+        _cluster(site, "restart")
+        report.did(site.name, "restarted (archive_mode)")
+
+
+def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str, reachable: set[str],
+             report: ProtectReport) -> None:
+    if not _running(primary):
+        _cluster(primary, "start")
+    verifier = scram_verifier(password)
+    role = f"{REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD '{verifier}'"
+    primary.psql(f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{REPLICATION_USER}') "
+                 f"THEN ALTER ROLE {role}; ELSE CREATE ROLE {role}; END IF; END $$")
+    db = spec.database.name
+    if primary.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").stdout.strip() != "1":
+        primary.psql(f"CREATE DATABASE {db}")
+    primary.write(f"{PATHS.pgbackrest_dir}/schema.sql", SCHEMA.read_text(), mode="644")
+    primary.service().run(shlex.join(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-p", str(primary.outputs.db_port),
+                                      "-d", db, "-f", f"{PATHS.pgbackrest_dir}/schema.sql"]))
+    report.did(primary.name, "replication role, epoch schema")
+    skip = set(inventory.names) - reachable
+    protection.install_pgbackrest(primary.service(), inventory, primary.name, PATHS, primary.outputs.db_port, skip)
+    stanzas = protection.create_stanzas(primary.service(), inventory, PATHS, skip)
+    broken = [f"{r.repo} ({r.site}): {r.error}" for r in stanzas if not r.ok]
+    if broken:
+        raise SiteError(f"site {primary.name}: pgBackRest stanza {STANZA} failed: " + "; ".join(broken))
+    for index, name in _repos_without_backup(primary, inventory, skip):
+        result = pgbackrest.backup(primary.service(), PATHS.config, index, "full")
+        if not result.ok:
+            raise SiteError(f"site {primary.name}: the first full backup into repo{index} ({name}) failed: "
+                            f"{secrets.redact(result.stderr.strip()[-300:])}")
+        report.did(primary.name, f"full backup into repo{index} ({name})")
+
+
+def _repos_without_backup(primary: Site, inventory: Inventory, skip: set[str]) -> list[tuple[int, str]]:
+    missing = []
+    for name in inventory.names:
+        if name in skip:
+            continue
+        index = inventory.repo_index(name)
+        info, _ = pgbackrest.info(primary.service(), PATHS.config, index)
+        if not (info and info.get("backup")):
+            missing.append((index, name))
+    return missing
+
+
+def _streams_to(primary: Site, application: str) -> bool:
+    return primary.psql(f"SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
+                        f"WHERE r.application_name = '{application}' AND s.ssl", warn=True).stdout.strip() == "1"
+
+
+def _replica(site: Site, primary: Site, inventory: Inventory, spec: Spec, reachable: set[str], sync: bool) -> str:
+    """A warm site streams from the primary: cloned over TLS unless it already streams."""
+    skip = set(inventory.names) - reachable
+    protection.install_pgbackrest(site.service(), inventory, site.name, PATHS, site.outputs.db_port, skip)
+    if _streams_to(primary, site.name):
+        return "replica: already streaming"
+    if _running(site):
+        _cluster(site, "stop")
+    c = site.service()
+    c.run(f"rm -rf {PATHS.pgdata} && mkdir -m 700 {PATHS.pgdata}")
+    c.run(shlex.join(["pg_basebackup", "-D", PATHS.pgdata, "-X", "stream", "-c", "fast",
+                      "-d", conninfo(primary, site.name)]), timeout=3600)
+    c.run(f"touch {PATHS.pgdata}/standby.signal")
+    values = settings(site, None)
+    values["primary_conninfo"] = conninfo(primary, site.name)
+    if not sync:
+        values["wal_receiver_status_interval"] = "0"
+    site.write(SETTINGS_FILE, render_settings(values))
+    _cluster(site, "start")
+    _wait(lambda: _streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}")
+    return "replica: cloned over TLS, streaming"
+
+
+def _wal_stream(site: Site, primary: Site, inventory: Inventory, reachable: set[str]) -> str:
+    """pg_receivewal on the pilot-light host, supervised; its cluster stays stopped."""
+    skip = set(inventory.names) - reachable
+    protection.install_pgbackrest(site.service(), inventory, site.name, PATHS, site.outputs.db_port, skip)
+    if _running(site):
+        _cluster(site, "stop")
+    slot = protection.stream_slot(site.name)
+    primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
+                 f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
+    ensure_dir(site.service(), PATHS.wal_stream)
+    command = shlex.join([f"/usr/lib/postgresql/{DB_VERSION}/bin/pg_receivewal", "-D", PATHS.wal_stream, "-S", slot,
+                          "-w", "-d", conninfo(primary, site.name)])
+    program = (f"[program:{WALSTREAM_PROGRAM}]\ncommand={command}\nuser={SERVICE_USER}\nautorestart=true\n"
+               f"startretries=1000\nredirect_stderr=true\n"
+               f"stdout_logfile=/var/log/postgresql/{WALSTREAM_PROGRAM}.log\n")
+    site.write(f"/etc/supervisor/conf.d/{WALSTREAM_PROGRAM}.conf", program, owner="root", mode="644")
+    site.root().run("supervisorctl reread >/dev/null && supervisorctl update >/dev/null")
+    _wait(lambda: _streams_to(primary, site.name), 60, f"{site.name}'s pg_receivewal to stream from {primary.name}")
+    return "WAL stream: pg_receivewal streaming over TLS"
+
+
+def _wait(check, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    raise SiteError(f"timed out after {seconds:.0f}s waiting for {what}")
