@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
+from typing import Iterable
 
 import psycopg
 
-from infra.app.seed import write_media
+from infra.data.storage import Store, StoreError, put_all
 
 TABLES = ("users", "posts", "follows", "media")
-MANIFEST = ".failover/checksums.json"  # in the active site's media bucket, replicated with the media
+MANIFEST = ".failover/checksums.json"  # in every reachable site's store, beside the media
 
 
 def checksum_sql(table: str, upto: dict[str, int] | None = None) -> str:
@@ -62,10 +62,22 @@ def compare(restored: dict[str, dict], source: dict[str, dict]) -> dict[str, dic
     }
 
 
-def write_manifest(dsn: str, media_dir: Path, site: str) -> dict[str, dict]:
-    """Records the checksums of the data a backup covers, so a restore can prove itself later
-    even when the source is gone."""
+def write_manifest(dsn: str, stores: Iterable[Store], site: str) -> dict[str, dict]:
+    """Records the checksums of the data a backup covers in every given store, so a restore can
+    prove itself later even when the source is gone. Raises StoreError if no store took it."""
     sums = checksums(dsn)
     manifest = {"site": site, "taken": datetime.now().astimezone().isoformat(), "tables": sums}
-    write_media(media_dir, MANIFEST, json.dumps(manifest).encode())
+    copied, errors = put_all(stores, MANIFEST, json.dumps(manifest).encode())
+    if errors and not copied:
+        raise StoreError(f"the checksum manifest of {site} reached no store: {'; '.join(errors)}")
     return sums
+
+
+def read_manifest(stores: Iterable[Store]) -> dict | None:
+    """The checksum manifest from the first of `stores` that holds one and answers, else None."""
+    for store in stores:
+        try:
+            return json.loads(store.get(MANIFEST))
+        except (StoreError, ValueError):  # MissingKey is a StoreError
+            continue
+    return None

@@ -1,15 +1,15 @@
 """`failover snapshot` and `failover restore`: backups on demand, and restores that prove themselves.
 
 A snapshot backs up into every reachable repository, records the checksum manifest of the
-data it covers in the active site's media bucket (`.failover/checksums.json`, replicated with
-the media), and syncs media. A restore checks everything first (target site, repository,
+data it covers in every reachable site's store (`.failover/checksums.json`, through
+Storage.put), and syncs media. A restore checks everything first (target site, repository,
 reachability), then restores the database and media, and verifies row counts and per-table
 checksums against the live source or, when the source is gone, against that manifest.
 """
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import psycopg
@@ -19,6 +19,7 @@ from invoke import Context
 from infra.errors import FailoverError
 from infra.data import integrity, protection
 from infra.data import media as media_config
+from infra.data.storage import Store
 from infra.sites.database import dsn, record_postmaster
 from infra.sites.local import LocalCloud, LocalSite
 from infra.sites.processes import wait_for
@@ -40,7 +41,7 @@ def snapshot(cloud: LocalCloud, spec: Spec, kind: str, progress) -> dict:
     skip = unreachable(c, cloud)
     progress(f"backing up {active.name} ({kind}) into every reachable repository")
     results = protection.backup_all(c, inventory, active.paths, skip, kind)
-    integrity.write_manifest(dsn(active, spec), active.media_dir, active.name)
+    integrity.write_manifest(dsn(active, spec), [Store(s) for s in inventory.sites if s.site not in skip], active.name)
     results += [protection.prestage(c, inventory, s.name, s.paths, spec.database.port, skip) for s in cloud.sites()
                 if s.role == "pilot-light" and s.name not in skip | {active.name}]
     targets = [n for n in inventory.names if n != active.name and n not in skip]
@@ -83,17 +84,46 @@ def _check_target(cloud: LocalCloud, inventory, name: str) -> LocalSite:
     return target
 
 
-def restore(cloud: LocalCloud, spec: Spec, site: str, repo: str | None, target_time: str | None, progress) -> dict:
+@dataclass(frozen=True)
+class RestorePlan:
+    """What `failover restore --yes` does, decided before anything changes: the site whose data
+    is replaced, the repository it comes from, the point in time, and the sites left out."""
+
+    site: str
+    repo_index: int
+    repo_site: str
+    target_time: str | None
+    skip: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"site": self.site, "repo": f"repo{self.repo_index}", "source_site": self.repo_site,
+                "target_time": self.target_time, "unreachable": list(self.skip),
+                "replaces": f"the database and media of {self.site}"}
+
+
+def plan(cloud: LocalCloud, spec: Spec, site: str, repo: str | None, target_time: str | None) -> RestorePlan:
+    """Checks the target and chooses the repository; changes nothing."""
     c = Context()
     inventory = cloud.inventory()
     target = _check_target(cloud, inventory, site)
-    skip = unreachable(c, cloud)
+    if target_time:
+        pgbackrest_time(target_time)  # a bad time is refused before anything changes
+    skip = unreachable(c, cloud, inventory)
     reachable = [n for n in inventory.names if n not in skip]
     config = cloud.site(reachable[0]).paths.config if reachable else target.paths.config
     index, source_site = choose_repo(c, config, inventory, target.name, repo, skip)
+    return RestorePlan(target.name, index, source_site, target_time, tuple(sorted(skip)))
+
+
+def restore(cloud: LocalCloud, spec: Spec, the_plan: RestorePlan, progress) -> dict:
+    """Applies a plan from `plan()`: restores the database and media, then verifies them."""
+    c = Context()
+    inventory = cloud.inventory()
+    target, index, source_site, target_time = (cloud.site(the_plan.site), the_plan.repo_index, the_plan.repo_site,
+                                               the_plan.target_time)
     started = time.monotonic()
     progress(f"restoring {target.name} from repo{index} ({source_site})" + (f" to {target_time}" if target_time else ""))
-    restore_database(c, cloud, spec, inventory, target, index, skip, target_time)
+    restore_database(c, cloud, spec, inventory, target, index, set(the_plan.skip), target_time)
     progress("copying media from the repository's site")
     conf = f"{target.paths.pgbackrest_dir}/rclone.conf"
     protection.install_rclone(c, inventory, target.paths)
@@ -157,11 +187,11 @@ def verify(c, cloud: LocalCloud, spec: Spec, inventory, target: LocalSite, sourc
         source, against = integrity.checksums(dsn(active, spec), integrity.max_ids(restored)), f"live {active.name}"
         restored_range = restored
     else:
-        manifest = media.cat(c, conf, f"{media_config.bucket(inventory, source_site)}/{integrity.MANIFEST}")
+        manifest = integrity.read_manifest([Store(inventory.site(source_site))])
         if manifest is None:
             raise FailoverError(f"the source {inventory.active} is unreachable and no checksum manifest is in "
                                 f"{source_site}'s bucket: cannot verify; run `failover snapshot` while the primary is up")
-        source, against = json.loads(manifest)["tables"], f"manifest in {source_site}'s bucket"
+        source, against = manifest["tables"], f"manifest in {source_site}'s store"
         restored_range = integrity.checksums(dsn(target, spec), integrity.max_ids(source))
     checks = integrity.compare(restored_range, source)
     keys = media.list_keys(c, conf, media_config.bucket(inventory, target.name)) or set()

@@ -6,24 +6,23 @@ removed at the end, on failure too. DNS and the inventory are not touched, so th
 can run it against the real standby cloud.
 
 Its rows are checked against the checksum manifest that `failover snapshot` leaves in every
-bucket (the live primary is not queried: a drill must not load production). Every command runs
+store (the live primary is not queried: a drill must not load production). Every command runs
 through `c`, an invoke Context locally or a Fabric Connection to a cloud VM, and the checksums
 are taken with psql on that host: the scratch port never has to be reachable from the runner.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from infra.errors import FailoverError
 from infra.data import integrity, protection
-from infra.data import media as media_config
 from infra.data.pgbackrest import HostPaths
+from infra.data.storage import Store
 from infra.sites.contract import Inventory
 from infra.sites.processes import wait_for
-from playbooks import media, pgbackrest, postgres
+from playbooks import pgbackrest, postgres
 from playbooks.host import ensure_dir
 from playbooks.host import run as host_run
 
@@ -101,13 +100,11 @@ def _start(host: ScratchHost) -> None:
 
 
 def _manifest(host: ScratchHost, inventory: Inventory, repo_site: str) -> dict:
-    """The checksum manifest from the repository's site's bucket, else from the host's own."""
-    conf = f"{host.paths.pgbackrest_dir}/rclone.conf"
-    for name in dict.fromkeys((repo_site, host.site)):
-        text = media.cat(host.c, conf, f"{media_config.bucket(inventory, name)}/{integrity.MANIFEST}")
-        if text:
-            return json.loads(text)
-    raise FailoverError(f"no checksum manifest ({integrity.MANIFEST}) in the buckets of {repo_site} or {host.site}: "
+    """The checksum manifest from the repository's site's store, else from the host's own (Storage.get)."""
+    manifest = integrity.read_manifest([Store(inventory.site(name)) for name in dict.fromkeys((repo_site, host.site))])
+    if manifest is not None:
+        return manifest
+    raise FailoverError(f"no checksum manifest ({integrity.MANIFEST}) in the stores of {repo_site} or {host.site}: "
                         "run `failover snapshot` while the primary is up, then try again")
 
 

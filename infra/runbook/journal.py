@@ -2,8 +2,9 @@
 
 One JSON document per run, `<workdir>/journal/current.json` while the run is open and
 `<workdir>/journal/<run id>.json` once it completed. It is rewritten atomically after every
-event and copied to every reachable site's object store (`.failover/journal.json` in its
-media bucket), so the record of a failover never lives only with one provider.
+event and put into every reachable site's store (`.failover/journal.json`, through
+`Storage.put`), so the record of a failover never lives only with one provider; `latest`
+reads those copies back when the work directory has none.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
+
+from infra.data.storage import Store, StoreError, put_all
 
 STARTED, DONE, FAILED = "started", "done", "failed"
 REMOTE_PATH = ".failover/journal.json"
@@ -117,26 +121,20 @@ class JournalStore:
             return None
         return Journal.from_dict(json.loads(self.current_file.read_text()))
 
-    def latest(self) -> Journal | None:
-        """The open run if any, else the most recently finished one."""
+    def latest(self, stores: Iterable[Store] = ()) -> Journal | None:
+        """The open run if any, else the most recently finished one; else the newest copy in `stores`."""
         current = self.current()
         if current is not None:
             return current
         done = sorted(self.dir.glob("run-*.json"), key=lambda p: p.stat().st_mtime) if self.dir.exists() else []
-        return Journal.from_dict(json.loads(done[-1].read_text())) if done else None
+        return Journal.from_dict(json.loads(done[-1].read_text())) if done else from_stores(stores)
 
-    def save(self, journal: Journal, copies: list[Path] = ()) -> list[str]:
-        """Writes the journal atomically; returns the copies that failed (unreachable stores)."""
+    def save(self, journal: Journal, copies: Iterable[Store] = ()) -> list[str]:
+        """Writes the journal atomically and puts it into `copies`; returns their errors (stores that failed)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(journal.to_dict(), indent=2)
         _atomic_write(self.current_file, text)
-        failed = []
-        for media_dir in copies:
-            try:
-                _atomic_write(Path(media_dir) / REMOTE_PATH, text)
-            except OSError as error:
-                failed.append(f"{media_dir}: {error.strerror or error}")
-        return failed
+        return put_all(copies, REMOTE_PATH, text.encode())[1] if copies else []
 
     def close(self, journal: Journal) -> Path:
         """Moves a completed run out of `current.json`, so the next `run` starts a new one."""
@@ -147,6 +145,17 @@ class JournalStore:
     def abandon(self) -> None:
         if self.current_file.exists():
             self.close(self.current())
+
+
+def from_stores(stores: Iterable[Store]) -> Journal | None:
+    """The newest journal copy (by its last event) among the stores that hold one and answer."""
+    found = []
+    for store in stores:
+        try:
+            found.append(Journal.from_dict(json.loads(store.get(REMOTE_PATH))))
+        except (StoreError, ValueError):  # MissingKey is a StoreError
+            continue  # a store that is gone or holds nothing readable has no say
+    return max(found, key=lambda j: (j.events[-1].at if j.events else j.started), default=None)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -18,6 +18,7 @@ from typing import Callable
 
 from invoke import Context
 
+from infra.data.storage import Store
 from infra.errors import FailoverError
 from infra.runbook import steps as steps_mod
 from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore
@@ -127,18 +128,16 @@ def _data_source(c, cloud: LocalCloud, spec: Spec, inventory, target: str) -> st
         raise FailoverError(f"site {target}: {error}") from None
 
 
-def journal_copies(cloud: LocalCloud) -> Callable[[], list[Path]]:
-    """Where journal copies go: the media buckets of the sites the service user can reach.
+def journal_copies(cloud: LocalCloud) -> Callable[[], list[Store]]:
+    """Where journal copies go: the stores of the sites the service user can reach.
 
     The stores are probed once (about 20 ms a site) and a site dropped since is left out at
     each call (a file read): the journal is saved twice per step, and probing every time cost
     the warm runbook about half a second before DNS moved.
     """
-    from infra.status import store_reachable
-
-    c = Context()
-    reachable = {s.name: s.media_dir for s in cloud.sites() if s.name not in cloud.dropped() and store_reachable(c, s)}
-    return lambda: [path for name, path in reachable.items() if name not in cloud.dropped()]
+    c, inventory = Context(), cloud.inventory()
+    reachable = [Store(s) for s in inventory.sites if reachability.reachable(c, cloud, s.site, inventory)]
+    return lambda: [store for store in reachable if store.name not in cloud.dropped()]
 
 
 def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journal: Journal | None,

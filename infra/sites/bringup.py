@@ -16,6 +16,7 @@ from invoke import Context
 from infra.app import seed
 from infra.errors import FailoverError
 from infra.data import integrity, protection
+from infra.data.storage import Store
 from infra.sites.contract import Inventory
 from infra.sites.database import dsn, record_postmaster
 from infra.sites.local import LocalCloud, LocalSite, outputs, plan_sites
@@ -144,7 +145,7 @@ def up(workdir: Path, spec: Spec, count: int, seed_mb: int, progress: Progress, 
     _fail_on(stanzas, "stanza-create")
     backups = protection.backup_all(c, inventory, primary.paths)
     _fail_on(backups, "backup")
-    integrity.write_manifest(dsn(primary, spec), primary.media_dir, primary.name)
+    integrity.write_manifest(dsn(primary, spec), [Store(s) for s in inventory.sites], primary.name)
     for site in sites:
         if site.role == "pilot-light":
             _fail_on([protection.prestage(c, inventory, site.name, site.paths, spec.database.port)], "prestage")

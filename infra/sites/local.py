@@ -25,14 +25,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra import secrets
-from infra.app.seed import write_media
 from infra.data.pgbackrest import HostPaths
+from infra.data.storage import Store, put_all
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
 from infra.sites.processes import ProcessTable
 from infra.spec import Spec
 
 SERVICE_USER = "postgres"
-INVENTORY_COPY = ".failover/inventory.json"  # in every site's media bucket
+INVENTORY_COPY = ".failover/inventory.json"  # in every site's store (beside its media)
 DEFAULT_PREFIX = "127.0.10"
 
 
@@ -97,6 +97,7 @@ class LocalCloud:
         self.workdir = Path(workdir)
         self.state_file = self.workdir / "cloud.json"
         self.processes = ProcessTable(self.workdir)
+        self.last_publish_errors: list[str] = []
         if self.exists and self.settings().get("storage") == "emulated":
             self.load_emulator_secrets()
 
@@ -140,17 +141,14 @@ class LocalCloud:
         return Inventory.load(self.inventory_file)
 
     def publish(self, inventory: Inventory) -> list[str]:
-        """Saves the inventory and copies it into every reachable site's bucket; returns those sites.
+        """Saves the inventory and puts a copy into every reachable site's store; returns those sites.
 
         A failover must never depend on the dropped provider: each site carries the whole list.
+        A store that does not answer is left out (its StoreError is in `last_publish_errors`).
         """
         inventory.save(self.inventory_file)
-        text = inventory.to_json().encode()
-        copied = []
-        for site in self.sites():
-            if site.name not in self.dropped() and site.media_dir.exists():
-                write_media(site.media_dir, INVENTORY_COPY, text)
-                copied.append(site.name)
+        stores = [Store(s) for s in inventory.sites if s.site not in self.dropped()]
+        copied, self.last_publish_errors = put_all(stores, INVENTORY_COPY, inventory.to_json().encode())
         return copied
 
     def dropped(self) -> set[str]:

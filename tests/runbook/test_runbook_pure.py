@@ -1,9 +1,11 @@
 """The runbook's decisions and its journal, tested with data (no processes)."""
 import pytest
 
+from infra.data.storage import Store
 from infra.errors import FailoverError
 from infra.runbook import steps
 from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore
+from infra.sites.contract import MediaRemote, Repository, SiteOutputs
 from infra.spec import DnsProvider
 
 NAMES = ["aws", "gcp", "azure"]
@@ -84,7 +86,8 @@ def test_journal_store_round_trips_copies_and_closes(tmp_path):
     journal = Journal.new("failover", "aws", "gcp", 2, ["a"], {"data": {}})
     journal.record("a", STARTED)
     bucket = tmp_path / "bucket"
-    assert store.save(journal, [bucket]) == []
+    bucket.mkdir()
+    assert store.save(journal, [_posix_store(bucket)]) == []
     assert (bucket / ".failover" / "journal.json").exists()
     loaded = store.current()
     assert loaded.run_id == journal.run_id and loaded.events[0].status == STARTED
@@ -96,8 +99,15 @@ def test_journal_store_round_trips_copies_and_closes(tmp_path):
 def test_journal_copy_to_an_unwritable_store_is_reported_not_fatal(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    failed = JournalStore(tmp_path / "work").save(Journal.new("failover", "aws", "gcp", 2, [], {}), [blocker])
-    assert len(failed) == 1
+    failed = JournalStore(tmp_path / "work").save(Journal.new("failover", "aws", "gcp", 2, [], {}),
+                                                  [_posix_store(blocker)])
+    assert len(failed) == 1 and failed[0].startswith("site aws: posix storage directory ")
+
+
+def _posix_store(path) -> Store:
+    site = SiteOutputs("aws", "local", "loopback", "primary", (), (), "postgres", "127.0.0.1", 5432,
+                       Repository("posix", {"path": str(path)}), MediaRemote("local", {}, str(path)))
+    return Store(site)
 
 
 def test_the_failover_steps_are_in_the_issue_order():
