@@ -16,6 +16,7 @@ from rich.table import Table
 from infra import cliutil
 from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
                             workdir_path)
+from infra.sites import cli as sites_cli
 from infra.sites.local import DEFAULT_PREFIX, LocalCloud
 from infra.spec import load_spec
 
@@ -39,6 +40,8 @@ def _mount_optional() -> None:
 
 
 _mount_optional()
+app.add_typer(sites_cli.vms, name="vms")
+app.add_typer(sites_cli.sites_app, name="sites")
 
 
 def _mount_top_level() -> None:
@@ -185,9 +188,11 @@ def restore(
     ssh: Annotated[bool, typer.Option(
         "--ssh", help="With --scratch: on the site's database VM over SSH (inventory ssh_hosts/ssh_user; host key "
                       "from FAILOVER_SSH_KNOWN_HOSTS or ~/.ssh/known_hosts, key from FAILOVER_SSH_KEY).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Execute the plan shown (without it, only show it).")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
-    """Restore the database and media into a site and verify row counts and per-table checksums.
+    """Show the restore plan (site, repository, point in time); with --yes restore the database and media
+    into the site and verify row counts and per-table checksums.
 
     With --scratch it is a restore test that changes nothing: the weekly drill runs it on the
     real standby cloud with --ssh.
@@ -202,14 +207,31 @@ def restore(
         raise cliutil.FailoverError("--scratch restores the latest state: leave out --target-time")
     spec, cloud = load_spec(project), LocalCloud(workdir_path(workdir))
     if scratch and ssh:
-        result = scratch_mod.on_remote_site(Inventory.load(cloud.inventory_file), spec, site, repo, progress)
+        plan = {"site": site, "scratch": True, "ssh": True,
+                "source_site": repo or "the newest repository with a backup, chosen on the host"}
+        apply = lambda: scratch_mod.on_remote_site(Inventory.load(cloud.inventory_file), spec, site, repo, progress)
     elif scratch:
-        result = scratch_mod.on_local_site(cloud, spec, site, repo, progress)
+        plan = {"site": site, "scratch": True, "ssh": False, "source_site": scratch_mod.local_repository(cloud, site, repo)}
+        apply = lambda: scratch_mod.on_local_site(cloud, spec, site, plan["source_site"], progress)
     else:
-        result = restore_mod.restore(cloud, spec, site, repo, target_time, progress)
-    emit(result, as_json, _render_scratch if scratch else _render_restore)
+        the_plan = restore_mod.plan(cloud, spec, site, repo, target_time)
+        plan = the_plan.to_dict()
+        apply = lambda: restore_mod.restore(cloud, spec, the_plan, progress)
+    if not yes:
+        emit({"plan": plan, "executed": False}, as_json, _render_restore_plan)
+        return
+    result = apply()
+    emit({**result, "plan": plan, "executed": True}, as_json, _render_scratch if scratch else _render_restore)
     if not result["verified"]:
         raise typer.Exit(1)
+
+
+def _render_restore_plan(result: dict) -> None:
+    plan = result["plan"]
+    what = "a scratch cluster beside its own (nothing of the site changes)" if plan.get("scratch") else plan["replaces"]
+    out.print(f"[bold]restore[/bold] into {plan['site']} from {plan['source_site']}"
+              + (f" to {plan['target_time']}" if plan.get("target_time") else "") + f": {what}")
+    out.print("nothing changed: add --yes to execute this plan")
 
 
 def _render_scratch(result: dict) -> None:

@@ -125,8 +125,9 @@ VM_PATHS = HostPaths(pgdata="/var/lib/postgresql/15/main", socket_dir="/var/run/
 KNOWN_HOSTS_ENV, KEY_ENV = "FAILOVER_SSH_KNOWN_HOSTS", "FAILOVER_SSH_KEY"
 
 
-def on_local_site(cloud, spec, site: str, repo: str | None, progress=lambda m: None) -> dict:
-    """The embedded local cloud: `site` must be up; the repository is `repo` or the newest reachable."""
+def local_repository(cloud, site: str, repo: str | None) -> str:
+    """The plan of a scratch restore on the embedded local cloud: the site whose repository it
+    restores from (`repo`, or the newest reachable). `site` must be up. Changes nothing."""
     from invoke import Context
 
     from infra.data.restore import choose_repo
@@ -136,9 +137,17 @@ def on_local_site(cloud, spec, site: str, repo: str | None, progress=lambda m: N
     _known(inventory, site)
     if site in cloud.dropped():
         raise FailoverError(f"site {site} is dropped (its storage is unreachable); choose a site that is up")
-    target = cloud.site(site)
-    _, repo_site = choose_repo(c, target.paths.config, inventory, site, repo, unreachable(c, cloud))
-    host = ScratchHost(c, site, target.paths, target.address, spec.database.port)
+    _, repo_site = choose_repo(c, cloud.site(site).paths.config, inventory, site, repo, unreachable(c, cloud))
+    return repo_site
+
+
+def on_local_site(cloud, spec, site: str, repo: str | None, progress=lambda m: None) -> dict:
+    """The embedded local cloud: `site` must be up; the repository is `repo` or the newest reachable."""
+    from invoke import Context
+
+    repo_site = local_repository(cloud, site, repo)
+    target, inventory = cloud.site(site), cloud.inventory()
+    host = ScratchHost(Context(), site, target.paths, target.address, spec.database.port)
     return restore_and_verify(host, inventory, repo_site, spec.database.name, progress)
 
 

@@ -1,6 +1,7 @@
 """`failover dns`: plan, apply, verify and TTL of the app's records at every DNS provider.
 
-Exit codes: 0 all providers fine; 1 at least one provider failed (the others were still
+`apply` and `ttl` show their plan and change nothing unless given --yes; with --yes they apply
+that plan (computed once, in the same command). Exit codes: 0 all providers fine; 1 at least one provider failed (the others were still
 synced); 2 the command could not run (no inventory, bad spec, unknown site).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ out = Console(highlight=False)
 
 Site = Annotated[str, typer.Option("--site", help="The site whose public addresses the app's names should point at.")]
 Force = Annotated[bool, typer.Option("--force", help="Apply even if octoDNS finds the plan too wide.")]
+Yes = Annotated[bool, typer.Option("--yes", help="Apply the plan shown (without it, only show it).")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for each provider to serve the records.")]
 
 
@@ -80,6 +82,19 @@ def _finish(result: dict, as_json: bool, title: str) -> None:
         raise typer.Exit(1)
 
 
+def _plan_or_apply(planned: dns_site.SitePlan, yes: bool, body: dict, as_json: bool, title: str,
+                   timeout: float | None = None) -> None:
+    """Shows the plan; with --yes applies that same plan (plan, then apply)."""
+    if not yes:
+        _finish({**body, "applied": False, "providers": [r.to_dict() for r in planned.results]}, as_json,
+                f"{title} (plan only; --yes applies it)")
+        return
+    if not as_json:
+        _results_table(f"{title}: plan", [r.to_dict() for r in planned.results])
+    results = planned.apply(timeout)
+    _finish({**body, "applied": True, "providers": [r.to_dict() for r in results]}, as_json, title)
+
+
 @app.command()
 @command
 def plan(site: Site, force: Force = False, workdir: Workdir = None, project: ProjectFile = None,
@@ -94,14 +109,13 @@ def plan(site: Site, force: Force = False, workdir: Workdir = None, project: Pro
 
 @app.command()
 @command
-def apply(site: Site, force: Force = False, timeout: Timeout = 30.0, workdir: Workdir = None,
+def apply(site: Site, yes: Yes = False, force: Force = False, timeout: Timeout = 30.0, workdir: Workdir = None,
           project: ProjectFile = None, as_json: AsJson = False) -> None:
-    """Point the app's names at SITE at every provider, then verify each provider's answers."""
+    """Show the change that points the app's names at SITE; with --yes apply it at every provider and verify each."""
     inventory, c = _setup(workdir, project)
-    results = _records_or_exit(lambda: dns_site.apply_site(
-        inventory, site, c.providers, c.zone, c.names, c.ttl, force=force, verify_timeout=timeout))
-    body = {"site": site, "zone": c.zone, "providers": [r.to_dict() for r in results]}
-    _finish(body, as_json, f"dns apply: {c.zone} -> {site}")
+    planned = _records_or_exit(lambda: dns_site.plan_move(
+        inventory, site, c.providers, c.zone, c.names, c.ttl, force=force))
+    _plan_or_apply(planned, yes, {"site": site, "zone": c.zone}, as_json, f"dns apply: {c.zone} -> {site}", timeout)
 
 
 @app.command()
@@ -122,12 +136,12 @@ def verify(site: Site, timeout: Timeout = 30.0, workdir: Workdir = None, project
 def ttl(seconds: Annotated[Optional[int], typer.Option(
             "--seconds", min=1, max=86400, help="The new TTL of the app's records.")] = None,
         restore: Annotated[bool, typer.Option("--restore", help="Restore the spec's dns.ttl.")] = False,
-        force: Force = False, workdir: Workdir = None, project: ProjectFile = None, as_json: AsJson = False) -> None:
-    """Lower (before a drill or switchover) or restore the TTL of the app's records, keeping their values."""
+        yes: Yes = False, force: Force = False, workdir: Workdir = None, project: ProjectFile = None,
+        as_json: AsJson = False) -> None:
+    """Show, then with --yes apply, a new TTL of the app's records (lower before a drill or switchover, or restore)."""
     c = _config(workdir, project)
     if (seconds is not None) == restore:
         raise cliutil.FailoverError("give either --seconds N or --restore (the spec's dns.ttl)")
     seconds = c.ttl if restore else seconds
-    results = dns_site.set_ttl(c.providers, c.zone, c.names, seconds, force=force)
-    body = {"ttl": seconds, "zone": c.zone, "providers": [r.to_dict() for r in results]}
-    _finish(body, as_json, f"dns ttl: {c.zone} -> {seconds}s")
+    planned = dns_site.plan_ttl(c.providers, c.zone, c.names, seconds, force=force)
+    _plan_or_apply(planned, yes, {"ttl": seconds, "zone": c.zone}, as_json, f"dns ttl: {c.zone} -> {seconds}s")

@@ -41,23 +41,55 @@ def site_records(inventory: Inventory, site_name: str, names, ttl: int) -> list[
     return desired_records(inventory.site(site_name), names, ttl)
 
 
+@dataclass
+class SitePlan:
+    """The reviewed DNS change for pointing the names at a site (or for a TTL): `apply` applies
+    these plans, so what is applied is what was shown."""
+
+    providers: tuple[DnsProvider, ...]
+    zone: str
+    records: list[RecordSet] | None  # None for a TTL change: each provider keeps its own values
+    plans: list[sync.ProviderPlan]
+
+    @property
+    def results(self) -> list[sync.ProviderResult]:
+        return [p.result for p in self.plans]
+
+    def apply(self, verify_timeout: float | None = VERIFY_TIMEOUT) -> list[sync.ProviderResult]:
+        """Applies at every provider independently, then (unless verify_timeout is None, or for a
+        TTL change) waits until each provider's authoritative server serves the records;
+        `propagation_seconds` is how long that took. A provider that applied but never served
+        them is `failed`."""
+        results = sync.apply_plans(list(self.providers), self.plans)
+        if verify_timeout is not None and self.records is not None:
+            _attach_verification(results, list(self.providers), self.zone, self.records, verify_timeout)
+        return results
+
+
+def plan_move(inventory: Inventory, site_name: str, providers, zone: str, names, ttl: int,
+              force: bool = False) -> SitePlan:
+    """The change at every provider that points the names at the site; nothing applied."""
+    records = site_records(inventory, site_name, names, ttl)
+    return SitePlan(tuple(providers), zone, records,
+                    sync.plan_all(list(providers), zone, names, sync.fixed(records), force=force))
+
+
+def plan_ttl(providers, zone: str, names, seconds: int, force: bool = False) -> SitePlan:
+    """The change at every provider that sets the owned records' TTL, keeping their values."""
+    return SitePlan(tuple(providers), zone, None,
+                    sync.plan_all(list(providers), zone, names, ttl_mod.retimed(zone, names, seconds), force=force))
+
+
 def plan_site(inventory: Inventory, site_name: str, providers, zone: str, names, ttl: int,
               force: bool = False) -> list[sync.ProviderResult]:
     """Per provider: `pending` with its changes, `unchanged`, or `failed` with the error."""
-    records = site_records(inventory, site_name, names, ttl)
-    return sync.sync(list(providers), zone, names, sync.fixed(records), apply=False, force=force)
+    return plan_move(inventory, site_name, providers, zone, names, ttl, force).results
 
 
 def apply_site(inventory: Inventory, site_name: str, providers, zone: str, names, ttl: int,
                force: bool = False, verify_timeout: float | None = VERIFY_TIMEOUT) -> list[sync.ProviderResult]:
-    """Applies at every provider independently, then (unless verify_timeout is None) waits
-    until each provider's authoritative server serves the records; `propagation_seconds` is
-    how long that took. A provider that applied but never served them is `failed`."""
-    records = site_records(inventory, site_name, names, ttl)
-    results = sync.sync(list(providers), zone, names, sync.fixed(records), apply=True, force=force)
-    if verify_timeout is not None:
-        _attach_verification(results, list(providers), zone, records, verify_timeout)
-    return results
+    """Plans and applies in one call (the runbook's shift, bring-up): see SitePlan.apply."""
+    return plan_move(inventory, site_name, providers, zone, names, ttl, force).apply(verify_timeout)
 
 
 def _attach_verification(results, providers, zone, records, timeout) -> None:
@@ -80,7 +112,7 @@ def verify_site(inventory: Inventory, site_name: str, providers, zone: str, name
 
 def set_ttl(providers, zone: str, names, seconds: int, force: bool = False) -> list[sync.ProviderResult]:
     """Sets the TTL of the owned records at every provider, keeping their values."""
-    return ttl_mod.set_ttl(list(providers), zone, names, seconds, apply=True, force=force)
+    return plan_ttl(providers, zone, names, seconds, force).apply()
 
 
 def failed(results) -> list[str]:

@@ -78,33 +78,66 @@ def describe(change) -> str:
 RecordsFor = Callable[[object], list[RecordSet]]
 
 
-def sync_one(entry: DnsProvider, zone: str, names, records_for: RecordsFor,
-             apply: bool, force: bool = False) -> ProviderResult:
-    """Plans (and applies) one provider; every failure becomes a result, never an exception."""
+@dataclass
+class ProviderPlan:
+    """One provider's reviewed plan: `result` says what it would change (pending, unchanged or
+    failed); `apply_plans` applies exactly this octoDNS plan, never a new one."""
+
+    result: ProviderResult
+    target: object = None
+    plan: object = None
+
+
+def plan_one(entry: DnsProvider, zone: str, names, records_for: RecordsFor, force: bool = False) -> ProviderPlan:
+    """Plans one provider; every failure becomes a failed result, never an exception."""
     try:
         target = provider_mod.build(entry)
         plan = target.plan(desired_zone(zone, records_for(target)), processors=[OwnedRecords(names)])
         if plan is None:
-            return ProviderResult(entry.name, UNCHANGED)
+            return ProviderPlan(ProviderResult(entry.name, UNCHANGED))
         changes = [describe(c) for c in plan.changes]
         if not force:
             plan.raise_if_unsafe()  # octoDNS's own guard against wide changes
-        if not apply:
-            return ProviderResult(entry.name, PENDING, changes=changes)
-        target.apply(plan)
-        return ProviderResult(entry.name, UPDATED, changes=changes)
+        return ProviderPlan(ProviderResult(entry.name, PENDING, changes=changes), target, plan)
+    except Exception as error:  # noqa: BLE001 - one provider's failure must not stop the others
+        return ProviderPlan(ProviderResult(entry.name, FAILED, error=explain(entry, error)))
+
+
+def apply_one(entry: DnsProvider, planned: ProviderPlan) -> ProviderResult:
+    """Applies a pending plan; an unchanged or failed one is returned as it was."""
+    if planned.plan is None:
+        return planned.result
+    try:
+        planned.target.apply(planned.plan)
+        return ProviderResult(entry.name, UPDATED, changes=planned.result.changes)
     except Exception as error:  # noqa: BLE001 - one provider's failure must not stop the others
         return ProviderResult(entry.name, FAILED, error=explain(entry, error))
 
 
+def plan_all(entries: list[DnsProvider], zone: str, names, records_for: RecordsFor,
+             force: bool = False) -> list[ProviderPlan]:
+    """Every provider planned at once and independently; plans in the providers' order."""
+    return _each(entries, lambda e: plan_one(e, zone, names, records_for, force))
+
+
+def apply_plans(entries: list[DnsProvider], plans: list[ProviderPlan]) -> list[ProviderResult]:
+    """Applies the plans `plan_all` made for `entries` (same order), each provider on its own."""
+    by_name = {p.result.name: p for p in plans}
+    return _each(entries, lambda e: apply_one(e, by_name[e.name]))
+
+
 def sync(entries: list[DnsProvider], zone: str, names, records_for: RecordsFor,
          apply: bool, force: bool = False) -> list[ProviderResult]:
-    """Every provider at once and independently; results in the providers' order."""
+    """Plans every provider, then (with apply) applies those plans; results in the providers' order."""
+    plans = plan_all(entries, zone, names, records_for, force)
+    return apply_plans(entries, plans) if apply else [p.result for p in plans]
+
+
+def _each(entries: list[DnsProvider], fn) -> list:
     if not entries:
         return []
     with ThreadPoolExecutor(max_workers=len(entries)) as pool:
-        futures = [pool.submit(sync_one, e, zone, names, records_for, apply, force) for e in entries]
-        return [f.result() for f in futures]
+        return list(pool.map(fn, entries))
 
 
 def fixed(records: list[RecordSet]) -> RecordsFor:

@@ -26,7 +26,7 @@ out = Console(highlight=False)
 def run_command(
     to: Annotated[str, typer.Option("--to", help="The site to fail over to.")],
     source: Annotated[Optional[str], typer.Option("--from", help="The primary being replaced (default: the active one).")] = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Execute the plan (without it, only print it).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Execute the plan shown (without it, only show it).")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Fail over to a site: preflight, fence, promote or restore, app, DNS, protect again. Resumes."""
@@ -53,7 +53,7 @@ def journal_command(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False)
 @command
 def back_command(
     to: Annotated[str, typer.Option("--to", help="The repaired site to switch back to.")],
-    yes: Annotated[bool, typer.Option("--yes", help="Execute the plan (without it, only print it).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Execute the plan shown (without it, only show it).")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Planned failback to a repaired site: re-seed it as a replica, stop writes briefly, switch, protect. Resumes."""

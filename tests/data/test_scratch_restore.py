@@ -53,7 +53,7 @@ def test_scratch_restore_verifies_and_leaves_the_warm_site_as_it_was(cloud):
     gcp = cloud.site("gcp")
     pid, config = postmaster_pid(gcp), digest(gcp.paths.config)
     inventory = cloud.inventory_file.read_text()
-    result = failover_json("restore", "--site", "gcp", "--scratch", workdir=cloud.workdir)
+    result = failover_json("restore", "--yes", "--site", "gcp", "--scratch", workdir=cloud.workdir)
     assert result["verified"] and result["removed"] and result["port"] == 15432 + scratch.PORT_OFFSET
     assert all(check["match"] and check["restored_rows"] > 0 for check in result["checks"].values()), result["checks"]
     assert not Path(result["scratch"]).exists() and not Path(f"{result['scratch']}.log").exists()
@@ -62,7 +62,7 @@ def test_scratch_restore_verifies_and_leaves_the_warm_site_as_it_was(cloud):
 
 
 def test_scratch_restore_runs_on_a_pilot_light_site_from_a_chosen_repository(cloud):
-    result = failover_json("restore", "--site", "azure", "--scratch", "--repo", "repo2", workdir=cloud.workdir)
+    result = failover_json("restore", "--yes", "--site", "azure", "--scratch", "--repo", "repo2", workdir=cloud.workdir)
     assert result["verified"] and (result["repo"], result["source_site"]) == ("repo2", "gcp")
 
 
@@ -77,7 +77,7 @@ def test_a_restore_that_differs_from_the_manifest_fails(cloud):
     tampered["tables"]["posts"]["md5"] = "0" * 32
     manifest.write_text(json.dumps(tampered))
     try:
-        result = failover("restore", "--site", "gcp", "--scratch", "--repo", "aws", "--json", workdir=cloud.workdir,
+        result = failover("restore", "--yes", "--site", "gcp", "--scratch", "--repo", "aws", "--json", workdir=cloud.workdir,
                           check=False)
     finally:
         manifest.write_text(original)
@@ -92,7 +92,7 @@ def test_without_a_manifest_the_error_says_to_take_a_snapshot(cloud):
     for manifest in manifests:  # every copy, or the media replicator brings one back
         manifest.rename(manifest.with_suffix(".hidden"))
     try:
-        result = failover("restore", "--site", "gcp", "--scratch", "--repo", "gcp", workdir=cloud.workdir, check=False)
+        result = failover("restore", "--yes", "--site", "gcp", "--scratch", "--repo", "gcp", workdir=cloud.workdir, check=False)
     finally:
         for manifest in manifests:
             manifest.with_suffix(".hidden").rename(manifest)

@@ -166,7 +166,7 @@ def assert_serves(env: Env, provider: str, site_name: str, ttl: int = 30) -> Non
 
 
 def apply_json(env: Env, site_name: str):
-    result = env.cli("apply", "--site", site_name, "--json", "--timeout", "5")
+    result = env.cli("apply", "--site", site_name, "--yes", "--json", "--timeout", "5")
     return result.exit_code, json.loads(result.stdout)
 
 
@@ -239,8 +239,8 @@ def test_a_stopped_provider_fails_by_name_and_a_later_apply_completes_it(env):
 def test_records_the_toolkit_does_not_own_survive_any_number_of_applies(env):
     for site_name in ("a", "b", "a", "b"):
         assert apply_json(env, site_name)[0] == 0
-    assert env.cli("ttl", "--seconds", "7").exit_code == 0
-    assert env.cli("ttl", "--restore").exit_code == 0
+    assert env.cli("ttl", "--seconds", "7", "--yes").exit_code == 0
+    assert env.cli("ttl", "--restore", "--yes").exit_code == 0
     for provider, (address, port) in env.servers().items():
         for record in FOREIGN:
             assert answer(address, port, record.name, record.type) == (record.ttl, set(record.values)), provider
@@ -248,12 +248,17 @@ def test_records_the_toolkit_does_not_own_survive_any_number_of_applies(env):
 
 def test_ttl_lowers_and_restores_the_served_ttl_keeping_the_values(env):
     assert apply_json(env, "b")[0] == 0
-    result = env.cli("ttl", "--seconds", "5", "--json")
+    shown = env.cli("ttl", "--seconds", "5", "--json")  # without --yes: the plan, nothing changed
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["applied"] is False, shown.output
+    assert {p["status"] for p in json.loads(shown.stdout)["providers"]} == {"pending"}
+    for provider in env.servers():
+        assert_serves(env, provider, "b", ttl=30)
+    result = env.cli("ttl", "--seconds", "5", "--yes", "--json")
     assert result.exit_code == 0, result.output
     assert {p["status"] for p in json.loads(result.stdout)["providers"]} == {"updated"}
     for provider in env.servers():
         assert_serves(env, provider, "b", ttl=5)
-    assert env.cli("ttl", "--restore").exit_code == 0
+    assert env.cli("ttl", "--restore", "--yes").exit_code == 0
     for provider in env.servers():
         assert_serves(env, provider, "b", ttl=30)
 

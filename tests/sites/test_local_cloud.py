@@ -131,7 +131,7 @@ def test_point_in_time_restore_keeps_writes_before_and_drops_writes_after(cloud)
     time.sleep(1.5)
     segment = write_and_switch(primary, "after T")
     wait_archived(cloud, segment, {"repo1", "repo2", "repo3"}, timeout=15)
-    result = failover_json("restore", "--site", "azure", "--target-time", target, workdir=cloud.workdir)
+    result = failover_json("restore", "--yes", "--site", "azure", "--target-time", target, workdir=cloud.workdir)
     assert result["verified"] is True, result
     with psycopg.connect(dsn(f"{PREFIX}.3")) as conn:
         bodies = {row[0] for row in conn.execute("SELECT body FROM posts WHERE body IN ('before T', 'after T')")}
@@ -149,7 +149,7 @@ def test_restore_after_the_primary_is_dropped_gives_identical_checksums(cloud):
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn(primary), connect_timeout=2)
 
-    result = failover_json("restore", "--site", "azure", workdir=cloud.workdir)
+    result = failover_json("restore", "--yes", "--site", "azure", workdir=cloud.workdir)
     assert result["verified"] is True, result
     assert result["source_site"] in ("gcp", "azure")
     assert integrity.checksums(dsn(f"{PREFIX}.3")) == expected

@@ -89,7 +89,7 @@ def test_a_stopped_emulator_is_named_and_the_others_stay_protected(cloud):
 
 
 def test_restore_from_an_object_store_verifies_checksums_and_media(cloud):
-    result = failover_json("restore", "--site", "azure", "--repo", "gcp", workdir=cloud.workdir)
+    result = failover_json("restore", "--yes", "--site", "azure", "--repo", "gcp", workdir=cloud.workdir)
     assert result["verified"] is True, result
     assert result["repo"] == "repo2" and result["source_site"] == "gcp"
     assert result["media_missing"] == 0 and all(check["match"] for check in result["checks"].values())
