@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Callable
 
 from infra.errors import FailoverError
+from infra.data import integrity
+from infra.dns.local import local_providers
 from infra.drill import measure
 from infra.drill.canary import Canary, Write, dns_servers, read_back
 from infra.drill.result import ScenarioResult
+from infra.runbook import runner
+from infra.runbook.journal import JournalStore
+from infra.sites import bringup, chaos
+from infra.sites.database import dsn
 from infra.sites.local import LocalCloud
 from infra.spec import Spec
 
@@ -78,9 +84,6 @@ def pristine(cloud: LocalCloud, spec: Spec) -> bool:
 
 
 def fresh_cloud(options: Options, progress: Progress) -> LocalCloud:
-    from infra.runbook.journal import JournalStore
-    from infra.sites import bringup
-
     cloud = LocalCloud(options.workdir)
     if not pristine(cloud, options.spec):
         if cloud.exists:
@@ -95,13 +98,6 @@ def fresh_cloud(options: Options, progress: Progress) -> LocalCloud:
 
 
 def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> ScenarioResult:
-    from infra.data import integrity
-    from infra.dns.local import local_providers
-    from infra.runbook import runner
-    from infra.runbook.journal import JournalStore
-    from infra.sites import chaos
-    from infra.sites.database import dsn
-
     targets = measure.Targets(**{**scenario.targets.to_dict(), **options.overrides})
     cloud = fresh_cloud(options, progress)
     spec = options.spec
@@ -194,9 +190,6 @@ def _newest_segment_age(cloud, journal, cut_off: float) -> float | None:
 
 
 def _integrity(cloud, spec, target, before: dict, scenario: Scenario, writes: list[Write], present: set[int]) -> dict:
-    from infra.data import integrity
-    from infra.sites.database import dsn
-
     try:
         after = integrity.checksums(dsn(target, spec), integrity.max_ids(before))
     except Exception as failure:  # noqa: BLE001 - reported, not raised

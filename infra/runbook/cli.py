@@ -13,6 +13,8 @@ from rich.table import Table
 from infra import cliutil
 from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
                             workdir_path)
+from infra.runbook import runner
+from infra.runbook.journal import JournalStore
 from infra.sites.local import LocalCloud
 from infra.spec import load_spec
 
@@ -30,8 +32,6 @@ def run_command(
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Fail over to a site: preflight, fence, promote or restore, app, DNS, protect again. Resumes."""
-    from infra.runbook import runner
-
     cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
     _plan_then_execute(cloud, spec, project, *runner.plan(cloud, spec, project, to, source), yes, as_json)
 
@@ -40,8 +40,6 @@ def run_command(
 @command
 def journal_command(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
     """The latest run's journal: each step's status, times and what it did."""
-    from infra.runbook.journal import JournalStore
-
     journal = JournalStore(workdir_path(workdir)).latest()
     if journal is None:
         raise cliutil.FailoverError(f"no journal in {workdir_path(workdir) / 'journal'}: no failover has run here")
@@ -57,16 +55,12 @@ def back_command(
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Planned failback to a repaired site: re-seed it as a replica, stop writes briefly, switch, protect. Resumes."""
-    from infra.runbook import runner
-
     cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
     _plan_then_execute(cloud, spec, project, *runner.plan_back(cloud, spec, project, to), yes, as_json)
 
 
 def _plan_then_execute(cloud, spec, project, the_plan, journal, yes: bool, as_json: bool) -> None:
     """Prints the plan; executes it only with --yes (plan, then apply)."""
-    from infra.runbook import runner
-
     if not yes:
         emit({"plan": the_plan.to_dict(), "executed": False}, as_json, lambda r: _render_plan(the_plan))
         return
@@ -81,8 +75,6 @@ def _plan_then_execute(cloud, spec, project, the_plan, journal, yes: bool, as_js
 @command
 def fence_command(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT):
     """Fence every site that came back with an older epoch: its app refuses writes, its primary stops."""
-    from infra.runbook import runner
-
     cloud = LocalCloud(workdir_path(workdir))
     result = runner.fence_returning(cloud, load_spec(project), project)
     emit({"fenced": result, "epoch": cloud.inventory().epoch}, as_json,

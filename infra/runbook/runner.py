@@ -20,11 +20,15 @@ from invoke import Context
 
 from infra.data.storage import Store
 from infra.errors import FailoverError
+from infra.dns.site import dns_config
+from infra.runbook import failback
 from infra.runbook import steps as steps_mod
-from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore
+from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore, now
 from infra.sites import reachability
 from infra.sites.local import LocalCloud
 from infra.spec import Spec
+from infra.status import db_reachable, repository
+from playbooks import postgres
 
 CRASH_ENV = "FAILOVER_CRASH_AFTER"
 
@@ -72,9 +76,6 @@ def plan(cloud: LocalCloud, spec: Spec, project: Path, target: str, source: str 
 
 def plan_back(cloud: LocalCloud, spec: Spec, project: Path, target: str) -> tuple[Plan, Journal | None]:
     """The plan for `back --to target` (a planned switchover), or a FailoverError. Changes nothing."""
-    from infra.runbook import failback
-    from infra.status import db_reachable
-
     resumed = plan(cloud, spec, project, target, kind="failback") if JournalStore(cloud.workdir).current() else None
     if resumed is not None:
         return resumed
@@ -94,25 +95,17 @@ def plan_back(cloud: LocalCloud, spec: Spec, project: Path, target: str) -> tupl
 
 def stages_for(kind: str) -> list[list[steps_mod.Step]]:
     if kind == "failback":
-        from infra.runbook import failback
-
         return steps_mod.one_at_a_time(failback.FAILBACK)
     return steps_mod.FAILOVER_STAGES
 
 
 def _check_dns(cloud: LocalCloud, project: Path) -> None:
-    from infra.dns.site import dns_config
-
     steps_mod.require_dns_secrets(dns_config(cloud.workdir, project))
 
 
 def _data_source(c, cloud: LocalCloud, spec: Spec, inventory, target: str) -> steps_mod.DataSource:
-    from infra.status import db_reachable, repository
-
     site = cloud.site(target)
     port = spec.database.port
-    from playbooks import postgres
-
     replica_ok = (cloud.processes.running(f"pg-{target}") and db_reachable(c, site, port)
                   and postgres.in_recovery(c, site.address, port))
     repos = []
@@ -219,8 +212,6 @@ def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal
 
 
 def steps_mod_now() -> str:
-    from infra.runbook.journal import now
-
     return now()
 
 

@@ -32,13 +32,16 @@ from infra import events, secrets
 from infra.errors import FailoverError
 from infra.data import protection
 from infra.data import media as media_config
+from infra.data.restore import restore_database
+from infra.dns.site import apply_site, dns_config, failed, plan_site, verify_site
 from infra.sites.database import dsn, record_postmaster
 from infra.sites import reachability
+from infra.sites.bringup import _dirs
 from infra.sites.contract import Inventory
 from infra.sites.local import LocalCloud, LocalSite
 from infra.sites.processes import wait_for
 from infra.spec import Spec
-from infra.status import newest_repository
+from infra.status import newest_repository, repository
 from playbooks import media, postgres
 from playbooks.host import run as host_run
 
@@ -161,8 +164,6 @@ class Run:
         return self.spec.database.port
 
     def dns(self):
-        from infra.dns.site import dns_config
-
         return dns_config(self.cloud.workdir, self.project)
 
 
@@ -216,8 +217,6 @@ def capacity(run: Run) -> dict:
     """The target has its directories and room for the data."""
     import shutil
 
-    from infra.sites.bringup import _dirs
-
     _dirs(run.c, run.site)
     free = shutil.disk_usage(run.site.root).free
     if free < 1 << 30:
@@ -247,8 +246,6 @@ def promote_or_restore(run: Run) -> dict:
             host_run(run.c, ["touch", site.paths.archive_off])
         how = f"promoted in {postgres.promote(run.c, site.paths.pgdata, site.address, run.port):.2f}s"
     else:
-        from infra.data.restore import restore_database
-
         restore_database(run.c, run.cloud, run.spec, run.inventory, site, run.data.repo_index, run.unreachable(), None,
                          wait=False)
         how = f"restored from repo{run.data.repo_index} ({run.data.repo_site}), replaying WAL"
@@ -341,8 +338,6 @@ def prepare_dns(run: Run) -> dict:
     """Plan the shift at every provider while the data is being made ready: octoDNS and the
     provider modules are loaded, each zone read, and a provider that is down is known before
     the shift. Nothing is applied; a provider that fails here is tried again by `shift_dns`."""
-    from infra.dns.site import failed, plan_site
-
     config = run.dns()
     results = plan_site(run.inventory, run.target, config.providers, config.zone, config.names, config.ttl)
     for name in failed(results):
@@ -358,8 +353,6 @@ def shift_dns(run: Run) -> dict:
     A provider that fails (it may belong to the cloud that dropped us) is reported, not fatal:
     the step fails only when no provider at all serves the target.
     """
-    from infra.dns.site import apply_site, failed
-
     config = run.dns()
     results = apply_site(run.inventory, run.target, config.providers, config.zone, config.names, config.ttl,
                          verify_timeout=None)
@@ -371,8 +364,6 @@ def shift_dns(run: Run) -> dict:
 
 def verify_dns(run: Run) -> dict:
     """The providers' authoritative servers answer the target's address (at least one must)."""
-    from infra.dns.site import verify_site
-
     config = run.dns()
     checks = verify_site(run.inventory, run.target, config.providers, config.zone, config.names, config.ttl)
     bad = {v.name: v.error for v in checks if not v.ok}
@@ -432,16 +423,12 @@ def _archive_mode_on(run: Run, site: LocalSite) -> bool:
 
 
 def _stanza_missing(run: Run, inventory, site: LocalSite, skip: set[str]) -> bool:
-    from infra.status import repository
-
     return any(repository(run.c, site.paths.config, inventory.repo_index(n), inventory, n)["error"]
                for n in inventory.names if n not in skip)
 
 
 def follow(run: Run, skip: set[str]) -> list[str]:
     """Other warm sites re-clone from the new primary and stream from it."""
-    from infra.sites.local import LocalSite  # noqa: F401  (type only)
-
     warm = [s for s in run.cloud.sites() if s.role == "warm" and s.name != run.target and s.name not in skip]
     return [reclone(run, other) for other in warm]
 
