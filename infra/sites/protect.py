@@ -98,6 +98,16 @@ def settings(site: Site, sync_standby: str | None) -> dict[str, str]:
     return values
 
 
+def site_settings(site: Site, primary: Site, sync_standby: str | None, sync: bool) -> dict[str, str]:
+    """A site's full settings: the primary's name its synchronous standby, a warm site streams."""
+    values = settings(site, sync_standby if site is primary else None)
+    if site.role == "warm" and site is not primary:
+        values["primary_conninfo"] = conninfo(primary, site.name)
+        if not sync:  # see protection.replica_settings: an async replica need not report every write
+            values["wal_receiver_status_interval"] = "0"
+    return values
+
+
 def render_settings(values: dict[str, str]) -> str:
     return "".join(f"{k} = '{str(v).replace(chr(39), chr(39) * 2)}'\n" for k, v in sorted(values.items()))
 
@@ -116,7 +126,7 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
     for site in peers:
         progress(f"{site.name}: TLS certificate, settings and pg_hba")
         _tls(site, ca)
-        _configure(site, [p for p in peers if p is not site], None, report)
+        _configure(site, site_settings(site, primary, None, sync), [p for p in peers if p is not site], report)
         site.write(PASSFILE, f"*:*:*:{REPLICATION_USER}:{password}\n")
     progress(f"{primary.name}: replication role, epoch schema, pgBackRest stanza and backups")
     _primary(primary, inventory, spec, password, reachable, report)
@@ -126,13 +136,14 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
             continue
         if site.role == "warm":
             progress(f"{site.name}: streaming replica of {primary.name}")
-            report.did(site.name, _replica(site, primary, inventory, spec, reachable, sync))
+            report.did(site.name, _replica(site, primary, inventory, reachable))
             standbys.append(site.name)
         elif site.role == "pilot-light":
             progress(f"{site.name}: WAL stream from {primary.name}")
             report.did(site.name, _wal_stream(site, primary, inventory, reachable))
     if sync and standbys:
-        _configure(primary, [p for p in peers if p is not primary], standbys[0], report)
+        _configure(primary, site_settings(primary, primary, standbys[0], sync), [p for p in peers if p is not primary],
+                   report)
     report.seconds = round(time.monotonic() - started, 2)
     return report
 
@@ -175,9 +186,9 @@ def _tls(site: Site, ca: CertificateAuthority) -> None:
     site.write(f"{TLS_DIR}/ca.crt", ca.certificate.read_text(), mode="644")
 
 
-def _configure(site: Site, peers: list[Site], sync_standby: str | None, report: ProtectReport) -> None:
+def _configure(site: Site, values: dict[str, str], peers: list[Site], report: ProtectReport) -> None:
     """Settings and pg_hba; a running cluster reloads, or restarts when archive_mode must change."""
-    site.write(SETTINGS_FILE, render_settings(settings(site, sync_standby)))
+    site.write(SETTINGS_FILE, render_settings(values))
     site.write(f"{CONF_DIR}/pg_hba.conf", "\n".join(hba_lines(site, peers)) + "\n")
     if not _running(site):
         return
@@ -234,7 +245,7 @@ def _streams_to(primary: Site, application: str) -> bool:
                         f"WHERE r.application_name = '{application}' AND s.ssl", warn=True).stdout.strip() == "1"
 
 
-def _replica(site: Site, primary: Site, inventory: Inventory, spec: Spec, reachable: set[str], sync: bool) -> str:
+def _replica(site: Site, primary: Site, inventory: Inventory, reachable: set[str]) -> str:
     """A warm site streams from the primary: cloned over TLS unless it already streams."""
     skip = set(inventory.names) - reachable
     protection.install_pgbackrest(site.service(), inventory, site.name, PATHS, site.outputs.db_port, skip)
@@ -247,11 +258,6 @@ def _replica(site: Site, primary: Site, inventory: Inventory, spec: Spec, reacha
     c.run(shlex.join(["pg_basebackup", "-D", PATHS.pgdata, "-X", "stream", "-c", "fast",
                       "-d", conninfo(primary, site.name)]), timeout=3600)
     c.run(f"touch {PATHS.pgdata}/standby.signal")
-    values = settings(site, None)
-    values["primary_conninfo"] = conninfo(primary, site.name)
-    if not sync:
-        values["wal_receiver_status_interval"] = "0"
-    site.write(SETTINGS_FILE, render_settings(values))
     _cluster(site, "start")
     _wait(lambda: _streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}")
     return "replica: cloned over TLS, streaming"
@@ -263,6 +269,8 @@ def _wal_stream(site: Site, primary: Site, inventory: Inventory, reachable: set[
     protection.install_pgbackrest(site.service(), inventory, site.name, PATHS, site.outputs.db_port, skip)
     if _running(site):
         _cluster(site, "stop")
+    if _streams_to(primary, site.name):
+        return "WAL stream: already streaming"
     slot = protection.stream_slot(site.name)
     primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
                  f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")

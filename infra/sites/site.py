@@ -26,6 +26,7 @@ from fabric import Connection
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from infra.data.pgbackrest import HostPaths
+from infra.errors import FailoverError
 from infra.sites.contract import SiteOutputs
 
 KNOWN_HOSTS_ENV, KEY_ENV = "FAILOVER_SSH_KNOWN_HOSTS", "FAILOVER_SSH_KEY"
@@ -37,7 +38,7 @@ PATHS = HostPaths(pgdata=f"/var/lib/postgresql/{DB_VERSION}/main", socket_dir="/
 CONF_DIR = f"/etc/postgresql/{DB_VERSION}/main"
 
 
-class SiteError(RuntimeError):
+class SiteError(FailoverError):
     """A site cannot be reached or used; the message names the site, the host and what to do."""
 
 

@@ -13,10 +13,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.errors import FailoverError
+
 DAYS = 825
 
 
-class CertificateError(RuntimeError):
+class CertificateError(FailoverError):
     pass
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.clouds.base import BOOTSTRAP
+from infra.errors import FailoverError
 
 SUITE = "bookworm"
 # What every site VM carries; cloud VMs get the same from cloud-init's package list.
@@ -39,7 +40,7 @@ DEFAULT_IMAGE_CACHE = Path("/var/cache/failover/images")
 USER = "failover"
 
 
-class VmError(RuntimeError):
+class VmError(FailoverError):
     """A VM could not be built, booted or stopped; the message names the site and what to do."""
 
 

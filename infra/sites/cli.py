@@ -1,0 +1,122 @@
+"""`failover vms ...` (the local cloud's Debian VMs) and `failover sites ...` (any Inventory, over SSH)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
+                           workdir_path)
+from infra.errors import FailoverError
+from infra.sites.contract import Inventory
+from infra.sites.localvms import DEFAULT_PREFIX, LocalVms
+from infra.sites.protect import protect
+from infra.sites.site import Site, SshSettings
+from infra.sites.tls import CertificateAuthority
+from infra.spec import load_spec
+
+vms = typer.Typer(help="The local cloud as Debian 12 VMs on loopback (chroot + overlayfs + own sshd), "
+                       "reached only over SSH.", no_args_is_help=True)
+sites_app = typer.Typer(help="Work on the sites of an Inventory through SSH and their stores.", no_args_is_help=True)
+InventoryFile = Annotated[Optional[Path], typer.Option(
+    "--inventory", help="The Inventory to work from (default: the VM cloud's, <workdir>/vms/inventory.json).")]
+
+
+def _vms(workdir: Path) -> LocalVms:
+    return LocalVms(workdir_path(workdir) / "vms")
+
+
+@vms.command("up")
+@command
+def vms_up(
+    sites: Annotated[int, typer.Option(help="How many sites: the spec's first N (primary, warm, pilot-light).")] = 3,
+    prefix: Annotated[str, typer.Option(help="Loopback prefix: site i's VM gets PREFIX.i.")] = DEFAULT_PREFIX,
+    protect_sites: Annotated[bool, typer.Option("--protect/--no-protect",
+                                                help="Run `sites protect` once the VMs are up.")] = True,
+    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
+):
+    """Create and boot one Debian VM per site (the image is built once with mmdebstrap, about 30 s),
+    write their Inventory, and protect them. Needs root (mounts) and FAILOVER_REPLICATION_PASSWORD."""
+    spec = load_spec(project)
+    cloud = _vms(workdir)
+    inventory = cloud.up(spec, sites, prefix, progress)
+    result = {"inventory": str(cloud.inventory_file), "sites": [s.site for s in inventory.sites]}
+    if protect_sites:
+        result["protect"] = asdict(_protect(inventory, cloud.directory, spec))
+    emit(result, as_json, lambda r: progress(f"{len(r['sites'])} VMs up; Inventory in {r['inventory']}"))
+
+
+@vms.command("drop")
+@command
+def vms_drop(site: Annotated[str, typer.Option(help="The site whose VM is cut off.")],
+             workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
+    """Cut a site off as its provider would: kill, by PID, every process whose root is its VM, and
+    unmount its store from every VM."""
+    killed = _vms(workdir).drop(site)
+    emit({"site": site, "killed": killed}, as_json, lambda r: progress(f"dropped {site}: {len(killed)} processes killed"))
+
+
+@vms.command("down")
+@command
+def vms_down(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
+    """Stop every VM, unmount everything they mounted, remove what `vms up` created (nothing else)."""
+    stopped = _vms(workdir).down()
+    emit({"stopped": stopped}, as_json, lambda r: progress(f"stopped {len(stopped)} VMs and unmounted their mounts"))
+
+
+def _inventory(inventory: Path | None, workdir: Path) -> tuple[Inventory, Path]:
+    path = inventory or _vms(workdir).inventory_file
+    return Inventory.load(path), path
+
+
+def _sites(inventory: Inventory, ssh_dir: Path) -> dict[str, Site]:
+    ssh = SshSettings.from_env(ssh_dir)
+    return {o.site: Site(o, ssh) for o in inventory.sites}
+
+
+def _protect(inventory: Inventory, state: Path, spec):
+    sites = _sites(inventory, state / "ssh")
+    try:
+        return protect(inventory, sites, spec, CertificateAuthority.ensure(state / "ca"), progress)
+    finally:
+        for site in sites.values():
+            site.close()
+
+
+@sites_app.command("check")
+@command
+def sites_check(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
+    """Each site's database host over SSH: host key known, login, sudo -n. The key and known_hosts come
+    from FAILOVER_SSH_KEY and FAILOVER_SSH_KNOWN_HOSTS, else the VM cloud's, else ~/.ssh. Exit 1 when a
+    site fails."""
+    inv, _ = _inventory(inventory, workdir)
+    results = {}
+    for name, site in _sites(inv, _vms(workdir).directory / "ssh").items():
+        try:
+            site.connection()
+            site.check_sudo()
+            results[name] = "ok"
+        except FailoverError as error:
+            results[name] = str(error)
+        finally:
+            site.close()
+    emit(results, as_json, lambda r: [progress(f"{n}: {v}") for n, v in r.items()])
+    if any(v != "ok" for v in results.values()):
+        raise typer.Exit(1)
+
+
+@sites_app.command("protect")
+@command
+def sites_protect(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False,
+                  project: ProjectFile = DEFAULT_PROJECT):
+    """Set up and repair protection on every reachable site, idempotently: TLS from the toolkit's CA
+    (kept in <workdir>/vms/ca), hostssl scram pg_hba, the replication role (password from
+    env/FAILOVER_REPLICATION_PASSWORD), pgBackRest with every repository, stanza and first full backups, the warm
+    replica and the pilot-light's WAL stream. Checks SSH, sudo and the secret before changing anything."""
+    inv, _ = _inventory(inventory, workdir)
+    report = _protect(inv, _vms(workdir).directory, load_spec(project))
+    emit(asdict(report), as_json, lambda r: [progress(f"{n}: {', '.join(d)}") for n, d in r["sites"].items()]
+         + [progress(f"{n}: skipped ({why})") for n, why in r["skipped"].items()]
+         + [progress(f"protected in {r['seconds']} s")])
