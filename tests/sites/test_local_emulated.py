@@ -6,15 +6,19 @@ backed up again.
 """
 from __future__ import annotations
 
+import json
 import time
 
 import psycopg
 import pytest
 
 from infra import status
+from infra.data import integrity
+from infra.data.storage import Store
 from infra.sites import emulators
 from infra.sites.bringup import EMULATOR_BASE_PORT
-from infra.sites.local import LocalCloud
+from infra.sites.contract import Inventory
+from infra.sites.local import INVENTORY_COPY, LocalCloud
 from tests.conftest import failover_json, local_cloud
 
 pytestmark = pytest.mark.integration
@@ -64,6 +68,17 @@ def test_snapshot_reaches_every_object_store(cloud):
     result = failover_json("snapshot", "--type", "incr", workdir=cloud.workdir)
     assert result["ok"] is True, result
     assert {r["site"] for r in result["results"] if r["repo"] != "media"} == {"aws", "gcp", "azure"}
+
+
+def test_inventory_and_manifest_copies_are_in_every_emulated_store(cloud):
+    inventory = cloud.inventory()
+    for site in inventory.sites:
+        store = Store(site)
+        assert store.storage.remote, site.site
+        assert Inventory.from_json(store.get(INVENTORY_COPY).decode()).names == inventory.names
+        assert json.loads(store.get(integrity.MANIFEST))["site"] == inventory.active
+        # Not a file in the local staging directory that waits for the replicator.
+        assert not (cloud.site(site.site).media_dir / INVENTORY_COPY).exists()
 
 
 def test_a_stopped_emulator_is_named_and_the_others_stay_protected(cloud):
