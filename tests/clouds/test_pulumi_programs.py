@@ -186,5 +186,5 @@ def test_cloud_init_is_the_same_file_everywhere(runs, stack):
     data = {"aws": lambda i: i["userData"], "gcp": lambda i: i["metadata"]["user-data"],
             "azure": lambda i: __import__("base64").b64decode(i["osProfile"]["customData"]).decode()}[stack](vm["inputs"])
     assert data.startswith("#cloud-config") and "pgbackrest" in data and "rclone" in data
-    assert f"postgresql-{SPEC.database.version}" in data and "FAILOVER_TIER=db" in data
+    assert f"postgresql-{SPEC.database.version}" in data and "FAILOVER_TIERS=db" in data
     assert "{{" not in data
