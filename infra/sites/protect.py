@@ -125,6 +125,8 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
     sync = spec.database.replication == "sync"
     for site in peers:
         progress(f"{site.name}: TLS certificate, settings and pg_hba")
+        if site.role == "pilot-light" and site is not primary and _running(site):
+            _cluster(site, "stop")  # it runs no database, only the WAL receiver: no restart for its settings
         _tls(site, ca)
         _configure(site, site_settings(site, primary, None, sync), [p for p in peers if p is not site], report)
         site.write(PASSFILE, f"*:*:*:{REPLICATION_USER}:{password}\n")
