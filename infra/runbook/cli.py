@@ -13,8 +13,10 @@ from rich.table import Table
 from infra import cliutil
 from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
                             workdir_path)
+from infra.data.storage import Store
 from infra.runbook import runner
 from infra.runbook.journal import JournalStore
+from infra.sites.contract import Inventory
 from infra.sites.local import LocalCloud
 from infra.spec import load_spec
 
@@ -39,10 +41,13 @@ def run_command(
 @app.command("journal")
 @command
 def journal_command(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
-    """The latest run's journal: each step's status, times and what it did."""
-    journal = JournalStore(workdir_path(workdir)).latest()
+    """The latest run's journal: each step's status, times and what it did (else the newest copy in the stores)."""
+    cloud = LocalCloud(workdir_path(workdir))  # loads the emulated stores' credentials, if any
+    stores = [Store(s) for s in Inventory.load(cloud.inventory_file).sites] if cloud.inventory_file.exists() else []
+    journal = JournalStore(workdir_path(workdir)).latest(stores)
     if journal is None:
-        raise cliutil.FailoverError(f"no journal in {workdir_path(workdir) / 'journal'}: no failover has run here")
+        raise cliutil.FailoverError(f"no journal in {workdir_path(workdir) / 'journal'} nor in the sites' stores: "
+                                    "no failover has run here")
     emit({**journal.to_dict(), "steps": journal.timings(), "complete": journal.complete}, as_json,
          lambda r: _render_steps(journal))
 

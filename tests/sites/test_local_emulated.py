@@ -15,6 +15,8 @@ import pytest
 from infra import status
 from infra.data import integrity
 from infra.data.storage import Store
+from infra.runbook import runner
+from infra.runbook.journal import REMOTE_PATH, Journal, JournalStore
 from infra.sites import emulators
 from infra.sites.bringup import EMULATOR_BASE_PORT
 from infra.sites.contract import Inventory
@@ -79,6 +81,16 @@ def test_inventory_and_manifest_copies_are_in_every_emulated_store(cloud):
         assert json.loads(store.get(integrity.MANIFEST))["site"] == inventory.active
         # Not a file in the local staging directory that waits for the replicator.
         assert not (cloud.site(site.site).media_dir / INVENTORY_COPY).exists()
+
+
+def test_journal_copies_go_into_every_emulated_store_and_are_read_back(cloud, tmp_path):
+    journal = Journal.new("failover", "aws", "gcp", 2, ["preflight"], {})
+    journal.record("preflight", "started")
+    assert JournalStore(tmp_path).save(journal, runner.journal_copies(cloud)()) == []
+    for site in cloud.inventory().sites:
+        assert json.loads(Store(site).get(REMOTE_PATH))["run_id"] == journal.run_id
+    shown = failover_json("journal", workdir=cloud.workdir)  # no local journal: read back from the stores
+    assert shown["run_id"] == journal.run_id and shown["complete"] is False
 
 
 def test_a_stopped_emulator_is_named_and_the_others_stay_protected(cloud):
