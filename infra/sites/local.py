@@ -102,11 +102,14 @@ class LocalCloud:
             self.load_emulator_secrets()
 
     def load_emulator_secrets(self) -> None:
-        """The emulated stores' credentials, for pgBackRest and rclone run from this process."""
+        """The emulated stores' credentials, for pgBackRest and rclone run from this process.
+
+        This work directory's values win over any already set: a cloud brought up earlier in the
+        same process (a test suite) left its own CA path and keys, which rclone then used."""
         from infra.sites.emulators import emulator_env
 
         for name, value in emulator_env(self.workdir).items():
-            os.environ.setdefault(name, value)
+            os.environ[name] = value
             secrets.remember(value)
 
     @property

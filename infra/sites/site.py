@@ -100,10 +100,9 @@ class Site:
         if not known.is_file():
             raise SiteError(f"site {self.name}: no known_hosts file at {known}; put host {host}'s key there "
                             f"(or point {KNOWN_HOSTS_ENV} at one) so the host can be verified")
-        kwargs = {"look_for_keys": False, "allow_agent": False, "banner_timeout": self.ssh.connect_timeout,
-                  "auth_timeout": self.ssh.connect_timeout}
-        if self.ssh.key:
-            kwargs["key_filename"] = str(self.ssh.key)
+        kwargs = {"banner_timeout": self.ssh.connect_timeout, "auth_timeout": self.ssh.connect_timeout}
+        if self.ssh.key:  # the toolkit's key only; without one, the user's usual keys and agent
+            kwargs.update(key_filename=str(self.ssh.key), look_for_keys=False, allow_agent=False)
         conn = Connection(host, user=user, connect_kwargs=kwargs, connect_timeout=self.ssh.connect_timeout)
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         conn.client.load_host_keys(str(known))
