@@ -28,13 +28,17 @@ def configure(c, pgdata: str, settings: dict[str, str], hba: list[str]) -> None:
     A restored or cloned cluster inherits its source's address, port and archive_command, so
     every start rewrites them from the site's own values.
     """
-    lines = [f"{key} = {_quote(value)}" for key, value in sorted(settings.items())]
-    write_file(c, f"{pgdata}/failover.conf", "\n".join(lines) + "\n")
+    write_file(c, f"{pgdata}/failover.conf", render_settings(settings))
     write_file(c, f"{pgdata}/pg_hba.conf", "\n".join(hba) + "\n")
     include = "include_if_exists = 'failover.conf'"
     conf = f"{pgdata}/postgresql.conf"
     if not run(c, ["grep", "-qF", include, conf], warn=True).ok:
         c.run(f"echo {shlex.quote(include)} >> {shlex.quote(conf)}", hide=True, in_stream=False)
+
+
+def render_settings(settings: dict[str, str]) -> str:
+    """postgresql.conf lines for the settings, each value quoted."""
+    return "".join(f"{key} = {_quote(value)}\n" for key, value in sorted(settings.items()))
 
 
 def _quote(value: str) -> str:

@@ -22,6 +22,8 @@ from infra.data.pgbackrest import HostPaths
 from infra.data.storage import Store
 from infra.sites.contract import Inventory
 from infra.sites.processes import wait_for
+from infra.sites.site import PATHS, Site, SiteError, SshSettings
+from infra.sites.site import KEY_ENV, KNOWN_HOSTS_ENV  # noqa: F401  (re-exported: the env names)
 from playbooks import pgbackrest, postgres
 from playbooks.host import ensure_dir
 from playbooks.host import run as host_run
@@ -118,11 +120,8 @@ def remove(host: ScratchHost) -> bool:
 
 # ---------------------------------------------------------------- where it runs
 
-# The database VM's layout (Debian's postgresql package, cloud-init's data disk): configs the
-# toolkit renders live beside the data, on the encrypted disk, owned by the service user.
-VM_PATHS = HostPaths(pgdata="/var/lib/postgresql/15/main", socket_dir="/var/run/postgresql",
-                     pgbackrest_dir="/var/lib/postgresql/failover")
-KNOWN_HOSTS_ENV, KEY_ENV = "FAILOVER_SSH_KNOWN_HOSTS", "FAILOVER_SSH_KEY"
+# The database VM's layout is the Site seam's (Debian's postgresql package, cloud-init's data disk).
+VM_PATHS = PATHS
 
 
 def local_repository(cloud, site: str, repo: str | None) -> str:
@@ -176,28 +175,13 @@ def _known(inventory: Inventory, site: str) -> None:
 
 
 def ssh_connection(outputs):
-    """Fabric to the site's database host, checking its key against known_hosts (never trust on first use)."""
-    import os
-
-    import paramiko
-    from fabric import Connection
-
-    if not outputs.ssh_hosts:
-        raise FailoverError(f"site {outputs.site}: the inventory lists no ssh_hosts; run `failover inventory pull`")
-    host = outputs.db_host if outputs.db_host in outputs.ssh_hosts else outputs.ssh_hosts[-1]
-    known_hosts = Path(os.environ.get(KNOWN_HOSTS_ENV) or Path.home() / ".ssh" / "known_hosts")
-    if not known_hosts.is_file():
-        raise FailoverError(f"site {outputs.site}: no known_hosts file at {known_hosts}; put the database host's key "
-                            f"there (or point {KNOWN_HOSTS_ENV} at one) so the host can be verified")
-    key = os.environ.get(KEY_ENV)
-    kwargs = {"key_filename": key, "look_for_keys": False, "allow_agent": False} if key else {}
-    conn = Connection(host, user=outputs.ssh_user, connect_kwargs=kwargs, connect_timeout=15)
-    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    conn.client.load_host_keys(str(known_hosts))
+    """Fabric to the site's database host through the Site seam: its key must be in known_hosts
+    (never trusted on first use), the key from FAILOVER_SSH_KEY or the user's usual ones."""
+    site = Site(outputs, SshSettings.from_env())
+    host = site.db_host  # a site without ssh_hosts is named here
     try:
-        conn.open()
-    except (paramiko.SSHException, OSError) as error:
-        raise FailoverError(f"site {outputs.site}: cannot open SSH to its database host {host} as {outputs.ssh_user} "
-                            f"({type(error).__name__}: {error}); check the host key in {known_hosts}, the key "
-                            f"({KEY_ENV}) and that the admin CIDR may reach port 22") from None
-    return conn
+        return site.connection(host)
+    except SiteError as error:
+        reason = str(error).removeprefix(f"site {outputs.site}: ")
+        raise FailoverError(f"site {outputs.site}: cannot open SSH to its database host {host} as "
+                            f"{outputs.ssh_user}: {reason}") from None

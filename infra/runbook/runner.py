@@ -158,7 +158,7 @@ def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journa
         pending = [(name, step) for name, step in stage if name not in done]
         if pending:
             _run_stage(run, pending, journal, lambda: store.save(journal, copies()))
-    journal.finished = steps_mod_now()
+    journal.finished = now()
     store.save(journal, journal_copies(cloud)())  # probed again: sites may have come back
     store.close(journal)
     return journal
@@ -209,10 +209,6 @@ def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal
             raise  # leaving the pool waits for the running steps: each stops at a safe point of its own
     if errors:
         raise errors[0]
-
-
-def steps_mod_now() -> str:
-    return now()
 
 
 def fence_returning(cloud: LocalCloud, spec: Spec, project: Path) -> dict[str, str]:

@@ -6,7 +6,6 @@ apps, the media replicator and DNS.
 """
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 from typing import Callable
@@ -20,7 +19,7 @@ from infra.data.storage import Store
 from infra.sites.contract import Inventory
 from infra.sites.database import dsn, record_postmaster
 from infra.sites.local import LocalCloud, LocalSite, outputs, plan_sites
-from infra.sites.processes import wait_for
+from infra.sites.processes import port_answers, wait_for
 from infra.spec import Spec
 from playbooks import postgres
 from playbooks.host import ensure_dir
@@ -89,12 +88,6 @@ def dns_addresses(prefix: str) -> list[str]:
     return [f"{prefix}.53", f"{prefix}.54"]
 
 
-def _answers(address: str, port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((address, port)) == 0
-
-
 def _refuse_taken_addresses(spec: Spec, sites: list[LocalSite], prefix: str) -> None:
     """A new local cloud needs its addresses free: a server left on the same prefix (a drill kept
     with --keep, another workdir's cloud) would answer in place of this cloud's own."""
@@ -103,7 +96,7 @@ def _refuse_taken_addresses(spec: Spec, sites: list[LocalSite], prefix: str) -> 
     wanted = [(s.address, port, f"{s.name}'s {what}") for s in sites
               for port, what in ((spec.database.port, "database"), (spec.app.port, "app"))]
     wanted += [(address, DEFAULT_PORT, "a DNS provider") for address in dns_addresses(prefix)]
-    taken = [f"{address}:{port} ({what})" for address, port, what in wanted if _answers(address, port)]
+    taken = [f"{address}:{port} ({what})" for address, port, what in wanted if port_answers(address, port)]
     if taken:
         raise FailoverError(f"something already answers on {', '.join(taken)}: another local cloud uses {prefix}.x. "
                             "Stop it with `failover local down --workdir <its workdir>`, or choose another --prefix")

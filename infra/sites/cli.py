@@ -7,12 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from infra import secrets
 from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
                            workdir_path)
 from infra.errors import FailoverError
 from infra.sites.contract import Inventory
 from infra.sites.localvms import DEFAULT_PREFIX, LocalVms
-from infra.sites.protect import protect
+from infra.sites.protect import PASSWORD_REF, protect
 from infra.sites.site import Site, SshSettings
 from infra.sites.tls import CertificateAuthority
 from infra.spec import load_spec
@@ -40,6 +41,8 @@ def vms_up(
     """Create and boot one Debian VM per site (the image is built once with mmdebstrap, about 30 s),
     write their Inventory, and protect them. Needs root (mounts) and FAILOVER_REPLICATION_PASSWORD."""
     spec = load_spec(project)
+    if protect_sites:  # before any VM exists: a missing secret must not leave VMs half set up
+        secrets.resolve(PASSWORD_REF, "sites protect (or pass --no-protect)")
     cloud = _vms(workdir)
     inventory = cloud.up(spec, sites, prefix, progress)
     result = {"inventory": str(cloud.inventory_file), "sites": [s.site for s in inventory.sites]}
@@ -66,9 +69,8 @@ def vms_down(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
     emit({"stopped": stopped}, as_json, lambda r: progress(f"stopped {len(stopped)} VMs and unmounted their mounts"))
 
 
-def _inventory(inventory: Path | None, workdir: Path) -> tuple[Inventory, Path]:
-    path = inventory or _vms(workdir).inventory_file
-    return Inventory.load(path), path
+def _inventory(inventory: Path | None, workdir: Path) -> Inventory:
+    return Inventory.load(inventory or _vms(workdir).inventory_file)
 
 
 def _sites(inventory: Inventory, ssh_dir: Path) -> dict[str, Site]:
@@ -91,7 +93,7 @@ def sites_check(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WORK
     """Each site's database host over SSH: host key known, login, sudo -n. The key and known_hosts come
     from FAILOVER_SSH_KEY and FAILOVER_SSH_KNOWN_HOSTS, else the VM cloud's, else ~/.ssh. Exit 1 when a
     site fails."""
-    inv, _ = _inventory(inventory, workdir)
+    inv = _inventory(inventory, workdir)
     results = {}
     for name, site in _sites(inv, _vms(workdir).directory / "ssh").items():
         try:
@@ -115,7 +117,7 @@ def sites_protect(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WO
     (kept in <workdir>/vms/ca), hostssl scram pg_hba, the replication role (password from
     env/FAILOVER_REPLICATION_PASSWORD), pgBackRest with every repository, stanza and first full backups, the warm
     replica and the pilot-light's WAL stream. Checks SSH, sudo and the secret before changing anything."""
-    inv, _ = _inventory(inventory, workdir)
+    inv = _inventory(inventory, workdir)
     report = _protect(inv, _vms(workdir).directory, load_spec(project))
     emit(asdict(report), as_json, lambda r: [progress(f"{n}: {', '.join(d)}") for n, d in r["sites"].items()]
          + [progress(f"{n}: skipped ({why})") for n, why in r["skipped"].items()]

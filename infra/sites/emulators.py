@@ -21,7 +21,6 @@ import os
 import re
 import secrets as random
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from infra.sites.contract import MediaRemote, Repository
-from infra.sites.processes import ProcessTable, wait_for
+from infra.sites.processes import ProcessTable, port_answers, wait_for
 
 BASE_PORT = 19000
 PORTS_PER_SITE = 10
@@ -231,7 +230,7 @@ class Emulator:
         table = ProcessTable(self.workdir)
         fresh = not table.running(self.process)
         self._start(table, tls)
-        wait_for(lambda: _listening(self.host, self.port), timeout,
+        wait_for(lambda: port_answers(self.host, self.port), timeout,
                  f"the {self.kind} emulator of site {self.site} on {self.host}:{self.port}")
         if fresh or not self.secrets_file.exists():
             errors: list[str] = []
@@ -304,7 +303,7 @@ class S3Emulator(Emulator):
         table.start(f"{self.process}-tls", [_stunnel(), str(conf)], self.root / "stunnel.out")
 
     def _setup(self, tls: Tls) -> None:
-        if not _listening(self.host, self.backend_port):
+        if not port_answers(self.host, self.backend_port):
             raise ConnectionError("moto is not listening yet")
         import boto3  # installed with moto[server] by scripts/install-emulators
 
@@ -502,9 +501,3 @@ def _azurite() -> str:
     if not path.exists():
         raise MissingTool(f"Azurite is not installed in {TOOLS}: run scripts/install-emulators")
     return str(path)
-
-
-def _listening(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0

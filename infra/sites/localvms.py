@@ -2,7 +2,7 @@
 
 The layout under its directory (by default <workdir>/vms):
 
-    cloud.json          the sites, their roles and addresses, which are dropped
+    cloud.json          the sites, their roles and addresses (a dropped VM is one without processes)
     inventory.json      the sites' SiteOutputs, exactly what Pulumi stacks export
     ssh/                the toolkit's key and the known_hosts it owns (host keys known ahead)
     stores/<site>/      each site's object store: pgbackrest/ (repository) and media/ (bucket)
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
+from infra.sites.processes import port_answers
 from infra.sites.vm import USER, SshIdentity, Vm, VmError, ensure_identity, ensure_image
 from infra.spec import Spec
 
@@ -54,10 +54,6 @@ class LocalVms:
             raise VmError(f"{self.state_file} was not written by `failover vms up`; refusing to touch it")
         return data
 
-    def _save(self, data: dict) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps({"kind": KIND, **data}, indent=2))
-
     def sites(self) -> list[VmSite]:
         return [VmSite(**s) for s in self.state()["sites"]]
 
@@ -72,10 +68,7 @@ class LocalVms:
 
     @property
     def identity(self) -> SshIdentity:
-        return SshIdentity(self.directory / "ssh" / "id_ed25519", self.directory / "ssh" / "known_hosts")
-
-    def dropped(self) -> set[str]:
-        return set(self.state().get("dropped", []))
+        return SshIdentity.in_dir(self.directory / "ssh")
 
     # -------------------------------------------------------- up
 
@@ -87,17 +80,17 @@ class LocalVms:
         _refuse_busy(planned, spec.database.port)
         image = ensure_image(progress)
         identity = ensure_identity(self.directory / "ssh")
-        self._save({"sites": [asdict(s) for s in planned], "prefix": prefix, "image": str(image), "dropped": []})
+        self.state_file.write_text(json.dumps({"kind": KIND, "sites": [asdict(s) for s in planned]}, indent=2))
         try:
             vms = [self.vm(s) for s in planned]
             for vm in vms:
                 progress(f"{vm.site}: creating its VM on {vm.address} (overlay over {image.name})")
                 vm.create(image, identity)
-            self._mount_stores(vms, planned, ensure_owner=True)
+            self._mount_stores(vms)
             identity.known_hosts.write_text("".join(vm.host_key_line() + "\n" for vm in vms))
             for vm in vms:
                 progress(f"{vm.site}: booting ({vm.role}) with infra/clouds/bootstrap.sh")
-                vm.boot({}, spec.database.port)
+                vm.boot(spec.database)
         except BaseException:
             self.down()
             raise
@@ -105,19 +98,18 @@ class LocalVms:
         inventory.save(self.inventory_file)
         return inventory
 
-    def _mount_stores(self, vms: list[Vm], sites: list[VmSite], ensure_owner: bool = False) -> None:
-        for site in sites:
+    def _mount_stores(self, vms: list[Vm]) -> None:
+        """Every site's store, owned by the VMs' postgres user, mounted in every VM."""
+        uid, gid = _postgres_ids(vms[0])
+        for site in vms:
             store = self.store(site.site)
-            for part in ("pgbackrest", "media"):
-                (store / part).mkdir(parents=True, exist_ok=True)
-            if ensure_owner:
-                uid, gid = _postgres_ids(vms[0])
-                for part in (store, store / "pgbackrest", store / "media"):
-                    shutil.chown(part, uid, gid)
+            for part in (store, store / "pgbackrest", store / "media"):
+                part.mkdir(parents=True, exist_ok=True)
+                shutil.chown(part, uid, gid)
             for vm in vms:
                 vm.mount_store(store)
 
-    # -------------------------------------------------------- drop, give back, down
+    # -------------------------------------------------------- drop and down
 
     def drop(self, name: str) -> list[int]:
         """The provider pulls the plug: the VM's processes are killed and its store unmounted everywhere."""
@@ -125,9 +117,6 @@ class LocalVms:
         killed = self.vm(site).kill()
         for vm in self.vms():
             vm.unmount_store(self.store(name))
-        state = self.state()
-        state["dropped"] = sorted(set(state.get("dropped", [])) | {name})
-        self._save({k: v for k, v in state.items() if k != "kind"})
         return killed
 
     def down(self) -> list[str]:
@@ -178,11 +167,9 @@ def _refuse_busy(sites: list[VmSite], db_port: int) -> None:
     """Nothing may answer on a VM's SSH or database address yet (another cloud, a kept drill)."""
     for site in sites:
         for port, what in ((22, "SSH"), (db_port, "PostgreSQL")):
-            with socket.socket() as probe:
-                probe.settimeout(0.3)
-                if probe.connect_ex((site.address, port)) == 0:
-                    raise VmError(f"{site.address}:{port} already answers ({what}): site {site.site}'s address is "
-                                  "taken; choose another --prefix or stop what runs there")
+            if port_answers(site.address, port, 0.3):
+                raise VmError(f"{site.address}:{port} already answers ({what}): site {site.site}'s address is "
+                              "taken; choose another --prefix or stop what runs there")
 
 
 def _postgres_ids(vm: Vm) -> tuple[int, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ class ProcessTable:
             time.sleep(0.05)
         if _alive(pid):
             _signal_group(pid, signal.SIGKILL)
+            # Stopped means gone: until the kernel has reaped it, its sockets may still accept.
+            wait_for(lambda: not _alive(pid), 5, f"{name} (PID {pid}) to exit after SIGKILL")
         return True
 
     def kill(self, name: str) -> bool:
@@ -112,6 +115,13 @@ def _start_time(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (FileNotFoundError, IndexError):
         return ""
+
+
+def port_answers(address: str, port: int, timeout: float = 0.5) -> bool:
+    """Something accepts TCP connections on address:port (a server of ours, or one in the way)."""
+    with socket.socket() as probe:
+        probe.settimeout(timeout)
+        return probe.connect_ex((address, port)) == 0
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.05):

@@ -26,13 +26,15 @@ from pathlib import Path
 
 from infra import secrets
 from infra.app import seed as app_seed
+from infra.data import pgbackrest as pgbr_config
 from infra.data import protection
 from infra.data.pgbackrest import STANZA
 from infra.sites.contract import Inventory
+from infra.sites.processes import wait_for
 from infra.sites.site import CONF_DIR, DB_VERSION, PATHS, SERVICE_USER, Site, SiteError
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
-from playbooks import pgbackrest
+from playbooks import pgbackrest, postgres
 from playbooks.host import ensure_dir
 
 REPLICATION_USER = "replicator"
@@ -91,25 +93,20 @@ def conninfo(primary: Site, application: str) -> str:
             f"passfile={PASSFILE} sslmode=verify-full sslrootcert={TLS_DIR}/ca.crt application_name={application}")
 
 
-def settings(site: Site, sync_standby: str | None) -> dict[str, str]:
-    values = protection.pg_settings(site.outputs.db_host, site.outputs.db_port, PATHS, sync_standby)
-    values.update({"ssl": "on", "ssl_cert_file": f"{TLS_DIR}/server.crt", "ssl_key_file": f"{TLS_DIR}/server.key",
-                   "ssl_ca_file": f"{TLS_DIR}/ca.crt", "password_encryption": "scram-sha-256"})
-    return values
+TLS_SETTINGS = {"ssl": "on", "ssl_cert_file": f"{TLS_DIR}/server.crt", "ssl_key_file": f"{TLS_DIR}/server.key",
+                "ssl_ca_file": f"{TLS_DIR}/ca.crt", "password_encryption": "scram-sha-256"}
 
 
 def site_settings(site: Site, primary: Site, sync_standby: str | None, sync: bool) -> dict[str, str]:
-    """A site's full settings: the primary's name its synchronous standby, a warm site streams."""
-    values = settings(site, sync_standby if site is primary else None)
+    """A site's settings (protection's, with TLS): the primary names its synchronous standby, a
+    warm site streams from the primary."""
+    address, port = site.outputs.db_host, site.outputs.db_port
     if site.role == "warm" and site is not primary:
+        values = protection.replica_settings(address, port, PATHS, sync)
         values["primary_conninfo"] = conninfo(primary, site.name)
-        if not sync:  # see protection.replica_settings: an async replica need not report every write
-            values["wal_receiver_status_interval"] = "0"
-    return values
-
-
-def render_settings(values: dict[str, str]) -> str:
-    return "".join(f"{k} = '{str(v).replace(chr(39), chr(39) * 2)}'\n" for k, v in sorted(values.items()))
+    else:
+        values = protection.pg_settings(address, port, PATHS, sync_standby if site is primary else None)
+    return {**values, **TLS_SETTINGS}
 
 
 # ---------------------------------------------------------------- the run
@@ -118,9 +115,10 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
             progress=lambda m: None) -> ProtectReport:
     started = time.monotonic()
     report = ProtectReport()
+    password = secrets.resolve(PASSWORD_REF, "the replication role (sites protect)")
     primary = sites[inventory.active]
     reachable = _check(inventory, sites, primary, report)
-    password = secrets.resolve(PASSWORD_REF, "the replication role (sites protect)")
+    skip = set(inventory.names) - reachable
     peers = [sites[n] for n in inventory.names if n in reachable]
     sync = spec.database.replication == "sync"
     for site in peers:
@@ -131,18 +129,19 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
         _configure(site, site_settings(site, primary, None, sync), [p for p in peers if p is not site], report)
         site.write(PASSFILE, f"*:*:*:{REPLICATION_USER}:{password}\n")
     progress(f"{primary.name}: replication role, epoch schema, pgBackRest stanza and backups")
-    _primary(primary, inventory, spec, password, reachable, report)
+    _primary(primary, inventory, spec, password, skip, report)
     standbys = []
     for site in peers:
         if site is primary:
             continue
+        protection.install_pgbackrest(site.service(), inventory, site.name, PATHS, site.outputs.db_port, skip)
         if site.role == "warm":
             progress(f"{site.name}: streaming replica of {primary.name}")
-            report.did(site.name, _replica(site, primary, inventory, reachable))
+            report.did(site.name, _replica(site, primary))
             standbys.append(site.name)
         elif site.role == "pilot-light":
             progress(f"{site.name}: WAL stream from {primary.name}")
-            report.did(site.name, _wal_stream(site, primary, inventory, reachable))
+            report.did(site.name, _wal_stream(site, primary))
     if sync and standbys:
         _configure(primary, site_settings(primary, primary, standbys[0], sync), [p for p in peers if p is not primary],
                    report)
@@ -152,7 +151,6 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
 
 def _check(inventory: Inventory, sites: dict[str, Site], primary: Site, report: ProtectReport) -> set[str]:
     """Every check before any change: the primary's SSH and sudo, the others' where they answer."""
-    secrets.resolve(PASSWORD_REF, "the replication role (sites protect)")
     primary.connection()  # raises SiteError naming the site, host and what to do
     primary.check_sudo()
     reachable = {primary.name}
@@ -190,7 +188,7 @@ def _tls(site: Site, ca: CertificateAuthority) -> None:
 
 def _configure(site: Site, values: dict[str, str], peers: list[Site], report: ProtectReport) -> None:
     """Settings and pg_hba; a running cluster reloads, or restarts when archive_mode must change."""
-    site.write(SETTINGS_FILE, render_settings(values))
+    site.write(SETTINGS_FILE, postgres.render_settings(values))
     site.write(f"{CONF_DIR}/pg_hba.conf", "\n".join(hba_lines(site, peers)) + "\n")
     if not _running(site):
         return
@@ -201,7 +199,7 @@ def _configure(site: Site, values: dict[str, str], peers: list[Site], report: Pr
         report.did(site.name, "restarted (archive_mode)")
 
 
-def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str, reachable: set[str],
+def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str, skip: set[str],
              report: ProtectReport) -> None:
     if not _running(primary):
         _cluster(primary, "start")
@@ -216,7 +214,6 @@ def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str, rea
     primary.service().run(shlex.join(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-p", str(primary.outputs.db_port),
                                       "-d", db, "-f", f"{PATHS.pgbackrest_dir}/schema.sql"]))
     report.did(primary.name, "replication role, epoch schema")
-    skip = set(inventory.names) - reachable
     protection.install_pgbackrest(primary.service(), inventory, primary.name, PATHS, primary.outputs.db_port, skip)
     stanzas = protection.create_stanzas(primary.service(), inventory, PATHS, skip)
     broken = [f"{r.repo} ({r.site}): {r.error}" for r in stanzas if not r.ok]
@@ -231,15 +228,9 @@ def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str, rea
 
 
 def _repos_without_backup(primary: Site, inventory: Inventory, skip: set[str]) -> list[tuple[int, str]]:
-    missing = []
-    for name in inventory.names:
-        if name in skip:
-            continue
-        index = inventory.repo_index(name)
-        info, _ = pgbackrest.info(primary.service(), PATHS.config, index)
-        if not (info and info.get("backup")):
-            missing.append((index, name))
-    return missing
+    repos = pgbr_config.repositories(inventory, skip).items()
+    return [(index, name) for index, name in repos
+            if not (pgbackrest.info(primary.service(), PATHS.config, index)[0] or {}).get("backup")]
 
 
 def _streams_to(primary: Site, application: str) -> bool:
@@ -247,10 +238,8 @@ def _streams_to(primary: Site, application: str) -> bool:
                         f"WHERE r.application_name = '{application}' AND s.ssl", warn=True).stdout.strip() == "1"
 
 
-def _replica(site: Site, primary: Site, inventory: Inventory, reachable: set[str]) -> str:
+def _replica(site: Site, primary: Site) -> str:
     """A warm site streams from the primary: cloned over TLS unless it already streams."""
-    skip = set(inventory.names) - reachable
-    protection.install_pgbackrest(site.service(), inventory, site.name, PATHS, site.outputs.db_port, skip)
     if _streams_to(primary, site.name):
         return "replica: already streaming"
     if _running(site):
@@ -261,16 +250,12 @@ def _replica(site: Site, primary: Site, inventory: Inventory, reachable: set[str
                       "-d", conninfo(primary, site.name)]), timeout=3600)
     c.run(f"touch {PATHS.pgdata}/standby.signal")
     _cluster(site, "start")
-    _wait(lambda: _streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}")
+    wait_for(lambda: _streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}", 0.3)
     return "replica: cloned over TLS, streaming"
 
 
-def _wal_stream(site: Site, primary: Site, inventory: Inventory, reachable: set[str]) -> str:
-    """pg_receivewal on the pilot-light host, supervised; its cluster stays stopped."""
-    skip = set(inventory.names) - reachable
-    protection.install_pgbackrest(site.service(), inventory, site.name, PATHS, site.outputs.db_port, skip)
-    if _running(site):
-        _cluster(site, "stop")
+def _wal_stream(site: Site, primary: Site) -> str:
+    """pg_receivewal on the pilot-light host, supervised; its cluster stays stopped (see protect)."""
     if _streams_to(primary, site.name):
         return "WAL stream: already streaming"
     slot = protection.stream_slot(site.name)
@@ -284,14 +269,6 @@ def _wal_stream(site: Site, primary: Site, inventory: Inventory, reachable: set[
                f"stdout_logfile=/var/log/postgresql/{WALSTREAM_PROGRAM}.log\n")
     site.write(f"/etc/supervisor/conf.d/{WALSTREAM_PROGRAM}.conf", program, owner="root", mode="644")
     site.root().run("supervisorctl reread >/dev/null && supervisorctl update >/dev/null")
-    _wait(lambda: _streams_to(primary, site.name), 60, f"{site.name}'s pg_receivewal to stream from {primary.name}")
+    wait_for(lambda: _streams_to(primary, site.name), 60,
+             f"{site.name}'s pg_receivewal to stream from {primary.name}", 0.3)
     return "WAL stream: pg_receivewal streaming over TLS"
-
-
-def _wait(check, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise SiteError(f"timed out after {seconds:.0f}s waiting for {what}")

@@ -15,7 +15,7 @@ Errors name the site, the host and what to do; nothing has changed on the site w
 from __future__ import annotations
 
 import os
-import secrets as random_tokens
+import secrets
 import shlex
 import socket
 from dataclasses import dataclass, field
@@ -51,12 +51,13 @@ class SshSettings:
     connect_timeout: float = 10.0
 
     @classmethod
-    def from_env(cls, default_dir: Path | None = None) -> "SshSettings":
-        """FAILOVER_SSH_KNOWN_HOSTS / FAILOVER_SSH_KEY, else the files in `default_dir`, else ~/.ssh."""
-        base = default_dir if default_dir and (default_dir / "known_hosts").exists() else Path.home() / ".ssh"
-        key_default = base / "id_ed25519" if (base / "id_ed25519").exists() else None
-        key = os.environ.get(KEY_ENV)
-        return cls(Path(os.environ.get(KNOWN_HOSTS_ENV) or base / "known_hosts"), Path(key) if key else key_default)
+    def from_env(cls, toolkit_dir: Path | None = None) -> "SshSettings":
+        """FAILOVER_SSH_KNOWN_HOSTS / FAILOVER_SSH_KEY; else the toolkit's own files in `toolkit_dir`
+        (the VM cloud's ssh/) when it has them; else ~/.ssh/known_hosts and the user's usual keys."""
+        own = toolkit_dir if toolkit_dir and (toolkit_dir / "known_hosts").exists() else None
+        known = os.environ.get(KNOWN_HOSTS_ENV) or (own or Path.home() / ".ssh") / "known_hosts"
+        key = os.environ.get(KEY_ENV) or (own / "id_ed25519" if own else None)
+        return cls(Path(known), Path(key) if key else None)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Site:
     outputs: SiteOutputs
     ssh: SshSettings
     _connections: dict[str, Connection] = field(default_factory=dict, repr=False)
+    paths = PATHS  # a class attribute: the same Debian layout on every host
 
     @property
     def name(self) -> str:
@@ -80,8 +82,6 @@ class Site:
         if not hosts:
             raise SiteError(f"site {self.name}: the inventory lists no ssh_hosts; run `failover inventory pull`")
         return self.outputs.db_host if self.outputs.db_host in hosts else hosts[-1]
-
-    paths = PATHS
 
     # -------------------------------------------------------- connections
 
@@ -163,7 +163,7 @@ class Site:
         it lands 0600 in the SSH user's home first, then `install` gives it owner and mode.
         """
         conn = self.connection()
-        staged = f".failover-upload-{secrets_token()}"
+        staged = f".failover-upload-{secrets.token_hex(8)}"
         with conn.sftp().open(staged, "w") as remote:
             remote.chmod(0o600)
             remote.write(text.encode())
@@ -178,10 +178,6 @@ class Site:
         argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-p", str(port or self.outputs.db_port),
                 "-d", db, "-c", sql]
         return self.service().run(shlex.join(argv), warn=warn, timeout=120)
-
-
-def secrets_token() -> str:
-    return random_tokens.token_hex(8)
 
 
 class AsUser:

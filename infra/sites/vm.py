@@ -30,6 +30,7 @@ from pathlib import Path
 
 from infra.clouds.base import BOOTSTRAP
 from infra.errors import FailoverError
+from infra.spec import Database
 
 SUITE = "bookworm"
 # What every site VM carries; cloud VMs get the same from cloud-init's package list.
@@ -102,19 +103,23 @@ class SshIdentity:
     key: Path
     known_hosts: Path
 
+    @classmethod
+    def in_dir(cls, directory: Path) -> "SshIdentity":
+        return cls(directory / "id_ed25519", directory / "known_hosts")
+
     @property
     def public_key(self) -> str:
         return Path(f"{self.key}.pub").read_text().strip()
 
 
 def ensure_identity(directory: Path) -> SshIdentity:
+    """The identity in `directory`, its key generated on first use."""
+    identity = SshIdentity.in_dir(directory)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = directory / "id_ed25519"
-    if not key.exists():
-        _keygen(key, "failover-toolkit")
-    known = directory / "known_hosts"
-    known.touch(mode=0o600)
-    return SshIdentity(key, known)
+    if not identity.key.exists():
+        _keygen(identity.key, "failover-toolkit")
+    identity.known_hosts.touch(mode=0o600)
+    return identity
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -141,7 +146,7 @@ class Vm:
 
     def host_key_line(self) -> str:
         """The known_hosts line for this VM's sshd, known before it ever starts."""
-        kind, key = Path(f"{self.host_key}").with_suffix(".pub").read_text().split()[:2]
+        kind, key = Path(f"{self.host_key}.pub").read_text().split()[:2]
         return f"{self.address} {kind} {key}"
 
     # -------------------------------------------------------- create and boot
@@ -195,12 +200,12 @@ class Vm:
             "PidFile /run/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PermitRootLogin no\nUseDNS no\nMaxSessions 64\nMaxStartups 64:30:128\n")
 
-    def boot(self, site_env: dict[str, str], db_port: int) -> None:
+    def boot(self, database: Database) -> None:
         """Writes /etc/failover/site.env, runs the bootstrap as root (as cloud-init does), starts sshd."""
         root = self.root
         (root / "etc/failover").mkdir(parents=True, exist_ok=True)
         env = {"FAILOVER_SITE": self.site, "FAILOVER_ROLE": self.role, "FAILOVER_TIERS": "db app",
-               "DB_VERSION": "15", "DB_PORT": str(db_port), "DB_LISTEN": self.address, **site_env}
+               "DB_VERSION": str(database.version), "DB_PORT": str(database.port), "DB_LISTEN": self.address}
         (root / "etc/failover/site.env").write_text("".join(f"{k}={_shell_quote(v)}\n" for k, v in env.items()))
         shutil.copyfile(BOOTSTRAP, root / "usr/local/sbin/failover-bootstrap")
         (root / "usr/local/sbin/failover-bootstrap").chmod(0o755)
@@ -267,23 +272,16 @@ class Vm:
     def kill(self) -> list[int]:
         """SIGKILL every process of the VM (a provider pulling the plug); returns their PIDs."""
         killed = self.pids()
-        for pid in killed:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _signal(killed, signal.SIGKILL)
         _wait_gone(self, 10)
         return killed
 
     def stop(self) -> None:
         """A clean shutdown: PostgreSQL stops fast, then the rest is signalled (TERM, then KILL)."""
         if self.pids():
-            self.chroot(["sh", "-c", "pg_ctlcluster 15 main stop -m fast || true"], check=False)
-            for pid in self.pids():
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            self.chroot(["sh", "-c", '. /etc/failover/site.env && pg_ctlcluster "$DB_VERSION" main stop -m fast'],
+                        check=False)
+            _signal(self.pids(), signal.SIGTERM)
             if not _wait_gone(self, 5):
                 self.kill()
 
@@ -295,6 +293,14 @@ class Vm:
 
 def _shell_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _wait_gone(vm: Vm, seconds: float) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import shutil
 import socket
 from pathlib import Path
@@ -27,25 +26,12 @@ from infra.sites.processes import ProcessTable, wait_for
 from playbooks import media, pgbackrest, postgres
 from playbooks.host import ensure_dir, run
 from tests.conftest import service_dir
+from tests.data.emulated import free_block, secret_values
 
 pytestmark = pytest.mark.integration
 
 SITES = [(0, "aws", "s3"), (1, "gcp", "gcs"), (2, "azure", "azure")]
 ADDRESS = "127.0.0.1"
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((ADDRESS, port)) != 0
-
-
-def _base_port() -> int:
-    candidates = list(range(19100, 19700, 30))
-    random.shuffle(candidates)
-    for base in candidates:
-        if all(_free(p) for p in range(base, base + 30)):
-            return base
-    raise RuntimeError("no free block of 30 ports in 19100-19700")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +41,7 @@ def cloud():
         if not shutil.which(tool):
             pytest.fail(f"{tool} is not installed: run scripts/setup")
     workdir = service_dir("emulated")
-    base = _base_port()
+    base = free_block([ADDRESS], 19100, 19700)
     try:
         for index, site, _ in SITES:
             emulators.start_emulated(workdir, index, site, base)
@@ -82,7 +68,7 @@ class Emulated:
         return Inventory([outputs], active=emu.site)
 
     def secret_values(self) -> list[str]:
-        return [v for k, v in emulators.emulator_env(self.workdir).items() if k != "RCLONE_CA_CERT"]
+        return secret_values(self.workdir)
 
 
 def _port() -> int:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from infra.sites import emulators
 from infra.sites.contract import MediaRemote, Repository, SiteOutputs
 from infra.sites.processes import ProcessTable
 from tests.conftest import service_dir
+from tests.data.emulated import free_block, secret_values
 
 SITES = [(0, "aws", "s3"), (1, "gcp", "gcs"), (2, "azure", "azure")]
 HOSTS = ["127.0.40.210", "127.0.40.211", "127.0.40.212"]  # one address per emulated site
@@ -109,20 +108,6 @@ def test_the_newest_journal_copy_is_read_back_from_the_stores(tmp_path):
 
 # --- the emulators --------------------------------------------------------------------------------
 
-def _free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((host, port)) != 0
-
-
-def _base_port() -> int:
-    candidates = list(range(23100, 23900, 30))
-    random.shuffle(candidates)
-    for base in candidates:
-        if all(_free(h, p) for h in HOSTS for p in range(base, base + 30)):
-            return base
-    raise RuntimeError("no free block of 30 ports in 23100-23900 on 127.0.40.210-212")
-
-
 @dataclasses.dataclass
 class Emulated:
     workdir: Path
@@ -137,7 +122,7 @@ class Emulated:
         return Store(_site(emu.site, emu.repository(), remote))
 
     def secret_values(self) -> list[str]:
-        return [v for k, v in emulators.emulator_env(self.workdir).items() if k != "RCLONE_CA_CERT"]
+        return secret_values(self.workdir)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +130,7 @@ def cloud():
     """The three emulators, each on its own 127.0.40.x address; stopped by PID afterwards."""
     if not shutil.which("rclone"):
         pytest.fail("rclone is not installed: run scripts/setup")
-    workdir, base = service_dir("objects"), _base_port()
+    workdir, base = service_dir("objects"), free_block(HOSTS, 23100, 23900)
     try:
         for index, site, _ in SITES:
             emulators.start_emulated(workdir, index, site, base, HOSTS[index])

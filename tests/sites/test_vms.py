@@ -14,7 +14,7 @@ import pytest
 from infra import secrets
 from infra.sites.contract import Inventory
 from infra.sites.localvms import LocalVms
-from infra.sites.protect import PASSFILE, TLS_DIR, protect
+from infra.sites.protect import PASSFILE, SETTINGS_FILE, TLS_DIR, protect
 from infra.sites.site import CONF_DIR, Site, SiteError, SshSettings
 from infra.sites.tls import CertificateAuthority
 from infra.sites.vm import _mounts_under
@@ -131,7 +131,7 @@ def test_unknown_or_changed_host_keys_and_dead_hosts_are_named(cloud, tmp_path):
     assert not Site(gone, SshSettings(vms.identity.known_hosts, vms.identity.key, connect_timeout=2)).reachable()
 
 
-def test_sudo_refused_is_named_before_anything_changes(cloud):
+def test_sudo_refused_is_named_before_anything_changes(cloud, protected):
     vms, inventory, spec = cloud
     vm = next(v for v in vms.vms() if v.site == "azure")
     vm.chroot(["sh", "-c", "id plain || useradd -m -s /bin/bash plain"])
@@ -145,10 +145,12 @@ def test_sudo_refused_is_named_before_anything_changes(cloud):
         plain.check_sudo()
     others = sites_of(vms, inventory)
     sites = {**others, "azure": plain}
-    before = others["aws"].service().run(f"cat {CONF_DIR}/pg_hba.conf").stdout
+    # protect rewrites these files with the same text, so their modification times tell a write.
+    written = f"stat -c '%n %y' {CONF_DIR}/pg_hba.conf {SETTINGS_FILE} {TLS_DIR}/server.crt"
+    before = others["aws"].service().run(written).stdout
     with pytest.raises(SiteError, match="user plain may not run sudo"):
         protect(inventory, sites, spec, CertificateAuthority.ensure(vms.directory / "ca"))
-    assert others["aws"].service().run(f"cat {CONF_DIR}/pg_hba.conf").stdout == before
+    assert others["aws"].service().run(written).stdout == before
 
 
 def test_a_missing_replication_secret_stops_protect_before_any_change(cloud, monkeypatch):

@@ -1,0 +1,25 @@
+"""What the emulator test suites share: a free block of ports, and the secrets not to leak."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from infra.sites import emulators
+from infra.sites.processes import port_answers
+
+BLOCK = 30  # ports one set of emulators takes from its base port
+
+
+def free_block(hosts: list[str], first: int, last: int) -> int:
+    """A base port whose whole block nothing answers on, at every host (tried in random order)."""
+    candidates = list(range(first, last, BLOCK))
+    random.shuffle(candidates)
+    for base in candidates:
+        if not any(port_answers(h, p, 0.2) for h in hosts for p in range(base, base + BLOCK)):
+            return base
+    raise RuntimeError(f"no free block of {BLOCK} ports in {first}-{last} on {', '.join(hosts)}")
+
+
+def secret_values(workdir: Path) -> list[str]:
+    """The emulators' credentials (not the CA path): none may appear in an error."""
+    return [v for k, v in emulators.emulator_env(workdir).items() if k != "RCLONE_CA_CERT"]
