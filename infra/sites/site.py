@@ -14,10 +14,12 @@ Errors name the site, the host and what to do; nothing has changed on the site w
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
 import socket
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,10 @@ DB_VERSION = "15"
 PATHS = HostPaths(pgdata=f"/var/lib/postgresql/{DB_VERSION}/main", socket_dir="/var/run/postgresql",
                   pgbackrest_dir="/var/lib/postgresql/failover")
 CONF_DIR = f"/etc/postgresql/{DB_VERSION}/main"
+SETTINGS_FILE = f"{CONF_DIR}/conf.d/50-failover.conf"  # what the engine sets (bootstrap's file is 00-)
+TOOLKIT_DIR = "/opt/failover"  # the toolkit's code on the host, for the services below
+APP_CONFIG = "/etc/failover/app.json"
+APP_PROGRAM, PROTECTOR_PROGRAM = "failover-app", "failover-protector"
 
 
 class SiteError(FailoverError):
@@ -64,6 +70,7 @@ class SshSettings:
 class Site:
     outputs: SiteOutputs
     ssh: SshSettings
+    app_port: int = 8080  # the spec's app.port (the Fleet sets it)
     _connections: dict[str, Connection] = field(default_factory=dict, repr=False)
     paths = PATHS  # a class attribute: the same Debian layout on every host
 
@@ -74,6 +81,15 @@ class Site:
     @property
     def role(self) -> str:
         return self.outputs.role
+
+    @property
+    def address(self) -> str:
+        """Where clients reach the database: the Inventory's db_host."""
+        return self.outputs.db_host
+
+    @property
+    def port(self) -> int:
+        return self.outputs.db_port
 
     @property
     def db_host(self) -> str:
@@ -178,6 +194,63 @@ class Site:
         argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-p", str(port or self.outputs.db_port),
                 "-d", db, "-c", sql]
         return self.service().run(shlex.join(argv), warn=warn, timeout=120)
+
+
+    # -------------------------------------------------------- the database's service
+
+    def cluster(self, action: str, mode: str | None = None, timeout: float = 600) -> None:
+        """start/stop/restart/promote the cluster: systemd where it runs, pg_ctlcluster elsewhere
+        (a chroot). `mode` is pg_ctl's shutdown mode for stop (fast by default, immediate)."""
+        unit = f"postgresql@{DB_VERSION}-main"
+        if mode or action == "promote":  # systemd knows neither; pg_ctlcluster keeps the unit's state right
+            extra = f" -m {mode}" if mode else ""
+            command = f"pg_ctlcluster {DB_VERSION} main {action}{extra}"
+        else:
+            command = (f"if [ -d /run/systemd/system ]; then systemctl {action} {unit}; "
+                       f"else pg_ctlcluster {DB_VERSION} main {action}; fi")
+        self.root().run(command, timeout=timeout)
+
+    def db_running(self) -> bool:
+        """A postmaster runs for the cluster (it may not answer yet)."""
+        return self.service().run(f"pg_ctlcluster {DB_VERSION} main status", warn=True).ok
+
+    def recovery_state(self) -> bool | None:
+        """pg_is_in_recovery() on the host, or None when the database does not answer."""
+        try:
+            result = self.psql("SELECT pg_is_in_recovery()", warn=True)
+        except (SiteError, OSError, paramiko.SSHException, EOFError):
+            return None
+        return {"t": True, "f": False}.get(result.stdout.strip()) if result.ok else None
+
+    # -------------------------------------------------------- the app
+
+    def app_config(self) -> dict:
+        """The app's config on its host ({} when it has none)."""
+        result = self.service().run(f"cat {APP_CONFIG}", warn=True)
+        return json.loads(result.stdout) if result.ok and result.stdout.strip() else {}
+
+    def write_app_config(self, config: dict) -> None:
+        self.write(APP_CONFIG, json.dumps(config, indent=2), mode="640")
+
+    def supervise(self, program: str, action: str) -> None:
+        """supervisorctl start/stop/restart of one of the toolkit's programs on the database host."""
+        result = self.root().run(f"supervisorctl {action} {program}", warn=True, timeout=60)
+        if not result.ok and "ALREADY_STARTED" not in result.stdout and "NOT_RUNNING" not in result.stdout:
+            raise SiteError(f"site {self.name}: host {self.db_host}: supervisorctl {action} {program} failed: "
+                            f"{(result.stdout + result.stderr).strip()[-300:]}")
+
+    def program_running(self, program: str) -> bool:
+        result = self.root().run(f"supervisorctl status {program}", warn=True)
+        return "RUNNING" in result.stdout
+
+    def healthz(self, timeout: float = 2.0) -> dict | None:
+        """The app's /healthz as its clients see it (on the site's public address), or None."""
+        url = f"http://{self.outputs.public_addresses[0]}:{self.app_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as reply:
+                return json.loads(reply.read())
+        except (OSError, ValueError):
+            return None
 
 
 class AsUser:

@@ -35,7 +35,7 @@ from infra.spec import Database
 SUITE = "bookworm"
 # What every site VM carries; cloud VMs get the same from cloud-init's package list.
 PACKAGES = ("postgresql-15", "postgresql-contrib", "pgbackrest", "rclone", "openssh-server", "sudo",
-            "python3", "python3-psycopg", "supervisor", "ca-certificates", "openssl", "procps")
+            "python3", "python3-psycopg", "python3-invoke", "curl", "supervisor", "ca-certificates", "openssl", "procps")
 IMAGE_CACHE_ENV = "FAILOVER_IMAGE_CACHE"
 DEFAULT_IMAGE_CACHE = Path("/var/cache/failover/images")
 USER = "failover"
