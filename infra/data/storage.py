@@ -190,15 +190,20 @@ class Posix(Storage):
 
     def put(self, site: SiteOutputs, key: str, data: bytes) -> None:
         root, path = self._root(site), self._root(site) / key
+        # Root hands what it writes to the store's owner; anyone else writes as itself, into
+        # folders its group may write (the store's group is its credential on a shared volume).
+        chown = os.chown if os.geteuid() == 0 else (lambda *_: None)
         try:
             owner = root.stat()
             for folder in reversed(path.relative_to(root).parents[:-1]):
                 if not (root / folder).exists():
                     (root / folder).mkdir(exist_ok=True)
-                    os.chown(root / folder, owner.st_uid, owner.st_gid)
+                    chown(root / folder, owner.st_uid, owner.st_gid)
+                    (root / folder).chmod(0o2775)
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_bytes(data)
-            os.chown(tmp, owner.st_uid, owner.st_gid)
+            chown(tmp, owner.st_uid, owner.st_gid)
+            tmp.chmod(0o664)
             tmp.replace(path)
         except OSError as error:
             raise self._error(site, f"put {key}", error) from None

@@ -14,7 +14,8 @@ from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile
 from infra.drill import report
 from infra.drill import scenario as scenario_mod
 from infra.drill.result import ScenarioResult
-from infra.sites.local import DEFAULT_PREFIX, LocalCloud
+from infra.sites import vmcloud
+from infra.sites.localvms import DEFAULT_PREFIX
 from infra.spec import load_spec
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -50,9 +51,7 @@ def drill(
             results.append(scenario_mod.run_scenario(item, options, progress))
     finally:
         if not keep:
-            cloud = LocalCloud(work)
-            cloud.stop_all()
-            cloud.remove()
+            vmcloud.down(work)
     written = report.write(directory, results)
     emit(written, as_json, lambda r: _render(results, directory))
     if not report.passed(results):

@@ -1,8 +1,10 @@
 """Drill scenarios on the embedded local cloud: cut the primary off, fail over, measure.
 
 A scenario is data (which role takes over, its targets); `run_scenario` is the fixed
-sequence: a pristine local cloud, the canary writing through DNS, the cut-off, the runbook,
-writes until the new site acknowledges one through DNS, then read-back and integrity checks.
+sequence: a pristine local cloud (Debian VMs reached only over SSH), the canary writing
+through DNS, the cut-off (the primary's VM killed and its store unmounted), the runbook on the
+Fleet, writes until the new site acknowledges one through DNS, then read-back and integrity
+checks (checksums through psql on the hosts, as the engine reads them).
 """
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ from infra.drill.canary import Canary, Write, dns_servers, read_back
 from infra.drill.result import ScenarioResult
 from infra.runbook import runner
 from infra.runbook.journal import JournalStore
-from infra.sites import bringup, chaos
-from infra.sites.database import dsn
-from infra.sites.local import LocalCloud
+from infra.sites import vmcloud
+from infra.sites.fleet import Fleet
+from infra.sites.site import Site
 from infra.spec import Spec
 
 Progress = Callable[[str], None]
@@ -73,69 +75,81 @@ def iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def pristine(cloud: LocalCloud, spec: Spec) -> bool:
-    """Up, nothing dropped, the spec's primary active at epoch 1: ready for a drill."""
-    if not cloud.exists:
+def pristine(fleet: Fleet, spec: Spec) -> bool:
+    """Up, every site answering SSH, the spec's primary active at epoch 1: ready for a drill."""
+    if not fleet.exists or not vmcloud.exists(fleet.workdir):
         return False
-    inventory = cloud.inventory()
-    first = cloud.sites()[0]
-    return (not cloud.dropped() and inventory.active == first.name and inventory.epoch == 1
-            and cloud.processes.running(f"pg-{first.name}") and len(cloud.sites()) == min(3, len(spec.sites)))
+    inventory = fleet.inventory()
+    return (inventory.active == spec.primary.name and inventory.epoch == 1
+            and len(inventory.names) == min(3, len(spec.sites)) and not fleet.unreachable(refresh=True)
+            and fleet.site(inventory.active).recovery_state() is False)
 
 
-def fresh_cloud(options: Options, progress: Progress) -> LocalCloud:
-    cloud = LocalCloud(options.workdir)
-    if not pristine(cloud, options.spec):
-        if cloud.exists:
+def fresh_cloud(options: Options, progress: Progress) -> Fleet:
+    fleet = Fleet(options.workdir, app_port=options.spec.app.port)
+    if not pristine(fleet, options.spec):
+        if vmcloud.exists(options.workdir):
             progress("resetting the local cloud (a previous drill changed it)")
-            cloud.stop_all()
-            cloud.remove()
+            vmcloud.down(options.workdir)
         progress(f"bringing the local cloud up ({options.seed_mb} MB seed, {options.prefix}.x)")
-        bringup.up(options.workdir, options.spec, min(3, len(options.spec.sites)), options.seed_mb, progress,
-                   options.prefix)
+        vmcloud.up(options.workdir, options.spec, min(3, len(options.spec.sites)), options.seed_mb, options.prefix,
+                   progress)
+        fleet.close()
+        fleet = Fleet(options.workdir, app_port=options.spec.app.port)
     JournalStore(options.workdir).abandon()  # a journal of an earlier cloud has no say here
-    return cloud
+    return fleet
+
+
+def checksums(site: Site, spec: Spec, upto: dict[str, int] | None = None) -> dict[str, dict]:
+    """Per-table checksums through psql on the site's host."""
+    return integrity.checksums_of(site, spec.database.name, upto)
 
 
 def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> ScenarioResult:
     targets = measure.Targets(**{**scenario.targets.to_dict(), **options.overrides})
-    cloud = fresh_cloud(options, progress)
+    fleet = fresh_cloud(options, progress)
     spec = options.spec
-    source = cloud.inventory().active
-    target = next(s for s in cloud.sites() if s.role == scenario.target_role)
+    source = fleet.inventory().active
+    target = next(s for s in fleet.sites() if s.role == scenario.target_role)
     servers = dns_servers(local_providers(options.workdir) or [])
     canary = Canary(spec.dns.zone, spec.app.port, servers).start()
     try:
         _wait(lambda: sum(w.acked for w in canary.writes) >= WARMUP_ACKS, 30, "the canary's first writes")
-        before = integrity.checksums(dsn(cloud.site(source), spec))
+        before = checksums(fleet.site(source), spec)
         progress(f"[{scenario.name}] cutting {source} off")
         cut_off = time.time()
-        chaos.drop(cloud, source)
+        vmcloud.drop(options.workdir, source)
         command_started = time.time()
         progress(f"[{scenario.name}] failover run --to {target.name}")
         error, journal = "", None
+        runbook_fleet = Fleet(options.workdir, app_port=spec.app.port)  # what a new `failover run` would see
         try:
-            journal = runner.run_failover(cloud, spec, options.project, target.name, None, progress)
+            journal = runner.run_failover(runbook_fleet, spec, options.project, target.name, None, progress)
         except Exception as failure:  # the report says what failed; the drill still measures
             error = f"{type(failure).__name__}: {failure}"
             journal = JournalStore(options.workdir).current()  # the steps that ran, for the report
+        finally:
+            runbook_fleet.close()
         command_ended = time.time()
         limit = targets.rto_limit(spec.dns.ttl) + 30
         _wait(lambda: canary.acked_on(target.name), max(0.0, cut_off + limit - time.time()), "", quiet=True)
         time.sleep(SETTLE_SECONDS)
     finally:
         writes = canary.stop()
-    return _result(scenario, targets, cloud, spec, source, target, writes, cut_off, command_started, command_ended,
-                   journal, error, before)
+    try:
+        return _result(scenario, targets, fleet, spec, source, target, writes, cut_off, command_started,
+                       command_ended, journal, error, before)
+    finally:
+        fleet.close()
 
 
-def _result(scenario, targets, cloud, spec, source, target, writes: list[Write], cut_off, command_started,
+def _result(scenario, targets, fleet, spec, source, target, writes: list[Write], cut_off, command_started,
             command_ended, journal, error, before) -> ScenarioResult:
 
     acks = [measure.Ack(w.seq, w.sent, w.answered, w.acked, w.site) for w in writes]
     present, readback_error = set(), ""
     try:
-        present = read_back(target.address, spec.app.port)
+        present = read_back(target.outputs.public_addresses[0], spec.app.port)
     except OSError as failure:
         readback_error = str(failure)
     lost = measure.rpo(acks, present) if not readback_error else measure.rpo(acks, set())
@@ -148,7 +162,7 @@ def _result(scenario, targets, cloud, spec, source, target, writes: list[Write],
     missed = measure.judge(targets, spec.dns.ttl, rto_cut, lost, lag)
     if error:
         missed.append(f"the runbook failed: {error}")
-    integrity_report = _integrity(cloud, spec, target, before, scenario, writes, present)
+    integrity_report = _integrity(fleet, spec, target, before, scenario, writes, present)
     if not integrity_report["ok"]:
         missed.append("integrity: " + integrity_report["summary"])
     if readback_error:
@@ -161,7 +175,7 @@ def _result(scenario, targets, cloud, spec, source, target, writes: list[Write],
         command_seconds=round(command_ended - command_started, 3),
         rto_seconds=rto_cut, rto_from_command_seconds=rto_cmd,
         rpo_seconds=lost.window_seconds, archive_lag_seconds=lag, recovered_to=iso(recovered_to),
-        newest_segment_age_seconds=_newest_segment_age(cloud, journal, cut_off),
+        newest_segment_age_seconds=_newest_segment_age(fleet, journal, cut_off),
         writes_acked=sum(a.acked for a in acks), writes_lost=lost.lost,
         lost_seqs=list(lost.lost_seqs)[:50], writes_failed_after_cut_off=failed, writes_attempted=len(acks),
         passed=not missed, missed=missed, error=error or None,
@@ -176,28 +190,32 @@ def _step_detail(journal, step: str) -> dict:
     return next((r["detail"] for r in rows if r["step"] == step), {}) or {}
 
 
-def _newest_segment_age(cloud, journal, cut_off: float) -> float | None:
-    """Age at cut-off of the newest WAL file in the repository a restore used (None for a promotion).
+def _newest_segment_age(fleet: Fleet, journal, cut_off: float) -> float | None:
+    """Age at cut-off of the newest WAL file in the repository a restore used (None for a promotion,
+    or a repository that is not a directory the drill can read).
 
     A second view of the archive lag, from the repository's side: how long before the cut-off
     the last segment landed there."""
     site = (journal.plan.get("data") or {}).get("repo_site") if journal else None
-    if not site:
+    repo = fleet.inventory().site(site).repository if site else None
+    if repo is None or repo.type != "posix":
         return None
-    archive = cloud.site(site).store / "pgbackrest" / "archive"
+    archive = Path(repo.options["path"]) / "archive"
     times = [p.stat().st_mtime for p in archive.rglob("0000*") if p.is_file() and p.stat().st_mtime <= cut_off]
     return round(cut_off - max(times), 3) if times else None
 
 
-def _integrity(cloud, spec, target, before: dict, scenario: Scenario, writes: list[Write], present: set[int]) -> dict:
+def _integrity(fleet: Fleet, spec, target: Site, before: dict, scenario: Scenario, writes: list[Write],
+               present: set[int]) -> dict:
     try:
-        after = integrity.checksums(dsn(target, spec), integrity.max_ids(before))
+        after = checksums(target, spec, integrity.max_ids(before))
     except Exception as failure:  # noqa: BLE001 - reported, not raised
         return {"ok": False, "summary": f"cannot read {target.name}: {failure}", "tables": {}}
     checks = integrity.compare(after, before)
     bad = [t for t in scenario.strict_tables if not checks[t]["match"]]
     media_keys = [w.media_key for w in writes if w.acked and w.media_key and w.seq in present]
-    missing = [k for k in media_keys if not (target.media_dir / k).exists()]
+    bucket = fleet.inventory().site(target.name).media_remote
+    missing = [k for k in media_keys if bucket.type == "local" and not (Path(bucket.path) / k).exists()]
     summary = ("tables differ up to the pre-cut-off ids: " + ", ".join(bad) if bad else "tables identical") + \
         f"; canary media missing {len(missing)} of {len(media_keys)}"
     # Media replication is asynchronous (about a second behind): lost objects are reported, not failed on.

@@ -13,11 +13,9 @@ from rich.table import Table
 from infra import cliutil
 from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
                             workdir_path)
-from infra.data.storage import Store
 from infra.runbook import runner
 from infra.runbook.journal import JournalStore
-from infra.sites.contract import Inventory
-from infra.sites.local import LocalCloud
+from infra.sites.fleet import Fleet
 from infra.spec import load_spec
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -34,16 +32,17 @@ def run_command(
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Fail over to a site: preflight, fence, promote or restore, app, DNS, protect again. Resumes."""
-    cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
-    _plan_then_execute(cloud, spec, project, *runner.plan(cloud, spec, project, to, source), yes, as_json)
+    spec = load_spec(project)
+    fleet = Fleet(workdir_path(workdir), app_port=spec.app.port)
+    _plan_then_execute(fleet, spec, project, *runner.plan(fleet, spec, project, to, source), yes, as_json)
 
 
 @app.command("journal")
 @command
 def journal_command(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
     """The latest run's journal: each step's status, times and what it did (else the newest copy in the stores)."""
-    cloud = LocalCloud(workdir_path(workdir))  # loads the emulated stores' credentials, if any
-    stores = [Store(s) for s in Inventory.load(cloud.inventory_file).sites] if cloud.inventory_file.exists() else []
+    fleet = Fleet(workdir_path(workdir))
+    stores = fleet.stores() if fleet.exists else []
     journal = JournalStore(workdir_path(workdir)).latest(stores)
     if journal is None:
         raise cliutil.FailoverError(f"no journal in {workdir_path(workdir) / 'journal'} nor in the sites' stores: "
@@ -60,18 +59,19 @@ def back_command(
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Planned failback to a repaired site: re-seed it as a replica, stop writes briefly, switch, protect. Resumes."""
-    cloud, spec = LocalCloud(workdir_path(workdir)), load_spec(project)
-    _plan_then_execute(cloud, spec, project, *runner.plan_back(cloud, spec, project, to), yes, as_json)
+    spec = load_spec(project)
+    fleet = Fleet(workdir_path(workdir), app_port=spec.app.port)
+    _plan_then_execute(fleet, spec, project, *runner.plan_back(fleet, spec, project, to), yes, as_json)
 
 
-def _plan_then_execute(cloud, spec, project, the_plan, journal, yes: bool, as_json: bool) -> None:
+def _plan_then_execute(fleet, spec, project, the_plan, journal, yes: bool, as_json: bool) -> None:
     """Prints the plan; executes it only with --yes (plan, then apply)."""
     if not yes:
         emit({"plan": the_plan.to_dict(), "executed": False}, as_json, lambda r: _render_plan(the_plan))
         return
     if not as_json:
         _render_plan(the_plan)
-    result = runner.execute(cloud, spec, project, the_plan, journal, progress)
+    result = runner.execute(fleet, spec, project, the_plan, journal, progress)
     emit({"plan": the_plan.to_dict(), "executed": True, "journal": result.to_dict(), "steps": result.timings()},
          as_json, lambda r: _render_steps(result))
 
@@ -80,9 +80,10 @@ def _plan_then_execute(cloud, spec, project, the_plan, journal, yes: bool, as_js
 @command
 def fence_command(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT):
     """Fence every site that came back with an older epoch: its app refuses writes, its primary stops."""
-    cloud = LocalCloud(workdir_path(workdir))
-    result = runner.fence_returning(cloud, load_spec(project), project)
-    emit({"fenced": result, "epoch": cloud.inventory().epoch}, as_json,
+    spec = load_spec(project)
+    fleet = Fleet(workdir_path(workdir), app_port=spec.app.port)
+    result = runner.fence_returning(fleet, spec, project)
+    emit({"fenced": result, "epoch": fleet.inventory().epoch}, as_json,
          lambda r: progress(", ".join(f"{k}: {v}" for k, v in r["fenced"].items()) or "nothing to fence"))
 
 
@@ -91,8 +92,8 @@ def _render_plan(the_plan) -> None:
     out.print(f"[bold]{the_plan.kind}[/bold] {the_plan.source} → {the_plan.target}, epoch {the_plan.epoch}{resumed}")
     out.print(f"  data: {the_plan.data.detail}")
     out.print(f"  expected loss: {the_plan.data.expected_loss}")
-    if the_plan.dropped:
-        out.print(f"  dropped (never touched): {', '.join(the_plan.dropped)}")
+    if the_plan.unreachable:
+        out.print(f"  unreachable over SSH (never required): {', '.join(the_plan.unreachable)}")
     for index, name in enumerate(the_plan.steps, 1):
         mark = "done, skipped" if name in the_plan.skip else ""
         out.print(f"  {index:2}. {name} {mark}")

@@ -28,10 +28,10 @@ from infra.data import media as media_config
 from infra.data import protection
 from infra.runbook import steps
 from infra.runbook.steps import Run
-from infra.sites.database import record_postmaster
 from infra.sites.processes import wait_for
-from playbooks import media, postgres
-from playbooks.host import run as host_run
+from infra.sites.protect import clone_replica
+from infra.sites.site import PATHS, Site
+from playbooks import media
 
 SWITCHOVER = "switchover"
 
@@ -43,7 +43,7 @@ def input_problems(names: list[str], active: str, dropped: set[str], target: str
     if target == active:
         return [f"site {target} is already the active primary: nothing to fail back"]
     if target in dropped:
-        return [f"site {target} is still dropped (cut off): repair it first "
+        return [f"site {target} is still unreachable (its host does not answer SSH): repair it first "
                 f"(on the local cloud: `failover local restore-site --site {target}`)"]
     return []
 
@@ -55,18 +55,18 @@ def data_source(source: str, target: str) -> steps.DataSource:
 
 # ---------------------------------------------------------------- SQL on a given site
 
-def _sql(run: Run, address: str, sql: str, warn: bool = True) -> str | None:
-    result = postgres.psql(run.c, address, run.port, sql, db=run.spec.database.name, warn=warn)
+def _sql(run: Run, site: Site, sql: str, warn: bool = True) -> str | None:
+    result = site.psql(sql, db=run.spec.database.name, warn=warn)
     return result.stdout.strip() if result.ok else None
 
 
-def _primary_site(run: Run):
-    return run.cloud.site(run.source)
+def _primary_site(run: Run) -> Site:
+    return run.fleet.site(run.source)
 
 
 def _replication(run: Run) -> tuple[str, str, int] | None:
     """(state, sync_state, bytes not yet replayed) of the target as seen by the current primary."""
-    row = _sql(run, _primary_site(run).address,
+    row = _sql(run, _primary_site(run),
                "SELECT state, sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint "
                f"FROM pg_stat_replication WHERE application_name = '{run.target}'")
     if not row:
@@ -87,7 +87,7 @@ def preflight(run: Run) -> dict:
     if not run.reachable(run.target):
         raise FailoverError(f"site {run.target} ({run.site.address}) is unreachable: repair it before failing back")
     primary = _primary_site(run)
-    if _sql(run, primary.address, "SELECT pg_is_in_recovery()") != "f":
+    if _sql(run, primary, "SELECT pg_is_in_recovery()") != "f":
         if run.inventory.active == run.target:
             return {"primary": f"{run.target} is already active (resumed after the switch)"}
         raise FailoverError(f"the active site {run.source} ({primary.address}:{run.port}) does not answer as a primary: "
@@ -98,26 +98,22 @@ def preflight(run: Run) -> dict:
 
 
 def reseed(run: Run) -> dict:
-    """P as a streaming replica of the current primary, from a fresh data directory."""
+    """P as a streaming replica of the current primary, from a fresh data directory (over TLS)."""
     site, primary, inventory = run.site, _primary_site(run), run.inventory
     if run.inventory.active == run.target or _streaming(run):
         return {"replica": "already streaming"}
     started = time.monotonic()
     skip = run.unreachable()
-    protection.install_pgbackrest(run.c, inventory, site.name, site.paths, run.port, skip)
-    protection.install_rclone(run.c, inventory, site.paths)
-    postgres.stop(run.c, site.paths.pgdata, "immediate")
-    run.cloud.processes.stop(f"pg-{site.name}")
+    protection.install_pgbackrest(site.service(), inventory, site.name, PATHS, run.port, skip)
+    protection.install_rclone(site.service(), inventory, PATHS)
     # Its old data diverged at the cut-off (and may hold writes nobody acknowledged): never reuse it.
-    host_run(run.c, ["rm", "-rf", site.paths.pgdata])
     # Synchronous whatever the spec says: the switchover makes it the primary's synchronous standby.
-    protection.start_replica(run.c, primary.address, run.port, site.address, site.paths, site.name,
-                             str(site.logs / "postgresql.log"), synchronous=True)
-    record_postmaster(run.cloud, site)
+    clone_replica(site, primary, synchronous=True)
     wait_for(lambda: _streaming(run), 120, f"{site.name} to stream from {run.source}")
     clone_seconds = round(time.monotonic() - started, 3)
-    conf = f"{primary.paths.pgbackrest_dir}/rclone.conf"
-    copied = media.copy(run.c, conf, media_config.bucket(inventory, run.source), media_config.bucket(inventory, run.target))
+    conf = f"{PATHS.pgbackrest_dir}/rclone.conf"
+    copied = media.copy(site.service(), conf, media_config.bucket(inventory, run.source),
+                        media_config.bucket(inventory, run.target))
     return {"replica": f"cloned from {run.source}, streaming", "clone_seconds": clone_seconds,
             "media": "copied" if copied.ok else (copied.stderr or "failed").strip()[-200:]}
 
@@ -127,8 +123,8 @@ def sync(run: Run) -> dict:
     if run.inventory.active == run.target:
         return {"sync": "skipped: already switched"}
     primary = _primary_site(run)
-    _sql(run, primary.address, f"ALTER SYSTEM SET synchronous_standby_names = '\"{run.target}\"'", warn=False)
-    _sql(run, primary.address, "SELECT pg_reload_conf()", warn=False)
+    _sql(run, primary, f"ALTER SYSTEM SET synchronous_standby_names = '\"{run.target}\"'", warn=False)
+    _sql(run, primary, "SELECT pg_reload_conf()", warn=False)
 
     def in_sync():
         found = _replication(run)
@@ -145,20 +141,17 @@ def stop_writes(run: Run) -> dict:
     if inventory.active == run.target:
         return {"epoch": run.epoch, "writes": "already switched"}
     clock = time.monotonic()
-    config = primary.app_config
-    if config.exists():
-        import json
-
-        epoch = int(json.loads(config.read_text()).get("epoch", 0))
-        run.cloud.write_app_config(primary, run.spec, epoch, fenced=True)
+    config = primary.app_config()
+    if config and not config.get("fenced"):
+        primary.write_app_config({**config, "fenced": True})
     # The app's insert is conditional on this row: raising it ends writes for the old epoch at once.
-    _sql(run, primary.address, "UPDATE failover.epoch SET epoch = %d, site = '%s', raised_at = now() WHERE epoch < %d"
+    _sql(run, primary, "UPDATE failover.epoch SET epoch = %d, site = '%s', raised_at = now() WHERE epoch < %d"
          % (run.epoch, run.target, run.epoch), warn=False)
     in_flight = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
                  "AND state <> 'idle' AND pid <> pg_backend_pid()")
-    wait_for(lambda: _sql(run, primary.address, in_flight) == "0", 10, f"in-flight statements on {run.source}", 0.05)
-    final = _sql(run, primary.address, "SELECT pg_current_wal_lsn()", warn=False)
-    wait_for(lambda: _sql(run, run.site.address, f"SELECT pg_last_wal_replay_lsn() >= '{final}'::pg_lsn") == "t",
+    wait_for(lambda: _sql(run, primary, in_flight) == "0", 10, f"in-flight statements on {run.source}", 0.05)
+    final = _sql(run, primary, "SELECT pg_current_wal_lsn()", warn=False)
+    wait_for(lambda: _sql(run, run.site, f"SELECT pg_last_wal_replay_lsn() >= '{final}'::pg_lsn") == "t",
              60, f"{run.target} to replay {run.source}'s final LSN {final}", 0.05)
     return {"epoch": run.epoch, "final_lsn": final, "writes_stopped_seconds": round(time.monotonic() - clock, 3)}
 
@@ -167,29 +160,35 @@ def switch(run: Run) -> dict:
     """Stop the old primary (it sends P everything on a fast shutdown), promote P, make it active."""
     primary = _primary_site(run)
     stopped = False
-    if postgres.is_running(run.c, primary.paths.pgdata):
-        postgres.stop(run.c, primary.paths.pgdata, "fast")
+    if primary.db_running():
+        primary.cluster("stop", "fast")
         stopped = True
-    run.cloud.processes.stop(f"pg-{run.source}")
-    promoted = postgres.promote(run.c, run.site.paths.pgdata, run.site.address, run.port)
+    clock = time.monotonic()
+    if run.site.recovery_state() is not False:
+        run.site.cluster("promote")
+    promoted = time.monotonic() - clock
     detail = steps.take_writes(run)
     return {**detail, "old_primary_stopped": stopped, "promoted_seconds": round(promoted, 3)}
 
 
 def protect(run: Run) -> dict:
-    """Protect P as after a failover; the old primary (unless pilot-light) follows P too, and with
-    synchronous replication in the spec the first follower (a warm one first) is P's synchronous standby."""
+    """Protect P as after a failover (`sites protect` with P as the primary: the warm site follows
+    it, the pilot-light's receiver streams from it); the old primary, unless it is the warm or
+    pilot-light site, is re-cloned from P as well, and with synchronous replication in the spec
+    the first follower (a warm one first) is P's synchronous standby."""
     detail = steps.protect_again(run)
-    old = run.cloud.site(run.source)
-    if old.role != "pilot-light" and old.role != "warm" and run.reachable(old.name):
-        detail["followers"].append(steps.reclone(run, old))
-    followers = [f.split(":")[0] for f in detail["followers"]]
-    warm = {s.name for s in run.cloud.sites() if s.role == "warm"}
+    old = run.fleet.site(run.source)
+    followers = [n for n, did in detail["did"].items() if any("replica" in d for d in did)]
+    if old.role not in ("pilot-light", "warm") and run.reachable(old.name):
+        clone_replica(old, run.site, run.spec.database.replication == "sync")
+        followers.append(old.name)
+    warm = {s.name for s in run.fleet.sites() if s.role == "warm"}
     followers.sort(key=lambda name: name not in warm)
     if run.spec.database.replication == "sync" and followers:
-        _sql(run, run.site.address, f"ALTER SYSTEM SET synchronous_standby_names = '\"{followers[0]}\"'", warn=False)
-        _sql(run, run.site.address, "SELECT pg_reload_conf()", warn=False)
+        _sql(run, run.site, f"ALTER SYSTEM SET synchronous_standby_names = '\"{followers[0]}\"'", warn=False)
+        _sql(run, run.site, "SELECT pg_reload_conf()", warn=False)
         detail["synchronous_standby"] = followers[0]
+    detail["followers"] = followers
     return detail
 
 

@@ -12,11 +12,9 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
-
-from invoke import Context
 
 from infra.data.storage import Store
 from infra.errors import FailoverError
@@ -24,11 +22,10 @@ from infra.dns.site import dns_config
 from infra.runbook import failback
 from infra.runbook import steps as steps_mod
 from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore, now
-from infra.sites import reachability
-from infra.sites.local import LocalCloud
+from infra.sites.fleet import Fleet
+from infra.sites.site import PATHS
 from infra.spec import Spec
-from infra.status import db_reachable, repository
-from playbooks import postgres
+from infra.status import repository
 
 CRASH_ENV = "FAILOVER_CRASH_AFTER"
 
@@ -43,18 +40,18 @@ class Plan:
     steps: list[str]
     skip: list[str]  # completed by an earlier, interrupted run
     resumed_run: str | None
-    dropped: list[str]
+    unreachable: list[str]  # sites that did not answer SSH when the plan was made (never required)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "data": asdict(self.data)}
 
 
-def plan(cloud: LocalCloud, spec: Spec, project: Path, target: str, source: str | None = None,
+def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | None = None,
          kind: str = "failover") -> tuple[Plan, Journal | None]:
     """The plan for `run --to target`, or a FailoverError naming every bad input. Changes nothing."""
-    store = JournalStore(cloud.workdir)
+    store = JournalStore(fleet.workdir)
     journal = store.current()
-    inventory = cloud.inventory()
+    inventory = fleet.inventory()
     if journal is not None and (journal.target != target or journal.kind != kind):
         command = "back" if journal.kind == "failback" else "run"
         raise FailoverError(f"an interrupted {journal.kind} to {journal.target} (run {journal.run_id}) is open: "
@@ -62,35 +59,39 @@ def plan(cloud: LocalCloud, spec: Spec, project: Path, target: str, source: str 
     if journal is not None:
         data = steps_mod.DataSource(**journal.plan["data"])
         return Plan(journal.kind, journal.source, target, journal.epoch, data, journal.steps,
-                    sorted(journal.completed()), journal.run_id, sorted(cloud.dropped())), journal
-    problems = steps_mod.input_problems(inventory.names, inventory.active, cloud.dropped(), target, source)
+                    sorted(journal.completed()), journal.run_id, sorted(fleet.unreachable())), journal
+    problems = steps_mod.input_problems(inventory.names, inventory.active, set(), target, source)
+    if not problems and not fleet.reachable(target):
+        problems.append(f"site {target} (host {fleet.site(target).db_host}) does not answer SSH: choose a site "
+                        "that is up, or repair it first")
     if problems:
         raise FailoverError("; ".join(problems))
-    c = Context()
-    _check_dns(cloud, project)
-    data = _data_source(c, cloud, spec, inventory, target)
+    _check_dns(fleet, project)
+    data = _data_source(fleet, spec, inventory, target)
     epoch = steps_mod.next_epoch(inventory.epoch, None)
     return Plan(kind, inventory.active, target, epoch, data, list(steps_mod.STEP_NAMES), [], None,
-                sorted(cloud.dropped())), None
+                sorted(fleet.unreachable())), None
 
 
-def plan_back(cloud: LocalCloud, spec: Spec, project: Path, target: str) -> tuple[Plan, Journal | None]:
+def plan_back(fleet: Fleet, spec: Spec, project: Path, target: str) -> tuple[Plan, Journal | None]:
     """The plan for `back --to target` (a planned switchover), or a FailoverError. Changes nothing."""
-    resumed = plan(cloud, spec, project, target, kind="failback") if JournalStore(cloud.workdir).current() else None
+    resumed = plan(fleet, spec, project, target, kind="failback") if JournalStore(fleet.workdir).current() else None
     if resumed is not None:
         return resumed
-    inventory = cloud.inventory()
-    problems = failback.input_problems(inventory.names, inventory.active, cloud.dropped(), target)
+    inventory = fleet.inventory()
+    down = fleet.unreachable()
+    problems = failback.input_problems(inventory.names, inventory.active, down - {inventory.active}, target)
     if problems:
         raise FailoverError("; ".join(problems))
-    active = cloud.site(inventory.active)
-    if inventory.active in cloud.dropped() or not db_reachable(Context(), active, spec.database.port):
-        raise FailoverError(f"the active site {active.name} ({active.address}:{spec.database.port}) does not answer: "
-                            f"a failback is a planned switchover from a running primary; use `failover run --to {target}`")
-    _check_dns(cloud, project)
+    active = fleet.site(inventory.active)
+    if inventory.active in down or active.recovery_state() is not False:
+        raise FailoverError(f"the active site {active.name} ({active.address}:{spec.database.port}) does not answer "
+                            "as a primary: a failback is a planned switchover from a running primary; "
+                            f"use `failover run --to {target}`")
+    _check_dns(fleet, project)
     return Plan("failback", inventory.active, target, steps_mod.next_epoch(inventory.epoch, None),
                 failback.data_source(inventory.active, target), list(failback.STEP_NAMES), [], None,
-                sorted(cloud.dropped())), None
+                sorted(down)), None
 
 
 def stages_for(kind: str) -> list[list[steps_mod.Step]]:
@@ -99,57 +100,50 @@ def stages_for(kind: str) -> list[list[steps_mod.Step]]:
     return steps_mod.FAILOVER_STAGES
 
 
-def _check_dns(cloud: LocalCloud, project: Path) -> None:
-    steps_mod.require_dns_secrets(dns_config(cloud.workdir, project))
+def _check_dns(fleet: Fleet, project: Path) -> None:
+    steps_mod.require_dns_secrets(dns_config(fleet.workdir, project))
 
 
-def _data_source(c, cloud: LocalCloud, spec: Spec, inventory, target: str) -> steps_mod.DataSource:
-    site = cloud.site(target)
-    port = spec.database.port
-    replica_ok = (cloud.processes.running(f"pg-{target}") and db_reachable(c, site, port)
-                  and postgres.in_recovery(c, site.address, port))
+def _data_source(fleet: Fleet, spec: Spec, inventory, target: str) -> steps_mod.DataSource:
+    """A replica that answers in recovery is promoted; otherwise the target's host asks every
+    repository (pgBackRest info there: the operator needs no store access for this)."""
+    site = fleet.site(target)
+    replica_ok = site.recovery_state() is True
     repos = []
     if not replica_ok:
-        reachable = [s for s in cloud.sites() if reachability.reachable(c, cloud, s.name, inventory)]
-        config = next((s.paths.config for s in reachable if Path(s.paths.config).exists()), None)
-        if config is None:
-            raise FailoverError(f"site {target} holds no replica and no reachable site has a pgBackRest config")
-        repos = [repository(c, config, inventory.repo_index(s.name), inventory, s.name) for s in reachable]
+        c = site.service()
+        if not c.run(f"test -r {PATHS.config}", warn=True).ok:
+            raise FailoverError(f"site {target} holds no replica and no pgBackRest config ({PATHS.config} on host "
+                                f"{site.db_host}): run `failover sites protect` while the primary is up")
+        repos = [repository(c, PATHS.config, inventory.repo_index(n), inventory, n) for n in inventory.names]
     try:
         return steps_mod.choose_source(site.role, replica_ok, spec.database.replication == "sync", repos)
     except FailoverError as error:
         raise FailoverError(f"site {target}: {error}") from None
 
 
-def journal_copies(cloud: LocalCloud) -> Callable[[], list[Store]]:
-    """Where journal copies go: the stores of the sites the service user can reach.
-
-    The stores are probed once (about 20 ms a site) and a site dropped since is left out at
-    each call (a file read): the journal is saved twice per step, and probing every time cost
-    the warm runbook about half a second before DNS moved.
-    """
-    c, inventory = Context(), cloud.inventory()
-    reachable = [Store(s) for s in inventory.sites if reachability.reachable(c, cloud, s.site, inventory)]
-    return lambda: [store for store in reachable if store.name not in cloud.dropped()]
+def journal_copies(fleet: Fleet) -> Callable[[], list[Store]]:
+    """Where journal copies go: the stores of the sites that answered SSH (asked once per Fleet:
+    the journal is saved twice per step, and asking every time would cost the critical path)."""
+    return lambda: [Store(s) for s in fleet.inventory().sites if fleet.reachable(s.site)]
 
 
-def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journal: Journal | None,
+def execute(fleet: Fleet, spec: Spec, project: Path, the_plan: Plan, journal: Journal | None,
             progress: Callable[[str], None] = lambda m: None,
             stages: list[list[steps_mod.Step]] | None = None) -> Journal:
     """Runs the plan's pending steps, journaling each before and after; returns the completed journal.
 
-    The steps of one stage run at once (threads, each with its own invoke Context); the next
+    The steps of one stage run at once (threads sharing the sites' SSH connections); the next
     stage starts when all of them are done. A failed step fails the run once its stage ends.
     """
-    store, copies = JournalStore(cloud.workdir), journal_copies(cloud)
+    store, copies = JournalStore(fleet.workdir), journal_copies(fleet)
     stages = stages or stages_for(journal.kind if journal is not None else the_plan.kind)
     if journal is None:
         journal = Journal.new(the_plan.kind, the_plan.source, the_plan.target, the_plan.epoch,
                               [name for stage in stages for name, _ in stage], the_plan.to_dict())
         store.save(journal, copies())
-    run = steps_mod.Run(cloud, spec, project, journal.source, journal.target, journal.epoch, the_plan.data,
-                        Context(), progress)
-    fence_returning(cloud, spec, project)
+    run = steps_mod.Run(fleet, spec, project, journal.source, journal.target, journal.epoch, the_plan.data, progress)
+    fence_returning(fleet, spec, project)
     done = journal.completed()
     for stage in stages:
         for name, _ in stage:
@@ -159,7 +153,7 @@ def execute(cloud: LocalCloud, spec: Spec, project: Path, the_plan: Plan, journa
         if pending:
             _run_stage(run, pending, journal, lambda: store.save(journal, copies()))
     journal.finished = now()
-    store.save(journal, journal_copies(cloud)())  # probed again: sites may have come back
+    store.save(journal, copies())
     store.close(journal)
     return journal
 
@@ -194,7 +188,7 @@ def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal
         return
     errors = []
     with ThreadPoolExecutor(max_workers=len(stage)) as pool:
-        futures = {pool.submit(step, replace(run, c=Context())): name for name, step in stage}
+        futures = {pool.submit(step, run): name for name, step in stage}
         unfinished = set(futures.values())
         try:
             for future in as_completed(futures):
@@ -211,29 +205,29 @@ def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal
         raise errors[0]
 
 
-def fence_returning(cloud: LocalCloud, spec: Spec, project: Path) -> dict[str, str]:
+def fence_returning(fleet: Fleet, spec: Spec, project: Path) -> dict[str, str]:
     """Fences every reachable site that is not active and still runs an older epoch's app config.
 
     A site dropped during a failover could not be fenced then; when it comes back, this marks
     its app fenced and stops its PostgreSQL if that runs as a primary.
     """
-    import json
-
-    inventory = cloud.inventory()
-    run = steps_mod.Run(cloud, spec, project, inventory.active, inventory.active, inventory.epoch,
-                        steps_mod.DataSource(steps_mod.PROMOTE, "", ""), Context())
+    inventory = fleet.inventory()
+    run = steps_mod.Run(fleet, spec, project, inventory.active, inventory.active, inventory.epoch,
+                        steps_mod.DataSource(steps_mod.PROMOTE, "", ""))
     result = {}
-    for site in cloud.sites():
-        if site.name == inventory.active or not run.reachable(site.name) or not site.app_config.exists():
+    for site in fleet.sites():
+        if site.name == inventory.active or not run.reachable(site.name):
             continue
-        config = json.loads(site.app_config.read_text())
-        if int(config.get("epoch", 0)) < inventory.epoch:
+        config = site.app_config()
+        stale_app = config and not config.get("fenced") and int(config.get("epoch", 0)) < inventory.epoch
+        stale_primary = site.db_running() and site.recovery_state() is False
+        if stale_app or stale_primary:
             result[site.name] = steps_mod.fence_site(run, site.name)
     return result
 
 
-def run_failover(cloud: LocalCloud, spec: Spec, project: Path, target: str, source: str | None = None,
+def run_failover(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | None = None,
                  progress: Callable[[str], None] = lambda m: None) -> Journal:
     """Plan and execute in one call (what the drill uses)."""
-    the_plan, journal = plan(cloud, spec, project, target, source)
-    return execute(cloud, spec, project, the_plan, journal, progress)
+    the_plan, journal = plan(fleet, spec, project, target, source)
+    return execute(fleet, spec, project, the_plan, journal, progress)

@@ -19,14 +19,10 @@ Fencing, the guarantee that an old primary that comes back cannot take writes, h
 """
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-
-import psycopg
 
 from infra import events, secrets
 from infra.errors import FailoverError
@@ -34,16 +30,16 @@ from infra.data import protection
 from infra.data import media as media_config
 from infra.data.restore import restore_database
 from infra.dns.site import apply_site, dns_config, failed, plan_site, verify_site
-from infra.sites.database import dsn, record_postmaster
-from infra.sites import reachability
-from infra.sites.bringup import _dirs
+from infra.sites import protect as site_protect
+from infra.sites import services
 from infra.sites.contract import Inventory
-from infra.sites.local import LocalCloud, LocalSite
+from infra.sites.fleet import Fleet
 from infra.sites.processes import wait_for
+from infra.sites.site import PATHS, PROTECTOR_PROGRAM, Site
+from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
-from infra.status import newest_repository, repository
-from playbooks import media, postgres
-from playbooks.host import run as host_run
+from infra.status import newest_repository
+from playbooks import media
 
 PROMOTE, RESTORE = "promote", "restore"
 
@@ -130,41 +126,45 @@ def next_epoch(inventory_epoch: int, journal_epoch: int | None) -> int:
 
 @dataclass
 class Run:
-    cloud: LocalCloud
+    """What every step gets: the Fleet (Inventory + Sites over SSH), the spec and the run's plan."""
+
+    fleet: Fleet
     spec: Spec
     project: Path
     source: str
     target: str
     epoch: int
     data: DataSource
-    c: object
     progress: Callable[[str], None] = lambda m: None
     notes: dict = field(default_factory=dict)
 
     @property
     def inventory(self) -> Inventory:
-        return self.cloud.inventory()
+        return self.fleet.inventory()
 
     @property
-    def site(self) -> LocalSite:
-        return self.cloud.site(self.target)
-
-    @property
-    def dropped(self) -> set[str]:
-        return self.cloud.dropped()
+    def site(self) -> Site:
+        return self.fleet.site(self.target)
 
     def reachable(self, name: str) -> bool:
-        return reachability.reachable(self.c, self.cloud, name)
+        return self.fleet.reachable(name)
 
     def unreachable(self) -> set[str]:
-        return reachability.unreachable(self.c, self.cloud)
+        return self.fleet.unreachable()
 
     @property
     def port(self) -> int:
         return self.spec.database.port
 
     def dns(self):
-        return dns_config(self.cloud.workdir, self.project)
+        return dns_config(self.fleet.workdir, self.project)
+
+
+def certificate_authority(fleet: Fleet) -> CertificateAuthority | None:
+    """The toolkit's CA where `sites protect` keeps it, or None here: the runbook re-issues no
+    certificate a site already holds, so it runs with the SSH key alone."""
+    directory = fleet.workdir / "vms" / "ca"
+    return CertificateAuthority(directory) if (directory / "ca.key").exists() else None
 
 
 # ---------------------------------------------------------------- the steps
@@ -172,10 +172,11 @@ class Run:
 def preflight(run: Run) -> dict:
     """The target, its data and the DNS providers are reachable; the old primary is never required."""
     if not run.reachable(run.target):
-        raise FailoverError(f"target site {run.target} ({run.site.address}) is unreachable")
+        raise FailoverError(f"target site {run.target} (host {run.site.db_host}) does not answer SSH: "
+                            "choose another site, or repair it and run again")
     config = run.dns()
     require_dns_secrets(config)
-    if run.data.kind == PROMOTE and _recovery_state(run) is None:
+    if run.data.kind == PROMOTE and run.site.recovery_state() is None:
         raise FailoverError(f"the replica on {run.target} ({run.site.address}:{run.port}) does not answer")
     return {"dns_providers": [p.name for p in config.providers], "data": run.data.detail}
 
@@ -193,35 +194,34 @@ def raise_epoch(run: Run) -> None:
     inventory = run.inventory
     if inventory.epoch < run.epoch:
         inventory.epoch = run.epoch
-        run.cloud.publish(inventory)
+        run.fleet.publish(inventory)
 
 
 def fence_site(run: Run, name: str) -> str:
-    """Marks a site's app fenced and stops its PostgreSQL if it is a primary; says what it did."""
+    """Marks a site's app fenced, stops its protector, and stops its PostgreSQL if it is a primary."""
     if not run.reachable(name):
         return "unreachable: left to the epoch and DNS"
-    site = run.cloud.site(name)
-    config = json.loads(site.app_config.read_text()) if site.app_config.exists() else {}
+    site = run.fleet.site(name)
+    config = site.app_config()
     if config and not config.get("fenced"):
-        run.cloud.write_app_config(site, run.spec, int(config.get("epoch", 0)), fenced=True)
+        site.write_app_config({**config, "fenced": True})
+    site.supervise(PROTECTOR_PROGRAM, "stop")
     stopped = False
     # A running cluster that is not a standby is stopped, whether it answers or not.
-    if postgres.is_running(run.c, site.paths.pgdata) and _recovery_state(run, site) is not True:
-        postgres.stop(run.c, site.paths.pgdata)
-        run.cloud.processes.stop(f"pg-{name}")
+    if site.db_running() and site.recovery_state() is not True:
+        site.cluster("stop", "fast", timeout=60)
         stopped = True
     return "app fenced" + (", PostgreSQL stopped" if stopped else "")
 
 
 def capacity(run: Run) -> dict:
-    """The target has its directories and room for the data."""
-    import shutil
-
-    _dirs(run.c, run.site)
-    free = shutil.disk_usage(run.site.root).free
-    if free < 1 << 30:
-        raise FailoverError(f"only {free >> 20} MB free under {run.site.root}: make room before failing over")
-    return {"free_mb": free >> 20}
+    """The target's data disk has room (df on the host)."""
+    output = run.site.service().run(f"df -Pk {PATHS.pgdata.rsplit('/', 2)[0]}").stdout.splitlines()[-1].split()
+    free_mb = int(output[3]) >> 10
+    if free_mb < 1024:
+        raise FailoverError(f"site {run.target}: only {free_mb} MB free on host {run.site.db_host} under "
+                            f"{PATHS.pgdata}: make room before failing over")
+    return {"free_mb": free_mb}
 
 
 def promote_or_restore(run: Run) -> dict:
@@ -230,27 +230,26 @@ def promote_or_restore(run: Run) -> dict:
     A restored cluster starts in archive recovery and answers read-only queries as soon as it is
     consistent, so the app serves reads and DNS can move while it replays the rest of the WAL;
     `take_writes` waits for the end of recovery. Only the pgBackRest config (its repositories)
-    is rewritten first; the PostgreSQL config waits for `protect` (after DNS). A promoted replica
-    runs with its replica settings, which name no synchronous standby, so commits never wait for
-    the dropped site.
+    is rewritten first; the PostgreSQL settings wait for `protect` (after DNS). A promoted
+    replica runs with its replica settings, which name no synchronous standby, so commits never
+    wait for the dropped site.
     """
     site = run.site
     clock = time.monotonic()
-    if _writable(run):
+    if site.recovery_state() is False:
         how = "already a primary"
     elif run.data.kind == PROMOTE:
         # Archiving starts at the promotion: only into repositories that answer, or pgBackRest
         # retries the dead one and holds WAL back from the others.
-        protection.install_pgbackrest(run.c, run.inventory, site.name, site.paths, run.port, run.unreachable())
+        c = site.service()
+        protection.install_pgbackrest(c, run.inventory, site.name, PATHS, run.port, run.unreachable())
         if run.data.has_every_commit:  # nothing to fetch from the archive; `take_writes` removes the file
-            host_run(run.c, ["touch", site.paths.archive_off])
-        how = f"promoted in {postgres.promote(run.c, site.paths.pgdata, site.address, run.port):.2f}s"
+            c.run(f"touch {PATHS.archive_off}")
+        site.cluster("promote")
+        how = f"promoted in {time.monotonic() - clock:.2f}s"
     else:
-        restore_database(run.c, run.cloud, run.spec, run.inventory, site, run.data.repo_index, run.unreachable(), None,
-                         wait=False)
+        restore_database(site, run.inventory, run.data.repo_index, run.unreachable(), None, wait=False)
         how = f"restored from repo{run.data.repo_index} ({run.data.repo_site}), replaying WAL"
-    if not run.cloud.processes.running(f"pg-{site.name}"):
-        record_postmaster(run.cloud, site)
     return {"how": how, "data_seconds": round(time.monotonic() - clock, 3)}
 
 
@@ -258,80 +257,65 @@ def take_writes(run: Run) -> dict:
     """Once recovery has ended, store the new epoch with the data: from here the app takes writes.
 
     Storing the epoch is the last thing, so no write is acknowledged before the database is the
-    new primary (fencing layer 1); the inventory then names the target active. One connection
-    does the SQL (each psql would cost a process start on the critical path).
+    new primary (fencing layer 1); the inventory then names the target active. One psql does the
+    SQL (each round-trip costs a command over SSH on the critical path).
     """
     clock = time.monotonic()
-    wait_for(lambda: _writable(run), 600, f"{run.target} to finish WAL replay and promote", 0.05)
+    site = run.site
+    wait_for(lambda: site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
     waited = round(time.monotonic() - clock, 3)
-    with psycopg.connect(dsn(run.site, run.spec), autocommit=True, connect_timeout=5) as conn:
-        # PostgreSQL keeps pg_last_xact_replay_timestamp() after recovery: how far the archive (or
-        # the stream) reached, from which the drill measures the archive lag.
-        recovered_to = conn.execute("SELECT extract(epoch FROM pg_last_xact_replay_timestamp())").fetchone()[0]
-        # Belt and braces for a target that was configured synchronous: commits must not wait for a dead standby.
-        conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
-        conn.execute("SELECT pg_reload_conf()")
-        conn.execute("INSERT INTO failover.epoch (id, epoch, site, raised_at) VALUES (1, %s, %s, now()) "
-                     "ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, site = excluded.site, raised_at = now() "
-                     "WHERE failover.epoch.epoch < excluded.epoch", (run.epoch, run.target))
-    host_run(run.c, ["rm", "-f", run.site.paths.archive_off])  # the archive is back for its next time as a standby
+    # PostgreSQL keeps pg_last_xact_replay_timestamp() after recovery: how far the archive (or
+    # the stream) reached, from which the drill measures the archive lag. Belt and braces for a
+    # target configured synchronous: commits must not wait for a dead standby.
+    result = site.psql([
+        "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())",
+        "ALTER SYSTEM SET synchronous_standby_names = ''",
+        "SELECT pg_reload_conf()",
+        "INSERT INTO failover.epoch (id, epoch, site, raised_at) VALUES (1, %d, '%s', now()) "
+        "ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, site = excluded.site, raised_at = now() "
+        "WHERE failover.epoch.epoch < excluded.epoch" % (run.epoch, run.target),
+    ], db=run.spec.database.name)
+    recovered_to = result.stdout.splitlines()[0].strip() if result.stdout.strip() else ""
+    site.service().run(f"rm -f {PATHS.archive_off}")  # the archive is back for its next time as a standby
     inventory = run.inventory
     inventory.active = run.target
-    run.cloud.publish(inventory)
+    run.fleet.publish(inventory)
     return {"epoch": run.epoch, "replay_wait_seconds": waited,
-            "recovered_to": None if recovered_to is None else float(recovered_to)}
-
-
-def _recovery_state(run: Run, site: LocalSite | None = None) -> bool | None:
-    """pg_is_in_recovery() of `site` (the target by default), or None when it does not answer
-    (restarting at the end of recovery, or not up). One in-process connection: a psql is a
-    process start."""
-    try:
-        with psycopg.connect(dsn(site or run.site, run.spec), connect_timeout=2) as conn:
-            return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-    except psycopg.Error:
-        return None
-
-
-def _writable(run: Run) -> bool:
-    return _recovery_state(run) is False
+            "recovered_to": float(recovered_to) if recovered_to else None}
 
 
 def catch_up_media(run: Run) -> dict:
     """Copy every reachable bucket into the target's (copy never deletes, so this is a union)."""
-    inventory = run.inventory
-    protection.install_rclone(run.c, inventory, run.site.paths)
-    conf = f"{run.site.paths.pgbackrest_dir}/rclone.conf"
+    inventory, c = run.inventory, run.site.service()
+    protection.install_rclone(c, inventory, PATHS)
+    conf = f"{PATHS.pgbackrest_dir}/rclone.conf"
     sources = [n for n in inventory.names if n != run.target and run.reachable(n)]
     results = {}
     for name in sources:
-        result = media.copy(run.c, conf, media_config.bucket(inventory, name), media_config.bucket(inventory, run.target))
+        result = media.copy(c, conf, media_config.bucket(inventory, name), media_config.bucket(inventory, run.target))
         results[name] = "ok" if result.ok else (result.stderr or "failed").strip().splitlines()[-1]
     return {"from": results}
 
 
 def start_app(run: Run) -> dict:
     """The target's app with the new epoch (it re-reads its config; started if not running)."""
-    run.cloud.write_app_config(run.site, run.spec, run.epoch)
-    already = run.cloud.processes.running(f"app-{run.target}")
-    run.cloud.start_app(run.site)
+    site = run.site
+    config = services.app_config(run.inventory, run.target, run.spec, run.epoch)
+    already = site.program_running(services.APP_PROGRAM)
+    services.start_app(site, config)
     return {"app": "running, config updated" if already else "started", "epoch": run.epoch}
 
 
 def verify_app(run: Run) -> dict:
     """The target's app answers /healthz as writable with the new epoch."""
-    url = f"http://{run.site.address}:{run.spec.app.port}/healthz"
-    health = wait_for(lambda: _healthy(url, run.epoch), 30, f"{url} to report writable at epoch {run.epoch}", 0.1)
+    site = run.site
+
+    def healthy():
+        health = site.healthz()
+        return health if health and health.get("writable") and health.get("epoch") == run.epoch else None
+
+    health = wait_for(healthy, 30, f"{run.target}'s app to report writable at epoch {run.epoch}", 0.1)
     return {"healthz": health}
-
-
-def _healthy(url: str, epoch: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            health = json.loads(reply.read())
-    except (OSError, ValueError):
-        return None
-    return health if health.get("writable") and health.get("epoch") == epoch else None
 
 
 def prepare_dns(run: Run) -> dict:
@@ -380,75 +364,30 @@ def _at_least_one(results, failed_names: list[str], what: str, errors: dict[str,
 
 
 def protect_again(run: Run) -> dict:
-    """The new primary archives to every remaining site's repository, with a fresh full backup in each."""
-    inventory, site = run.inventory, run.site
-    skip = run.unreachable()
-    for name in inventory.names:
-        if name not in skip:
-            other = run.cloud.site(name)
-            protection.install_pgbackrest(run.c, inventory, name, other.paths, run.port, skip)
-            protection.install_rclone(run.c, inventory, other.paths)
-    settings = protection.pg_settings(site.address, run.port, site.paths, None)
-    postgres.configure(run.c, site.paths.pgdata, settings, protection.HBA)
-    postgres.psql(run.c, site.address, run.port, "ALTER SYSTEM RESET synchronous_standby_names")
-    postgres.reload(run.c, site.paths.pgdata)
-    restarted = _archive_mode_on(run, site)
+    """`sites protect` with the target as the primary, a fresh backup in every remaining
+    repository, and the protector on the new primary's host.
+
+    Protect is idempotent: the new primary gets the primary's settings (a restored one is
+    restarted once for archive_mode), the stanza where a repository lacks it; other warm sites
+    are re-cloned from it and the pilot-light's WAL receiver follows it.
+    """
+    inventory = run.inventory
+    sites = {s.name: s for s in run.fleet.sites()}
+    # take_writes emptied synchronous_standby_names in postgresql.auto.conf, which would
+    # override the settings protect writes: the spec's mode comes back from those.
+    run.site.psql(["ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()"])
+    report = site_protect.protect(inventory, sites, run.spec, certificate_authority(run.fleet), run.progress)
+    skip = set(report.skipped)
     # After a promotion pg_control keeps the old timeline until a checkpoint; pgBackRest refuses that.
-    postgres.psql(run.c, site.address, run.port, "CHECKPOINT")
-    stanzas = []
-    if _stanza_missing(run, inventory, site, skip):
-        stanzas = protection.create_stanzas(run.c, inventory, site.paths, skip)
-    backups = protection.backup_all(run.c, inventory, site.paths, skip)
-    failed = [f"{r.repo} ({r.site}): {r.error}" for r in [*stanzas, *backups] if not r.ok]
-    if failed:
-        raise FailoverError("protecting the new primary failed: " + "; ".join(failed))
-    followers = follow(run, skip)
+    run.site.psql("CHECKPOINT")
+    backups = protection.backup_all(run.site.service(), inventory, PATHS, skip)
+    broken = [f"{r.repo} ({r.site}): {r.error}" for r in backups if not r.ok]
+    if broken:
+        raise FailoverError("protecting the new primary failed: " + "; ".join(broken))
+    services.start_protector(run.site, inventory)
     return {"repositories": [f"{r.repo} ({r.site})" for r in backups], "skipped": sorted(skip),
-            "backup_seconds": {r.repo: r.seconds for r in backups}, "followers": followers,
-            "restarted_for_archive_mode": restarted}
-
-
-def _archive_mode_on(run: Run, site: LocalSite) -> bool:
-    """A restored cluster runs with archive_mode off (it must not push into the archive it came
-    from before protect); archive_mode only changes on restart, so restart it once. Writes
-    pause for about a second: the app answers 503 meanwhile, nothing acknowledged is lost."""
-    if postgres.psql(run.c, site.address, run.port, "SHOW archive_mode").stdout.strip() != "off":
-        return False
-    # pgBackRest's --archive-mode=off lands in postgresql.auto.conf, which overrides failover.conf.
-    postgres.psql(run.c, site.address, run.port, "ALTER SYSTEM RESET archive_mode")
-    postgres.stop(run.c, site.paths.pgdata, "fast")
-    postgres.start(run.c, site.paths.pgdata, str(site.logs / "postgresql.log"), timeout=120)
-    record_postmaster(run.cloud, site)
-    return True
-
-
-def _stanza_missing(run: Run, inventory, site: LocalSite, skip: set[str]) -> bool:
-    return any(repository(run.c, site.paths.config, inventory.repo_index(n), inventory, n)["error"]
-               for n in inventory.names if n not in skip)
-
-
-def follow(run: Run, skip: set[str]) -> list[str]:
-    """Other warm sites re-clone from the new primary and stream from it."""
-    warm = [s for s in run.cloud.sites() if s.role == "warm" and s.name != run.target and s.name not in skip]
-    return [reclone(run, other) for other in warm]
-
-
-def reclone(run: Run, other: LocalSite) -> str:
-    """`other` streams from the new primary, from a fresh clone unless it already does."""
-    if _streams_from(run, other.name):
-        return f"{other.name}: already streaming"
-    postgres.stop(run.c, other.paths.pgdata, "immediate")
-    run.cloud.processes.stop(f"pg-{other.name}")
-    host_run(run.c, ["rm", "-rf", other.paths.pgdata])
-    protection.start_replica(run.c, run.site.address, run.port, other.address, other.paths, other.name,
-                             str(other.logs / "postgresql.log"), run.spec.database.replication == "sync")
-    record_postmaster(run.cloud, other)
-    wait_for(lambda: _streams_from(run, other.name), 60, f"{other.name} to stream from {run.target}")
-    return f"{other.name}: re-cloned, streaming"
-
-
-def _streams_from(run: Run, name: str) -> bool:
-    return postgres.streaming(run.c, run.site.address, run.port, name)
+            "backup_seconds": {r.repo: r.seconds for r in backups}, "did": report.sites,
+            "protect_seconds": report.seconds}
 
 
 Step = tuple[str, Callable[[Run], dict]]

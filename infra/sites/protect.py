@@ -111,8 +111,10 @@ def site_settings(site: Site, primary: Site, sync_standby: str | None, sync: boo
 
 # ---------------------------------------------------------------- the run
 
-def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: CertificateAuthority,
+def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: CertificateAuthority | None,
             progress=lambda m: None) -> ProtectReport:
+    """Protects every reachable site (see the module's docstring); `ca` may be None when every
+    site already holds a valid certificate (an operator who keeps only the SSH key)."""
     started = time.monotonic()
     report = ProtectReport()
     password = secrets.resolve(PASSWORD_REF, "the replication role (sites protect)")
@@ -177,7 +179,21 @@ def _running(site: Site) -> bool:
     return site.service().run(f"pg_ctlcluster {DB_VERSION} main status", warn=True).ok
 
 
-def _tls(site: Site, ca: CertificateAuthority) -> None:
+def _has_certificate(site: Site) -> bool:
+    """The host holds a key, the CA's certificate and a server certificate for its address that
+    is valid for 30 more days: nothing to issue (an operator without the CA can still protect)."""
+    check = (f"test -s {TLS_DIR}/server.key && test -s {TLS_DIR}/ca.crt && "
+             f"openssl x509 -in {TLS_DIR}/server.crt -noout -checkend 2592000 -ext subjectAltName")
+    result = site.service().run(check, warn=True)
+    return result.ok and f"IP Address:{site.outputs.db_host}" in result.stdout
+
+
+def _tls(site: Site, ca: CertificateAuthority | None) -> None:
+    if _has_certificate(site):
+        return
+    if ca is None:
+        raise SiteError(f"site {site.name}: host {site.db_host} has no valid TLS certificate and the toolkit's CA "
+                        "is not here: run `failover sites protect` where the CA is kept")
     ensure_dir(site.service(), PATHS.pgbackrest_dir)
     ensure_dir(site.service(), TLS_DIR)
     key, certificate = ca.issue(site.outputs.db_host, (site.name,))
@@ -233,15 +249,26 @@ def _repos_without_backup(primary: Site, inventory: Inventory, skip: set[str]) -
             if not (pgbackrest.info(primary.service(), PATHS.config, index)[0] or {}).get("backup")]
 
 
-def _streams_to(primary: Site, application: str) -> bool:
+def streams_to(primary: Site, application: str) -> bool:
     return primary.psql(f"SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
                         f"WHERE r.application_name = '{application}' AND s.ssl", warn=True).stdout.strip() == "1"
 
 
-def _replica(site: Site, primary: Site) -> str:
+def clone_replica(site: Site, primary: Site, synchronous: bool) -> str:
+    """`site` streams from `primary` from a fresh clone (its own data is never reused: it may have
+    diverged), whatever its role: a failback re-seeds the old primary this way."""
+    values = {**protection.replica_settings(site.address, site.port, PATHS, synchronous),
+              "primary_conninfo": conninfo(primary, site.name), **TLS_SETTINGS}
+    site.write(SETTINGS_FILE, postgres.render_settings(values))
+    return _replica(site, primary, fresh=True)
+
+
+def _replica(site: Site, primary: Site, fresh: bool = False) -> str:
     """A warm site streams from the primary: cloned over TLS unless it already streams."""
-    if _streams_to(primary, site.name):
+    if not fresh and streams_to(primary, site.name):
         return "replica: already streaming"
+    if site.role == "pilot-light":  # its WAL receiver would hold the slot's name and stream twice
+        site.supervise(WALSTREAM_PROGRAM, "stop")
     if _running(site):
         _cluster(site, "stop")
     c = site.service()
@@ -250,13 +277,13 @@ def _replica(site: Site, primary: Site) -> str:
                       "-d", conninfo(primary, site.name)]), timeout=3600)
     c.run(f"touch {PATHS.pgdata}/standby.signal")
     _cluster(site, "start")
-    wait_for(lambda: _streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}", 0.3)
+    wait_for(lambda: streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}", 0.3)
     return "replica: cloned over TLS, streaming"
 
 
 def _wal_stream(site: Site, primary: Site) -> str:
     """pg_receivewal on the pilot-light host, supervised; its cluster stays stopped (see protect)."""
-    if _streams_to(primary, site.name):
+    if streams_to(primary, site.name):
         return "WAL stream: already streaming"
     slot = protection.stream_slot(site.name)
     primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
@@ -269,6 +296,6 @@ def _wal_stream(site: Site, primary: Site) -> str:
                f"stdout_logfile=/var/log/postgresql/{WALSTREAM_PROGRAM}.log\n")
     site.write(f"/etc/supervisor/conf.d/{WALSTREAM_PROGRAM}.conf", program, owner="root", mode="644")
     site.root().run("supervisorctl reread >/dev/null && supervisorctl update >/dev/null")
-    wait_for(lambda: _streams_to(primary, site.name), 60,
+    wait_for(lambda: streams_to(primary, site.name), 60,
              f"{site.name}'s pg_receivewal to stream from {primary.name}", 0.3)
     return "WAL stream: pg_receivewal streaming over TLS"

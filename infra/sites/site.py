@@ -19,6 +19,7 @@ import os
 import secrets
 import shlex
 import socket
+import threading
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ class Site:
     ssh: SshSettings
     app_port: int = 8080  # the spec's app.port (the Fleet sets it)
     _connections: dict[str, Connection] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     paths = PATHS  # a class attribute: the same Debian layout on every host
 
     @property
@@ -104,12 +106,13 @@ class Site:
     def connection(self, host: str | None = None) -> Connection:
         """An open Connection to `host` (the database host by default), reused while it lives."""
         host = host or self.db_host
-        conn = self._connections.get(host)
-        if conn is not None and conn.is_connected:
+        with self._lock:  # a runbook stage's steps share the connection from their threads
+            conn = self._connections.get(host)
+            if conn is not None and conn.is_connected:
+                return conn
+            conn = self._open(host)
+            self._connections[host] = conn
             return conn
-        conn = self._open(host)
-        self._connections[host] = conn
-        return conn
 
     def _open(self, host: str) -> Connection:
         user, known = self.outputs.ssh_user, self.ssh.known_hosts
@@ -189,11 +192,16 @@ class Site:
         if not result.ok:
             raise SiteError(f"site {self.name}: host {conn.host}: could not write {path}: {result.stderr.strip()}")
 
-    def psql(self, sql: str, db: str = "postgres", warn: bool = False, port: int | None = None):
-        """SQL on the database host through its unix socket (peer authentication, no password)."""
-        argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-p", str(port or self.outputs.db_port),
-                "-d", db, "-c", sql]
-        return self.service().run(shlex.join(argv), warn=warn, timeout=120)
+    def psql(self, sql: str | list[str], db: str = "postgres", warn: bool = False, port: int | None = None,
+             timeout: float = 120):
+        """SQL on the database host through its unix socket (peer authentication, no password).
+
+        A list runs each statement on its own (`-c` each, one connection), so statements that
+        refuse a transaction block (ALTER SYSTEM) can follow others in one round-trip."""
+        argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-p", str(port or self.outputs.db_port), "-d", db]
+        for statement in [sql] if isinstance(sql, str) else sql:
+            argv += ["-c", statement]
+        return self.service().run(shlex.join(argv), warn=warn, timeout=timeout)
 
 
     # -------------------------------------------------------- the database's service
@@ -235,7 +243,8 @@ class Site:
     def supervise(self, program: str, action: str) -> None:
         """supervisorctl start/stop/restart of one of the toolkit's programs on the database host."""
         result = self.root().run(f"supervisorctl {action} {program}", warn=True, timeout=60)
-        if not result.ok and "ALREADY_STARTED" not in result.stdout and "NOT_RUNNING" not in result.stdout:
+        settled = ("ALREADY_STARTED", "NOT_RUNNING") + (("no such process",) if action == "stop" else ())
+        if not result.ok and not any(word in result.stdout + result.stderr for word in settled):
             raise SiteError(f"site {self.name}: host {self.db_host}: supervisorctl {action} {program} failed: "
                             f"{(result.stdout + result.stderr).strip()[-300:]}")
 

@@ -1,6 +1,7 @@
-"""A warm failover on the real local cloud (PostgreSQL, pgBackRest, Knot, the app) on 127.0.41.x.
+"""A warm failover on the local cloud's Debian VMs (127.0.74.x), reached only over SSH.
 
-One cloud for the module: aws (primary), gcp (warm), azure (pilot-light). The tests run in
+One cloud for the module: aws (primary), gcp (warm), azure (pilot-light), each a VM with its own
+sshd, PostgreSQL, pgBackRest and the app under supervisor; Knot DNS on the host. The tests run in
 order: bad inputs change nothing; a failover killed with SIGKILL after each step in turn resumes
 every time without repeating a step and loses no acknowledged write; the result takes writes
 through DNS at a raised epoch; the old primary, restarted, is fenced.
@@ -8,7 +9,7 @@ through DNS at a raised epoch; the old primary, restarted, is fenced.
 How fencing is guaranteed (see infra/runbook/steps.py):
 - the epoch is raised in the inventory, the new primary's failover.epoch and its app.json; the
   app inserts only while its config's epoch equals its database's, in one statement;
-- the old site is fenced (app.json `fenced`, PostgreSQL stopped if primary) wherever it can be
+- the old site is fenced (app config `fenced`, PostgreSQL stopped if primary) wherever it can be
   reached: during the failover, and, for a site that was unreachable then and comes back, by
   `failover fence` (which every `failover run` also does first);
 - DNS no longer names the old site, so clients that respect the TTL stop reaching it.
@@ -30,14 +31,12 @@ from tests.appclient import APP_PORT, dns, health, post, resolve
 from tests.conftest import FAILOVER
 
 ROOT = Path(__file__).resolve().parents[2]
-PREFIX = "127.0.41"
+PREFIX = "127.0.74"
 GCP, AWS, AZURE = f"{PREFIX}.2", f"{PREFIX}.1", f"{PREFIX}.3"
 PORT = APP_PORT
-DB_PORT = 15432
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql/15/bin").exists(),
-                                 reason="needs root (runuser) and PostgreSQL 15")]
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the VMs' mounts and chroots)")]
 
 def failover(workdir: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([*FAILOVER, *args], cwd=ROOT, capture_output=True, text=True,
@@ -96,19 +95,18 @@ def writable(address: str) -> bool:
         return False  # nothing listening (dropped, or no app on a pilot-light site)
 
 
+def fleet(workdir: Path):
+    from infra.sites.fleet import Fleet
+
+    return Fleet(workdir, app_port=PORT)
+
+
 def test_an_app_on_a_database_in_recovery_serves_reads_and_acknowledges_no_write(cloud):
     """Why DNS may move to a restored site while it still replays WAL (`shift_dns` comes before
     `take_writes`): its app answers reads and refuses every write. Shown on the warm replica,
-    which is in recovery the same way."""
-    from infra.sites.local import LocalCloud
-    from infra.spec import load_spec
-
+    which is in recovery the same way (`local up` runs its app too)."""
     status, created = post(AWS, None)
     assert status == 201
-    local = LocalCloud(cloud)
-    epoch = json.loads((cloud / "inventory.json").read_text())["epoch"]
-    local.write_app_config(local.site("gcp"), load_spec(ROOT / "Pulumi.yaml"), epoch)
-    local.start_app(local.site("gcp"))
     deadline, state = time.monotonic() + 15, None
     while state is None and time.monotonic() < deadline:
         try:
@@ -172,7 +170,7 @@ def test_sigkill_after_each_step_then_the_rerun_resumes_and_loses_nothing(cloud)
     assert all(step["status"] == "done" for step in shown["steps"]), shown["steps"]
     done_events = [e["step"] for e in shown["events"] if e["status"] == "done"]
     assert sorted(done_events) == sorted(STEPS)  # every step completed exactly once
-    copy = json.loads((cloud / "sites" / "gcp" / "store" / "media" / ".failover" / "journal.json").read_text())
+    copy = json.loads((cloud / "vms" / "stores" / "gcp" / "media" / ".failover" / "journal.json").read_text())
     assert copy["run_id"] == run_id and copy["finished"]
 
     acked = [w for w in writes if w.acked]
@@ -196,31 +194,25 @@ def test_new_primary_takes_writes_through_dns_at_a_raised_epoch(cloud):
 
 
 def test_the_synchronous_replica_was_promoted_without_archive_look_ups_and_the_archive_is_back(cloud):
-    from infra.sites.local import LocalCloud
+    from infra.sites.site import PATHS
 
-    log = (cloud / "sites" / "gcp" / "logs" / "postgresql.log").read_text()
+    gcp = fleet(cloud).site("gcp")
+    log = gcp.service().run("cat /var/log/postgresql/postgresql-15-main.log").stdout
     promotion = log.split("received promote request", 1)[1].split("ready to accept connections", 1)[0]
     # Each archive look-up that finds nothing ends in the local fallback (cp), which says so.
     assert "timeline ID: 2" in promotion and "cp: cannot stat" not in promotion, promotion
-    assert not Path(LocalCloud(cloud).site("gcp").paths.archive_off).exists()
+    assert not gcp.service().run(f"test -e {PATHS.archive_off}", warn=True).ok
 
 
 def test_restarted_old_primary_refuses_writes(cloud):
-    from invoke import Context
-
-    from infra.sites.database import record_postmaster
-    from infra.sites.local import LocalCloud
-    from playbooks import postgres
-
-    local = LocalCloud(cloud)
-    aws = local.site("aws")
-    os.chmod(aws.root, 0o755)  # the provider gives the site back, with its stale state
-    local.mark_dropped("aws", False)
-    postgres.start(Context(), aws.paths.pgdata, str(aws.logs / "postgresql.log"))
-    record_postmaster(local, aws)
-    local.start_app(aws)
-    # Before anything fences it, the old app sees gcp's higher epoch and refuses writes.
-    status, deadline = None, time.monotonic() + 10
+    """The provider gives aws back and it boots as it was: its PostgreSQL (a primary at epoch 1)
+    and its app start behind the runbook's back. The app sees gcp's higher epoch and refuses
+    writes before anything fences it; `failover fence` then stops its database over SSH."""
+    failover(cloud, "local", "restore-site", "--site", "aws")
+    aws = fleet(cloud).site("aws")
+    aws.cluster("start")
+    aws.supervise("failover-app", "start")
+    status, deadline = None, time.monotonic() + 15
     while status is None and time.monotonic() < deadline:
         try:
             status = post(AWS, 3)[0]
@@ -229,7 +221,8 @@ def test_restarted_old_primary_refuses_writes(cloud):
     assert status == 409, status
     assert health(AWS)["superseded"] is True and health(AWS)["writable"] is False
     fenced = json.loads(failover(cloud, "fence", "--json").stdout)["fenced"]
-    assert "aws" in fenced
+    assert "PostgreSQL stopped" in fenced["aws"], fenced
+    assert not aws.db_running()
     status, body = post(AWS, 3)
     assert status in (409, 503), body
     assert resolve(cloud) == GCP
