@@ -132,22 +132,24 @@ def status(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project:
            media: Annotated[bool, typer.Option(help="Also compare media buckets (rclone check).")] = True):
     """Per site: role, reachable, replica lag, each repository's last backup and WAL, media in sync."""
     from infra import status as status_mod
+    from infra.sites.fleet import Fleet
 
     spec = load_spec(project)
-    report = status_mod.collect(LocalCloud(workdir_path(workdir)), spec.database.port, media)
+    report = status_mod.collect(Fleet(workdir_path(workdir), app_port=spec.app.port), media)
     emit(report, as_json, _render_status)
 
 
 def _render_status(report: dict) -> None:
     table = Table(title=f"active: {report['active']}  epoch: {report['epoch']}", title_justify="left")
-    for column in ("site", "role", "reachable", "lag", "repository", "last backup", "last WAL", "media"):
+    for column in ("site", "role", "reachable", "database", "lag", "repository", "last backup", "last WAL", "media"):
         table.add_column(column)
     for site in report["sites"]:
         lag = "-" if site["replica_lag_seconds"] is None else f"{site['replica_lag_seconds']:.2f}s/{site['replica_lag_bytes']}B"
         media = site.get("media") or {}
         media_text = "in sync" if media.get("in_sync") else f"missing {media.get('missing')} {media.get('error') or ''}"
         for repo in site["repositories"]:
-            table.add_row(site["name"], site["role"], "yes" if site["reachable"] else "[red]no[/red]", lag,
+            reachable = "yes" if site["reachable"] else f"[red]no[/red] (ssh {site.get('host', site['address'])})"
+            table.add_row(site["name"], site["role"], reachable, site["database"], lag,
                           f"{repo['name']} {repo['type']}", repo["last_backup"] or f"[red]{repo['error'] or 'none'}[/red]",
                           repo["last_archived_wal"] or "-", media_text)
     out.print(table)
@@ -161,10 +163,12 @@ def snapshot(
 ):
     """An on-demand backup into every reachable repository, plus a media sync. Exit 1 if one failed."""
     from infra.data import restore as restore_mod
+    from infra.sites.fleet import Fleet
 
     if kind not in ("full", "diff", "incr"):
         raise cliutil.FailoverError(f"--type {kind!r} must be one of full, diff, incr")
-    result = restore_mod.snapshot(LocalCloud(workdir_path(workdir)), load_spec(project), kind, progress)
+    spec = load_spec(project)
+    result = restore_mod.snapshot(Fleet(workdir_path(workdir), app_port=spec.app.port), spec, kind, progress)
     emit(result, as_json, _render_results)
     if not result["ok"]:
         raise typer.Exit(1)
@@ -186,8 +190,9 @@ def restore(
         "--scratch", help="Leave the site as it is: restore into a scratch cluster beside its own (port +100), "
                           "check it against the checksum manifest, remove it. DNS and the inventory are untouched.")] = False,
     ssh: Annotated[bool, typer.Option(
-        "--ssh", help="With --scratch: on the site's database VM over SSH (inventory ssh_hosts/ssh_user; host key "
-                      "from FAILOVER_SSH_KNOWN_HOSTS or ~/.ssh/known_hosts, key from FAILOVER_SSH_KEY).")] = False,
+        "--ssh", help="Kept for scripts: every restore now runs on the site's database host over SSH (inventory "
+                      "ssh_hosts/ssh_user; host key from FAILOVER_SSH_KNOWN_HOSTS or the work directory's vms/ssh, "
+                      "key from FAILOVER_SSH_KEY).")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Execute the plan shown (without it, only show it).")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
@@ -195,28 +200,23 @@ def restore(
     into the site and verify row counts and per-table checksums.
 
     With --scratch it is a restore test that changes nothing: the weekly drill runs it on the
-    real standby cloud with --ssh.
+    real standby cloud.
     """
     from infra.data import restore as restore_mod
     from infra.data import scratch as scratch_mod
-    from infra.sites.contract import Inventory
+    from infra.sites.fleet import Fleet
 
-    if ssh and not scratch:
-        raise cliutil.FailoverError("--ssh works only with --scratch (a full restore replaces a site's data)")
     if scratch and target_time:
         raise cliutil.FailoverError("--scratch restores the latest state: leave out --target-time")
-    spec, cloud = load_spec(project), LocalCloud(workdir_path(workdir))
-    if scratch and ssh:
-        plan = {"site": site, "scratch": True, "ssh": True,
-                "source_site": repo or "the newest repository with a backup, chosen on the host"}
-        apply = lambda: scratch_mod.on_remote_site(Inventory.load(cloud.inventory_file), spec, site, repo, progress)
-    elif scratch:
-        plan = {"site": site, "scratch": True, "ssh": False, "source_site": scratch_mod.local_repository(cloud, site, repo)}
-        apply = lambda: scratch_mod.on_local_site(cloud, spec, site, plan["source_site"], progress)
+    spec = load_spec(project)
+    fleet = Fleet(workdir_path(workdir), app_port=spec.app.port)
+    if scratch:
+        plan = {"site": site, "scratch": True, "source_site": scratch_mod.plan(fleet, site, repo)}
+        apply = lambda: scratch_mod.on_site(fleet, spec, site, plan["source_site"], progress)
     else:
-        the_plan = restore_mod.plan(cloud, spec, site, repo, target_time)
+        the_plan = restore_mod.plan(fleet, spec, site, repo, target_time)
         plan = the_plan.to_dict()
-        apply = lambda: restore_mod.restore(cloud, spec, the_plan, progress)
+        apply = lambda: restore_mod.restore(fleet, spec, the_plan, progress)
     if not yes:
         emit({"plan": plan, "executed": False}, as_json, _render_restore_plan)
         return
@@ -242,9 +242,11 @@ def _render_scratch(result: dict) -> None:
 
 
 def _render_restore(result: dict) -> None:
-    out.print(f"restored {result['site']} from {result['repo']} ({result['source_site']}) in {result['seconds']}s")
+    out.print(f"restored {result['site']} from {result['repo']} ({result['source_site']}) in {result['seconds']}s, "
+              f"verified against {result['against']}")
     _render_checks(result)
-    out.print(f"  media objects missing: {result['media_missing']}")
+    out.print(f"  media objects missing: {result['media_missing']}"
+              + (f" (copy failed: {result['media_error']})" if result.get("media_error") else ""))
 
 
 def _render_checks(result: dict) -> None:

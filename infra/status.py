@@ -1,45 +1,44 @@
-"""`failover status`: per site, role, reachability, replica lag, repositories and media.
+"""`failover status`: per site, role, reachability, database, replica lag, repositories and media.
 
-Every probe runs as the service user from a host that is up, so a dropped site (processes
-stopped, storage unreadable) shows as unreachable instead of being read behind its back.
+Every probe runs on a site's host over SSH (`Site.service()`, psql through the unix socket):
+the operator is in no cloud's database firewall. A site is reachable when its database host
+answers an SSH round trip (`Fleet.reachable`, the one definition). Repositories are read with
+pgBackRest, and media compared with rclone, on a reachable host, so a dropped site's store
+shows as unreachable from the sites that remain instead of being read behind their back.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from invoke import Context
-
 from infra.data import media as media_config
 from infra.data.storage import storage_for
-from infra.sites.local import LocalCloud, LocalSite
-from infra.sites.reachability import database_answers, reachable
-from playbooks import media, pgbackrest, postgres
-from playbooks.host import run
+from infra.sites.contract import Inventory
+from infra.sites.fleet import Fleet
+from infra.sites.reachability import database_answers
+from infra.sites.site import PATHS, Site, SiteError
+from playbooks import media, pgbackrest
 
 LAG_SECONDS = ("CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
                "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END")
+RCLONE_CONF = f"{PATHS.pgbackrest_dir}/rclone.conf"
+
+db_reachable = database_answers  # the process-based local cloud's runbook still imports this name
 
 
-db_reachable = database_answers  # the name the status code and its callers use
-
-
-def store_reachable(c, site: LocalSite) -> bool:
-    """The site's local store directory is readable: where journal copies are written as files
-    (runner.journal_copies). Whether a site is reachable is `reachability.reachable`."""
-    return run(c, ["test", "-r", str(site.store), "-a", "-x", str(site.store)], warn=True).ok
-
-
-def replica_lag(c, primary: LocalSite, site: LocalSite, port: int) -> tuple[float | None, int | None]:
+def replica_lag(primary: Site | None, replica: Site) -> tuple[float | None, int | None]:
     """Seconds and bytes the replica's replay is behind the primary, both read on the replica.
 
     pg_stat_replication lags for an asynchronous replica, which does not report every write
     (protection.replica_settings). The primary's position is read first, so a replica that
-    catches up meanwhile shows 0, not a negative lag; with the primary unreachable, bytes are None.
+    catches up meanwhile shows 0, not a negative lag; with no primary (None: unreachable),
+    bytes are None.
     """
-    current = postgres.psql(c, primary.address, port, "SELECT pg_current_wal_lsn()", warn=True)
-    lsn = current.stdout.strip() if current.ok else ""
+    lsn = ""
+    if primary is not None:
+        current = primary.psql("SELECT pg_current_wal_lsn()", warn=True)
+        lsn = current.stdout.strip() if current.ok else ""
     behind = f"greatest(0, pg_wal_lsn_diff('{lsn}', pg_last_wal_replay_lsn()))::bigint" if lsn else "NULL"
-    result = postgres.psql(c, site.address, port, f"SELECT {LAG_SECONDS}, {behind}", warn=True)
+    result = replica.psql(f"SELECT {LAG_SECONDS}, {behind}", warn=True)
     if not result.ok or "|" not in result.stdout:
         return None, None
     seconds, lag_bytes = result.stdout.strip().split("|")
@@ -47,12 +46,13 @@ def replica_lag(c, primary: LocalSite, site: LocalSite, port: int) -> tuple[floa
 
 
 def repository(c, config: str, index: int, inventory, name: str) -> dict:
+    """Site `name`'s repository as seen from the host `c` runs on (its pgBackRest config `config`)."""
     repo = inventory.site(name).repository
     entry = {"name": f"repo{index}", "index": index, "site": name, "type": repo.type,
              "location": storage_for(repo.type).describe(repo),
              "last_backup": None, "last_archived_wal": None, "backups": 0, "error": None}
     if not storage_for(repo.type).reachable(c, repo):
-        entry["error"] = f"unreachable: {entry['location']} does not answer from here"
+        entry["error"] = f"unreachable: {entry['location']} does not answer from {getattr(c, 'host', 'here')}"
         return entry
     info, error = pgbackrest.info(c, config, index)
     if info is None or info.get("status", {}).get("code") not in (0, None):
@@ -75,43 +75,74 @@ def newest_repository(entries: list[dict]) -> dict | None:
     return max(usable, key=lambda e: (e.get("last_archived_wal") or "", e["last_backup"]), default=None)
 
 
-def collect(cloud: LocalCloud, db_port: int, check_media: bool = True) -> dict:
-    c = Context()
-    inventory = cloud.inventory()
-    sites = {s.name: s for s in cloud.sites()}
-    active = sites[inventory.active]
-    config_host = next((s for s in sites.values() if reachable(c, cloud, s.name, inventory)), active)
-    report = [_site(c, cloud, inventory, site, active, config_host, db_port, check_media) for site in sites.values()]
+def probe_host(fleet: Fleet, inventory: Inventory, prefer: str | None = None) -> Site | None:
+    """The reachable site to read repositories and media from: `prefer`, then the active site,
+    then the others in inventory order, whichever first answers SSH and holds a pgBackRest
+    config (a protected site). None when none does."""
+    for name in dict.fromkeys([n for n in (prefer, inventory.active) if n] + inventory.names):
+        site = fleet.site(name)
+        if fleet.reachable(name) and site.service().run(f"test -r {PATHS.config}", warn=True).ok:
+            return site
+    return None
+
+
+def rclone_conf(site: Site, inventory: Inventory) -> str:
+    """Writes the rclone config of every site's bucket on the site's host and returns its path.
+
+    Over SFTP (Site.write): it holds the stores' credentials, which must not reach a command line."""
+    site.write(RCLONE_CONF, media_config.render(inventory))
+    return RCLONE_CONF
+
+
+def collect(fleet: Fleet, check_media: bool = True) -> dict:
+    inventory = fleet.inventory()
+    active = fleet.site(inventory.active)
+    primary = active if fleet.reachable(active.name) and active.recovery_state() is False else None
+    host = probe_host(fleet, inventory)
+    conf = rclone_conf(host, inventory) if host and check_media else None
+    report = [_site(fleet, inventory, site, primary, host, conf) for site in fleet.sites()]
     return {"active": inventory.active, "epoch": inventory.epoch, "sites": report}
 
 
-def _site(c, cloud, inventory, site, active, config_host, db_port, check_media) -> dict:
-    dropped = site.name in cloud.dropped()
-    store_ok = reachable(c, cloud, site.name, inventory)
-    runs_db = cloud.processes.running(f"pg-{site.name}")
-    db_ok = runs_db and db_reachable(c, site, db_port)
-    role = site.role if site.name != inventory.active else "primary"
-    lag_s, lag_b = (None, None)
-    if db_ok and site.name != active.name and postgres.in_recovery(c, site.address, db_port):
-        lag_s, lag_b = replica_lag(c, active, site, db_port)
-    index = inventory.repo_index(site.name)
-    repos = [repository(c, config_host.paths.config, index, inventory, site.name)]
+def _site(fleet: Fleet, inventory: Inventory, site: Site, primary: Site | None, host: Site | None,
+          conf: str | None) -> dict:
+    reachable = fleet.reachable(site.name)
+    state = site.recovery_state() if reachable else None
+    database = "unknown" if not reachable else ("up" if state is not None else
+                                                ("down" if site.db_running() else "none"))
+    lag = replica_lag(primary, site) if state is True and site is not primary else (None, None)
     entry = {
-        "name": site.name, "role": role, "address": site.address, "dropped": dropped,
-        "reachable": store_ok and (db_ok or not runs_db), "database": "up" if db_ok else ("down" if runs_db else "none"),
-        "replica_lag_seconds": lag_s, "replica_lag_bytes": lag_b, "repositories": repos,
+        "name": site.name, "role": "primary" if site.name == inventory.active else site.role,
+        "address": site.address, "host": site.db_host, "reachable": reachable, "database": database,
+        "in_recovery": state, "replica_lag_seconds": lag[0], "replica_lag_bytes": lag[1],
+        "repositories": [_repository(host, inventory, site.name)],
     }
-    if check_media:
-        entry["media"] = _media(c, inventory, active, site, store_ok)
+    if conf is not None:
+        entry["media"] = _media(host, conf, inventory, site.name)
     return entry
 
 
-def _media(c, inventory, active: LocalSite, site: LocalSite, reachable: bool) -> dict:
-    conf = f"{active.paths.pgbackrest_dir}/rclone.conf"
-    if not reachable:
-        return {"in_sync": False, "missing": None, "error": "store unreachable"}
-    if site.name == active.name:
-        return {"in_sync": True, "missing": 0, "objects": media.count(c, conf, media_config.bucket(inventory, site.name))}
-    result = media.check(c, conf, media_config.bucket(inventory, active.name), media_config.bucket(inventory, site.name))
+def _repository(host: Site | None, inventory: Inventory, name: str) -> dict:
+    index = inventory.repo_index(name)
+    if host is None:
+        repo = inventory.site(name).repository
+        return {"name": f"repo{index}", "index": index, "site": name, "type": repo.type,
+                "location": storage_for(repo.type).describe(repo), "last_backup": None,
+                "last_archived_wal": None, "backups": 0,
+                "error": "no reachable site with a pgBackRest config to read it from: run `failover sites protect`"}
+    return repository(host.service(), PATHS.config, index, inventory, name)
+
+
+def _media(host: Site, conf: str, inventory: Inventory, name: str) -> dict:
+    """The site's bucket against the active site's, compared on `host` (rclone check --one-way)."""
+    c, active = host.service(), inventory.active
+    try:
+        if name == active:
+            objects = media.count(c, conf, media_config.bucket(inventory, name))
+            return {"in_sync": objects is not None, "missing": 0 if objects is not None else None, "objects": objects,
+                    "error": None if objects is not None else f"bucket of {name} unreadable from {host.name}"}
+        result = media.check(c, conf, media_config.bucket(inventory, active), media_config.bucket(inventory, name))
+    except SiteError as error:
+        return {"in_sync": False, "missing": None, "error": str(error)}
     return {"in_sync": result["ok"] and not result["missing"], "missing": len(result["missing"]),
             "error": result["error"] or None}

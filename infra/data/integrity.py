@@ -36,16 +36,24 @@ def checksums(dsn: str, upto: dict[str, int] | None = None) -> dict[str, dict]:
     return result
 
 
-def checksums_on_host(c, host: str, port: int, db: str, upto: dict[str, int] | None = None) -> dict[str, dict]:
-    """`checksums` through psql on the database host (a Fabric connection reaches what the
-    firewall keeps from the runner, such as a scratch cluster's port)."""
-    from playbooks import postgres
+def all_tables_sql(upto: dict[str, int] | None = None) -> str:
+    """One query for every table's `checksum_sql`, a row `table|rows|max_id|md5` each (one round trip)."""
+    return " UNION ALL ".join(f"SELECT '{table}', * FROM ({checksum_sql(table, upto)}) AS s" for table in TABLES)
 
+
+def parse_rows(output: str) -> dict[str, dict]:
+    """`all_tables_sql`'s psql -At output as {table: {rows, max_id, md5}}."""
     result = {}
-    for table in TABLES:
-        rows, max_id, digest = postgres.psql(c, host, port, checksum_sql(table, upto), db).stdout.strip().split("|")
+    for line in output.strip().splitlines():
+        table, rows, max_id, digest = line.split("|")
         result[table] = {"rows": int(rows), "max_id": int(max_id), "md5": digest}
     return result
+
+
+def checksums_of(site, db: str, upto: dict[str, int] | None = None, port: int | None = None) -> dict[str, dict]:
+    """`checksums` through psql on the site's database host (Site.psql, over SSH): the operator
+    is in no cloud's database firewall. `port`: another cluster on that host (a scratch restore)."""
+    return parse_rows(site.psql(all_tables_sql(upto), db, port=port).stdout)
 
 
 def max_ids(sums: dict[str, dict]) -> dict[str, int]:
@@ -63,9 +71,13 @@ def compare(restored: dict[str, dict], source: dict[str, dict]) -> dict[str, dic
 
 
 def write_manifest(dsn: str, stores: Iterable[Store], site: str) -> dict[str, dict]:
+    """`put_manifest` of the checksums read in-process from `dsn` (the process-based local cloud)."""
+    return put_manifest(checksums(dsn), stores, site)
+
+
+def put_manifest(sums: dict[str, dict], stores: Iterable[Store], site: str) -> dict[str, dict]:
     """Records the checksums of the data a backup covers in every given store, so a restore can
     prove itself later even when the source is gone. Raises StoreError if no store took it."""
-    sums = checksums(dsn)
     manifest = {"site": site, "taken": datetime.now().astimezone().isoformat(), "tables": sums}
     copied, errors = put_all(stores, MANIFEST, json.dumps(manifest).encode())
     if errors and not copied:

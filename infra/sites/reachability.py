@@ -1,10 +1,15 @@
-"""Reachability, defined once: can the service user reach a site from here?
+"""Reachability of the process-based local cloud's sites (LocalCloud).
+
+Sites reached over SSH (a `Fleet`: cloud VMs and the local Debian VMs) have one definition:
+`Fleet.reachable`, an SSH round trip to the site's database host; status, snapshot and
+restore use it. What follows is the LocalCloud's, kept while the runbook and the replicator
+still run on that cloud.
 
 A site is reachable when its provider has not cut it off (it is not dropped) and its store
 answers: a directory the service user can read, or an object store's endpoint (each storage
-type's `reachable` hook in infra/data/storage.py). Everything that skips "sites that are
-gone" (the runbook, status, snapshot, restore, the protector) asks this one question, so
-they all agree about a site whose emulator stopped. Whether its database answers is another
+type's `reachable` hook in infra/data/storage.py). Everything on that cloud that skips
+"sites that are gone" (the runbook, the protector) asks this one question, so they all agree
+about a site whose emulator stopped. Whether its database answers is another
 question (`database_answers`): a pilot-light site is reachable without a running database.
 """
 from __future__ import annotations
