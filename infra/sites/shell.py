@@ -140,7 +140,8 @@ class _Expired(Exception):
 class HostShell:
     """One long-lived bash on `connection`'s host; `.run()` is a drop-in for Fabric's `c.run()`."""
 
-    def __init__(self, connection, sudo: bool = False, open_timeout: float = OPEN_TIMEOUT) -> None:
+    def __init__(self, connection, sudo: bool | str = False, open_timeout: float = OPEN_TIMEOUT) -> None:
+        """`sudo`: False for the login user's shell, True for root's, or a user name (`sudo -n -u`)."""
         self.connection = connection
         self.sudo = sudo
         self.open_timeout = open_timeout
@@ -154,7 +155,8 @@ class HostShell:
 
     @property
     def where(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}" + (" (root through sudo -n)" if self.sudo else "")
+        who = "root" if self.sudo is True else self.sudo
+        return f"{self.user}@{self.host}:{self.port}" + (f" ({who} through sudo -n)" if self.sudo else "")
 
     @property
     def alive(self) -> bool:
@@ -237,7 +239,7 @@ class HostShell:
         self.connection.open()
         try:
             channel = self.connection.client.get_transport().open_session(timeout=self.open_timeout)
-            channel.exec_command(("exec sudo -n " if self.sudo else "exec ") + "bash --noprofile --norc")
+            channel.exec_command(_shell_command(self.sudo))
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise ShellError(f"could not open a shell session on {self.where}: {error}") from None
         frame, marker = _handshake()
@@ -253,8 +255,9 @@ class HostShell:
         status = channel.exit_status if channel.exit_status_ready() else "unknown"
         said = f" ({stderr.splitlines()[-1]})" if stderr else ""
         if self.sudo:
+            who = "root" if self.sudo is True else self.sudo
             return SudoRefused(
-                f"sudo -n refused a root shell on {self.host} for user {self.user} (exit status {status}){said}: "
+                f"sudo -n refused a {who} shell on {self.host} for user {self.user} (exit status {status}){said}: "
                 f"grant {self.user} passwordless sudo there (e.g. '{self.user} ALL=(ALL) NOPASSWD:ALL' in "
                 f"/etc/sudoers.d/{self.user}), installing sudo first if it is missing")
         return ShellError(f"bash did not start on {self.where} (exit status {status}){said}; "
@@ -289,6 +292,14 @@ class HostShell:
 
 
 # ---------------------------------------------------------------------- the protocol
+
+
+def _shell_command(sudo: bool | str) -> str:
+    if sudo is True:
+        return "exec sudo -n bash --noprofile --norc"
+    if sudo:  # another user's shell starts where that user may be: / (the login user's home is private)
+        return f"cd / && exec sudo -n -H -u {shlex.quote(sudo)} bash --noprofile --norc"
+    return "exec bash --noprofile --norc"
 
 
 def _marker() -> tuple[str, str]:

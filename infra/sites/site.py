@@ -31,6 +31,7 @@ from invoke.exceptions import CommandTimedOut, UnexpectedExit
 from infra.data.pgbackrest import HostPaths
 from infra.errors import FailoverError
 from infra.sites.contract import SiteOutputs
+from infra.sites.shell import HostShell, ShellDied, ShellError, SudoRefused
 
 KNOWN_HOSTS_ENV, KEY_ENV = "FAILOVER_SSH_KNOWN_HOSTS", "FAILOVER_SSH_KEY"
 SERVICE_USER = "postgres"
@@ -73,7 +74,8 @@ class Site:
     ssh: SshSettings
     app_port: int = 8080  # the spec's app.port (the Fleet sets it)
     _connections: dict[str, Connection] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _shells: dict[tuple, HostShell] = field(default_factory=dict, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     paths = PATHS  # a class attribute: the same Debian layout on every host
 
     @property
@@ -144,7 +146,25 @@ class Site:
                             "site is up and that the admin CIDRs may reach port 22") from None
         return conn
 
+    def shell(self, user: str, host: str | None = None) -> HostShell:
+        """A long-lived shell as `user` on `host`, one per calling thread: a command costs about a
+        millisecond instead of a new SSH session and sudo (about 50 ms), and the steps that a
+        runbook stage runs in threads never wait for each other's commands."""
+        conn = self.connection(host)
+        me = threading.current_thread()
+        with self._lock:
+            for key in [k for k in self._shells if not k[2].is_alive()]:
+                self._shells.pop(key).close()  # its thread ended (a finished runbook stage)
+            key = (conn.host, user, me)
+            shell = self._shells.get(key)
+            if shell is None or shell.connection is not conn:
+                shell = self._shells[key] = HostShell(conn, sudo=True if user == "root" else user)
+            return shell
+
     def close(self) -> None:
+        for shell in self._shells.values():
+            shell.close()
+        self._shells.clear()
         for conn in self._connections.values():
             conn.close()
         self._connections.clear()
@@ -182,13 +202,15 @@ class Site:
         it lands 0600 in the SSH user's home first, then `install` gives it owner and mode.
         """
         conn = self.connection()
-        staged = f".failover-upload-{secrets.token_hex(8)}"
-        with conn.sftp().open(staged, "w") as remote:
-            remote.chmod(0o600)
-            remote.write(text.encode())
+        with self._lock:
+            sftp = conn.sftp()  # one SFTP session per connection, kept by Fabric
+            staged = f"{sftp.normalize('.')}/.failover-upload-{secrets.token_hex(8)}"
+            with sftp.open(staged, "w") as remote:
+                remote.chmod(0o600)
+                remote.write(text.encode())
         command = (f"install -o {owner} -g {owner} -m {mode} {shlex.quote(staged)} {shlex.quote(path)}; "
                    f"status=$?; rm -f {shlex.quote(staged)}; exit $status")
-        result = conn.run(f"cd ~ && sudo -n sh -c {shlex.quote(command)}", hide=True, warn=True, in_stream=False)
+        result = self.root().run(command, warn=True)
         if not result.ok:
             raise SiteError(f"site {self.name}: host {conn.host}: could not write {path}: {result.stderr.strip()}")
 
@@ -277,14 +299,17 @@ class AsUser:
 
     def run(self, command: str, hide=True, warn: bool = False, timeout: float | None = None,
             env: dict | None = None, in_stream=False, **_):
-        exports = "".join(f"export {k}={shlex.quote(str(v))}; " for k, v in (env or {}).items())
-        who = "" if self.user == "root" else f"-u {self.user} "
-        wrapped = f"sudo -n {who}-H -- bash -c {shlex.quote('cd / && ' + exports + command)}"
-        result = self.conn.run(wrapped, hide=True, warn=True, timeout=timeout, in_stream=False)
-        if result.exited == 1 and "sudo:" in result.stderr and "password is required" in result.stderr:
+        shell = self.site.shell(self.user, self.host)
+        try:
+            result = shell.run(command, warn=True, timeout=timeout, env=env)
+        except SudoRefused:
             raise SiteError(f"site {self.site.name}: host {self.host}: user {self.site.outputs.ssh_user} may not "
-                            f"sudo to {self.user} without a password; grant it NOPASSWD sudo")
-        result.command = command  # what ran, without the sudo wrapper (never logged: it may hold secrets)
+                            f"sudo to {self.user} without a password; grant it NOPASSWD sudo") from None
+        except ShellDied as died:
+            raise SiteError(f"site {self.site.name}: host {self.host}: the connection ended during a command "
+                            "(the host went away?); it may or may not have run: check the site, then rerun") from died
+        except ShellError as error:
+            raise SiteError(f"site {self.site.name}: host {self.host}: {error}") from None
         if not warn and not result.ok:
             raise UnexpectedExit(result)
         return result
