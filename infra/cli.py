@@ -17,7 +17,8 @@ from infra import cliutil
 from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
                             workdir_path)
 from infra.sites import cli as sites_cli
-from infra.sites.local import DEFAULT_PREFIX, LocalCloud
+from infra.sites import localvms
+from infra.sites.vmcloud import VmCloud
 from infra.spec import load_spec
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -67,37 +68,36 @@ _mount_top_level()
 def local_up(
     sites: Annotated[int, typer.Option(help="How many sites: the spec's first N (primary, warm, pilot-light).")] = 3,
     seed_mb: Annotated[int, typer.Option(help="About how many MB of users, posts, follows and media to seed.")] = 20,
-    prefix: Annotated[str, typer.Option(help="Loopback prefix: site i gets PREFIX.i.")] = DEFAULT_PREFIX,
-    storage: Annotated[str, typer.Option(help="posix: a directory per site (fast); emulated: S3 (moto), GCS "
-                                              "(fake-gcs-server) and Azure (Azurite) over TLS, one per site.")] = "posix",
+    prefix: Annotated[str, typer.Option(help="Loopback prefix: site i's VM gets PREFIX.i, DNS PREFIX.53/.54.")]
+    = localvms.DEFAULT_PREFIX,
+    storage: Annotated[str, typer.Option(help="posix: each site's store is a directory mounted in every VM.")]
+    = "posix",
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
-    """Start N protected sites: PostgreSQL, pgBackRest repositories, media buckets and the app."""
-    from infra.sites import bringup
-
+    """Start N protected sites as Debian VMs on loopback (needs root): PostgreSQL with a warm replica
+    and a pilot-light WAL stream, pgBackRest repositories and media buckets in every site's store, the
+    seeded app, the protector and two DNS providers; write the Inventory to <workdir>/inventory.json.
+    Refuses an inventory.json it did not write. Run again, it completes a cloud that stopped half-way."""
     if not prefix.startswith("127."):
         raise cliutil.FailoverError(f"--prefix {prefix!r} must be inside 127.0.0.0/8: the local cloud stays on loopback")
-    if storage not in ("posix", "emulated"):
-        raise cliutil.FailoverError(f"--storage {storage!r} must be posix or emulated")
-    spec = load_spec(project)
-    summary = bringup.up(workdir_path(workdir), spec, sites, seed_mb, progress, prefix, storage)
-    emit(summary, as_json, lambda s: progress(f"{len(s['sites'])} sites up: " +
-                                               ", ".join(f"{x['name']} ({x['role']}, {x['address']})" for x in s["sites"])))
+    if storage != "posix":
+        raise cliutil.FailoverError(f"--storage {storage!r}: the VM cloud has posix stores only so far "
+                                    "(emulated object stores are not wired into the VMs yet); use --storage posix")
+    summary = VmCloud(workdir_path(workdir), progress).up(load_spec(project), sites, prefix, seed_mb)
+    emit(summary, as_json, lambda s: progress(
+        f"{len(s['sites'])} sites up in {s['seconds']['total']} s: " +
+        ", ".join(f"{x['name']} ({x['role']}, {x['address']})" for x in s["sites"]) + f"; Inventory in {s['inventory']}"))
 
 
 @local.command("down")
 @command
-def local_down(
-    keep: Annotated[bool, typer.Option(help="Keep the sites' data; only stop processes.")] = False,
-    workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False,
-):
-    """Stop every process the local cloud started (by PID, nothing else) and remove its data."""
-    cloud = LocalCloud(workdir_path(workdir))
-    stopped = cloud.stop_all()
-    if not keep:
-        cloud.remove()
-    emit({"stopped": stopped, "removed": not keep}, as_json,
-         lambda r: progress(f"stopped {len(r['stopped'])} processes" + ("" if keep else ", removed the sites' data")))
+def local_down(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
+    """Stop the DNS servers and every VM (by PID, nothing else), unmount what they mounted and remove
+    what `local up` made; an inventory.json it did not write stays."""
+    result = VmCloud(workdir_path(workdir), progress).down()
+    emit(result, as_json, lambda r: progress(
+        f"stopped {len(r['vms_stopped'])} VMs and {len(r['dns_stopped'])} DNS servers"
+        + (", removed the inventory" if r["inventory_removed"] else "")))
 
 
 @local.command("drop")
@@ -106,11 +106,10 @@ def local_drop(
     site: Annotated[str, typer.Option(help="The site to cut off.")],
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False,
 ):
-    """Cut a site off as its provider would: kill its processes and make its storage unreachable."""
-    from infra.sites import chaos
-
-    result = chaos.drop(LocalCloud(workdir_path(workdir)), site)
-    emit(result, as_json, lambda r: progress(f"dropped {site}: killed {', '.join(r['killed']) or 'nothing'}"))
+    """Cut a site off as its provider would: kill its VM's processes by PID, make its store unreachable
+    to every VM and to the operator."""
+    result = VmCloud(workdir_path(workdir), progress).drop(site)
+    emit(result, as_json, lambda r: progress(f"dropped {site}: killed {r['killed']} processes, store unreachable"))
 
 
 @local.command("restore-site")
@@ -119,11 +118,10 @@ def local_restore_site(
     site: Annotated[str, typer.Option(help="The dropped site to give back.")],
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False,
 ):
-    """Give a dropped site back (storage reachable, nothing started); `failover back` re-seeds it."""
-    from infra.sites import chaos
-
-    result = chaos.restore(LocalCloud(workdir_path(workdir)), site)
-    emit(result, as_json, lambda r: progress(f"{site} is reachable again; its data is stale until `failover back`"))
+    """Give a dropped site back: its store is reachable again and its sshd runs; its database is not
+    started (fencing decides), and its data is stale until `failover back` re-seeds it."""
+    result = VmCloud(workdir_path(workdir), progress).restore_site(site)
+    emit(result, as_json, lambda r: progress(f"{site} is reachable again (sshd, store); its database stays down"))
 
 
 @app.command("status")

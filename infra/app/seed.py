@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 from pathlib import Path
 
 import psycopg
@@ -65,3 +67,15 @@ def write_media(media_dir: Path, key: str, data: bytes) -> tuple[str, int, str]:
 
 def _counts(conn) -> dict[str, int]:
     return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("users", "posts", "follows", "media")}
+
+
+def main(argv: list[str]) -> None:
+    """`python3 -m infra.app.seed DSN MEDIA_DIR MEGABYTES SITE`: the epoch row and the seed, run on
+    the primary's database host (the local cloud seeds its VM over SSH); prints the row counts."""
+    dsn, media_dir, megabytes, site = argv
+    create_schema(dsn, site)
+    print(json.dumps(seed(dsn, Path(media_dir), int(megabytes))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -2,10 +2,12 @@
 
 The layout under its directory (by default <workdir>/vms):
 
-    cloud.json          the sites, their roles and addresses (a dropped VM is one without processes)
+    cloud.json          the sites, their roles and addresses, and the sha256 of the Inventory that
+                        `local up` wrote beside the VMs (a dropped VM is one without processes)
     inventory.json      the sites' SiteOutputs, exactly what Pulumi stacks export
     ssh/                the toolkit's key and the known_hosts it owns (host keys known ahead)
-    stores/<site>/      each site's object store: pgbackrest/ (repository) and media/ (bucket)
+    stores/<site>/      each site's object store: pgbackrest/ (repository) and media/ (bucket);
+                        a dropped site's is renamed to stores/.<site>.dropped until it is given back
     <site>/             the VM: upper/, work/, root/ (the overlay) and its sshd host key
 
 Only what this module created is ever removed: a pulled Inventory elsewhere is never touched,
@@ -13,6 +15,7 @@ and `down` refuses a directory whose cloud.json it did not write.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -66,6 +69,33 @@ class LocalVms:
     def store(self, name: str) -> Path:
         return self.directory / "stores" / name
 
+    def dropped_store(self, name: str) -> Path:
+        """Where a dropped site's store waits: not at the Inventory's path, so nobody reaches it."""
+        return self.directory / "stores" / f".{name}.dropped"
+
+    # -------------------------------------------------------- the Inventory written beside the VMs
+
+    def record_inventory(self, text: str) -> None:
+        """Remembers the Inventory that `local up` wrote, so that only that one is ever removed."""
+        data = self.state()
+        data["inventory_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+        data["sites_sha256"] = sites_digest(text)
+        self.state_file.write_text(json.dumps(data, indent=2))
+
+    def wrote_inventory(self, path: Path) -> bool:
+        """Is `path` the Inventory this cloud's `local up` wrote? The runbook rewrites its active
+        site and epoch on a failover, so the sites' outputs decide; a pulled Inventory never has
+        this cloud's addresses and store paths."""
+        if not (self.exists and path.exists()):
+            return False
+        data, text = self.state(), path.read_text()
+        if data.get("inventory_sha256") == hashlib.sha256(text.encode()).hexdigest():
+            return True
+        try:
+            return data.get("sites_sha256") == sites_digest(text)
+        except (ValueError, KeyError, TypeError):  # not an Inventory at all: not ours
+            return False
+
     @property
     def identity(self) -> SshIdentity:
         return SshIdentity.in_dir(self.directory / "ssh")
@@ -112,12 +142,28 @@ class LocalVms:
     # -------------------------------------------------------- drop and down
 
     def drop(self, name: str) -> list[int]:
-        """The provider pulls the plug: the VM's processes are killed and its store unmounted everywhere."""
+        """The provider pulls the plug: the VM's processes are killed, its store is unmounted
+        everywhere and moved away from its path, so the operator cannot reach it either."""
         site = self._site(name)
         killed = self.vm(site).kill()
         for vm in self.vms():
             vm.unmount_store(self.store(name))
+        if self.store(name).exists():
+            self.store(name).rename(self.dropped_store(name))
         return killed
+
+    def restore(self, name: str) -> bool:
+        """The provider gives the site back: its store at its path again and mounted in every VM,
+        and its sshd started. Nothing else starts (the engine decides about its database).
+        Returns whether the site was dropped."""
+        site = self._site(name)
+        was_dropped = self.dropped_store(name).exists()
+        if was_dropped:
+            self.dropped_store(name).rename(self.store(name))
+        for vm in self.vms():
+            vm.mount_store(self.store(name))
+        self.vm(site).start_sshd()
+        return was_dropped
 
     def down(self) -> list[str]:
         """Stops every VM, unmounts everything, removes the VMs and stores (only what `up` made)."""
@@ -161,6 +207,12 @@ def outputs(site: VmSite, spec: Spec, store: Path) -> SiteOutputs:
         repository=Repository(type="posix", options={"path": str(store / "pgbackrest")}),
         media_remote=MediaRemote(type="local", options={}, path=str(store / "media")),
     )
+
+
+def sites_digest(inventory_text: str) -> str:
+    """sha256 of an Inventory's sites (their outputs, in order), whatever its active site and epoch."""
+    sites = json.loads(inventory_text)["sites"]
+    return hashlib.sha256(json.dumps(sites, sort_keys=True).encode()).hexdigest()
 
 
 def _refuse_busy(sites: list[VmSite], db_port: int) -> None:

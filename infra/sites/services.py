@@ -1,0 +1,211 @@
+"""The toolkit's services on a site's database host, reached only through its `Site`.
+
+Three things run there besides PostgreSQL, all as the service user under supervisor (the
+bootstrap starts supervisord: a systemd unit on cloud VMs, the daemon itself in a chroot VM):
+- the toolkit's own code, shipped to TOOLKIT_DIR (`install_toolkit`): the host then runs the
+  same `infra` and `playbooks` packages as the operator, so there is one protector and one app;
+- the reference app (`start_app`), configured by `app_config`: it reads its database over the
+  unix socket and its media from the site's bucket, and re-reads its config when it changes;
+- the protector (`start_protector`), only on the primary's host: it reads the Inventory the
+  engine writes there and keeps WAL and media flowing to the other sites (infra/data/replicator.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import shlex
+import secrets
+import tarfile
+from pathlib import Path
+
+from infra.sites.contract import Inventory, SiteOutputs
+from infra.sites.site import (APP_CONFIG, APP_PROGRAM, PATHS, PROTECTOR_PROGRAM, SERVICE_USER, TOOLKIT_DIR, Site,
+                              SiteError)
+from infra.spec import Spec
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("infra", "playbooks")
+SOURCE_SUFFIXES = (".py", ".sql", ".sh", ".yaml")
+VERSION_FILE = f"{TOOLKIT_DIR}/.version"
+INVENTORY_FILE = "/etc/failover/inventory.json"  # the protector's Inventory, rewritten by the runbook
+PROGRAM_DIR = "/etc/supervisor/conf.d"
+LOG_DIR = "/var/log/supervisor"
+
+
+# ---------------------------------------------------------------- the toolkit's code
+
+def toolkit_files(root: Path = ROOT) -> list[Path]:
+    """The toolkit's source files, relative to `root`: no caches, no editor or hidden files."""
+    files = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*")):
+            relative = path.relative_to(root)
+            if (path.is_file() and path.suffix in SOURCE_SUFFIXES
+                    and not any(part.startswith((".", "__pycache__")) for part in relative.parts)):
+                files.append(relative)
+    return files
+
+
+def toolkit_archive(root: Path = ROOT) -> tuple[bytes, str]:
+    """A gzipped tar of the toolkit's sources (root-owned, world-readable) and their content hash.
+
+    The hash covers names and contents only, so the same sources give the same version on
+    every run and a host that already has them is left alone."""
+    digest, buffer = hashlib.sha256(), io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for relative in toolkit_files(root):
+            data = (root / relative).read_bytes()
+            digest.update(f"{relative}\0{len(data)}\0".encode() + data)
+            info = tarfile.TarInfo(str(relative))
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue(), digest.hexdigest()
+
+
+def install_toolkit(site: Site, root: Path = ROOT) -> bool:
+    """Ships the toolkit to TOOLKIT_DIR on the site's database host; False when it was already there.
+
+    The new tree is unpacked beside the old one and swapped in with two renames, so a service
+    that imports a module meanwhile sees one version or the other, never half of each."""
+    archive, version = toolkit_archive(root)
+    if site.root().run(f"cat {VERSION_FILE}", warn=True).stdout.strip() == version:
+        return False
+    sftp = site.connection().sftp()
+    staged = f"{sftp.normalize('.')}/.failover-toolkit-{secrets.token_hex(8)}.tar.gz"  # the SSH user's home
+    with sftp.open(staged, "wb") as remote:
+        remote.write(archive)
+    new, old = f"{TOOLKIT_DIR}.new", f"{TOOLKIT_DIR}.old"
+    script = (f"set -e; trap 'rm -f {staged}' EXIT; rm -rf {new} {old}; mkdir -p {new}; "
+              f"tar -xzf {staged} -C {new} --no-same-owner --no-same-permissions; chmod -R u=rwX,go=rX {new}; "
+              f"echo {version} > {new}/.version; if [ -d {TOOLKIT_DIR} ]; then mv {TOOLKIT_DIR} {old}; fi; "
+              f"mv {new} {TOOLKIT_DIR}; rm -rf {old}")
+    result = site.root().run(script, warn=True, timeout=120)
+    if not result.ok:
+        raise SiteError(f"site {site.name}: host {site.db_host}: could not install the toolkit in {TOOLKIT_DIR}: "
+                        f"{result.stderr.strip()[-300:]}; check the host's disk and that tar is installed")
+    return True
+
+
+def run_toolkit(site: Site, module: str, *args: str, timeout: float = 600):
+    """`python3 -m module args` from TOOLKIT_DIR on the database host, as the service user."""
+    return site.service().run(f"cd {TOOLKIT_DIR} && python3 -B -m {module} {shlex.join(args)}", timeout=timeout)
+
+
+# ---------------------------------------------------------------- supervisor programs
+
+def program(name: str, command: str) -> str:
+    """A supervisor program running `command` from TOOLKIT_DIR as the service user, restarted
+    whenever it exits (the app and the protector must outlive their own bugs and the database's)."""
+    return (f"[program:{name}]\ncommand={command}\ndirectory={TOOLKIT_DIR}\nuser={SERVICE_USER}\n"
+            f"environment=HOME=\"/var/lib/postgresql\",PYTHONDONTWRITEBYTECODE=\"1\"\n"
+            f"autostart=true\nautorestart=true\nstartsecs=1\nstartretries=1000\nstopasgroup=true\n"
+            f"redirect_stderr=true\nstdout_logfile={LOG_DIR}/{name}.log\n")
+
+
+# supervisord itself: a VM given back after a drop has a stale socket and no daemon.
+ENSURE_SUPERVISOR = ("supervisorctl pid >/dev/null 2>&1 || { if [ -d /run/systemd/system ]; then systemctl start "
+                     "supervisor; else rm -f /run/supervisor.sock; /usr/bin/supervisord -c "
+                     "/etc/supervisor/supervisord.conf; fi; sleep 0.5; }")
+
+
+def start_script(name: str, seconds: int = 15) -> str:
+    """One root shell script (one SSH round trip instead of six): supervisord up, the program's
+    config loaded (`update` restarts a program whose config changed), the program started, and
+    RUNNING within `seconds` (a program `update` just added stays STARTING for startsecs), else
+    the tail of its log and exit 1."""
+    return (f"{ENSURE_SUPERVISOR}; supervisorctl update >/dev/null; "
+            f"case $(supervisorctl status {name}) in *RUNNING*) exit 0;; *STARTING*|*BACKOFF*) ;; "
+            f"*) supervisorctl start {name} >/dev/null;; esac; "
+            f"for i in $(seq {seconds * 4}); do supervisorctl status {name} | grep -q RUNNING && exit 0; "
+            f"sleep 0.25; done; tail -n 5 {LOG_DIR}/{name}.log; exit 1")
+
+
+def _run_program(site: Site, name: str, command: str) -> None:
+    """Installs (or updates) the program and starts it unless it runs; a changed command restarts it."""
+    site.write(f"{PROGRAM_DIR}/{name}.conf", program(name, command), owner="root", mode="644")
+    result = site.root().run(start_script(name), warn=True, timeout=120)
+    if not result.ok:
+        raise SiteError(f"site {site.name}: host {site.db_host}: {name} does not stay up: "
+                        f"{(result.stdout + result.stderr).strip()[-400:]}; see {LOG_DIR}/{name}.log there")
+
+
+def _stop_program(site: Site, name: str) -> None:
+    site.supervise(name, "stop")
+
+
+# ---------------------------------------------------------------- the app
+
+def dsn(site: SiteOutputs, database: str) -> str:
+    """The database as the service user reaches it on its own host: the unix socket, peer
+    authentication (no password anywhere)."""
+    return f"host={PATHS.socket_dir} port={site.db_port} user={SERVICE_USER} dbname={database}"
+
+
+def app_config(inventory: Inventory, site_name: str, spec: Spec, epoch: int, fenced: bool = False,
+               unreachable: frozenset[str] | set[str] = frozenset()) -> dict:
+    """The app's config on `site_name`'s host (the keys infra/app/server.py reads).
+
+    It runs there as the service user, so it reaches its database on the unix socket with
+    peer authentication (no password in the file). With synchronous replication the active
+    site's app also writes each media object into the warm sites' buckets before it
+    acknowledges a post, as the database waits for the warm replica; `unreachable` sites are
+    left out of those mirrors, or every post would fail while one is gone."""
+    site = inventory.site(site_name)
+    mirrors = []
+    if spec.database.replication == "sync" and inventory.active == site_name:
+        mirrors = [s.media_remote.path for s in inventory.sites
+                   if s.role == "warm" and s.site != site_name and s.site not in unreachable]
+    return {
+        "site": site_name, "address": site.public_addresses[0], "port": spec.app.port,
+        "epoch": epoch, "fenced": fenced,
+        "dsn": dsn(site, spec.database.name),
+        "media_dir": site.media_remote.path,
+        "media_mirrors": mirrors,
+        # The app refuses writes once any peer reports a higher epoch (see infra/app/server.py).
+        "peers": [f"http://{s.public_addresses[0]}:{spec.app.port}/healthz" for s in inventory.sites
+                  if s.site != site_name],
+    }
+
+
+def start_app(site: Site, config: dict) -> None:
+    """Writes the app's config and makes sure the app runs; a running app picks a new config up
+    by itself (it re-reads the file when it changes), so only a stopped one is started."""
+    site.write_app_config(config)
+    _run_program(site, APP_PROGRAM, f"python3 -m infra.app.server {APP_CONFIG}")
+
+
+def stop_app(site: Site) -> None:
+    _stop_program(site, APP_PROGRAM)
+
+
+# ---------------------------------------------------------------- the protector
+
+def write_inventory(site: Site, inventory: Inventory) -> None:
+    """The Inventory the protector on this host reads each round (the runbook rewrites it: once it
+    names another site active, that host's protector stands down)."""
+    site.write(INVENTORY_FILE, inventory.to_json(), mode="640")
+
+
+def protector_command(site_name: str) -> str:
+    """The protector's command line: the Inventory, the site it protects from, this host's layout."""
+    return shlex.join(["python3", "-m", "infra.data.replicator", INVENTORY_FILE, site_name,
+                       "--pgdata", PATHS.pgdata, "--socket-dir", PATHS.socket_dir,
+                       "--pgbackrest-dir", PATHS.pgbackrest_dir])
+
+
+def start_protector(site: Site, inventory: Inventory) -> None:
+    """The protector on the primary's database host, reading `inventory` (written there first)."""
+    if inventory.active != site.name:
+        raise SiteError(f"site {site.name}: the protector runs on the active site's host, and the inventory "
+                        f"names {inventory.active} active; start it there (or write the inventory first)")
+    write_inventory(site, inventory)
+    _run_program(site, PROTECTOR_PROGRAM, protector_command(site.name))
+
+
+def stop_protector(site: Site) -> None:
+    _stop_program(site, PROTECTOR_PROGRAM)
+
+
+def describe(config: dict) -> str:
+    """One line for progress output: where the app listens and at which epoch."""
+    return f"app on {config['address']}:{config['port']} (epoch {config['epoch']}{', fenced' if config['fenced'] else ''})"

@@ -1,0 +1,278 @@
+"""`failover local up|down|drop|restore-site`: the local cloud as Debian VMs, reached only over SSH.
+
+`local up` in a work directory W:
+1. refuses an Inventory in W that it did not write (a pulled one is never reused, nor deleted),
+   addresses that something already answers on, and a missing replication secret (it generates
+   one into W/vms/secrets.env, mode 600, when FAILOVER_REPLICATION_PASSWORD is unset);
+2. boots one VM per site (infra/sites/localvms.py) and protects them (infra/sites/protect.py);
+3. ships the toolkit to every host, seeds the primary on its host, puts the checksum manifest
+   into every store and checks that the seed's WAL and a backup are in every repository;
+4. starts the app on the primary and the warm site, the protector on the primary, and two Knot
+   DNS servers (two independent providers) pointed at the primary;
+5. writes W/inventory.json, which every engine command reads, and a copy into every store.
+Run again, it completes a cloud that stopped half-way: every step checks before it acts.
+Everything else reaches the sites the way the engine does: `Site` over SSH, `Store` for stores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets as token
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+from infra import secrets
+from infra.data import integrity
+from infra.data import pgbackrest as pgbr_config
+from infra.data.storage import Store
+from infra.dns import local as local_dns
+from infra.dns.site import apply_site, failed
+from infra.errors import FailoverError
+from infra.sites import services
+from infra.sites.contract import Inventory
+from infra.sites.fleet import Fleet
+from infra.sites.localvms import LocalVms, plan
+from infra.sites.processes import port_answers
+from infra.sites.protect import PASSWORD_REF, protect
+from infra.sites.site import APP_PROGRAM, PATHS, Site, SiteError, SshSettings
+from infra.sites.tls import CertificateAuthority
+from infra.spec import Spec
+from playbooks import pgbackrest
+
+Progress = Callable[[str], None]
+SECRETS_FILE = "secrets.env"
+DNS_HOSTS = (53, 54)  # PREFIX.53 and PREFIX.54: the two DNS providers
+
+
+def dns_addresses(prefix: str) -> list[str]:
+    return [f"{prefix}.{host}" for host in DNS_HOSTS]
+
+
+class VmCloud:
+    """The local cloud of work directory W: its VMs in W/vms, its Inventory in W/inventory.json."""
+
+    def __init__(self, workdir: Path, progress: Progress = lambda m: None):
+        self.workdir = Path(workdir)
+        self.vms = LocalVms(self.workdir / "vms")
+        self.inventory_file = self.workdir / "inventory.json"
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    # -------------------------------------------------------- up
+
+    def up(self, spec: Spec, count: int, prefix: str, seed_mb: int) -> dict:
+        started = time.monotonic()
+        self._refuse_foreign_inventory()
+        resuming = self.vms.exists
+        if resuming:
+            self._refuse_other_cloud(spec, count, prefix)
+        else:
+            _refuse_taken(spec, count, prefix)
+        self._replication_secret()
+        with self._step("VMs: " + ("already up, completing them" if resuming else f"{count} sites on {prefix}.x")):
+            inventory = Inventory.load(self.vms.inventory_file) if resuming else \
+                self.vms.up(spec, count, prefix, self.progress)
+        sites = self.sites(inventory, spec)
+        try:
+            summary = self._protect_and_start(inventory, sites, spec, prefix, seed_mb)
+        finally:
+            for site in sites.values():
+                site.close()
+        summary["seconds"] = {**self.seconds, "total": round(time.monotonic() - started, 1)}
+        return summary
+
+    def _protect_and_start(self, inventory: Inventory, sites: dict[str, Site], spec: Spec, prefix: str,
+                           seed_mb: int) -> dict:
+        primary = sites[inventory.active]
+        with self._step("protecting the sites (TLS, replication, pgBackRest, replica, WAL stream)"):
+            protect(inventory, sites, spec, CertificateAuthority.ensure(self.vms.directory / "ca"), self.progress)
+        with self._step("shipping the toolkit to every host"):
+            on_each(list(sites.values()), services.install_toolkit)
+        with self._step(f"seeding about {seed_mb} MB on {primary.name}'s host"):
+            counts = seed(primary, spec, seed_mb)
+        with self._step("checksum manifest into every store, the seed's WAL and a backup in every repository"):
+            integrity.put_manifest(integrity.checksums_of(primary, spec.database.name),
+                                   [Store(s) for s in inventory.sites], primary.name)
+            backups = backups_everywhere(primary, inventory)
+        with self._step("apps on the primary and the warm site, the protector on the primary"):
+            apps = start_services(inventory, sites, spec)
+        with self._step(f"DNS providers on {', '.join(dns_addresses(prefix))} pointing at {primary.name}"):
+            dns = start_dns(self.workdir, spec, inventory, prefix)
+        with self._step(f"inventory into {self.inventory_file} and every store"):
+            self._publish(inventory, primary.ssh)
+        return {"inventory": str(self.inventory_file),
+                "sites": [{"name": s.site, "role": s.role, "address": s.db_host} for s in inventory.sites],
+                "seed": counts, "backups": backups, "apps": apps, "dns": dns}
+
+    def sites(self, inventory: Inventory, spec: Spec) -> dict[str, Site]:
+        ssh = SshSettings(self.vms.identity.known_hosts, self.vms.identity.key)
+        return {o.site: Site(o, ssh, spec.app.port) for o in inventory.sites}
+
+    def _publish(self, inventory: Inventory, ssh: SshSettings) -> None:
+        Fleet(self.workdir, ssh).publish(inventory)
+        self.vms.record_inventory(self.inventory_file.read_text())
+
+    @contextmanager
+    def _step(self, what: str):
+        self.progress(what)
+        started = time.monotonic()
+        yield
+        self.seconds[what.split(" (")[0].split(":")[0]] = round(time.monotonic() - started, 1)
+
+    # -------------------------------------------------------- checks before anything changes
+
+    def _refuse_foreign_inventory(self) -> None:
+        if self.inventory_file.exists() and not self.vms.wrote_inventory(self.inventory_file):
+            raise FailoverError(f"{self.inventory_file} was not written by `failover local up` here (a pulled "
+                                "Inventory of cloud sites?); it is never reused or removed: use another --workdir "
+                                "(or FAILOVER_WORKDIR) for the local cloud, or move that file away yourself")
+
+    def _refuse_other_cloud(self, spec: Spec, count: int, prefix: str) -> None:
+        """Completing a cloud half-way up: only the same one, not failed over, every VM up."""
+        existing = self.vms.sites()
+        wanted = plan(spec, count, prefix)
+        if [(s.site, s.address) for s in existing] != [(s.site, s.address) for s in wanted]:
+            raise FailoverError(f"{self.workdir} already holds a local cloud of {len(existing)} sites on "
+                                f"{existing[0].address.rsplit('.', 1)[0]}.x; run `failover local down` first "
+                                "to change --sites or --prefix")
+        if self.inventory_file.exists() and Inventory.load(self.inventory_file).active != spec.primary.name:
+            active = Inventory.load(self.inventory_file).active
+            raise FailoverError(f"{self.workdir} has failed over to {active}; `local up` only builds the initial "
+                                f"layout: use `failover back --to {spec.primary.name}` or `failover local down`")
+        down = [vm.site for vm in self.vms.vms() if vm.sshd_pid() is None]
+        if down:
+            raise FailoverError(f"the VMs of {', '.join(down)} do not run (dropped?): `failover local restore-site "
+                                f"--site {down[0]}` or `failover local down` first")
+
+    def _replication_secret(self) -> None:
+        """The replication password from the environment, else from W/vms/secrets.env (made once)."""
+        name = secrets.REF.match(PASSWORD_REF).group(1)
+        if os.environ.get(name):
+            return
+        path = self.vms.directory / SECRETS_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(f"{name}={token.token_urlsafe(24)}\n")
+            self.progress(f"{name} is not set: generated one into {path} (mode 600); load it with "
+                          f"`set -a; . {path}; set +a` before `failover sites protect` or the runbook")
+        os.environ[name] = path.read_text().strip().split("=", 1)[1]
+
+    # -------------------------------------------------------- down, drop, restore-site
+
+    def down(self) -> dict:
+        """Stops the DNS servers by PID and every VM; removes only what `local up` made."""
+        dns = local_dns.stop_local_dns(self.workdir, remove=True)
+        removed = self._remove_inventory()
+        stopped = self.vms.down()
+        for leftover in (self.vms.directory / SECRETS_FILE, self.vms.directory / "ca"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        for directory in (self.vms.directory, self.workdir / "pids"):
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        return {"dns_stopped": dns, "vms_stopped": stopped, "inventory_removed": removed}
+
+    def _remove_inventory(self) -> bool:
+        if not self.inventory_file.exists():
+            return False
+        if not self.vms.wrote_inventory(self.inventory_file):
+            self.progress(f"left {self.inventory_file} alone: `local up` did not write it")
+            return False
+        self.inventory_file.unlink()
+        return True
+
+    def drop(self, name: str) -> dict:
+        """The provider cuts the site off: its VM's processes killed by PID, its store gone for everyone."""
+        killed = self.vms.drop(name)
+        return {"site": name, "killed": len(killed), "storage": "unreachable"}
+
+    def restore_site(self, name: str) -> dict:
+        """The provider gives the site back: store and sshd; its database stays down (fencing decides)."""
+        was_dropped = self.vms.restore(name)
+        return {"site": name, "was_dropped": was_dropped, "storage": "reachable", "started": ["sshd"]}
+
+
+# ---------------------------------------------------------------- the steps on the hosts
+
+def _refuse_taken(spec: Spec, count: int, prefix: str) -> None:
+    """Nothing may answer yet where the apps and the DNS servers will listen (the VMs' SSH and
+    database ports are LocalVms' check): another cloud on this prefix would answer in their place."""
+    wanted = [(s.address, spec.app.port, f"{s.site}'s app") for s in plan(spec, count, prefix)]
+    wanted += [(address, local_dns.DEFAULT_PORT, "a DNS provider") for address in dns_addresses(prefix)]
+    taken = [f"{address}:{port} ({what})" for address, port, what in wanted if port_answers(address, port, 0.3)]
+    if taken:
+        raise FailoverError(f"something already answers on {', '.join(taken)}: another local cloud uses {prefix}.x. "
+                            "Stop it with `failover local down --workdir <its workdir>`, or choose another --prefix")
+
+
+def seed(primary: Site, spec: Spec, seed_mb: int) -> dict:
+    """The epoch row and the seed data, written on the primary's host into its own bucket."""
+    result = services.run_toolkit(primary, "infra.app.seed", services.dsn(primary.outputs, spec.database.name),
+                                  primary.outputs.media_remote.path, str(seed_mb), primary.name, timeout=3600)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def backups_everywhere(primary: Site, inventory: Inventory) -> dict[str, int]:
+    """`pgbackrest check` (a WAL switch, archived into every repository: the seed's WAL is in all of
+    them), then each repository's backup count, which must not be zero."""
+    c = primary.service()
+    check = pgbackrest.check(c, PATHS.config)
+    if not check.ok:
+        raise SiteError(f"site {primary.name}: host {primary.db_host}: `pgbackrest check` failed: "
+                        f"{secrets.redact((check.stderr or check.stdout).strip()[-300:])}; see "
+                        f"{PATHS.pgbackrest_dir}/log there")
+    counts = {}
+    for index, name in pgbr_config.repositories(inventory).items():
+        info, error = pgbackrest.info(c, PATHS.config, index)
+        counts[f"repo{index} ({name})"] = len((info or {}).get("backup", []))
+        if not counts[f"repo{index} ({name})"]:
+            raise SiteError(f"site {primary.name}: repo{index} ({name}) holds no backup {error}; "
+                            "run `failover sites protect` again")
+    return counts
+
+
+def on_each(sites: list[Site], action) -> list:
+    """`action(site)` on every site at once (each has its own SSH connection); the first error raises."""
+    with ThreadPoolExecutor(max_workers=max(1, len(sites))) as pool:
+        return list(pool.map(action, sites))
+
+
+def start_services(inventory: Inventory, sites: dict[str, Site], spec: Spec) -> dict[str, str]:
+    """The app on the primary and every warm site, the protector on the primary (each host on its
+    own thread); waits until the primary's app takes writes."""
+    names = [inventory.active] + [s.site for s in inventory.sites if s.role == "warm" and s.site != inventory.active]
+    configs = {name: services.app_config(inventory, name, spec, inventory.epoch) for name in names}
+
+    def start(site: Site) -> None:
+        services.start_app(site, configs[site.name])
+        if site.name == inventory.active:
+            services.start_protector(site, inventory)
+
+    on_each([sites[name] for name in names], start)
+    wait_writable(sites[inventory.active], spec)
+    return {name: services.describe(config) for name, config in configs.items()}
+
+
+def wait_writable(primary: Site, spec: Spec, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not (primary.healthz() or {}).get("writable"):
+        if time.monotonic() > deadline:
+            raise SiteError(f"site {primary.name}: the app on {primary.outputs.public_addresses[0]}:{spec.app.port} "
+                            f"does not take writes after {seconds:.0f} s (healthz: {primary.healthz()}); see "
+                            f"{services.LOG_DIR}/{APP_PROGRAM}.log on host {primary.db_host}")
+        time.sleep(0.2)
+
+
+def start_dns(workdir: Path, spec: Spec, inventory: Inventory, prefix: str) -> list[dict]:
+    """Two Knot servers as two independent DNS providers, pointed at the active site."""
+    providers = local_dns.start_local_dns(workdir, dns_addresses(prefix), local_dns.DEFAULT_PORT, spec.dns.zone)
+    results = apply_site(inventory, inventory.active, providers, spec.dns.zone, spec.dns.names, spec.dns.ttl)
+    if failed(results):
+        details = "; ".join(f"{r.name}: {r.error}" for r in results if r.name in failed(results))
+        raise FailoverError(f"DNS for {inventory.active} failed at {details}; see {local_dns.dns_dir(workdir)}")
+    return [{"name": r.name, "status": r.status} for r in results]

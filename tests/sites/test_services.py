@@ -1,0 +1,264 @@
+"""`failover local up` over Debian VMs, through the real CLI: the toolkit's services on the hosts (the
+app under supervisor as postgres, the protector on the primary), the seed and its manifest, drop and
+restore-site, and a `local down` that leaves nothing behind (VMs on 127.0.70.x, DNS on .53/.54)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from infra.data import integrity
+from infra.data.storage import Store, StoreError
+from infra.sites import services
+from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
+from infra.sites.fleet import INVENTORY_COPY, Fleet
+from infra.sites.localvms import LocalVms
+from infra.sites.site import APP_PROGRAM, PATHS, PROTECTOR_PROGRAM
+from infra.sites.vm import _mounts_under
+from infra.spec import load_spec
+from tests.conftest import ROOT, failover
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "127.0.70"
+SPEC = load_spec(ROOT / "Pulumi.yaml")
+PASSWORD_ENV = "FAILOVER_REPLICATION_PASSWORD"
+
+
+@dataclass
+class Cloud:
+    workdir: Path
+    summary: dict
+    fleet: Fleet
+    up_seconds: float
+
+    @property
+    def vms(self) -> LocalVms:
+        return LocalVms(self.workdir / "vms")
+
+    def store(self, name: str) -> Store:
+        return Store(self.fleet.inventory().site(name))
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    workdir = Path(tempfile.mkdtemp(prefix="helperA-services-"))
+    workdir.chmod(0o755)
+    saved = os.environ.pop(PASSWORD_ENV, None)  # `local up` must make one of its own
+    try:
+        started = time.monotonic()
+        result = failover("local", "up", "--sites", "3", "--prefix", PREFIX, "--seed-mb", "5", "--json",
+                          workdir=workdir)
+        fleet = Fleet(workdir, app_port=SPEC.app.port)
+        yield Cloud(workdir, json.loads(result.stdout), fleet, round(time.monotonic() - started, 1))
+        fleet.close()
+    finally:
+        if saved is not None:
+            os.environ[PASSWORD_ENV] = saved
+        take_down(workdir)
+
+
+def take_down(workdir: Path) -> None:
+    """`local down`, then the directory goes, but never while something is mounted below it:
+    rmtree would follow a VM's bind mount of /dev into the machine's own."""
+    failover("local", "down", workdir=workdir, check=False)
+    left = _mounts_under(workdir)
+    assert not left, f"mounts left behind (not removing {workdir}): {left}"
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_until(check, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.2)
+    return result
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def app_url(site: str, path: str) -> str:
+    address = {"aws": f"{PREFIX}.1", "gcp": f"{PREFIX}.2", "azure": f"{PREFIX}.3"}[site]
+    return f"http://{address}:{SPEC.app.port}{path}"
+
+
+def test_local_up_writes_an_inventory_of_its_own_and_a_generated_secret(cloud):
+    print(f"\nlocal up --sites 3: {cloud.up_seconds} s ({cloud.summary['seconds']})")
+    inventory = cloud.fleet.inventory()
+    assert inventory.active == "aws" and inventory.epoch == 1
+    assert [(s.site, s.db_host) for s in inventory.sites] == [("aws", f"{PREFIX}.1"), ("gcp", f"{PREFIX}.2"),
+                                                               ("azure", f"{PREFIX}.3")]
+    assert cloud.vms.wrote_inventory(cloud.fleet.inventory_file)
+    for name in inventory.names:  # a failover needs no single site: every store has the whole list
+        assert Inventory.from_json(cloud.store(name).get(INVENTORY_COPY).decode()).names == inventory.names
+    secret = cloud.workdir / "vms" / "secrets.env"
+    assert secret.stat().st_mode & 0o777 == 0o600 and secret.read_text().startswith(f"{PASSWORD_ENV}=")
+
+
+def test_the_app_takes_writes_at_epoch_1_on_the_primary_and_serves_reads_on_the_warm_site(cloud):
+    aws, gcp = cloud.fleet.site("aws"), cloud.fleet.site("gcp")
+    assert aws.healthz() == {"site": "aws", "writable": True, "epoch": 1, "db_epoch": 1, "in_recovery": False,
+                             "superseded": False}
+    status, post = http("POST", app_url("aws", "/posts"), {"user_id": 1, "body": "written through the app"})
+    assert status == 201, post
+    read = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(http("GET", app_url("gcp", f"/posts/{post['id']}"))),
+                      10, "the post to be readable on the warm site")
+    assert read[1]["body"] == "written through the app"
+    assert gcp.healthz()["writable"] is False and gcp.healthz()["in_recovery"] is True
+    # The app is a supervisor program run as postgres, reading its database over the unix socket.
+    for site in (aws, gcp):
+        assert site.program_running(APP_PROGRAM)
+        assert site.app_config()["dsn"].startswith(f"host={PATHS.socket_dir} ")
+        owner = site.root().run(f"stat -c %U /proc/$(supervisorctl pid {APP_PROGRAM})").stdout.strip()
+        assert owner == "postgres"
+
+
+def test_the_protector_runs_on_the_primary_and_copies_new_media_to_every_other_bucket(cloud):
+    assert cloud.fleet.site("aws").program_running(PROTECTOR_PROGRAM)
+    assert not cloud.fleet.site("gcp").program_running(PROTECTOR_PROGRAM)
+    data = os.urandom(4096)
+    cloud.store("aws").put("posts/protector-test.bin", data)
+    for name in ("gcp", "azure"):
+        wait_until(lambda: _holds(cloud.store(name), "posts/protector-test.bin", data), 10,
+                   f"the protector to copy the object into {name}'s bucket")
+
+
+def _holds(store: Store, key: str, data: bytes) -> bool:
+    try:
+        return store.get(key) == data
+    except StoreError:
+        return False
+
+
+def test_the_seed_its_checksum_manifest_and_a_backup_are_in_every_store(cloud):
+    aws = cloud.fleet.site("aws")
+    db = SPEC.database.name
+    assert cloud.summary["seed"]["users"] > 0 and cloud.summary["seed"]["media"] > 0
+    for name in cloud.fleet.inventory().names:
+        manifest = json.loads(cloud.store(name).get(integrity.MANIFEST))
+        assert manifest["site"] == "aws"
+        # Later writes (the app test's post) do not matter: the rows the manifest covers must match.
+        now = integrity.checksums_of(aws, db, integrity.max_ids(manifest["tables"]))
+        assert all(entry["match"] for entry in integrity.compare(now, manifest["tables"]).values()), name
+    for key, digest in (line.split("|") for line in aws.psql("SELECT key, sha256 FROM media", db).stdout.split()):
+        assert hashlib.sha256(cloud.store("aws").get(key)).hexdigest() == digest, key
+    for index in (1, 2, 3):
+        info = aws.service().run(f"pgbackrest --config={PATHS.config} --stanza=social --repo={index} "
+                                 "--output=json info").stdout
+        assert json.loads(info)[0]["backup"], f"repo{index} holds no backup"
+
+
+def test_drop_cuts_azure_off_and_restore_site_gives_it_back(cloud):
+    vms = {vm.site: vm for vm in cloud.vms.vms()}
+    aws = cloud.fleet.site("aws")
+    config = lambda: aws.service().run(f"cat {PATHS.config}").stdout  # noqa: E731
+    assert vms["azure"].pids() and "repo3-path" in config()
+    failover("local", "drop", "--site", "azure", workdir=cloud.workdir)
+    assert not vms["azure"].pids() and vms["aws"].pids() and vms["gcp"].pids()
+    with pytest.raises(StoreError, match="site azure"):
+        cloud.store("azure").get(INVENTORY_COPY)
+    assert not cloud.fleet.site("azure").reachable(timeout=3)
+    wait_until(lambda: "repo3-path" not in config(), 10, "the protector to leave azure's repository out")
+
+    failover("local", "restore-site", "--site", "azure", workdir=cloud.workdir)
+    assert Inventory.from_json(cloud.store("azure").get(INVENTORY_COPY).decode()).active == "aws"
+    azure = cloud.fleet.site("azure")
+    assert azure.reachable() and not azure.db_running()  # its database waits for the engine
+    wait_until(lambda: "repo3-path" in config(), 10, "the protector to archive into azure's repository again")
+
+
+def pulled_inventory() -> Inventory:
+    """An Inventory as `failover inventory pull` writes it: cloud sites, object stores."""
+    return Inventory([SiteOutputs(
+        site=name, cloud=name, region="r1", role=role, public_addresses=(f"203.0.113.{i}",),
+        ssh_hosts=(f"203.0.113.{i}",), ssh_user="admin", db_host=f"203.0.113.{i}", db_port=5432,
+        repository=Repository("s3", {"s3-bucket": f"{name}-backups", "s3-key": "env/KEY", "s3-key-secret": "env/SECRET"}),
+        media_remote=MediaRemote("s3", {"provider": "AWS"}, f"{name}-media"))
+        for i, (name, role) in enumerate((("aws", "primary"), ("gcp", "warm"), ("azure", "pilot-light")), 1)],
+        active="aws")
+
+
+def test_local_up_refuses_an_inventory_it_did_not_write_and_leaves_it_alone():
+    workdir = Path(tempfile.mkdtemp(prefix="helperA-foreign-"))
+    try:
+        pulled = workdir / "inventory.json"
+        pulled_inventory().save(pulled)
+        before = (pulled.read_bytes(), pulled.stat().st_mtime_ns)
+        refused = failover("local", "up", "--prefix", "127.0.71", workdir=workdir, check=False)
+        assert refused.returncode == 2
+        assert "inventory.json was not written by `failover local up`" in " ".join(refused.stderr.split())
+        assert not (workdir / "vms").exists()
+        down = failover("local", "down", workdir=workdir, check=False)
+        assert down.returncode == 0, down.stderr
+        assert (pulled.read_bytes(), pulled.stat().st_mtime_ns) == before
+    finally:
+        take_down(workdir)  # had it not refused, a whole cloud would be up here
+
+
+def test_local_down_leaves_no_mount_and_no_process(cloud):
+    """Last: it takes the module's cloud down."""
+    knots = [int(p.read_text().split()[0]) for p in (cloud.workdir / "pids").glob("dns-*.pid")]
+    assert len(knots) == 2 and all(Path(f"/proc/{pid}").exists() for pid in knots)
+    started = time.monotonic()
+    failover("local", "down", workdir=cloud.workdir)
+    print(f"\nlocal down: {time.monotonic() - started:.1f} s")
+    assert not _mounts_under(cloud.workdir)
+    assert not [pid for pid in _pids() if _root(pid).startswith(str(cloud.workdir))]
+    assert not [pid for pid in knots if Path(f"/proc/{pid}").exists()]
+    assert not cloud.fleet.inventory_file.exists() and not (cloud.workdir / "vms").exists()
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _root(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/root")
+    except OSError:
+        return ""
+
+
+def test_app_config_reads_over_the_socket_and_mirrors_media_only_from_the_active_site():
+    inventory = pulled_inventory()
+    primary = services.app_config(inventory, "aws", SPEC, 1)
+    assert primary["dsn"] == f"host={PATHS.socket_dir} port=5432 user=postgres dbname={SPEC.database.name}"
+    assert (primary["address"], primary["port"], primary["media_dir"]) == ("203.0.113.1", SPEC.app.port, "aws-media")
+    assert primary["media_mirrors"] == (["gcp-media"] if SPEC.database.replication == "sync" else [])
+    assert primary["peers"] == [f"http://203.0.113.{i}:{SPEC.app.port}/healthz" for i in (2, 3)]
+    assert services.app_config(inventory, "aws", SPEC, 1, unreachable={"gcp"})["media_mirrors"] == []
+    # Only the active site's app mirrors: another site's app takes no writes to mirror.
+    assert services.app_config(inventory, "azure", SPEC, 1, fenced=True)["media_mirrors"] == []
+
+
+def test_the_toolkit_ships_sources_only_and_its_version_follows_their_content(tmp_path):
+    files = [str(p) for p in services.toolkit_files()]
+    assert "infra/app/schema.sql" in files and "infra/clouds/bootstrap.sh" in files and "playbooks/host.py" in files
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    for package in services.PACKAGES:  # a copy: others may edit the tree meanwhile
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    version = services.toolkit_archive(tmp_path)[1]
+    (tmp_path / "infra/__pycache__").mkdir()
+    (tmp_path / "infra/__pycache__/x.pyc").write_bytes(b"cache")
+    (tmp_path / "infra/app/.#seed.py").write_text("an editor's lock file")
+    (tmp_path / "infra/app/seed.py~").write_text("an editor's backup")
+    # Caches and editors' files change nothing: no needless re-install, nothing stray on the hosts.
+    assert services.toolkit_archive(tmp_path)[1] == version
+    (tmp_path / "infra/app/seed.py").write_text("# changed\n")
+    assert services.toolkit_archive(tmp_path)[1] != version
