@@ -93,12 +93,13 @@ def run_toolkit(site: Site, module: str, *args: str, timeout: float = 600):
 
 # ---------------------------------------------------------------- supervisor programs
 
-def program(name: str, command: str) -> str:
+def program(name: str, command: str, autostart: bool = True) -> str:
     """A supervisor program running `command` from TOOLKIT_DIR as the service user, restarted
-    whenever it exits (the app and the protector must outlive their own bugs and the database's)."""
+    whenever it exits (the app and the protector must outlive their own bugs and the database's).
+    `autostart=False`: it starts only when the engine says so, not whenever supervisord starts."""
     return (f"[program:{name}]\ncommand={command}\ndirectory={TOOLKIT_DIR}\nuser={SERVICE_USER}\n"
             f"environment=HOME=\"/var/lib/postgresql\",PYTHONDONTWRITEBYTECODE=\"1\"\n"
-            f"autostart=true\nautorestart=true\nstartsecs=1\nstartretries=1000\nstopasgroup=true\n"
+            f"autostart={str(autostart).lower()}\nautorestart=true\nstartsecs=1\nstartretries=1000\nstopasgroup=true\n"
             f"redirect_stderr=true\nstdout_logfile={LOG_DIR}/{name}.log\n")
 
 
@@ -120,9 +121,9 @@ def start_script(name: str, seconds: int = 15) -> str:
             f"sleep 0.25; done; tail -n 5 {LOG_DIR}/{name}.log; exit 1")
 
 
-def _run_program(site: Site, name: str, command: str) -> None:
+def _run_program(site: Site, name: str, command: str, autostart: bool = True) -> None:
     """Installs (or updates) the program and starts it unless it runs; a changed command restarts it."""
-    site.write(f"{PROGRAM_DIR}/{name}.conf", program(name, command), owner="root", mode="644")
+    site.write(f"{PROGRAM_DIR}/{name}.conf", program(name, command, autostart), owner="root", mode="644")
     result = site.root().run(start_script(name), warn=True, timeout=120)
     if not result.ok:
         raise SiteError(f"site {site.name}: host {site.db_host}: {name} does not stay up: "
@@ -149,7 +150,9 @@ def app_config(inventory: Inventory, site_name: str, spec: Spec, epoch: int, fen
     peer authentication (no password in the file). With synchronous replication the active
     site's app also writes each media object into the warm sites' buckets before it
     acknowledges a post, as the database waits for the warm replica; `unreachable` sites are
-    left out of those mirrors, or every post would fail while one is gone."""
+    left out of those mirrors, or every post would fail while one is gone. `media_dir` is the
+    bucket's path: a directory mounted on every host with posix stores; object stores would need
+    a local staging directory and an upload, which nothing does on the hosts yet."""
     site = inventory.site(site_name)
     mirrors = []
     if spec.database.replication == "sync" and inventory.active == site_name:
@@ -199,7 +202,9 @@ def start_protector(site: Site, inventory: Inventory) -> None:
         raise SiteError(f"site {site.name}: the protector runs on the active site's host, and the inventory "
                         f"names {inventory.active} active; start it there (or write the inventory first)")
     write_inventory(site, inventory)
-    _run_program(site, PROTECTOR_PROGRAM, protector_command(site.name))
+    # Not started by supervisord on its own: an old primary given back after a failover still has
+    # an inventory naming itself active, and would copy its stale bucket over the others' objects.
+    _run_program(site, PROTECTOR_PROGRAM, protector_command(site.name), autostart=False)
 
 
 def stop_protector(site: Site) -> None:
@@ -208,4 +213,5 @@ def stop_protector(site: Site) -> None:
 
 def describe(config: dict) -> str:
     """One line for progress output: where the app listens and at which epoch."""
-    return f"app on {config['address']}:{config['port']} (epoch {config['epoch']}{', fenced' if config['fenced'] else ''})"
+    fenced = ", fenced" if config["fenced"] else ""
+    return f"app on {config['address']}:{config['port']} (epoch {config['epoch']}{fenced})"

@@ -73,7 +73,8 @@ class VmCloud:
         else:
             _refuse_taken(spec, count, prefix)
         self._replication_secret()
-        with self._step("VMs: " + ("already up, completing them" if resuming else f"{count} sites on {prefix}.x")):
+        what = "already up, completing them" if resuming else f"{count} sites on {prefix}.x"
+        with self._step("vms", f"VMs: {what}"):
             inventory = Inventory.load(self.vms.inventory_file) if resuming else \
                 self.vms.up(spec, count, prefix, self.progress)
         sites = self.sites(inventory, spec)
@@ -88,21 +89,22 @@ class VmCloud:
     def _protect_and_start(self, inventory: Inventory, sites: dict[str, Site], spec: Spec, prefix: str,
                            seed_mb: int) -> dict:
         primary = sites[inventory.active]
-        with self._step("protecting the sites (TLS, replication, pgBackRest, replica, WAL stream)"):
+        with self._step("protect", "protecting the sites (TLS, replication, pgBackRest, replica, WAL stream)"):
             protect(inventory, sites, spec, CertificateAuthority.ensure(self.vms.directory / "ca"), self.progress)
-        with self._step("shipping the toolkit to every host"):
+        with self._step("toolkit", "shipping the toolkit to every host"):
             on_each(list(sites.values()), services.install_toolkit)
-        with self._step(f"seeding about {seed_mb} MB on {primary.name}'s host"):
+        with self._step("seed", f"seeding about {seed_mb} MB on {primary.name}'s host"):
             counts = seed(primary, spec, seed_mb)
-        with self._step("checksum manifest into every store, the seed's WAL and a backup in every repository"):
+        with self._step("manifest_and_backups",
+                        "checksum manifest into every store, the seed's WAL and a backup in every repository"):
             integrity.put_manifest(integrity.checksums_of(primary, spec.database.name),
                                    [Store(s) for s in inventory.sites], primary.name)
             backups = backups_everywhere(primary, inventory)
-        with self._step("apps on the primary and the warm site, the protector on the primary"):
+        with self._step("services", "apps on the primary and the warm site, the protector on the primary"):
             apps = start_services(inventory, sites, spec)
-        with self._step(f"DNS providers on {', '.join(dns_addresses(prefix))} pointing at {primary.name}"):
+        with self._step("dns", f"DNS providers on {', '.join(dns_addresses(prefix))} pointing at {primary.name}"):
             dns = start_dns(self.workdir, spec, inventory, prefix)
-        with self._step(f"inventory into {self.inventory_file} and every store"):
+        with self._step("inventory", f"inventory into {self.inventory_file} and every store"):
             self._publish(inventory, primary.ssh)
         return {"inventory": str(self.inventory_file),
                 "sites": [{"name": s.site, "role": s.role, "address": s.db_host} for s in inventory.sites],
@@ -117,11 +119,17 @@ class VmCloud:
         self.vms.record_inventory(self.inventory_file.read_text())
 
     @contextmanager
-    def _step(self, what: str):
+    def _step(self, key: str, what: str):
+        """Announces a step and times it; a step that fails says how to go on from there."""
         self.progress(what)
         started = time.monotonic()
-        yield
-        self.seconds[what.split(" (")[0].split(":")[0]] = round(time.monotonic() - started, 1)
+        try:
+            yield
+        except BaseException:
+            self.progress(f"`local up` stopped at: {what}. Fix the cause (below), then run `failover local up` "
+                          "again (it completes the cloud), or `failover local down`")
+            raise
+        self.seconds[key] = round(time.monotonic() - started, 1)
 
     # -------------------------------------------------------- checks before anything changes
 
@@ -170,8 +178,8 @@ class VmCloud:
         dns = local_dns.stop_local_dns(self.workdir, remove=True)
         removed = self._remove_inventory()
         stopped = self.vms.down()
-        for leftover in (self.vms.directory / SECRETS_FILE, self.vms.directory / "ca"):
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        (self.vms.directory / SECRETS_FILE).unlink(missing_ok=True)  # the secret and CA served only these VMs
+        shutil.rmtree(self.vms.directory / "ca", ignore_errors=True)
         for directory in (self.vms.directory, self.workdir / "pids"):
             if directory.is_dir() and not any(directory.iterdir()):
                 directory.rmdir()

@@ -117,9 +117,11 @@ def test_the_app_takes_writes_at_epoch_1_on_the_primary_and_serves_reads_on_the_
                              "superseded": False}
     status, post = http("POST", app_url("aws", "/posts"), {"user_id": 1, "body": "written through the app"})
     assert status == 201, post
-    read = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(http("GET", app_url("gcp", f"/posts/{post['id']}"))),
-                      10, "the post to be readable on the warm site")
-    assert read[1]["body"] == "written through the app"
+    def read_on_warm():
+        status, body = http("GET", app_url("gcp", f"/posts/{post['id']}"))
+        return body if status == 200 else None
+
+    assert wait_until(read_on_warm, 10, "the post to be readable on the warm site")["body"] == "written through the app"
     assert gcp.healthz()["writable"] is False and gcp.healthz()["in_recovery"] is True
     # The app is a supervisor program run as postgres, reading its database over the unix socket.
     for site in (aws, gcp):
@@ -188,7 +190,8 @@ def pulled_inventory() -> Inventory:
     return Inventory([SiteOutputs(
         site=name, cloud=name, region="r1", role=role, public_addresses=(f"203.0.113.{i}",),
         ssh_hosts=(f"203.0.113.{i}",), ssh_user="admin", db_host=f"203.0.113.{i}", db_port=5432,
-        repository=Repository("s3", {"s3-bucket": f"{name}-backups", "s3-key": "env/KEY", "s3-key-secret": "env/SECRET"}),
+        repository=Repository("s3", {"s3-bucket": f"{name}-backups", "s3-key": "env/KEY",
+                                     "s3-key-secret": "env/SECRET"}),
         media_remote=MediaRemote("s3", {"provider": "AWS"}, f"{name}-media"))
         for i, (name, role) in enumerate((("aws", "primary"), ("gcp", "warm"), ("azure", "pilot-light")), 1)],
         active="aws")
