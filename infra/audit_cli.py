@@ -42,12 +42,16 @@ app.command("audit")(command(audit))
 
 def _status(estate: audit_.Estate, workdir) -> dict:
     from infra import status as status_mod
-    from infra.sites.local import LocalCloud
+    from infra.sites.fleet import Fleet
 
-    cloud = LocalCloud(workdir_path(workdir))
-    if not cloud.exists:
-        raise FileNotFoundError(f"--live: no local cloud in {workdir_path(workdir)}; run `failover local up` first")
-    return status_mod.collect(cloud, estate.spec.database.port, True)
+    fleet = Fleet(workdir_path(workdir), app_port=estate.spec.app.port)
+    if not fleet.exists:
+        raise FileNotFoundError(f"--live: no Inventory in {workdir_path(workdir)}; run `failover local up` or "
+                                "`failover inventory pull` first")
+    try:
+        return status_mod.collect(fleet, True)
+    finally:
+        fleet.close()
 
 
 def _render(breaches: list[audit_.Breach], audited: list[str]) -> None:

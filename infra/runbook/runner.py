@@ -143,7 +143,7 @@ def execute(fleet: Fleet, spec: Spec, project: Path, the_plan: Plan, journal: Jo
                               [name for stage in stages for name, _ in stage], the_plan.to_dict())
         store.save(journal, copies())
     run = steps_mod.Run(fleet, spec, project, journal.source, journal.target, journal.epoch, the_plan.data, progress)
-    fence_returning(fleet, spec, project)
+    fence_returning(fleet, spec, project, journal.target)
     done = journal.completed()
     for stage in stages:
         for name, _ in stage:
@@ -205,8 +205,10 @@ def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal
         raise errors[0]
 
 
-def fence_returning(fleet: Fleet, spec: Spec, project: Path) -> dict[str, str]:
-    """Fences every reachable site that is not active and still runs an older epoch's app config.
+def fence_returning(fleet: Fleet, spec: Spec, project: Path, running_to: str | None = None) -> dict[str, str]:
+    """Fences every reachable site that is neither active nor `running_to` (the target of the run
+    being resumed, which may already be promoted) and still runs an older epoch's app, or a
+    PostgreSQL that is a primary.
 
     A site dropped during a failover could not be fenced then; when it comes back, this marks
     its app fenced and stops its PostgreSQL if that runs as a primary.
@@ -216,7 +218,7 @@ def fence_returning(fleet: Fleet, spec: Spec, project: Path) -> dict[str, str]:
                         steps_mod.DataSource(steps_mod.PROMOTE, "", ""))
     result = {}
     for site in fleet.sites():
-        if site.name == inventory.active or not run.reachable(site.name):
+        if site.name in (inventory.active, running_to) or not run.reachable(site.name):
             continue
         config = site.app_config()
         stale_app = config and not config.get("fenced") and int(config.get("epoch", 0)) < inventory.epoch

@@ -300,10 +300,12 @@ def catch_up_media(run: Run) -> dict:
 def start_app(run: Run) -> dict:
     """The target's app with the new epoch (it re-reads its config; started if not running)."""
     site = run.site
-    config = services.app_config(run.inventory, run.target, run.spec, run.epoch)
-    already = site.program_running(services.APP_PROGRAM)
+    config = services.app_config(run.inventory, run.target, run.spec, run.epoch, unreachable=run.unreachable())
+    if site.healthz() is not None:  # it runs, and re-reads its config: supervisorctl costs a second
+        site.write_app_config(config)
+        return {"app": "running, config updated", "epoch": run.epoch}
     services.start_app(site, config)
-    return {"app": "running, config updated" if already else "started", "epoch": run.epoch}
+    return {"app": "started", "epoch": run.epoch}
 
 
 def verify_app(run: Run) -> dict:
@@ -376,7 +378,8 @@ def protect_again(run: Run) -> dict:
     # take_writes emptied synchronous_standby_names in postgresql.auto.conf, which would
     # override the settings protect writes: the spec's mode comes back from those.
     run.site.psql(["ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()"])
-    report = site_protect.protect(inventory, sites, run.spec, certificate_authority(run.fleet), run.progress)
+    report = site_protect.protect(inventory, sites, run.spec, certificate_authority(run.fleet), run.progress,
+                                  keep_existing=True)
     skip = set(report.skipped)
     # After a promotion pg_control keeps the old timeline until a checkpoint; pgBackRest refuses that.
     run.site.psql("CHECKPOINT")

@@ -112,12 +112,15 @@ def site_settings(site: Site, primary: Site, sync_standby: str | None, sync: boo
 # ---------------------------------------------------------------- the run
 
 def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: CertificateAuthority | None,
-            progress=lambda m: None) -> ProtectReport:
-    """Protects every reachable site (see the module's docstring); `ca` may be None when every
-    site already holds a valid certificate (an operator who keeps only the SSH key)."""
+            progress=lambda m: None, keep_existing: bool = False) -> ProtectReport:
+    """Protects every reachable site (see the module's docstring).
+
+    `keep_existing` (the runbook's re-protection): without the CA or the replication password
+    here, what the sites already hold is kept (certificates, passfiles, the role), and only a
+    site that lacks one stops the run; `sites protect` itself needs both."""
     started = time.monotonic()
     report = ProtectReport()
-    password = secrets.resolve(PASSWORD_REF, "the replication role (sites protect)")
+    password = _password(keep_existing)
     primary = sites[inventory.active]
     reachable = _check(inventory, sites, primary, report)
     skip = set(inventory.names) - reachable
@@ -129,7 +132,11 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
             _cluster(site, "stop")  # it runs no database, only the WAL receiver: no restart for its settings
         _tls(site, ca)
         _configure(site, site_settings(site, primary, None, sync), [p for p in peers if p is not site], report)
-        site.write(PASSFILE, f"*:*:*:{REPLICATION_USER}:{password}\n")
+        if password is not None:
+            site.write(PASSFILE, f"*:*:*:{REPLICATION_USER}:{password}\n")
+        elif not site.service().run(f"test -s {PASSFILE}", warn=True).ok:
+            raise SiteError(f"site {site.name}: host {site.db_host} has no replication passfile and "
+                            f"{PASSWORD_REF} is not set here: set it, or run `failover sites protect` where it is")
     progress(f"{primary.name}: replication role, epoch schema, pgBackRest stanza and backups")
     _primary(primary, inventory, spec, password, skip, report)
     standbys = []
@@ -149,6 +156,15 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
                    report)
     report.seconds = round(time.monotonic() - started, 2)
     return report
+
+
+def _password(optional: bool) -> str | None:
+    try:
+        return secrets.resolve(PASSWORD_REF, "the replication role (sites protect)")
+    except secrets.MissingSecret:
+        if optional:
+            return None
+        raise
 
 
 def _check(inventory: Inventory, sites: dict[str, Site], primary: Site, report: ProtectReport) -> set[str]:
@@ -215,14 +231,18 @@ def _configure(site: Site, values: dict[str, str], peers: list[Site], report: Pr
         report.did(site.name, "restarted (archive_mode)")
 
 
-def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str, skip: set[str],
+def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str | None, skip: set[str],
              report: ProtectReport) -> None:
     if not _running(primary):
         _cluster(primary, "start")
-    verifier = scram_verifier(password)
-    role = f"{REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD '{verifier}'"
-    primary.psql(f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{REPLICATION_USER}') "
-                 f"THEN ALTER ROLE {role}; ELSE CREATE ROLE {role}; END IF; END $$")
+    if password is not None:
+        verifier = scram_verifier(password)
+        role = f"{REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD '{verifier}'"
+        primary.psql(f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{REPLICATION_USER}') "
+                     f"THEN ALTER ROLE {role}; ELSE CREATE ROLE {role}; END IF; END $$")
+    elif primary.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{REPLICATION_USER}'").stdout.strip() != "1":
+        raise SiteError(f"site {primary.name}: no replication role {REPLICATION_USER} and {PASSWORD_REF} is not "
+                        "set here: set it and run again")
     db = spec.database.name
     if primary.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").stdout.strip() != "1":
         primary.psql(f"CREATE DATABASE {db}")

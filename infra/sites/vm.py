@@ -155,6 +155,8 @@ class Vm:
         """Mounts the overlay root and /proc, /dev, /run, adds the user and the host key (idempotent)."""
         for part in ("upper", "work", "root"):
             (self.directory / part).mkdir(parents=True, exist_ok=True)
+        # A VM's files are its own, as a cloud VM's disk is: the operator reaches it over SSH only.
+        self.directory.chmod(0o700)
         if not self.host_key.exists():
             _keygen(self.host_key, f"{self.site}-host")
         if not _mounted(self.root):

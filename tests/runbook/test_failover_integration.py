@@ -208,10 +208,12 @@ def test_restarted_old_primary_refuses_writes(cloud):
     """The provider gives aws back and it boots as it was: its PostgreSQL (a primary at epoch 1)
     and its app start behind the runbook's back. The app sees gcp's higher epoch and refuses
     writes before anything fences it; `failover fence` then stops its database over SSH."""
+    from infra.sites import services
+
     failover(cloud, "local", "restore-site", "--site", "aws")
     aws = fleet(cloud).site("aws")
     aws.cluster("start")
-    aws.supervise("failover-app", "start")
+    services.start_app(aws, aws.app_config())  # its old config (epoch 1), as it booted with
     status, deadline = None, time.monotonic() + 15
     while status is None and time.monotonic() < deadline:
         try:
