@@ -5,7 +5,9 @@ import json
 
 from playbooks.host import run
 
-
+# Each store keeps its own copies of the toolkit's objects (inventory, journal, manifest), put
+# there by the engine: a media copy must neither carry one site's over another's nor count them.
+TOOLKIT_OBJECTS = "--exclude=/.failover/**"
 
 def _rclone(config: str, *args: str) -> list[str]:
     # This machine exports AWS_CA_BUNDLE, which breaks rclone 1.60's S3 backend: clear it.
@@ -15,12 +17,12 @@ def _rclone(config: str, *args: str) -> list[str]:
 
 def copy(c, config: str, source: str, dest: str):
     """Copies new and changed objects (never deletes at the destination: history is kept)."""
-    return run(c, _rclone(config, "copy", "--transfers=8", source, dest), warn=True, timeout=3600)
+    return run(c, _rclone(config, "copy", "--transfers=8", TOOLKIT_OBJECTS, source, dest), warn=True, timeout=3600)
 
 
 def check(c, config: str, source: str, dest: str) -> dict:
     """rclone check --one-way: objects of source missing or different at dest."""
-    result = run(c, _rclone(config, "check", "--one-way", "--missing-on-dst=-", "--differ=-", source, dest),
+    result = run(c, _rclone(config, "check", TOOLKIT_OBJECTS, "--one-way", "--missing-on-dst=-", "--differ=-", source, dest),
                  warn=True, timeout=600)
     missing = [line for line in result.stdout.splitlines() if line.strip()]
     error = "" if result.exited in (0, 1) else (result.stderr.strip().splitlines() or ["rclone failed"])[-1]
@@ -28,13 +30,13 @@ def check(c, config: str, source: str, dest: str) -> dict:
 
 
 def count(c, config: str, remote: str) -> int | None:
-    result = run(c, _rclone(config, "size", "--json", remote), warn=True, timeout=300)
+    result = run(c, _rclone(config, "size", TOOLKIT_OBJECTS, "--json", remote), warn=True, timeout=300)
     return json.loads(result.stdout)["count"] if result.ok else None
 
 
 def list_keys(c, config: str, remote: str) -> set[str] | None:
     """Every object key in a bucket, or None if it cannot be listed."""
-    result = run(c, _rclone(config, "lsf", "-R", "--files-only", remote), warn=True, timeout=600)
+    result = run(c, _rclone(config, "lsf", TOOLKIT_OBJECTS, "-R", "--files-only", remote), warn=True, timeout=600)
     return set(result.stdout.split()) if result.ok else None
 
 

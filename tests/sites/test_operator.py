@@ -75,7 +75,7 @@ def operator(cloud):
 
 def as_operator(operator, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     home, gid = operator
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{SITE_PACKAGES}:{ROOT}",
+    env = {"HOME": str(home), "USER": "operator", "LOGNAME": "operator", "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{SITE_PACKAGES}:{ROOT}",
            "PYTHONDONTWRITEBYTECODE": "1", "FAILOVER_WORKDIR": str(home / "work"),
            "FAILOVER_SSH_KEY": str(home / "ssh" / "id_ed25519"),
            "FAILOVER_SSH_KNOWN_HOSTS": str(home / "ssh" / "known_hosts")}
