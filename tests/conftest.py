@@ -26,6 +26,17 @@ def service_dir(prefix: str) -> Path:
     return path
 
 
+def remove_unmounted(path: Path) -> None:
+    """Removes a work directory unless something is still mounted below it (a VM's /dev is the
+    host's: rmtree would follow it); then fails the test instead."""
+    from infra.sites.vm import _mounts_under
+
+    left = _mounts_under(Path(path))
+    if left:
+        raise AssertionError(f"mounts left behind under {path} (not removed): {left}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def service_tmp():
     path = service_dir("t")

@@ -1,16 +1,21 @@
 """DNS for one site: what the failover runbook calls to point the app's names at a site.
 
-`dns_config` finds the zone, names, TTL and providers (the local cloud's Knot servers when
-it has them, else the spec's providers). `plan_site`, `apply_site` and `verify_site` take the
+`dns_config` finds the zone, names, TTL and providers: the spec's (Pulumi.yaml
+config.dns.providers), unless the local cloud's Knot servers are chosen explicitly, by
+`failover local up` (which records the choice in WORKDIR/dns.json) or by
+FAILOVER_DNS_PROVIDERS=local|spec. A providers file that merely exists is never used. `plan_site`, `apply_site` and `verify_site` take the
 Inventory and a site name, so a failover needs neither Pulumi nor the dropped provider.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from infra.dns import sync, ttl as ttl_mod, verify
-from infra.dns.local import local_providers, local_zone
+from infra.dns.local import dns_dir, local_providers, local_zone
+from infra.errors import FailoverError
 from infra.dns.records import RecordSet, desired_records
 from infra.sites.contract import Inventory
 from infra.spec import DnsProvider, load_spec
@@ -27,14 +32,47 @@ class DnsConfig:
     source: str  # where the providers came from, for messages
 
 
+CHOICE_FILE = "dns.json"  # in the work directory: {"providers": "local" | "spec"}
+CHOICE_ENV = "FAILOVER_DNS_PROVIDERS"
+CHOICES = ("local", "spec")
+
+
+def choose_providers(workdir: Path, choice: str) -> None:
+    """Records which providers the engine moves for this work directory (`local up` says local)."""
+    if choice not in CHOICES:
+        raise ValueError(f"DNS providers must be one of {CHOICES}, got {choice!r}")
+    (Path(workdir) / CHOICE_FILE).write_text(json.dumps({"providers": choice}) + "\n")
+
+
+def chosen_providers(workdir: Path) -> tuple[str, str]:
+    """(choice, where it was made): the environment, else WORKDIR/dns.json, else the spec."""
+    if os.environ.get(CHOICE_ENV):
+        choice, where = os.environ[CHOICE_ENV], CHOICE_ENV
+    else:
+        path = Path(workdir) / CHOICE_FILE
+        try:
+            choice, where = json.loads(path.read_text())["providers"], str(path)
+        except FileNotFoundError:
+            return "spec", "the default"
+        except (ValueError, KeyError, TypeError):
+            raise FailoverError(f"{path}: expected {{\"providers\": \"local\"|\"spec\"}}; fix or delete it") from None
+    if choice not in CHOICES:
+        raise FailoverError(f"{where}: DNS providers must be local or spec, got {choice!r}")
+    return choice, where
+
+
 def dns_config(workdir: Path, project_file: Path) -> DnsConfig:
-    """Names and TTL from the spec; providers from the local cloud's DNS if it exists."""
+    """Names and TTL from the spec; the providers chosen for the work directory (`chosen_providers`)."""
     dns = load_spec(project_file).dns
+    choice, where = chosen_providers(workdir)
+    if choice == "spec":
+        return DnsConfig(dns.zone, dns.names, dns.ttl, dns.providers, f"{project_file}: config.dns.providers")
     local = local_providers(workdir)
-    if local is not None:
-        source = str(Path(workdir) / "dns" / "providers.yaml")
-        return DnsConfig(local_zone(workdir), dns.names, dns.ttl, tuple(local), source)
-    return DnsConfig(dns.zone, dns.names, dns.ttl, dns.providers, f"{project_file}: config.dns.providers")
+    source = str(dns_dir(workdir) / "providers.yaml")
+    if local is None:
+        raise FailoverError(f"{where} chooses the local cloud's DNS providers, but {source} does not exist: run "
+                            f"`failover local up`, or set {CHOICE_ENV}=spec to use the spec's providers")
+    return DnsConfig(local_zone(workdir), dns.names, dns.ttl, tuple(local), source)
 
 
 def site_records(inventory: Inventory, site_name: str, names, ttl: int) -> list[RecordSet]:

@@ -30,7 +30,7 @@ from infra.data import integrity
 from infra.data import pgbackrest as pgbr_config
 from infra.data.storage import Store
 from infra.dns import local as local_dns
-from infra.dns.site import apply_site, failed
+from infra.dns.site import CHOICE_FILE, apply_site, choose_providers, failed
 from infra.errors import FailoverError
 from infra.sites import services
 from infra.sites.contract import Inventory
@@ -176,6 +176,7 @@ class VmCloud:
     def down(self) -> dict:
         """Stops the DNS servers by PID and every VM; removes only what `local up` made."""
         dns = local_dns.stop_local_dns(self.workdir, remove=True)
+        (self.workdir / CHOICE_FILE).unlink(missing_ok=True)
         removed = self._remove_inventory()
         stopped = self.vms.down()
         (self.vms.directory / SECRETS_FILE).unlink(missing_ok=True)  # the secret and CA served only these VMs
@@ -279,6 +280,7 @@ def wait_writable(primary: Site, spec: Spec, seconds: float = 30) -> None:
 def start_dns(workdir: Path, spec: Spec, inventory: Inventory, prefix: str) -> list[dict]:
     """Two Knot servers as two independent DNS providers, pointed at the active site."""
     providers = local_dns.start_local_dns(workdir, dns_addresses(prefix), local_dns.DEFAULT_PORT, spec.dns.zone)
+    choose_providers(workdir, "local")  # explicit: the engine moves these, not the spec's providers
     results = apply_site(inventory, inventory.active, providers, spec.dns.zone, spec.dns.names, spec.dns.ttl)
     if failed(results):
         details = "; ".join(f"{r.name}: {r.error}" for r in results if r.name in failed(results))

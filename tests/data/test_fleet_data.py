@@ -93,7 +93,8 @@ def cloud():
             fleet.close()
         vms.down()
         left = _mounts_under(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not left:  # never rmtree across a VM's mounts (its /dev is the host's)
+            shutil.rmtree(workdir, ignore_errors=True)
         print(f"\ntimings (s): {TIMINGS}")
         assert not left, f"mounts left behind: {left}"
 

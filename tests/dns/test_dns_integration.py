@@ -23,6 +23,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from infra.dns.site import choose_providers
 from infra.dns import local, servers
 from infra.dns import site as dns_site
 from infra.dns.cli import app
@@ -99,6 +100,7 @@ class Env:
     def start_knots(self) -> None:
         """Starts whichever Knot is not running (idempotent, as `failover local up`)."""
         self.knots = local.start_local_dns(self.workdir, KNOT_ADDRESSES, self.port, ZONE, FOREIGN)
+        choose_providers(self.workdir, "local")  # as `failover local up` does: explicitly
         if hasattr(self, "pdns"):
             self._add_to_providers_file(self.pdns)  # start_local_dns rewrites the file
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.appclient import APP_PORT, dns, health, post, resolve
-from tests.conftest import FAILOVER, ROOT, failover, failover_json, service_dir
+from tests.conftest import FAILOVER, ROOT, remove_unmounted, failover, failover_json, service_dir
 
 PREFIX = "127.0.75"
 AWS, GCP, AZURE = f"{PREFIX}.1", f"{PREFIX}.2", f"{PREFIX}.3"
@@ -34,7 +34,7 @@ def cloud():
         yield workdir
     finally:
         failover("local", "down", workdir=workdir, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_unmounted(workdir)
 
 
 def wait(check, timeout: float):

@@ -28,7 +28,7 @@ import pytest
 
 from infra.runbook import steps as steps_mod
 from tests.appclient import APP_PORT, dns, health, post, resolve
-from tests.conftest import FAILOVER
+from tests.conftest import FAILOVER, remove_unmounted
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "127.0.74"
@@ -59,7 +59,7 @@ def cloud():
         yield workdir
     finally:
         failover(workdir, "local", "down", check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_unmounted(workdir)
 
 
 def test_bad_inputs_fail_clearly_before_anything_changes(cloud):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.appclient import health, post
-from tests.conftest import ROOT, failover, service_dir
+from tests.conftest import ROOT, failover, remove_unmounted, service_dir
 
 PREFIX = "127.0.82"
 AWS, GCP = f"{PREFIX}.1", f"{PREFIX}.2"
@@ -37,16 +37,13 @@ pytestmark = [pytest.mark.integration,
 
 @pytest.fixture(scope="module")
 def cloud():
-    from infra.sites.vm import _mounts_under
-
     workdir = service_dir("operator")
     try:
         failover("local", "up", "--seed-mb", "5", "--prefix", PREFIX, workdir=workdir, timeout=900)
         yield workdir
     finally:
         failover("local", "down", workdir=workdir, check=False)
-        if not _mounts_under(workdir):
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_unmounted(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +57,7 @@ def operator(cloud):
     shutil.copy(cloud / "vms" / "ssh" / "id_ed25519", ssh / "id_ed25519")
     shutil.copy(cloud / "vms" / "ssh" / "known_hosts", ssh / "known_hosts")
     shutil.copy(cloud / "inventory.json", work / "inventory.json")
+    shutil.copy(cloud / "dns.json", work / "dns.json")  # the local cloud's DNS providers, chosen explicitly
     for item in (cloud / "dns").iterdir():
         if item.name == "providers.yaml" or item.suffix == ".tsig":
             shutil.copy(item, work / "dns" / item.name)
