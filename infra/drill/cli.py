@@ -14,7 +14,7 @@ from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile
 from infra.drill import report
 from infra.drill import scenario as scenario_mod
 from infra.drill.result import ScenarioResult
-from infra.sites import vmcloud
+from infra.sites.vmcloud import VmCloud
 from infra.sites.localvms import DEFAULT_PREFIX
 from infra.spec import load_spec
 
@@ -51,7 +51,7 @@ def drill(
             results.append(scenario_mod.run_scenario(item, options, progress))
     finally:
         if not keep:
-            vmcloud.down(work)
+            VmCloud(work).down()
     written = report.write(directory, results)
     emit(written, as_json, lambda r: _render(results, directory))
     if not report.passed(results):

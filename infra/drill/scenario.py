@@ -22,7 +22,7 @@ from infra.drill.canary import Canary, Write, dns_servers, read_back
 from infra.drill.result import ScenarioResult
 from infra.runbook import runner
 from infra.runbook.journal import JournalStore
-from infra.sites import vmcloud
+from infra.sites.vmcloud import VmCloud
 from infra.sites.fleet import Fleet
 from infra.sites.site import Site
 from infra.spec import Spec
@@ -77,7 +77,7 @@ def iso(t: float | None) -> str | None:
 
 def pristine(fleet: Fleet, spec: Spec) -> bool:
     """Up, every site answering SSH, the spec's primary active at epoch 1: ready for a drill."""
-    if not fleet.exists or not vmcloud.exists(fleet.workdir):
+    if not fleet.exists or not VmCloud(fleet.workdir).vms.exists:
         return False
     inventory = fleet.inventory()
     return (inventory.active == spec.primary.name and inventory.epoch == 1
@@ -88,12 +88,12 @@ def pristine(fleet: Fleet, spec: Spec) -> bool:
 def fresh_cloud(options: Options, progress: Progress) -> Fleet:
     fleet = Fleet(options.workdir, app_port=options.spec.app.port)
     if not pristine(fleet, options.spec):
-        if vmcloud.exists(options.workdir):
+        cloud = VmCloud(options.workdir, progress)
+        if cloud.vms.exists:
             progress("resetting the local cloud (a previous drill changed it)")
-            vmcloud.down(options.workdir)
+            cloud.down()
         progress(f"bringing the local cloud up ({options.seed_mb} MB seed, {options.prefix}.x)")
-        vmcloud.up(options.workdir, options.spec, min(3, len(options.spec.sites)), options.seed_mb, options.prefix,
-                   progress)
+        cloud.up(options.spec, min(3, len(options.spec.sites)), options.prefix, options.seed_mb)
         fleet.close()
         fleet = Fleet(options.workdir, app_port=options.spec.app.port)
     JournalStore(options.workdir).abandon()  # a journal of an earlier cloud has no say here
@@ -118,7 +118,7 @@ def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> Sc
         before = checksums(fleet.site(source), spec)
         progress(f"[{scenario.name}] cutting {source} off")
         cut_off = time.time()
-        vmcloud.drop(options.workdir, source)
+        VmCloud(options.workdir).drop(source)
         command_started = time.time()
         progress(f"[{scenario.name}] failover run --to {target.name}")
         error, journal = "", None
