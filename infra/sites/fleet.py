@@ -68,7 +68,7 @@ class Fleet:
         self._reachable.pop(name, None)
 
     def stores(self) -> list[Store]:
-        return [Store(s) for s in self.inventory().sites]
+        return [site.store for site in self.sites()]
 
     def publish(self, inventory: Inventory) -> list[str]:
         """Saves the inventory and puts a copy into every store that answers; returns those sites.

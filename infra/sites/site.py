@@ -30,6 +30,7 @@ from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from infra.data.pgbackrest import HostPaths
 from infra.errors import FailoverError
+from infra.data.storage import Store
 from infra.sites.contract import SiteOutputs
 from infra.sites.shell import HostShell, ShellDied, ShellError, SudoRefused
 
@@ -94,6 +95,11 @@ class Site:
     @property
     def port(self) -> int:
         return self.outputs.db_port
+
+    @property
+    def store(self) -> Store:
+        """The site's object store (put/get/list of the toolkit's objects), reached from here."""
+        return Store(self.outputs)
 
     @property
     def db_host(self) -> str:

@@ -124,7 +124,7 @@ def test_what_runs_at_once_media_app_and_dns_plan_with_the_promotion_dns_proof_w
 
 
 def _stage_run(events: list):
-    return steps.Run(None, None, None, "aws", "gcp", 2, None, None, progress=events.append)
+    return steps.Run(None, None, None, "aws", "gcp", 2, None, progress=events.append)
 
 
 def _journal_and_saves():
@@ -168,7 +168,7 @@ def test_failback_inputs_are_checked_before_anything_changes():
     assert "unknown site 'oracle'" in failback.input_problems(NAMES, "gcp", set(), "oracle")[0]
     assert "already the active primary" in failback.input_problems(NAMES, "gcp", set(), "gcp")[0]
     problem = failback.input_problems(NAMES, "gcp", {"aws"}, "aws")[0]
-    assert "still dropped" in problem and "restore-site --site aws" in problem
+    assert "still unreachable" in problem and "restore-site --site aws" in problem
 
 
 def test_the_failback_steps_reseed_sync_and_stop_writes_before_the_switch():
