@@ -41,6 +41,7 @@ REPLICATION_USER = "replicator"
 PASSWORD_REF = "env/FAILOVER_REPLICATION_PASSWORD"
 TLS_DIR = f"{PATHS.pgbackrest_dir}/tls"
 PASSFILE = f"{PATHS.pgbackrest_dir}/pgpass"
+PRESTAGED = f"{PATHS.pgbackrest_dir}/prestaged"  # the backup label the pilot-light's data directory holds
 SETTINGS_FILE = f"{CONF_DIR}/conf.d/50-failover.conf"
 WALSTREAM_PROGRAM = "failover-walstream"
 SCHEMA = Path(app_seed.__file__).with_name("schema.sql")
@@ -149,8 +150,9 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
             report.did(site.name, _replica(site, primary))
             standbys.append(site.name)
         elif site.role == "pilot-light":
-            progress(f"{site.name}: WAL stream from {primary.name}")
+            progress(f"{site.name}: WAL stream from {primary.name}, data directory prestaged")
             report.did(site.name, _wal_stream(site, primary))
+            report.did(site.name, _prestage(site, inventory, skip))
     if sync and standbys:
         _configure(primary, site_settings(primary, primary, standbys[0], sync), [p for p in peers if p is not primary],
                    report)
@@ -299,6 +301,23 @@ def _replica(site: Site, primary: Site, fresh: bool = False) -> str:
     _cluster(site, "start")
     wait_for(lambda: streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}", 0.3)
     return "replica: cloned over TLS, streaming"
+
+
+def _prestage(site: Site, inventory: Inventory, skip: set[str]) -> str:
+    """The pilot-light's (stopped) data directory restored from its own repository's newest
+    backup, so a failover's restore is a delta over it instead of a full copy. The backup's
+    label is kept beside it: a repeated protect restores again only after a newer backup."""
+    index, c = inventory.repo_index(site.name), site.service()
+    protection.install_pgbackrest(c, inventory, site.name, PATHS, site.port, skip)
+    backups = (pgbackrest.info(c, PATHS.config, index)[0] or {}).get("backup") or []
+    label = backups[-1]["label"] if backups else ""
+    if label and c.run(f"cat {PRESTAGED}", warn=True).stdout.strip() == label:
+        return f"prestaged: already at {label}"
+    result = protection.prestage(c, inventory, site.name, PATHS, site.port, skip)
+    if not result.ok:
+        raise SiteError(f"site {site.name}: prestaging its data directory from repo{index} failed: {result.error}")
+    c.run(f"echo {shlex.quote(label)} > {PRESTAGED}")
+    return f"prestaged from repo{index} ({label}) in {result.seconds:.1f}s"
 
 
 def _wal_stream(site: Site, primary: Site) -> str:

@@ -88,7 +88,8 @@ def test_protect_streams_over_tls_backs_up_everywhere_and_repeats_safely(cloud, 
         assert "trust" not in hba and "hostssl replication replicator" in hba
     again = protect(inventory, sites, spec, CertificateAuthority.ensure(vms.directory / "ca"))
     assert again.sites["gcp"] == ["replica: already streaming"]
-    assert again.sites["azure"] == ["WAL stream: already streaming"]
+    assert again.sites["azure"] == ["WAL stream: already streaming",
+                                    f"prestaged: already at {report.sites['azure'][-1].split('(')[1].split(')')[0]}"]
     assert not any("full backup" in d for d in again.sites["aws"])
 
 
