@@ -1,4 +1,5 @@
-"""`python -m infra.bench`: measure, print the figures side by side, write docs/benchmarks.md and its chart."""
+"""`python -m infra.bench`: measure on local Debian VMs over SSH, print the figures side by side (and
+beside the in-process figures from before #9), write docs/benchmarks.md and its chart."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,6 @@ import json
 import os
 import platform
 import re
-import shutil
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -29,6 +28,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip", default="", help=f"parts to leave out, comma-separated: {', '.join(PARTS)}")
     parser.add_argument("--pgbench-seconds", type=int, default=20)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/failover-bench"))
+    parser.add_argument("--prefix", default=cluster.PREFIX,
+                        help=f"loopback prefix of the restore and overhead VMs (PREFIX.1-3; default {cluster.PREFIX})")
+    parser.add_argument("--drill-prefix", default=drills.PREFIX,
+                        help=f"loopback prefix of the drills' local cloud (PREFIX.1-3, DNS .53/.54; default {drills.PREFIX})")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="the markdown to write (the chart goes to img/benchmarks.png beside it)")
     parser.add_argument("--project", type=Path, default=ROOT / "Pulumi.yaml")
@@ -39,6 +42,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.skip_set = {s for s in args.skip.split(",") if s}
     if args.runs < 1 or not args.size_list or args.skip_set - set(PARTS):
         parser.error("--runs must be >= 1, --sizes non-empty and --skip among " + ", ".join(PARTS))
+    if not all(p.startswith("127.") for p in (args.prefix, args.drill_prefix)) or args.prefix == args.drill_prefix:
+        parser.error("--prefix and --drill-prefix must be two different prefixes inside 127.0.0.0/8")
     return args
 
 
@@ -46,20 +51,21 @@ def progress(message: str) -> None:
     print(f"• {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def _version(argv: list[str]) -> str:
-    try:
-        output = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    match = re.search(r"\d+\.\d+(\.\d+)?", output)
-    return match.group(0) if match else "?"
-
-
 def environment() -> dict:
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return {"cpus": os.cpu_count(), "memory_gb": round(pages / 2**30), "kernel": f"Linux {platform.release()}",
-            "postgres": _version([f"{cluster.postgres.BIN}/postgres", "--version"]),
-            "pgbackrest": _version(["pgbackrest", "version"]), "loadavg_start": _load()}
+            "postgres": "?", "pgbackrest": "?", "loadavg_start": _load()}
+
+
+def host_versions(site) -> dict:
+    """PostgreSQL's and pgBackRest's versions on a VM host (the image's), asked over SSH."""
+    found = {}
+    for key, command in (("postgres", f"{cluster.PG_BIN}/postgres --version"), ("pgbackrest", "pgbackrest version"),
+                         ("debian", "cat /etc/debian_version")):
+        output = site.service().run(command, warn=True).stdout
+        match = re.search(r"\d+\.\d+(\.\d+)?", output)
+        found[key] = match.group(0) if match else "?"
+    return found
 
 
 def _load() -> str:
@@ -76,28 +82,32 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o755)  # the postgres user must traverse it
     result = {"started": datetime.now().astimezone().isoformat(timespec="seconds"), "arguments": " ".join(argv),
-              "environment": environment(), "restore": [], "drills": [], "overhead": {}, "notes": [], "restore_notes": []}
+              "environment": environment(), "prefixes": {"sites": args.prefix, "drills": args.drill_prefix},
+              "restore": [], "drills": [], "overhead": {}, "notes": [], "restore_notes": []}
     cache = cluster.drop_caches()
     result["environment"]["drop_caches"] = "yes (`sync; echo 3 > /proc/sys/vm/drop_caches` as root)" if not cache else f"no: {cache}"
     try:
         if "restore" not in args.skip_set:
             for size in args.size_list:
-                bench = cluster.Bench(work / f"restore-{size:g}", spec)
+                bench = cluster.Bench(work / f"restore-{size:g}", spec, args.prefix)
                 try:
                     result["restore"].append(restore.measure(bench, size, cluster.seed_mb_for(size), args.runs, progress))
+                    result["environment"].update(host_versions(bench.primary))
                 finally:
                     bench.remove()
         if "overhead" not in args.skip_set:
-            bench = cluster.Bench(work / "overhead", spec, first_host=overhead.FIRST_HOST)
+            bench = cluster.Bench(work / "overhead", spec, args.prefix)
             try:
                 result["overhead"] = overhead.measure(bench, args.runs, progress, seconds=args.pgbench_seconds)
                 result["overhead"]["run"] = {"started": result["started"], "arguments": result["arguments"]}
+                result["environment"].update(host_versions(bench.primary))
             finally:
                 bench.remove()
         if "drills" not in args.skip_set:
             for size in args.size_list:
                 for scenario in [s for s in args.scenarios.split(",") if s]:
-                    result["drills"].append(drills.run_drill(scenario, size, work, spec, args.project, progress))
+                    result["drills"].append(drills.run_drill(scenario, size, work, spec, args.project, progress,
+                                                             prefix=args.drill_prefix))
     finally:
         result["duration_seconds"] = time.monotonic() - started
         result["environment"]["loadavg_end"] = _load()
@@ -105,18 +115,27 @@ def main(argv: list[str]) -> int:
         (work / "result.json").write_text(json.dumps(result, indent=2, default=str))
     write(result, args.out)
     progress(f"measured in {result['duration_seconds'] / 60:.1f} min; raw figures in {work / 'result.json'}")
-    shutil.rmtree(work / "scratch", ignore_errors=True)
     return 0
 
 
 def notes(result: dict) -> list[str]:
+    prefixes = result.get("prefixes", {})
     lines = [
-        ("Restore sites are dedicated clusters on 127.0.50.1-3 (pgbench on 127.0.50.11-13, the pg_restore target on "
-         "127.0.50.9), built with the same playbook and protection functions as the local cloud; drills use "
-         "`failover drill` with its own local cloud on 127.0.51.x. Everything binds 127.0.0.0/8 only and is torn down."),
-        ("pgBackRest restores from the warm site's posix repository (repo2) into the pilot-light site's empty data "
-         "directory, with process-max 2 and the backup compressed with lz4 as configured; its time covers the "
-         "restore command only, not WAL replay to consistency at startup (the drill's restore step includes that)."),
+        (f"Restore and overhead sites are three Debian 12 VMs (chroots over overlayfs with their own sshd, "
+         f"infra/sites/localvms.py) on {prefixes.get('sites', '127.0.50')}.1-3, protected by `sites protect`'s "
+         "function (TLS, the synchronous warm replica, the pilot-light's WAL stream, pgBackRest with every "
+         "site's store as a repository); every timed command runs on a VM host through `Site.service()` over SSH. "
+         f"Drills use `failover local up` and `failover drill` (the same VMs) on {prefixes.get('drills', '127.0.51')}.x. "
+         "Everything binds 127.0.0.0/8 only and is taken down (VMs by PID, every mount undone)."),
+        ("pgBackRest restores on the pilot-light's host from the warm site's posix repository (repo2, a host "
+         "directory bind-mounted into every VM as a network share would be) into its emptied data directory, "
+         "with process-max 2 and the backup compressed with lz4 as configured; its time covers the restore "
+         "command only, not WAL replay to consistency at startup (the drill's restore step includes that). "
+         "cp -a copies the primary's data directory on its host; pg_dump and pg_restore run on the primary's "
+         "host through its unix socket (before #9 they ran from the operator over TCP). The VMs' disks are "
+         "overlayfs upper layers on the machine's disk, so a VM's writes pass through overlayfs."),
+        ("The page cache is dropped from the operator's side before each method (`sync; echo 3 > "
+         "/proc/sys/vm/drop_caches`): the VMs are chroots on this machine's kernel, so that is their cache too."),
         ("The source data directory is measured after seeding, a restart with wal_keep_size 0 and min_wal_size 32MB "
          "and two checkpoints, so cp -a copies data rather than the WAL the seeding left behind (pgBackRest writes "
          "an empty pg_wal). A size names the database files (data directory without pg_wal) it aims at."),
@@ -127,12 +146,13 @@ def notes(result: dict) -> list[str]:
          "and with data checksums each page's first hint after a checkpoint is WAL-logged as a full-page image "
          "(measured: 25 MB of WAL for reading a fresh 223 MB table), which a restored site replays as 8 KB page "
          "writes before it takes writes. Drills therefore run on a cloud brought up with `failover local up "
-         "--seed-mb 50`, grown the same way on the primary (the synchronous replica follows), backed up anew with "
+         "--seed-mb 50`, grown the same way through psql on the primary's host over SSH (the synchronous replica "
+         "follows), backed up anew with "
          "`failover snapshot --type full` into every repository, then handed to `failover drill`, which reuses a "
          "pristine cloud."),
         ("The naive path is timed from pg_dump's start to pg_restore's end (a fresh cluster, started beforehand, "
          "with archiving off); its index builds and constraint checks are the price of a logical restore."),
-        "Every timed restore operation ends with `sync`, so buffered writes count alike for all methods.",
+        "Every timed restore operation ends with `sync` on its host, so buffered writes count alike for all methods.",
         ("`RTO - TTL` subtracts the record's TTL as the issue's target does; it is negative when the canary saw the "
          "new address before a full TTL elapsed, i.e. the TTL was not the bound on this run."),
     ]
@@ -141,10 +161,14 @@ def notes(result: dict) -> list[str]:
                "processes: that is how it can beat the plain copy, and with a spread near 100% on cp -a a ratio "
                "above 1 means 'about the copy's speed' rather than 'faster than the disk'.")
               for m in result.get("restore", []) if m.get("restored_bytes")][-1:]
-    lines.append("pgbench runs of 20 s vary by 5-15% between repetitions (see the per-run tps), the modes with a "
-                 "niced replica most: the overhead percentages are medians and differ by several points from run to "
-                 "run. A negative cost means that mode's median beat `off`; protection does not speed the primary "
-                 "up, so read it as that row's noise.")
+    if result.get("overhead", {}).get("tps"):
+        lines.append("pgbench runs of 20 s vary by 5-15% between repetitions (see the per-run tps): the overhead "
+                     "percentages are medians and differ by several points from run to run. A negative cost means "
+                     "that mode's median beat `off`; protection does not speed the primary up, so read it as that "
+                     "row's noise.")
+    else:
+        lines.append("The overhead part (pgbench cost of protection) was not run this time (`--skip overhead`); "
+                     "the in-process figures below are the latest.")
     if any(m.get("cache_note") for m in result.get("restore", [])):
         lines.append("Dropping the page cache failed during the run: " + result["restore"][0]["cache_note"])
     broken = [d for d in result.get("drills", []) if d["result"] == "error"]

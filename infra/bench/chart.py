@@ -69,10 +69,10 @@ def _overhead(ax, tps: dict[str, list[float]]) -> None:
     modes = [m for m in MODES if tps.get(m)]
     values = [stats.median(tps[m]) for m in modes]
     colours = {"off": "tab:gray", "archive": "tab:green", "async": "tab:blue", "async_isolated": "tab:cyan",
-               "async_stream_isolated": "tab:olive",
+               "async_stream": "tab:olive", "async_stream_isolated": "tab:olive",
                "sync": "tab:purple", "sync_isolated": "tab:pink"}
     names = [m.replace("_stream", "\n+stream").replace("_isolated", "\nisolated") for m in modes]
-    ax.bar(names, values, color=[colours[m] for m in modes])
+    ax.bar(names, values, color=[colours.get(m, "tab:gray") for m in modes])
     ax.tick_params(axis="x", labelsize=7)
     for n, mode in enumerate(modes):
         for t in tps[mode]:

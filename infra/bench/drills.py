@@ -1,13 +1,18 @@
-"""Drill RTO and RPO: `failover drill --json` per scenario and size, parsed into rows."""
+"""Drill RTO and RPO: `failover drill --json` per scenario and size on the VM cloud, parsed into rows.
+
+The bench drives the CLI as an operator would: `failover local up` (Debian VMs on loopback),
+the database grown to size through psql on the primary's host over SSH, `failover snapshot`,
+then `failover drill`, which reuses that pristine cloud and takes it down at the end.
+"""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from infra.bench import cluster
+from infra.sites.fleet import Fleet
 
 PREFIX = "127.0.51"
 
@@ -47,20 +52,25 @@ def _failover(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run([*failover_command(), *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def prepare(work: Path, size_gb: float, spec, project: Path, progress, timeout: float) -> None:
+def prepare(work: Path, size_gb: float, spec, project: Path, progress, timeout: float, prefix: str = PREFIX) -> None:
     """A local cloud the drill will reuse (it keeps a pristine one): seeded, grown to size, backed up anew.
 
     `failover drill --seed-mb` alone cannot reach these sizes (seed.seed overflows above ~60 MB),
-    so the bench brings the cloud up with the base seed, grows the primary's posts (the synchronous
-    replica follows) and takes a fresh full backup into every repository with `failover snapshot`.
+    so the bench brings the cloud up with the base seed, grows the primary's posts through psql on
+    its host over SSH, as the engine reaches a site (the synchronous replica follows), and takes a
+    fresh full backup into every repository with `failover snapshot`.
     """
     common = ["--workdir", str(work), "--project", str(project)]
-    for args in (["local", "up", "--seed-mb", str(cluster.BASE_SEED_MB), "--prefix", PREFIX, *common],):
-        done = _failover(args, timeout)
-        if done.returncode:
-            raise RuntimeError(f"failover {' '.join(args[:2])} failed: {_tail(done)}")
-    dsn = f"host={PREFIX}.1 port={spec.database.port} user=postgres dbname={spec.database.name}"
-    cluster.grow(dsn, cluster.database_target_bytes(size_gb), progress)
+    done = _failover(["local", "up", "--seed-mb", str(cluster.BASE_SEED_MB), "--prefix", prefix, *common], timeout)
+    if done.returncode:
+        raise RuntimeError(f"failover local up failed: {_tail(done)}")
+    fleet = Fleet(work, app_port=spec.app.port)
+    try:
+        primary = fleet.site(fleet.inventory().active)
+        progress(f"growing {primary.name}'s database to about {size_gb:g} GB through psql on {primary.db_host}")
+        cluster.grow(primary, spec.database.name, cluster.database_target_bytes(size_gb), progress)
+    finally:
+        fleet.close()
     done = _failover(["snapshot", "--type", "full", *common], timeout)
     if done.returncode:
         raise RuntimeError(f"failover snapshot failed: {_tail(done)}")
@@ -71,16 +81,16 @@ def _tail(done: subprocess.CompletedProcess) -> str:
 
 
 def run_drill(scenario: str, size_gb: float, workdir: Path, spec, project: Path, progress,
-              timeout: float | None = None) -> dict:
+              timeout: float | None = None, prefix: str = PREFIX) -> dict:
     timeout = timeout or 600 + 600 * size_gb
     work = workdir / f"drill-{scenario}-{size_gb:g}"
     seed_mb = cluster.seed_mb_for(size_gb)
-    progress(f"drill {scenario} at {size_gb:g} GB: preparing its local cloud on {PREFIX}.x")
+    progress(f"drill {scenario} at {size_gb:g} GB: preparing its local cloud on {prefix}.x")
     error, parsed = "", None
     try:
-        prepare(work, size_gb, spec, project, progress, timeout)
+        prepare(work, size_gb, spec, project, progress, timeout, prefix)
         progress(f"drill {scenario} at {size_gb:g} GB: running `failover drill`")
-        argv = ["drill", "--json", "--scenario", scenario, "--seed-mb", str(cluster.BASE_SEED_MB), "--prefix", PREFIX,
+        argv = ["drill", "--json", "--scenario", scenario, "--seed-mb", str(cluster.BASE_SEED_MB), "--prefix", prefix,
                 "--workdir", str(work), "--report-dir", str(workdir / f"report-{scenario}-{size_gb:g}"),
                 "--project", str(project)]
         done = _failover(argv, timeout)
@@ -89,16 +99,18 @@ def run_drill(scenario: str, size_gb: float, workdir: Path, spec, project: Path,
             error = _tail(done)
     except subprocess.TimeoutExpired as expired:
         error = f"timed out after {expired.timeout:.0f}s"
-    except RuntimeError as failed:
-        error = str(failed)
+    except Exception as failed:  # noqa: BLE001 - the row says why there are no figures; the bench goes on
+        error = f"{type(failed).__name__}: {failed}"
     finally:
         teardown(work)
     return row(scenario, size_gb, seed_mb, parsed, error)
 
 
 def teardown(work: Path) -> None:
-    """The drill tears its cloud down unless it crashed; make sure with `failover local down`."""
-    if (work / "cloud.json").exists():
+    """The drill takes its cloud down unless it crashed; make sure with `failover local down`, then
+    remove the work directory unless something is still mounted below it (never rmtree through
+    a VM's bind mount of /dev)."""
+    if (work / "vms" / "cloud.json").exists():
         subprocess.run([*failover_command(), "local", "down", "--workdir", str(work)], capture_output=True, text=True,
                        timeout=300, check=False)
-    shutil.rmtree(work, ignore_errors=True)
+    cluster.remove_workdir(work)

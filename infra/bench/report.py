@@ -1,7 +1,7 @@
 """Rendering the bench's results: a plain-text table for the terminal and docs/benchmarks.md (pure)."""
 from __future__ import annotations
 
-from infra.bench import stats
+from infra.bench import baseline, stats
 from infra.bench.stats import Check
 
 LABELS = {"copy": "cp -a (machine limit)", "pgbackrest": "pgBackRest restore (p2, lz4)",
@@ -130,7 +130,10 @@ def text(result: dict) -> str:
         if result["overhead"].get("cpu"):
             parts += ["CPU of protection while pgbench ran (% of one core)",
                       table(CPU_HEADER, cpu_rows(result["overhead"]["cpu"])), ""]
-    parts += ["Targets (issue 8)", table(["target", "measured", "result"], check_rows(all_checks(result)))]
+    compared = comparison_rows(result)
+    if compared:
+        parts += ["Over SSH (VMs) vs in-process (before #9)", table(COMPARE_HEADER, compared), ""]
+    parts += ["Targets (issue 9, and issue 8's that still apply)", table(["target", "measured", "result"], check_rows(all_checks(result)))]
     return "\n".join(parts) + "\n"
 
 
@@ -151,7 +154,18 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
              ""]
     if chart:
         lines += [f"![benchmarks]({chart})", ""]
-    lines += ["## Targets from issue 8", "", markdown_table(["target", "measured", "result"], check_rows(all_checks(result))), ""]
+    lines += ["## Targets", "", "Issue 9's targets for the sites as Debian VMs reached over SSH, and issue 8's that still "
+              "apply (restore vs pg_dump, warm RTO flat across sizes, pilot-light RPO window, overhead).", "",
+              markdown_table(["target", "measured", "result"], check_rows(all_checks(result))), ""]
+    compared = comparison_rows(result)
+    if compared:
+        lines += ["## Over SSH (VMs) vs in-process (before #9)", "",
+                  ("The same figures from this run and from the last in-process run (sites as postmasters of the "
+                   "operator's own process, every command local), side by side. Medians; `net RTO` = max(RTO - TTL, "
+                   "runbook to writes)."), "", markdown_table(COMPARE_HEADER, compared), ""]
+        header, steps = step_comparison(result)
+        if steps:
+            lines += ["Runbook steps, over SSH vs in-process (seconds):", "", markdown_table(header, steps), ""]
     if rows:
         lines += ["## Restore throughput", "",
                   "Each method rebuilds the same seeded database; MB/s is the source data directory's size divided by",
@@ -166,7 +180,8 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
         lines += ["", *result.get("restore_notes", []), ""]
     if result.get("drills"):
         lines += ["## Drills", "",
-                  ("`failover drill --json` on a fresh local cloud per scenario and size. `RTO cut-off` runs from the "
+                  ("`failover drill --json` on a fresh local cloud per scenario and size: three Debian VMs on "
+                   "loopback (`failover local up`), every engine action on a site over SSH. `RTO cut-off` runs from the "
                    "cut-off to the first canary write acknowledged through DNS. The canary caches the DNS answer for its "
                    "TTL like any client, so where in its cache period the cut-off falls decides much of that figure "
                    "(it can be well under the TTL). `runbook to reads` is the runbook's time from its start (right at "
@@ -184,18 +199,17 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
         o = result["overhead"]
         lines += ["## Overhead of protection on the primary", "",
                   (f"`pgbench -i -s {o['scale']}`, then `pgbench -c {o['clients']} -j {o['threads']} -T {o['seconds']}` "
-                   "against the primary's address, after one uncounted warm-up run. Every repetition runs each "
-                   "setting once, forward in odd repetitions and backward in even ones, so a drift of the machine's "
-                   "speed falls on every setting alike; the same cluster is restarted with archive_mode and "
-                   "synchronous_standby_names changed, and each replica is configured as protection configures one "
-                   "of its mode (an asynchronous one does not report its position after every write). Every run "
-                   "starts from a VACUUM and a CHECKPOINT, with autovacuum off on pgbench's tables, so a vacuum "
-                   "cannot fall into some runs and not others. On one machine a replica "
-                   "shares the primary's disk and CPUs, which a standby at another site does not: the isolated rows "
-                   "run it with its data directory on tmpfs and at nice 19, the closest this machine gets to a "
-                   "second host, and the 10% target is checked against them. The shared rows are the worst case. "
-                   "The stream row adds the pg_receivewal that protection runs for every pilot-light site (on "
-                   "tmpfs at nice 19 as well), so it is all a primary runs with one warm and one pilot-light site."), "",
+                   "on the primary's host (through its unix socket, over SSH), after one uncounted warm-up run. Every "
+                   "repetition runs each setting once, forward in odd repetitions and backward in even ones, so a "
+                   "drift of the machine's speed falls on every setting alike. A setting is the bench's overrides "
+                   "on top of protection's (archive_mode, synchronous_standby_names; the primary restarted), the "
+                   "warm site's replica started or stopped (an asynchronous one does not report its position after "
+                   "every write, as protection configures it) and the pilot-light's WAL receiver started or stopped. "
+                   "Every run starts from a VACUUM and a CHECKPOINT, with autovacuum off on pgbench's tables. The "
+                   "VMs share one machine's disk and two CPUs, so every replica row is the worst case: a standby at "
+                   "another site does not take the primary's CPU.") if o.get("where") == "vm" else
+                  (f"`pgbench -i -s {o['scale']}`, then `pgbench -c {o['clients']} -j {o['threads']} -T {o['seconds']}` "
+                   "against the primary's address, after one uncounted warm-up run (in-process sites)."), "",
                   markdown_table(OVERHEAD_HEADER, overhead_rows(o["tps"])), ""]
         run = o.get("run")
         if run and run["started"] != result["started"]:  # sections of two runs put together with --render
@@ -207,5 +221,94 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
                       "the archiver's archive-push processes):", "", markdown_table(CPU_HEADER, cpu_rows(o["cpu"])), ""]
         if o.get("isolated_skipped"):
             lines += [f"Isolated modes not run: {o['isolated_skipped']}.", ""]
+    if result.get("analysis"):
+        lines += ["## Where the time goes over SSH", "", *result["analysis"], ""]
     lines += ["## Notes", "", *[f"- {n}" for n in result.get("notes", [])], ""]
+    lines += before_section()
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- beside the in-process figures
+
+COMPARE_HEADER = ["figure", "seed", "over SSH (VMs)", "in-process (before #9)", "change"]
+
+
+def _change(now: float | None, before: float | None) -> str:
+    if now is None or before is None:
+        return "-"
+    return f"{now - before:+.2f}" + (f" ({now / before:.1f}x)" if before > 0 else "")
+
+
+def comparison_rows(result: dict) -> list[list[str]]:
+    """Restore seconds and ratios, drill times and losses, overhead costs: now vs before #9, where both exist."""
+    out = []
+    for row in [stats.restore_row(m) for m in result.get("restore", [])]:
+        seed = f"{row['size_gb']:g} GB"
+        for method in stats.METHODS:
+            before = baseline.cell("restore", "median s", seed=seed, method=LABELS[method])
+            if before is not None:
+                now = row[f"{method}_seconds"]
+                out.append([f"{LABELS[method]}: median s", seed, _f(now, 2), before, _change(now, baseline.seconds(before))])
+        before = baseline.cell("restore", "x copy", seed=seed, method=LABELS["pgbackrest"])
+        if before is not None:
+            out.append(["pgBackRest restore: x cp -a", seed, _f(row["pgbackrest_vs_copy"], 2, "x"), before, "-"])
+    for d in result.get("drills", []):
+        seed = f"{d['size_gb']:g} GB"
+        now = {"runbook to reads": stats.until_reads(d.get("steps", [])),
+               "runbook to writes": stats.until_writable(d.get("steps", [])), "net RTO": stats.net_rto(d)}
+        for figure, value in now.items():
+            before = baseline.cell("drills", figure, scenario=d["scenario"], seed=seed)
+            if before is not None:
+                out.append([f"{d['scenario']}: {figure}", seed, _f(value, 2, " s"), before,
+                            _change(value, baseline.seconds(before))])
+        lost = baseline.cell("drills", "lost", scenario=d["scenario"], seed=seed)
+        acked = baseline.cell("drills", "acked", scenario=d["scenario"], seed=seed)
+        if lost is not None:
+            out.append([f"{d['scenario']}: acknowledged writes lost", seed,
+                        f"{d.get('writes_lost', '-')} of {d.get('writes_acked', '-')}", f"{lost} of {acked}", "-"])
+    tps = result.get("overhead", {}).get("tps", {})
+    for cells in overhead_rows(tps):
+        before = baseline.cell("overhead", "cost vs off", protection=cells[0])
+        if before is not None and before != "-":
+            out.append([f"overhead: {cells[0]}", "pgbench -s 10", cells[3], before, "-"])
+    return out
+
+
+def step_comparison(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Per runbook step, this run's seconds beside the in-process run's, for drills both have."""
+    header, rows = baseline.TABLES["steps"]
+    pairs = [(d, f"{d['scenario']} {d['size_gb']:g} GB") for d in result.get("drills", []) if d.get("steps")]
+    pairs = [(d, name) for d, name in pairs if name in header]
+    if not pairs:
+        return [], []
+    out_header = ["step"] + [f"{name} {when}" for _, name in pairs for when in ("over SSH", "before #9")]
+    names = [r[0] for r in rows]
+    for d, _ in pairs:
+        names += [s["step"] for s in d["steps"] if s["step"] not in names]
+    out = []
+    for step in names:
+        cells = [step]
+        for d, name in pairs:
+            now = next((s for s in d["steps"] if s["step"] == step), None)
+            cells.append("-" if now is None else _f(now.get("seconds"), 2, " s")
+                         + ("" if now.get("status") == "done" else f" ({now.get('status')})"))
+            cells.append(baseline.cell("steps", name, step=step) or "-")
+        out.append(cells)
+    return out_header, out
+
+
+BEFORE_TITLES = {"targets": "Targets from issue 8", "restore": "Restore throughput", "drills": "Drills",
+                 "steps": "Runbook steps (seconds)", "overhead": "Overhead of protection on the primary",
+                 "cpu": "Where protection's CPU went while pgbench ran (% of one core)"}
+
+
+def before_section() -> list[str]:
+    """The in-process run's tables as they were published (docs/benchmarks.md before #9)."""
+    lines = ["## In-process figures (before #9)", "",
+             ("Measured with the process-based local cloud (postmasters on 127.0.50.x started by the bench's own "
+              "process, every command local, no SSH, the replica also run on tmpfs at nice 19 for the isolated "
+              f"overhead rows): {baseline.RUN}. Kept here unchanged for comparison."), ""]
+    for key, title in BEFORE_TITLES.items():
+        header, rows = baseline.TABLES[key]
+        lines += [f"### {title} (in-process, before #9)", "", markdown_table(header, rows), ""]
+    return lines

@@ -1,110 +1,117 @@
-"""Restore throughput: pgBackRest from another site's repository vs cp -a vs pg_dump/pg_restore."""
+"""Restore throughput on VM hosts: pgBackRest from another site's repository vs cp -a vs pg_dump/pg_restore.
+
+Every method runs on a host over SSH: cp -a and pg_dump/pg_restore on the primary's host, the
+pgBackRest restore on the pilot-light's host (whose cluster protection keeps stopped) from the
+warm site's repository, which reaches it as a mounted store. Each timed command ends with a
+`sync` on the host; the page cache is dropped before each method.
+"""
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
-from infra.bench.cluster import Bench, drop_caches, du, timed
+from infra.bench.cluster import SCRATCH, Bench, drop_caches, du, timed
 from infra.data import protection
+from infra.sites.site import PATHS
 from playbooks import pgbackrest, postgres
 from playbooks.host import ensure_dir, run
 
-BIN = postgres.BIN
-NAIVE_HOST = 9  # the fresh cluster pg_restore fills listens on PREFIX.9
+NAIVE_PORT_OFFSET = 200  # the fresh cluster pg_restore fills: unix socket only, on the db port + this
+NAIVE_HBA = ["local all postgres peer", "local all all peer"]
+COPY, DUMP, NAIVE = f"{SCRATCH}/copy", f"{SCRATCH}/dump", f"{SCRATCH}/naive-pg"
 
 
 def build(bench: Bench, size_gb: float, progress) -> dict:
-    """Primary seeded to size, a full backup in the warm site's repository (not the restoring site's)."""
-    bench.prepare()
+    """Protected VMs, the primary seeded to size, a full backup in the warm site's repository."""
+    setup = bench.up(progress)
     primary = bench.primary
-    bench.start(primary, bench.settings(primary))
-    progress(f"seeding {primary.name} ({primary.address}) to about {size_gb:g} GB")
+    progress(f"seeding {primary.name} ({primary.address}) to about {size_gb:g} GB on its host")
+    started = time.monotonic()
     counts = bench.seed(size_gb, progress)
+    setup["seed"] = time.monotonic() - started
     # Seeding leaves up to wal_keep_size of WAL in pg_wal; a copy of that would measure WAL, not data.
-    bench.restart(primary, bench.settings(primary, wal_keep_size="0", min_wal_size="32MB"))
-    bench.sql(primary, "CHECKPOINT")
-    bench.sql(primary, "SELECT pg_switch_wal()")
-    bench.sql(primary, "CHECKPOINT")
-    protection.create_stanzas(bench.c, bench.inventory, primary.paths)
-    source = bench.site("gcp")
+    bench.override(primary, {"wal_keep_size": "0", "min_wal_size": "32MB"})
+    primary.psql(["CHECKPOINT", "SELECT pg_switch_wal()", "CHECKPOINT"])
+    source = bench.site("warm")
     index = bench.inventory.repo_index(source.name)
     progress(f"full backup of {primary.name} into repo{index} ({source.name}'s store)")
     started = time.monotonic()
-    result = pgbackrest.backup(bench.c, primary.paths.config, index)
+    result = pgbackrest.backup(primary.service(), PATHS.config, index)
     if not result.ok:
         raise RuntimeError(f"pgbackrest backup into repo{index} failed: {(result.stderr or result.stdout).strip()[-400:]}")
     backup_seconds = time.monotonic() - started
-    bench.sql(primary, "CHECKPOINT")
-    pgdata = primary.paths.pgdata
-    return {"database_bytes": du(pgdata) - du(f"{pgdata}/pg_wal"),"counts": counts, "repo": index, "backup_seconds": backup_seconds,
-            "datadir_bytes": du(pgdata), "pg_wal_bytes": du(f"{pgdata}/pg_wal")}
+    primary.psql("CHECKPOINT")
+    ensure_dir(primary.service(), SCRATCH, "755")
+    pgdata, wal = du(primary, PATHS.pgdata), du(primary, f"{PATHS.pgdata}/pg_wal")
+    return {"database_bytes": pgdata - wal, "counts": counts, "repo": index, "backup_seconds": backup_seconds,
+            "datadir_bytes": pgdata, "pg_wal_bytes": wal, "setup_seconds": {k: round(v, 1) for k, v in setup.items()}}
 
 
-def run_copy(bench: Bench, scratch: Path) -> float:
-    target = scratch / "copy"
-    seconds = timed(lambda: run(bench.c, ["cp", "-a", bench.primary.paths.pgdata, str(target)], timeout=7200))
-    shutil.rmtree(target)
+def run_copy(bench: Bench) -> float:
+    primary = bench.primary
+    seconds = timed(primary, lambda c: c.run(f"cp -a {PATHS.pgdata} {COPY}", timeout=7200))
+    primary.service().run(f"rm -rf {COPY}", timeout=600)
     return seconds
 
 
 def run_pgbackrest(bench: Bench, repo: int) -> tuple[float, int]:
-    """Restore into the pilot-light site's empty data directory; the returned size is what was written."""
-    target = bench.site("azure")
-    shutil.rmtree(target.paths.pgdata, ignore_errors=True)
-    ensure_dir(bench.c, target.paths.pgdata)
-    seconds = timed(lambda: pgbackrest.restore(bench.c, target.paths.config, repo, process_max=2))
-    size = du(target.paths.pgdata)
-    shutil.rmtree(target.paths.pgdata)
+    """Restore into the pilot-light's empty data directory on its host; the size is what was written."""
+    target = bench.site("pilot-light")
+    c = target.service()
+    c.run(f"rm -rf {PATHS.pgdata} && mkdir -m 700 {PATHS.pgdata}", timeout=600)
+    seconds = timed(target, lambda c: pgbackrest.restore(c, PATHS.config, repo, process_max=2))
+    size = du(target, PATHS.pgdata)
+    c.run(f"rm -rf {PATHS.pgdata} && mkdir -m 700 {PATHS.pgdata}", timeout=600)
     return seconds, size
 
 
-def run_dump(bench: Bench, scratch: Path) -> tuple[float, float]:
-    """pg_dump -Fd -j2 of the primary, then pg_restore -j2 into a fresh cluster; (dump s, restore s)."""
-    c, db = bench.c, bench.spec.database.name
-    primary = bench.primary
-    dump_dir, pgdata = scratch / "dump", scratch / "naive-pg"
-    address = f"{primary.address.rsplit('.', 1)[0]}.{NAIVE_HOST}"
+def naive_settings(port: int) -> dict[str, str]:
+    """The fresh cluster's settings: the sites' own, on the unix socket only, archiving nothing."""
+    settings = protection.pg_settings("", port, PATHS)
+    settings.update(archive_mode="off", archive_command="", archive_timeout="0", restore_command="")
+    return settings
+
+
+def run_dump(bench: Bench) -> tuple[float, float]:
+    """pg_dump -Fd -j2 of the primary, then pg_restore -j2 into a fresh cluster, both on the
+    primary's host through the unix socket; (dump s, restore s)."""
+    primary, db = bench.primary, bench.spec.database.name
+    c, port = primary.service(), primary.port + NAIVE_PORT_OFFSET
     # The fresh cluster exists before the clock starts: the naive path's cost is moving the data.
-    postgres.init_cluster(c, str(pgdata))
-    settings = protection.pg_settings(address, bench.port, primary.paths)
-    settings.update(archive_mode="off", unix_socket_directories=str(scratch))
-    postgres.configure(c, str(pgdata), settings, protection.HBA)
-    postgres.start(c, str(pgdata), str(scratch / "naive.log"))
+    c.run(f"rm -rf {NAIVE} {DUMP}", timeout=600)
+    postgres.init_cluster(c, NAIVE)
+    postgres.configure(c, NAIVE, naive_settings(port), NAIVE_HBA)
+    postgres.start(c, NAIVE, f"{SCRATCH}/naive.log")
     try:
-        run(c, ["psql", "-X", "-h", address, "-p", str(bench.port), "-U", "postgres", "-c", f"CREATE DATABASE {db}"])
+        primary.psql(f"CREATE DATABASE {db}", port=port)
         drop_caches()
-        dump = timed(lambda: run(c, [f"{BIN}/pg_dump", "-Fd", "-j2", "-f", str(dump_dir), "-h", primary.address,
-                                     "-p", str(bench.port), "-U", "postgres", db], timeout=7200))
-        restore = timed(lambda: run(c, [f"{BIN}/pg_restore", "-j2", "-h", address, "-p", str(bench.port), "-U", "postgres",
-                                        "-d", db, str(dump_dir)], timeout=7200))
+        dump = timed(primary, lambda c: run(c, [f"{postgres.BIN}/pg_dump", "-Fd", "-j2", "-f", DUMP,
+                                                "-p", str(primary.port), db], timeout=7200))
+        restore = timed(primary, lambda c: run(c, [f"{postgres.BIN}/pg_restore", "-j2", "-p", str(port), "-d", db, DUMP],
+                                               timeout=7200))
     finally:
-        postgres.stop(c, str(pgdata))
-        shutil.rmtree(pgdata, ignore_errors=True)
-        shutil.rmtree(dump_dir, ignore_errors=True)
+        postgres.stop(c, NAIVE, "immediate", warn=True)
+        c.run(f"rm -rf {NAIVE} {DUMP}", timeout=600)
     return dump, restore
 
 
 def measure(bench: Bench, size_gb: float, seed_mb: int, runs: int, progress) -> dict:
     built = build(bench, size_gb, progress)
-    scratch = Path(bench.cloud.workdir) / "scratch"
-    ensure_dir(bench.c, str(scratch), "755")
     seconds: dict[str, list[float]] = {"copy": [], "pgbackrest": [], "dump": [], "dump_only": [], "restore_only": []}
     restored = 0
     cache_note = ""
     for number in range(1, runs + 1):
         # The methods alternate within each repetition, so contention from other work hits them alike.
         cache_note = drop_caches() or cache_note
-        seconds["copy"].append(run_copy(bench, scratch))
+        seconds["copy"].append(run_copy(bench))
         cache_note = drop_caches() or cache_note
         took, restored = run_pgbackrest(bench, built["repo"])
         seconds["pgbackrest"].append(took)
-        dump, restore = run_dump(bench, scratch)
+        dump, restore = run_dump(bench)
         seconds["dump"].append(dump + restore)
         seconds["dump_only"].append(dump)
         seconds["restore_only"].append(restore)
         progress(f"{size_gb:g} GB run {number}/{runs}: cp -a {seconds['copy'][-1]:.1f}s, pgBackRest {took:.1f}s, "
                  f"pg_dump+pg_restore {dump + restore:.1f}s")
     return {"size_gb": size_gb, "seed_mb": seed_mb, **built, "restored_bytes": restored, "seconds": seconds,
-            "cache_note": cache_note}
+            "cache_note": cache_note, "where": "vm"}
 
