@@ -14,16 +14,12 @@ from infra.data import media as media_config
 from infra.data.storage import storage_for
 from infra.sites.contract import Inventory
 from infra.sites.fleet import Fleet
-from infra.sites.reachability import database_answers
 from infra.sites.site import PATHS, Site, SiteError
 from playbooks import media, pgbackrest
 
 LAG_SECONDS = ("CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
                "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END")
 RCLONE_CONF = f"{PATHS.pgbackrest_dir}/rclone.conf"
-
-db_reachable = database_answers  # the process-based local cloud's runbook still imports this name
-
 
 def replica_lag(primary: Site | None, replica: Site) -> tuple[float | None, int | None]:
     """Seconds and bytes the replica's replay is behind the primary, both read on the replica.

@@ -9,7 +9,6 @@ import sys
 import socket
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,21 +54,6 @@ def failover(*args: str, workdir: Path, check: bool = True, timeout: float = 600
 
 def failover_json(*args: str, workdir: Path, check: bool = True):
     return json.loads(failover(*args, "--json", workdir=workdir, check=check).stdout)
-
-
-@contextmanager
-def local_cloud(name: str, *up_args: str):
-    """A local cloud for a test module, torn down by PID even when `local up` fails half-way."""
-    from infra.sites.local import LocalCloud
-
-    workdir = service_dir(name)
-    try:
-        failover("local", "up", *up_args, workdir=workdir)
-        yield LocalCloud(workdir)
-    finally:
-        down = failover("local", "down", workdir=workdir, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
-    assert down.returncode == 0, down.stderr
 
 
 def free_port() -> int:

@@ -10,8 +10,6 @@ import json
 from datetime import datetime
 from typing import Iterable
 
-import psycopg
-
 from infra.data.storage import Store, StoreError, put_all
 
 TABLES = ("users", "posts", "follows", "media")
@@ -24,16 +22,6 @@ def checksum_sql(table: str, upto: dict[str, int] | None = None) -> str:
     where = f"WHERE id <= {int(limit)}" if limit is not None else ""
     return (f"SELECT count(*), coalesce(max(id), 0), md5(coalesce(string_agg(md5(t::text), '' ORDER BY id), '')) "
             f"FROM {table} t {where}")
-
-
-def checksums(dsn: str, upto: dict[str, int] | None = None) -> dict[str, dict]:
-    """Per table: rows, max id and checksum of the rows with id <= upto[table] (all rows if None)."""
-    result = {}
-    with psycopg.connect(dsn, connect_timeout=5) as conn:
-        for table in TABLES:
-            rows, max_id, digest = conn.execute(checksum_sql(table, upto)).fetchone()
-            result[table] = {"rows": rows, "max_id": max_id, "md5": digest}
-    return result
 
 
 def all_tables_sql(upto: dict[str, int] | None = None) -> str:
@@ -68,11 +56,6 @@ def compare(restored: dict[str, dict], source: dict[str, dict]) -> dict[str, dic
                 "upto": source[table]["max_id"]}
         for table in source
     }
-
-
-def write_manifest(dsn: str, stores: Iterable[Store], site: str) -> dict[str, dict]:
-    """`put_manifest` of the checksums read in-process from `dsn` (the process-based local cloud)."""
-    return put_manifest(checksums(dsn), stores, site)
 
 
 def put_manifest(sums: dict[str, dict], stores: Iterable[Store], site: str) -> dict[str, dict]:

@@ -48,7 +48,6 @@ def failover(workdir: Path, *args: str, env: dict | None = None, check: bool = T
 
 @pytest.fixture(scope="module")
 def cloud():
-    import shutil
     import tempfile
 
     # The service user must reach the sites below it: pytest's own tmp dirs are private (0700).
