@@ -32,6 +32,7 @@ def row(scenario: str, size_gb: float, seed_mb: int, parsed: dict | None, error:
             "rto_seconds": s.get("rto_seconds"), "rto_from_command_seconds": s.get("rto_from_command_seconds"),
             "rpo_seconds": s.get("rpo_seconds"), "writes_lost": s.get("writes_lost"),
             "writes_acked": s.get("writes_acked"), "missed": s.get("missed", []),
+            "cut_off": s.get("cut_off"), "command_started": s.get("command_started"),
             "steps": [{key: st.get(key) for key in ("step", "status", "seconds", "started", "ended")}
                       for st in s.get("steps", [])],
             "error": "; ".join(s.get("missed", [])) if not s.get("passed") else ""}

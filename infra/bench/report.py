@@ -43,7 +43,7 @@ def restore_rows(rows: list[dict]) -> list[list[str]]:
 
 
 DRILL_HEADER = ["scenario", "seed", "result", "RTO cut-off", "RTO - TTL", "runbook to reads", "runbook to writes",
-                "net RTO", "acked", "lost", "RPO window"]
+                "command to writes", "net RTO", "acked", "lost", "RPO window"]
 
 
 def drill_rows(drills: list[dict]) -> list[list[str]]:
@@ -52,7 +52,8 @@ def drill_rows(drills: list[dict]) -> list[list[str]]:
         rto = d.get("rto_seconds")
         out.append([d["scenario"], f"{d['size_gb']:g} GB", d["result"], _f(rto, 2, " s"),
                     _f(None if rto is None else rto - d["dns_ttl"], 2, " s"), _f(stats.until_reads(d.get("steps", [])), 2, " s"),
-                    _f(stats.until_writable(d.get("steps", [])), 2, " s"), _f(stats.net_rto(d), 2, " s"),
+                    _f(stats.until_writable(d.get("steps", [])), 2, " s"), _f(stats.command_until_writable(d), 2, " s"),
+                    _f(stats.net_rto(d), 2, " s"),
                     str(d.get("writes_acked", "-")), str(d.get("writes_lost", "-")), _f(d.get("rpo_seconds"), 2, " s")])
     return out
 
@@ -187,7 +188,9 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
                    "(it can be well under the TTL). `runbook to reads` is the runbook's time from its start (right at "
                    "the cut-off) until DNS serves the new site (`verify_dns`): a restored site may still replay WAL "
                    "then, and serves reads meanwhile. `runbook to writes` runs until its app also takes writes "
-                   "(`verify_app`), the wait a client whose cache just expired has beyond the TTL; "
+                   "(`verify_app`), the wait a client whose cache just expired has beyond the TTL. `command to "
+                   "writes` runs from the `failover run` command's start instead, so it adds the plan made before "
+                   "the first step (every site asked over SSH, the data source chosen, returning sites fenced); "
                    "`net RTO` = max(RTO - TTL, runbook to writes) is what the targets are checked against."), "",
                   markdown_table(DRILL_HEADER, drill_rows(result["drills"])), ""]
         failed = [d for d in result["drills"] if d.get("error")]

@@ -113,6 +113,18 @@ def until_writable(steps: list[dict]) -> float | None:
     return runbook_until(steps, DNS_SERVES, APP_WRITABLE)
 
 
+def command_until_writable(drill: dict) -> float | None:
+    """From the `failover run` command's start (the drill starts it right after the cut-off) until
+    DNS serves the new site and its app takes writes: the runbook time plus its plan (every
+    site asked over SSH, the data source chosen), which runs before the first step."""
+    steps, started = drill.get("steps", []), drill.get("command_started")
+    ends = [s.get("ended") for s in steps if s["step"] in (DNS_SERVES, APP_WRITABLE)]
+    if not started or len(ends) < 2 or not all(ends):
+        return None
+    last = max(datetime.fromisoformat(e) for e in ends)
+    return round((last - datetime.fromisoformat(started)).total_seconds(), 3)
+
+
 def net_rto(drill: dict) -> float | None:
     """RTO minus TTL, conservatively: never less than the runbook's time until DNS serves the new
     site and its app takes writes.

@@ -102,6 +102,18 @@ def test_a_restored_site_serves_reads_through_dns_before_it_takes_writes():
     assert stats.until_writable(steps) == pytest.approx(8.1)
 
 
+def test_command_to_writes_adds_the_plan_made_before_the_first_step():
+    def step(name, started, ended):
+        return {"step": name, "status": "done", "seconds": ended - started,
+                "started": f"2026-11-28T10:00:{started:06.3f}+00:00", "ended": f"2026-11-28T10:00:{ended:06.3f}+00:00"}
+
+    steps = [step("preflight", 1.6, 1.7), step("verify_dns", 2.0, 2.1), step("verify_app", 2.2, 2.3)]
+    run = {**drill(steps=steps), "command_started": "2026-11-28T10:00:01.000+00:00"}
+    assert stats.until_writable(steps) == pytest.approx(0.7)
+    assert stats.command_until_writable(run) == pytest.approx(1.3)
+    assert stats.command_until_writable(drill(steps=steps)) is None  # an older JSON without the command's start
+
+
 def test_a_failed_pilot_light_drill_is_not_measured_rather_than_failed():
     checks = stats.drill_checks([drill(), drill("pilot-light", 1.0, rto=None, rpo=None, error="exit 2")])
     assert [c.passed for c in checks if c.target.startswith("pilot-light")] == [None, None]
