@@ -136,10 +136,10 @@ def notes(result: dict) -> list[str]:
          "overlayfs upper layers on the machine's disk, so a VM's writes pass through overlayfs."),
         ("The page cache is dropped from the operator's side before each method (`sync; echo 3 > "
          "/proc/sys/vm/drop_caches`): the VMs are chroots on this machine's kernel, so that is their cache too."),
-        ("The source data directory is measured after seeding, a restart with wal_keep_size 0, min_wal_size 32MB "
-         "and max_wal_size 64MB (without it a checkpoint keeps the last checkpoint distance of segments recycled: "
-         "640 MB at 1 GB) and two checkpoints, so cp -a copies data rather than the WAL the seeding left behind "
-         "(pgBackRest writes an empty pg_wal). A size names the database files (data directory without pg_wal) it aims at."),
+        ("The source data directory is measured after seeding and a WAL trim (a restart with wal_keep_size 0, "
+         "min_wal_size 32MB and max_wal_size 64MB, a WAL switch through every segment the seeding's checkpoints "
+         "had recycled for reuse, 640 MB at 1 GB, then checkpoints once the archiver caught up), so cp -a copies "
+         "data rather than WAL (pgBackRest writes an empty pg_wal). A size names the database files (data directory without pg_wal) it aims at."),
         ("Seeding: `infra.app.seed.seed` computes follows with int4 arithmetic that overflows above about 60 MB "
          "(`integer out of range`), so the bench seeds 50 MB with it and grows `posts` with rows of the same shape "
          "(bigint generate_series) to the size, then runs VACUUM ANALYZE, as autovacuum would have in a database that "

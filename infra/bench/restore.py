@@ -12,6 +12,7 @@ import time
 from infra.bench.cluster import SCRATCH, Bench, drop_caches, du, timed
 from infra.data import protection
 from infra.sites.site import PATHS
+from infra.sites.processes import wait_for
 from playbooks import pgbackrest, postgres
 from playbooks.host import ensure_dir, run
 
@@ -29,11 +30,7 @@ def build(bench: Bench, size_gb: float, progress) -> dict:
     started = time.monotonic()
     counts = bench.seed(size_gb, progress)
     setup["seed"] = time.monotonic() - started
-    # Seeding leaves up to wal_keep_size of WAL in pg_wal, and a checkpoint keeps as many segments
-    # recycled for reuse as the last checkpoint distance (the whole seed: measured 640 MB of 1.6 GB
-    # at 1 GB) unless max_wal_size bounds them; a copy of those would measure WAL, not data.
-    bench.override(primary, WAL_TRIMMED)
-    primary.psql(["CHECKPOINT", "SELECT pg_switch_wal()", "CHECKPOINT"])
+    trim_wal(bench, progress)
     source = bench.site("warm")
     index = bench.inventory.repo_index(source.name)
     progress(f"full backup of {primary.name} into repo{index} ({source.name}'s store)")
@@ -47,6 +44,34 @@ def build(bench: Bench, size_gb: float, progress) -> dict:
     pgdata, wal = du(primary, PATHS.pgdata), du(primary, f"{PATHS.pgdata}/pg_wal")
     return {"database_bytes": pgdata - wal, "counts": counts, "repo": index, "backup_seconds": backup_seconds,
             "datadir_bytes": pgdata, "pg_wal_bytes": wal, "setup_seconds": {k: round(v, 1) for k, v in setup.items()}}
+
+
+def trim_wal(bench: Bench, progress, wanted: int = 128 * 2**20, rounds: int = 12) -> int:
+    """Leaves about `wanted` bytes in the primary's pg_wal, so cp -a copies data rather than WAL
+    (pgBackRest restores an empty pg_wal); returns what is left.
+
+    Seeding leaves wal_keep_size of old WAL, and the checkpoints during it recycle old segments
+    into future ones, as many as the checkpoint distance (measured: 640 MB of 1.6 GB at 1 GB),
+    which no checkpoint removes until the WAL has passed them. So the primary restarts with
+    wal_keep_size 0 and max_wal_size 64MB, then switches through the future segments (a logical
+    message each, so that every switch moves on), and once the archiver has caught up a
+    checkpoint removes them instead of recycling them.
+    """
+    primary = bench.primary
+    bench.override(primary, WAL_TRIMMED)
+    left = du(primary, f"{PATHS.pgdata}/pg_wal")
+    for _ in range(rounds):
+        if left <= wanted:
+            break
+        segments = int(primary.service().run(f"ls {PATHS.pgdata}/pg_wal | grep -c '^[0-9A-F]*$'").stdout)
+        primary.psql(["SELECT pg_logical_emit_message(false, 'bench', 'trim'), pg_switch_wal()"] * segments,
+                     timeout=600)
+        wait_for(lambda: not primary.service().run(f"ls {PATHS.pgdata}/pg_wal/archive_status | grep -q ready",
+                                                   warn=True).ok, 300, "the archiver to catch up", 0.5)
+        primary.psql(["CHECKPOINT", "SELECT pg_switch_wal()", "CHECKPOINT"])
+        left = du(primary, f"{PATHS.pgdata}/pg_wal")
+        progress(f"pg_wal at {left / 2**20:.0f} MB")
+    return left
 
 
 def run_copy(bench: Bench) -> float:
