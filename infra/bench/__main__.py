@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from infra.bench import chart, cluster, drills, overhead, report, restore
+from infra.bench import chart, cluster, drills, overhead, report, restore, stats
 from infra.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,10 +161,10 @@ def notes(result: dict) -> list[str]:
                f"wrote {m['datadir_bytes'] / 2**20:.0f} MB, and it reads an lz4-compressed repository with two "
                "processes: that is how it can beat the plain copy, and with a spread near 100% on cp -a a ratio "
                "above 1 means 'about the copy's speed' rather than 'faster than the disk'.")
-              for m in result.get("restore", []) if m.get("restored_bytes")][-1:]
+              for m in result.get("restore", []) if m.get("restored_bytes") and _beats_copy(m)][-1:]
     if result.get("overhead", {}).get("tps"):
-        lines.append("pgbench runs of 20 s vary by 5-15% between repetitions (see the per-run tps): the overhead "
-                     "percentages are medians and differ by several points from run to run. A negative cost means "
+        lines.append("pgbench runs of 20 s vary between repetitions (see the per-run tps; 5-15% on a quiet machine): "
+                     "the overhead percentages are medians and differ by several points from run to run. A negative cost means "
                      "that mode's median beat `off`; protection does not speed the primary up, so read it as that "
                      "row's noise.")
     else:
@@ -172,9 +172,15 @@ def notes(result: dict) -> list[str]:
                      "the in-process figures below are the latest.")
     if any(m.get("cache_note") for m in result.get("restore", [])):
         lines.append("Dropping the page cache failed during the run: " + result["restore"][0]["cache_note"])
+    lines += result.get("conditions", [])  # what the person who ran it saw of the machine (added before --render)
     broken = [d for d in result.get("drills", []) if d["result"] == "error"]
     lines += [f"The {d['scenario']} drill at {d['size_gb']:g} GB produced no figures: {d['error']}" for d in broken]
     return lines
+
+
+def _beats_copy(measured: dict) -> bool:
+    row = stats.restore_row(measured)
+    return (row.get("pgbackrest_vs_copy") or 0) > 1
 
 
 def render(result_file: Path, out: Path) -> int:

@@ -185,8 +185,9 @@ def markdown(result: dict, chart: str | None = "img/benchmarks.png") -> str:
                    "loopback (`failover local up`), every engine action on a site over SSH. `RTO cut-off` runs from the "
                    "cut-off to the first canary write acknowledged through DNS. The canary caches the DNS answer for its "
                    "TTL like any client, so where in its cache period the cut-off falls decides much of that figure "
-                   "(it can be well under the TTL). `runbook to reads` is the runbook's time from its start (right at "
-                   "the cut-off) until DNS serves the new site (`verify_dns`): a restored site may still replay WAL "
+                   "(it can be well under the TTL). `runbook to reads` is the runbook's time from its first step (about "
+                   "half a second after the cut-off over SSH: see `command to writes`) until DNS serves the new site "
+                   "(`verify_dns`): a restored site may still replay WAL "
                    "then, and serves reads meanwhile. `runbook to writes` runs until its app also takes writes "
                    "(`verify_app`), the wait a client whose cache just expired has beyond the TTL. `command to "
                    "writes` runs from the `failover run` command's start instead, so it adds the plan made before "
@@ -301,7 +302,7 @@ def step_comparison(result: dict) -> tuple[list[str], list[list[str]]]:
 
 
 BEFORE_TITLES = {"targets": "Targets from issue 8", "restore": "Restore throughput", "drills": "Drills",
-                 "steps": "Runbook steps (seconds)", "overhead": "Overhead of protection on the primary",
+                 "steps": "Runbook steps, seconds", "overhead": "Overhead of protection on the primary",
                  "cpu": "Where protection's CPU went while pgbench ran (% of one core)"}
 
 
