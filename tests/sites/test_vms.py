@@ -37,10 +37,15 @@ def cloud():
         inventory = vms.up(spec, 3, PREFIX)
         yield vms, inventory, spec
     finally:
-        vms.down()
-        left = _mounts_under(directory)
-        shutil.rmtree(directory, ignore_errors=True)
-        assert not left, f"mounts left behind: {left}"
+        try:
+            vms.down()
+        finally:
+            # Never rmtree while something is mounted below: it would follow a VM's bind mount
+            # of /dev into the machine's own.
+            left = _mounts_under(directory)
+            if not left:
+                shutil.rmtree(directory, ignore_errors=True)
+        assert not left, f"mounts left behind (not removing {directory}): {left}"
 
 
 def sites_of(vms: LocalVms, inventory: Inventory) -> dict[str, Site]:
