@@ -8,6 +8,7 @@ import pytest
 
 from infra.dns.local import DEFAULT_PORT
 from infra.errors import FailoverError
+from infra.sites.localvms import LocalVms
 from infra.sites.vmcloud import VmCloud
 from infra.spec import load_spec
 
@@ -20,7 +21,13 @@ SPEC = load_spec(ROOT / "Pulumi.yaml")
     (53, DEFAULT_PORT, "a DNS provider"),
     (1, SPEC.app.port, "aws's app"),
 ])
-def test_a_new_local_cloud_refuses_a_prefix_where_something_already_answers(tmp_path, host, port, named):
+def test_a_new_local_cloud_refuses_a_prefix_where_something_already_answers(tmp_path, monkeypatch, host, port, named):
+    def past_the_check(*args, **kwargs):
+        raise AssertionError("`local up` went past its checks")
+
+    # Should the check ever miss, the test must not go on to boot VMs (and mount /dev) in tmp_path.
+    monkeypatch.setattr(VmCloud, "_replication_secret", past_the_check)
+    monkeypatch.setattr(LocalVms, "up", past_the_check)
     address = f"{PREFIX}.{host}"
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
