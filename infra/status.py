@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from infra.data import media as media_config
+from infra.data import protection
 from infra.data.storage import storage_for
 from infra.sites.contract import Inventory
 from infra.sites.fleet import Fleet
@@ -19,7 +20,6 @@ from playbooks import media, pgbackrest
 
 LAG_SECONDS = ("CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
                "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END")
-RCLONE_CONF = f"{PATHS.pgbackrest_dir}/rclone.conf"
 
 def replica_lag(primary: Site | None, replica: Site) -> tuple[float | None, int | None]:
     """Seconds and bytes the replica's replay is behind the primary, both read on the replica.
@@ -41,12 +41,16 @@ def replica_lag(primary: Site | None, replica: Site) -> tuple[float | None, int 
     return (float(seconds) if seconds else None), (int(lag_bytes) if lag_bytes else None)
 
 
+def _entry(inventory, index: int, name: str, error: str | None = None) -> dict:
+    repo = inventory.site(name).repository
+    return {"name": f"repo{index}", "index": index, "site": name, "type": repo.type,
+            "location": storage_for(repo.type).describe(repo),
+            "last_backup": None, "last_archived_wal": None, "backups": 0, "error": error}
+
+
 def repository(c, config: str, index: int, inventory, name: str) -> dict:
     """Site `name`'s repository as seen from the host `c` runs on (its pgBackRest config `config`)."""
-    repo = inventory.site(name).repository
-    entry = {"name": f"repo{index}", "index": index, "site": name, "type": repo.type,
-             "location": storage_for(repo.type).describe(repo),
-             "last_backup": None, "last_archived_wal": None, "backups": 0, "error": None}
+    entry, repo = _entry(inventory, index, name), inventory.site(name).repository
     if not storage_for(repo.type).reachable(c, repo):
         entry["error"] = f"unreachable: {entry['location']} does not answer from {getattr(c, 'host', 'here')}"
         return entry
@@ -82,20 +86,12 @@ def probe_host(fleet: Fleet, inventory: Inventory, prefer: str | None = None) ->
     return None
 
 
-def rclone_conf(site: Site, inventory: Inventory) -> str:
-    """Writes the rclone config of every site's bucket on the site's host and returns its path.
-
-    Over SFTP (Site.write): it holds the stores' credentials, which must not reach a command line."""
-    site.write(RCLONE_CONF, media_config.render(inventory))
-    return RCLONE_CONF
-
-
 def collect(fleet: Fleet, check_media: bool = True) -> dict:
     inventory = fleet.inventory()
     active = fleet.site(inventory.active)
     primary = active if fleet.reachable(active.name) and active.recovery_state() is False else None
     host = probe_host(fleet, inventory)
-    conf = rclone_conf(host, inventory) if host and check_media else None
+    conf = protection.install_rclone(host.service(), inventory, PATHS) if host and check_media else None
     report = [_site(fleet, inventory, site, primary, host, conf) for site in fleet.sites()]
     return {"active": inventory.active, "epoch": inventory.epoch, "sites": report}
 
@@ -121,11 +117,8 @@ def _site(fleet: Fleet, inventory: Inventory, site: Site, primary: Site | None, 
 def _repository(host: Site | None, inventory: Inventory, name: str) -> dict:
     index = inventory.repo_index(name)
     if host is None:
-        repo = inventory.site(name).repository
-        return {"name": f"repo{index}", "index": index, "site": name, "type": repo.type,
-                "location": storage_for(repo.type).describe(repo), "last_backup": None,
-                "last_archived_wal": None, "backups": 0,
-                "error": "no reachable site with a pgBackRest config to read it from: run `failover sites protect`"}
+        return _entry(inventory, index, name,
+                      "no reachable site with a pgBackRest config to read it from: run `failover sites protect`")
     return repository(host.service(), PATHS.config, index, inventory, name)
 
 

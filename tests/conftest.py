@@ -36,6 +36,19 @@ def remove_unmounted(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def processes_rooted_under(path: Path) -> list[int]:
+    """PIDs whose root directory (/proc/PID/root) lies below `path`: a VM's processes."""
+    rooted = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "root").startswith(str(path)):
+                    rooted.append(int(entry.name))
+            except OSError:
+                continue  # ended meanwhile
+    return rooted
+
+
 @pytest.fixture
 def service_tmp():
     path = service_dir("t")

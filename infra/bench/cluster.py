@@ -23,7 +23,6 @@ from infra.sites.site import CONF_DIR, Site, SshSettings
 from infra.sites.tls import CertificateAuthority
 from infra.sites.vm import _mounts_under
 from infra.spec import Spec
-from playbooks.postgres import BIN as PG_BIN
 from playbooks.postgres import render_settings
 
 PREFIX = "127.0.50"

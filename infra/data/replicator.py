@@ -6,8 +6,9 @@ directly on the host. Each round re-reads the Inventory file, which the runbook 
 it names another site active, this host is no longer the primary and the protector does
 nothing until it is named again. Two loops run side by side, each every second:
 - WAL: repositories that this host cannot reach are left out of its pgBackRest config, and put
-  back (with a backup into them) when they answer again: pgBackRest's archive-push fails for all
-  repositories while one is down, so one dead store would otherwise hold WAL back from all;
+  back (with a backup into them) when they answer again: while one repository is down,
+  archive-push still copies each segment into the others but exits non-zero, so PostgreSQL keeps
+  the segment `.ready`, its archiver stalls and pg_wal grows on the primary;
 - media: the active site's bucket is copied to every other bucket this host can reach.
 A pilot-light's WAL stream is not the protector's: `sites protect` runs pg_receivewal there.
 Every problem is logged with the site's name; the other sites keep being protected.

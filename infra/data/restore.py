@@ -21,10 +21,10 @@ from infra.errors import FailoverError
 from infra.sites.contract import Inventory
 from infra.sites.fleet import Fleet
 from infra.sites.processes import wait_for
-from infra.sites.protect import TLS_SETTINGS, WALSTREAM_PROGRAM
+from infra.sites.protect import WALSTREAM_PROGRAM, site_settings
 from infra.sites.site import PATHS, SETTINGS_FILE, Site
 from infra.spec import Spec
-from infra.status import newest_repository, probe_host, rclone_conf, repository
+from infra.status import newest_repository, probe_host, repository
 from playbooks import media, pgbackrest, postgres
 from playbooks.host import run as host_run
 
@@ -48,7 +48,7 @@ def snapshot(fleet: Fleet, spec: Spec, kind: str, progress) -> dict:
     results += [protection.prestage(s.service(), inventory, s.name, PATHS, s.port, skip) for s in fleet.sites()
                 if s.role == "pilot-light" and s.name not in skip | {active.name} and not s.db_running()]
     targets = [n for n in inventory.names if n != active.name and n not in skip]
-    results += protection.sync_media(c, rclone_conf(active, inventory), inventory, active.name, targets)
+    results += protection.sync_media(c, protection.install_rclone(c, inventory, PATHS), inventory, active.name, targets)
     skipped = [{"repo": f"repo{inventory.repo_index(n)}", "site": n,
                 "location": inventory.site(n).repository.options.get("path", ""), "ok": False, "seconds": 0,
                 "error": f"site unreachable: host {fleet.site(n).db_host} does not answer SSH"} for n in sorted(skip)]
@@ -136,7 +136,7 @@ def restore(fleet: Fleet, spec: Spec, the_plan: RestorePlan, progress) -> dict:
              + (f" to {the_plan.target_time}" if the_plan.target_time else ""))
     restore_database(target, inventory, index, set(the_plan.skip), the_plan.target_time)
     progress(f"copying media from {source_site}'s bucket")
-    conf = rclone_conf(target, inventory)
+    conf = protection.install_rclone(target.service(), inventory, PATHS)
     copied = media.copy(target.service(), conf, media_config.bucket(inventory, source_site),
                         media_config.bucket(inventory, target.name))
     seconds = round(time.monotonic() - started, 2)
@@ -160,13 +160,13 @@ def restore_database(site: Site, inventory: Inventory, index: int, skip: set[str
     c = site.service()
     if site.db_running():
         site.cluster("stop", mode="immediate")
-    site.root().run(f"supervisorctl stop {WALSTREAM_PROGRAM}", warn=True)  # a pilot-light's WAL receiver
+    site.supervise(WALSTREAM_PROGRAM, "stop")  # a pilot-light's WAL receiver
     protection.install_pgbackrest(c, inventory, site.name, PATHS, site.port, skip)
     c.run(f"rm -f {PATHS.archive_off}")  # left by a promotion that never finished: recovery needs the archive
     pgbackrest.restore(c, PATHS.config, index, pgbackrest_time(target_time) if target_time else None,
                        archive_off=False, restore_command=protection.restore_command(PATHS))
     complete_partial_segments(c, PATHS.wal_stream)
-    settings = {**protection.pg_settings(site.address, site.port, PATHS), **TLS_SETTINGS, "archive_mode": "off"}
+    settings = {**site_settings(site, site, None, False), "archive_mode": "off"}  # a primary's, TLS included
     site.write(SETTINGS_FILE, postgres.render_settings(settings))
     site.cluster("start")
     if wait:

@@ -178,12 +178,12 @@ def protect(run: Run) -> dict:
     the first follower (a warm one first) is P's synchronous standby."""
     detail = steps.protect_again(run)
     old = run.fleet.site(run.source)
-    followers = [n for n, did in detail["did"].items() if any("replica" in d for d in did)]
+    # protect made every reachable warm site a replica of P; they come first as standbys.
+    followers = [s.name for s in run.fleet.sites()
+                 if s.role == "warm" and s.name != run.target and s.name not in detail["skipped"]]
     if old.role not in ("pilot-light", "warm") and run.reachable(old.name):
         clone_replica(old, run.site, run.spec.database.replication == "sync")
         followers.append(old.name)
-    warm = {s.name for s in run.fleet.sites() if s.role == "warm"}
-    followers.sort(key=lambda name: name not in warm)
     if run.spec.database.replication == "sync" and followers:
         _sql(run, run.site, f"ALTER SYSTEM SET synchronous_standby_names = '\"{followers[0]}\"'", warn=False)
         _sql(run, run.site, "SELECT pg_reload_conf()", warn=False)

@@ -222,7 +222,7 @@ def fence_returning(fleet: Fleet, spec: Spec, project: Path, running_to: str | N
             continue
         config = site.app_config()
         stale_app = config and not config.get("fenced") and int(config.get("epoch", 0)) < inventory.epoch
-        stale_primary = site.db_running() and site.recovery_state() is False
+        stale_primary = site.recovery_state() is False  # it answers, and not as a standby
         if stale_app or stale_primary:
             result[site.name] = steps_mod.fence_site(run, site.name)
     return result

@@ -35,7 +35,7 @@ from infra.sites import services
 from infra.sites.contract import Inventory
 from infra.sites.fleet import Fleet
 from infra.sites.processes import wait_for
-from infra.sites.site import PATHS, PROTECTOR_PROGRAM, Site
+from infra.sites.site import PATHS, Site
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
 from infra.status import newest_repository
@@ -205,7 +205,7 @@ def fence_site(run: Run, name: str) -> str:
     config = site.app_config()
     if config and not config.get("fenced"):
         site.write_app_config({**config, "fenced": True})
-    site.supervise(PROTECTOR_PROGRAM, "stop")
+    services.stop_protector(site)
     stopped = False
     # A running cluster that is not a standby is stopped, whether it answers or not.
     if site.db_running() and site.recovery_state() is not True:

@@ -10,6 +10,7 @@ answer is kept for the Fleet's life unless `refresh=True`, so a runbook asks eac
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from infra.data.storage import Store, StoreError, put_all
@@ -29,7 +30,6 @@ class Fleet:
         self.ssh = ssh or SshSettings.from_env(self.workdir / VM_SSH_DIR)
         self.app_port = app_port
         self.reach_timeout = reach_timeout
-        self.last_publish_errors: list[str] = []
         self._sites: dict[str, Site] = {}
         self._reachable: dict[str, bool] = {}
 
@@ -61,7 +61,12 @@ class Fleet:
         return self._reachable[name]
 
     def unreachable(self, refresh: bool = False) -> set[str]:
-        return {s.name for s in self.sites() if not self.reachable(s.name, refresh)}
+        """The sites that do not answer SSH; those not asked yet are asked at once (a dead host
+        costs up to the timeout, and a plan should not pay it once per site)."""
+        names = [s.name for s in self.sites()]
+        with ThreadPoolExecutor(max_workers=len(names) or 1) as pool:
+            answers = dict(zip(names, pool.map(lambda n: self.reachable(n, refresh), names)))
+        return {name for name, answered in answers.items() if not answered}
 
     def forget(self, name: str) -> None:
         """Asks again next time: a site was fenced, dropped or started since."""
@@ -74,12 +79,11 @@ class Fleet:
         """Saves the inventory and puts a copy into every store that answers; returns those sites.
 
         A failover must never depend on the dropped provider: each site's store carries the
-        whole list. A store that does not answer is left out (in `last_publish_errors`)."""
+        whole list. A store that does not answer is left out; none answering is an error."""
         inventory.save(self.inventory_file)
-        copied, self.last_publish_errors = put_all([Store(s) for s in inventory.sites], INVENTORY_COPY,
-                                                   inventory.to_json().encode())
+        copied, errors = put_all([Store(s) for s in inventory.sites], INVENTORY_COPY, inventory.to_json().encode())
         if not copied:
-            raise StoreError("the inventory reached no site's store: " + "; ".join(self.last_publish_errors))
+            raise StoreError("the inventory reached no site's store: " + "; ".join(errors))
         return copied
 
     def close(self) -> None:

@@ -2,8 +2,8 @@
 
 The layout under its directory (by default <workdir>/vms):
 
-    cloud.json          the sites, their roles and addresses, and the sha256 of the Inventory that
-                        `local up` wrote beside the VMs (a dropped VM is one without processes)
+    cloud.json          the sites, their roles and addresses, and the sha256 of the sites' outputs in
+                        the Inventory that `local up` wrote (a dropped VM is one without processes)
     inventory.json      the sites' SiteOutputs, exactly what Pulumi stacks export
     ssh/                the toolkit's key and the known_hosts it owns (host keys known ahead)
     stores/<site>/      each site's object store: pgbackrest/ (repository) and media/ (bucket);
@@ -78,7 +78,6 @@ class LocalVms:
     def record_inventory(self, text: str) -> None:
         """Remembers the Inventory that `local up` wrote, so that only that one is ever removed."""
         data = self.state()
-        data["inventory_sha256"] = hashlib.sha256(text.encode()).hexdigest()
         data["sites_sha256"] = sites_digest(text)
         self.state_file.write_text(json.dumps(data, indent=2))
 
@@ -88,11 +87,8 @@ class LocalVms:
         this cloud's addresses and store paths."""
         if not (self.exists and path.exists()):
             return False
-        data, text = self.state(), path.read_text()
-        if data.get("inventory_sha256") == hashlib.sha256(text.encode()).hexdigest():
-            return True
         try:
-            return data.get("sites_sha256") == sites_digest(text)
+            return self.state().get("sites_sha256") == sites_digest(path.read_text())
         except (ValueError, KeyError, TypeError):  # not an Inventory at all: not ours
             return False
 

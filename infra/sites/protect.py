@@ -29,9 +29,10 @@ from infra.app import seed as app_seed
 from infra.data import pgbackrest as pgbr_config
 from infra.data import protection
 from infra.data.pgbackrest import STANZA
+from infra.sites import services
 from infra.sites.contract import Inventory
 from infra.sites.processes import wait_for
-from infra.sites.site import CONF_DIR, DB_VERSION, PATHS, SERVICE_USER, Site, SiteError
+from infra.sites.site import CONF_DIR, DB_VERSION, PATHS, Site, SiteError
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
 from playbooks import pgbackrest, postgres
@@ -129,8 +130,8 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
     sync = spec.database.replication == "sync"
     for site in peers:
         progress(f"{site.name}: TLS certificate, settings and pg_hba")
-        if site.role == "pilot-light" and site is not primary and _running(site):
-            _cluster(site, "stop")  # it runs no database, only the WAL receiver: no restart for its settings
+        if site.role == "pilot-light" and site is not primary and site.db_running():
+            site.cluster("stop")  # it runs no database, only the WAL receiver: no restart for its settings
         _tls(site, ca)
         _configure(site, site_settings(site, primary, None, sync), [p for p in peers if p is not site], report)
         if password is not None:
@@ -186,17 +187,6 @@ def _check(inventory: Inventory, sites: dict[str, Site], primary: Site, report: 
     return reachable
 
 
-def _cluster(site: Site, action: str) -> None:
-    """Starts/stops/restarts the cluster with systemd where it runs, pg_ctlcluster elsewhere."""
-    unit = f"postgresql@{DB_VERSION}-main"
-    site.root().run(f"if [ -d /run/systemd/system ]; then systemctl {action} {unit}; "
-                    f"else pg_ctlcluster {DB_VERSION} main {action}; fi", timeout=180)
-
-
-def _running(site: Site) -> bool:
-    return site.service().run(f"pg_ctlcluster {DB_VERSION} main status", warn=True).ok
-
-
 def _has_certificate(site: Site) -> bool:
     """The host holds a key, the CA's certificate and a server certificate for its address that
     is valid for 30 more days: nothing to issue (an operator without the CA can still protect)."""
@@ -224,19 +214,19 @@ def _configure(site: Site, values: dict[str, str], peers: list[Site], report: Pr
     """Settings and pg_hba; a running cluster reloads, or restarts when archive_mode must change."""
     site.write(SETTINGS_FILE, postgres.render_settings(values))
     site.write(f"{CONF_DIR}/pg_hba.conf", "\n".join(hba_lines(site, peers)) + "\n")
-    if not _running(site):
+    if not site.db_running():
         return
     if site.psql("SHOW archive_mode", warn=True).stdout.strip() == "on":
         site.psql("SELECT pg_reload_conf()")
     else:
-        _cluster(site, "restart")
+        site.cluster("restart")
         report.did(site.name, "restarted (archive_mode)")
 
 
 def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str | None, skip: set[str],
              report: ProtectReport) -> None:
-    if not _running(primary):
-        _cluster(primary, "start")
+    if not primary.db_running():
+        primary.cluster("start")
     if password is not None:
         verifier = scram_verifier(password)
         role = f"{REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD '{verifier}'"
@@ -291,14 +281,14 @@ def _replica(site: Site, primary: Site, fresh: bool = False) -> str:
         return "replica: already streaming"
     if site.role == "pilot-light":  # its WAL receiver would hold the slot's name and stream twice
         site.supervise(WALSTREAM_PROGRAM, "stop")
-    if _running(site):
-        _cluster(site, "stop")
+    if site.db_running():
+        site.cluster("stop")
     c = site.service()
     c.run(f"rm -rf {PATHS.pgdata} && mkdir -m 700 {PATHS.pgdata}")
     c.run(shlex.join(["pg_basebackup", "-D", PATHS.pgdata, "-X", "stream", "-c", "fast",
                       "-d", conninfo(primary, site.name)]), timeout=3600)
     c.run(f"touch {PATHS.pgdata}/standby.signal")
-    _cluster(site, "start")
+    site.cluster("start")
     wait_for(lambda: streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}", 0.3)
     return "replica: cloned over TLS, streaming"
 
@@ -330,11 +320,8 @@ def _wal_stream(site: Site, primary: Site) -> str:
     ensure_dir(site.service(), PATHS.wal_stream)
     command = shlex.join([f"/usr/lib/postgresql/{DB_VERSION}/bin/pg_receivewal", "-D", PATHS.wal_stream, "-S", slot,
                           "-w", "-d", conninfo(primary, site.name)])
-    program = (f"[program:{WALSTREAM_PROGRAM}]\ncommand={command}\nuser={SERVICE_USER}\nautorestart=true\n"
-               f"startretries=1000\nredirect_stderr=true\n"
-               f"stdout_logfile=/var/log/postgresql/{WALSTREAM_PROGRAM}.log\n")
-    site.write(f"/etc/supervisor/conf.d/{WALSTREAM_PROGRAM}.conf", program, owner="root", mode="644")
-    site.root().run("supervisorctl reread >/dev/null && supervisorctl update >/dev/null")
+    # The toolkit's code may not be on the host yet (protect comes first): it runs from the stream's directory.
+    services.run_program(site, WALSTREAM_PROGRAM, command, directory=PATHS.wal_stream)
     wait_for(lambda: streams_to(primary, site.name), 60,
              f"{site.name}'s pg_receivewal to stream from {primary.name}", 0.3)
     return "WAL stream: pg_receivewal streaming over TLS"

@@ -11,10 +11,10 @@ bootstrap starts supervisord: a systemd unit on cloud VMs, the daemon itself in 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import shlex
-import secrets
 import tarfile
 from pathlib import Path
 
@@ -46,6 +46,7 @@ def toolkit_files(root: Path = ROOT) -> list[Path]:
     return files
 
 
+@functools.lru_cache(maxsize=4)  # the same sources for every host of one command
 def toolkit_archive(root: Path = ROOT) -> tuple[bytes, str]:
     """A gzipped tar of the toolkit's sources (root-owned, world-readable) and their content hash.
 
@@ -70,10 +71,8 @@ def install_toolkit(site: Site, root: Path = ROOT) -> bool:
     archive, version = toolkit_archive(root)
     if site.root().run(f"cat {VERSION_FILE}", warn=True).stdout.strip() == version:
         return False
-    sftp = site.connection().sftp()
-    staged = f"{sftp.normalize('.')}/.failover-toolkit-{secrets.token_hex(8)}.tar.gz"  # the SSH user's home
-    with sftp.open(staged, "wb") as remote:
-        remote.write(archive)
+    staged = f"{TOOLKIT_DIR}.tar.gz"
+    site.write(staged, archive, owner="root")
     new, old = f"{TOOLKIT_DIR}.new", f"{TOOLKIT_DIR}.old"
     script = (f"set -e; trap 'rm -f {staged}' EXIT; rm -rf {new} {old}; mkdir -p {new}; "
               f"tar -xzf {staged} -C {new} --no-same-owner --no-same-permissions; chmod -R u=rwX,go=rX {new}; "
@@ -93,11 +92,11 @@ def run_toolkit(site: Site, module: str, *args: str, timeout: float = 600):
 
 # ---------------------------------------------------------------- supervisor programs
 
-def program(name: str, command: str, autostart: bool = True) -> str:
-    """A supervisor program running `command` from TOOLKIT_DIR as the service user, restarted
+def program(name: str, command: str, autostart: bool = True, directory: str = TOOLKIT_DIR) -> str:
+    """A supervisor program running `command` in `directory` as the service user, restarted
     whenever it exits (the app and the protector must outlive their own bugs and the database's).
     `autostart=False`: it starts only when the engine says so, not whenever supervisord starts."""
-    return (f"[program:{name}]\ncommand={command}\ndirectory={TOOLKIT_DIR}\nuser={SERVICE_USER}\n"
+    return (f"[program:{name}]\ncommand={command}\ndirectory={directory}\nuser={SERVICE_USER}\n"
             f"environment=HOME=\"/var/lib/postgresql\",PYTHONDONTWRITEBYTECODE=\"1\"\n"
             f"autostart={str(autostart).lower()}\nautorestart=true\nstartsecs=1\nstartretries=1000\nstopasgroup=true\n"
             f"redirect_stderr=true\nstdout_logfile={LOG_DIR}/{name}.log\n")
@@ -121,17 +120,13 @@ def start_script(name: str, seconds: int = 15) -> str:
             f"sleep 0.25; done; tail -n 5 {LOG_DIR}/{name}.log; exit 1")
 
 
-def _run_program(site: Site, name: str, command: str, autostart: bool = True) -> None:
+def run_program(site: Site, name: str, command: str, autostart: bool = True, directory: str = TOOLKIT_DIR) -> None:
     """Installs (or updates) the program and starts it unless it runs; a changed command restarts it."""
-    site.write(f"{PROGRAM_DIR}/{name}.conf", program(name, command, autostart), owner="root", mode="644")
+    site.write(f"{PROGRAM_DIR}/{name}.conf", program(name, command, autostart, directory), owner="root", mode="644")
     result = site.root().run(start_script(name), warn=True, timeout=120)
     if not result.ok:
         raise SiteError(f"site {site.name}: host {site.db_host}: {name} does not stay up: "
                         f"{(result.stdout + result.stderr).strip()[-400:]}; see {LOG_DIR}/{name}.log there")
-
-
-def _stop_program(site: Site, name: str) -> None:
-    site.supervise(name, "stop")
 
 
 # ---------------------------------------------------------------- the app
@@ -174,11 +169,7 @@ def start_app(site: Site, config: dict) -> None:
     """Writes the app's config and makes sure the app runs; a running app picks a new config up
     by itself (it re-reads the file when it changes), so only a stopped one is started."""
     site.write_app_config(config)
-    _run_program(site, APP_PROGRAM, f"python3 -m infra.app.server {APP_CONFIG}")
-
-
-def stop_app(site: Site) -> None:
-    _stop_program(site, APP_PROGRAM)
+    run_program(site, APP_PROGRAM, f"python3 -m infra.app.server {APP_CONFIG}")
 
 
 # ---------------------------------------------------------------- the protector
@@ -204,11 +195,11 @@ def start_protector(site: Site, inventory: Inventory) -> None:
     write_inventory(site, inventory)
     # Not started by supervisord on its own: an old primary given back after a failover still has
     # an inventory naming itself active, and would copy its stale bucket over the others' objects.
-    _run_program(site, PROTECTOR_PROGRAM, protector_command(site.name), autostart=False)
+    run_program(site, PROTECTOR_PROGRAM, protector_command(site.name), autostart=False)
 
 
 def stop_protector(site: Site) -> None:
-    _stop_program(site, PROTECTOR_PROGRAM)
+    site.supervise(PROTECTOR_PROGRAM, "stop")
 
 
 def describe(config: dict) -> str:

@@ -201,7 +201,7 @@ class Site:
                             f"without a password ({result.stderr.strip() or 'sudo -n refused'}); grant it "
                             f"NOPASSWD sudo (/etc/sudoers.d/{self.outputs.ssh_user})")
 
-    def write(self, path: str, text: str, owner: str = SERVICE_USER, mode: str = "600") -> None:
+    def write(self, path: str, text: str | bytes, owner: str = SERVICE_USER, mode: str = "600") -> None:
         """Writes a file on the database host over SFTP, then moves it in place as root.
 
         The content never appears on a command line (sudo logs those; configs hold passwords):
@@ -213,7 +213,7 @@ class Site:
             staged = f"{sftp.normalize('.')}/.failover-upload-{secrets.token_hex(8)}"
             with sftp.open(staged, "w") as remote:
                 remote.chmod(0o600)
-                remote.write(text.encode())
+                remote.write(text.encode() if isinstance(text, str) else text)
         command = (f"install -o {owner} -g {owner} -m {mode} {shlex.quote(staged)} {shlex.quote(path)}; "
                    f"status=$?; rm -f {shlex.quote(staged)}; exit $status")
         result = self.root().run(command, warn=True)
@@ -230,7 +230,6 @@ class Site:
         for statement in [sql] if isinstance(sql, str) else sql:
             argv += ["-c", statement]
         return self.service().run(shlex.join(argv), warn=warn, timeout=timeout)
-
 
     # -------------------------------------------------------- the database's service
 
@@ -271,7 +270,10 @@ class Site:
     def supervise(self, program: str, action: str) -> None:
         """supervisorctl start/stop/restart of one of the toolkit's programs on the database host."""
         result = self.root().run(f"supervisorctl {action} {program}", warn=True, timeout=60)
-        settled = ("ALREADY_STARTED", "NOT_RUNNING") + (("no such process",) if action == "stop" else ())
+        # Stopping what is not there is done: no such program, or no supervisord at all (a host
+        # given back after a drop runs none until something starts it).
+        gone = ("no such process", "refused connection", "no such file") if action == "stop" else ()
+        settled = ("ALREADY_STARTED", "NOT_RUNNING") + gone
         if not result.ok and not any(word in result.stdout + result.stderr for word in settled):
             raise SiteError(f"site {self.name}: host {self.db_host}: supervisorctl {action} {program} failed: "
                             f"{(result.stdout + result.stderr).strip()[-300:]}")

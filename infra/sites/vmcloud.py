@@ -36,7 +36,7 @@ from infra.sites import services
 from infra.sites.contract import Inventory
 from infra.sites.fleet import Fleet
 from infra.sites.localvms import LocalVms, plan
-from infra.sites.processes import port_answers
+from infra.sites.processes import port_answers, wait_for
 from infra.sites.protect import PASSWORD_REF, protect
 from infra.sites.site import APP_PROGRAM, PATHS, Site, SiteError, SshSettings
 from infra.sites.tls import CertificateAuthority
@@ -268,13 +268,13 @@ def start_services(inventory: Inventory, sites: dict[str, Site], spec: Spec) -> 
 
 
 def wait_writable(primary: Site, spec: Spec, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not (primary.healthz() or {}).get("writable"):
-        if time.monotonic() > deadline:
-            raise SiteError(f"site {primary.name}: the app on {primary.outputs.public_addresses[0]}:{spec.app.port} "
-                            f"does not take writes after {seconds:.0f} s (healthz: {primary.healthz()}); see "
-                            f"{services.LOG_DIR}/{APP_PROGRAM}.log on host {primary.db_host}")
-        time.sleep(0.2)
+    where = f"the app on {primary.outputs.public_addresses[0]}:{spec.app.port}"
+    try:
+        wait_for(lambda: (primary.healthz() or {}).get("writable"), seconds, f"{where} to take writes", 0.2)
+    except TimeoutError:
+        raise SiteError(f"site {primary.name}: {where} does not take writes after {seconds:.0f} s (healthz: "
+                        f"{primary.healthz()}); see {services.LOG_DIR}/{APP_PROGRAM}.log on host "
+                        f"{primary.db_host}") from None
 
 
 def start_dns(workdir: Path, spec: Spec, inventory: Inventory, prefix: str) -> list[dict]:

@@ -1,7 +1,6 @@
 """The bench's pure arithmetic and rendering, tested with data (no timing, no processes)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 

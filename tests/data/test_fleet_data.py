@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -17,20 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from infra import status
-from infra.data import integrity, restore, scratch
+from infra.data import integrity, protection, restore, scratch
 from infra.data.storage import Store
 from infra.errors import FailoverError
 from infra.sites.fleet import Fleet
 from infra.sites.localvms import LocalVms
 from infra.sites.processes import wait_for
 from infra.sites.protect import protect
-from infra.sites.site import KEY_ENV, KNOWN_HOSTS_ENV, Site, SshSettings
+from infra.sites.site import KEY_ENV, KNOWN_HOSTS_ENV, PATHS, Site, SshSettings
 from infra.sites.tls import CertificateAuthority
-from infra.sites.vm import _mounts_under
 from infra.spec import load_spec
 from infra.status import repository
-from tests.conftest import ROOT, failover, failover_json
+from tests.conftest import ROOT, failover, failover_json, remove_unmounted
 
 pytestmark = pytest.mark.integration
 
@@ -92,11 +89,8 @@ def cloud():
         if fleet is not None:
             fleet.close()
         vms.down()
-        left = _mounts_under(workdir)
-        if not left:  # never rmtree across a VM's mounts (its /dev is the host's)
-            shutil.rmtree(workdir, ignore_errors=True)
         print(f"\ntimings (s): {TIMINGS}")
-        assert not left, f"mounts left behind: {left}"
+        remove_unmounted(workdir)
 
 
 def timed(name: str, fn):
@@ -176,7 +170,7 @@ def test_restore_into_the_pilot_light_verifies_against_the_live_primary(cloud):
     # A changed row is caught: verify compares checksums, not only counts.
     cloud.sql("azure", "UPDATE posts SET body = 'changed' WHERE id = 1")
     inventory, azure = cloud.fleet.inventory(), cloud.site("azure")
-    again = restore.verify(cloud.fleet, cloud.spec, inventory, azure, result["source_site"], status.RCLONE_CONF)
+    again = restore.verify(cloud.fleet, cloud.spec, inventory, azure, result["source_site"], protection.install_rclone(azure.service(), inventory, PATHS))
     assert not again["verified"] and [t for t, c in again["checks"].items() if not c["match"]] == ["posts"], again
 
 

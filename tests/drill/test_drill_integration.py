@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import failover, service_dir
+from tests.conftest import failover, remove_unmounted, service_dir
 
 PREFIX = "127.0.84"
 
@@ -37,18 +37,13 @@ def drill():
                           "--report-dir", str(reports), workdir=workdir, check=False, timeout=1200)
         yield result, reports
     finally:
-        from infra.sites.vm import _mounts_under
-
         failover("local", "down", workdir=workdir, check=False)
         if result is None or result.returncode != 0:  # keep the report and the journal: a failed drill must be explainable
             kept = Path(os.environ.get("FAILOVER_KEEP_FAILED", tempfile.gettempdir())) / f"{workdir.name}-failed"
             shutil.copytree(workdir, kept, ignore=shutil.ignore_patterns("vms"), dirs_exist_ok=True,
                             ignore_dangling_symlinks=True)
             print(f"failed drill kept in {kept}")
-        left = _mounts_under(workdir)
-        if not left:  # never rmtree across a VM's mounts (its /dev is the host's)
-            shutil.rmtree(workdir, ignore_errors=True)
-        assert not left, f"mounts left behind: {left}"
+        remove_unmounted(workdir)
 
 
 def scenario(result, name: str) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -26,15 +25,15 @@ from infra.runbook import runner
 from infra.runbook.journal import REMOTE_PATH, Journal, JournalStore
 from infra.sites import services
 from infra.sites.fleet import Fleet
+from infra.sites.processes import wait_for
 from infra.sites.protect import protect
-from infra.sites.site import KEY_ENV, KNOWN_HOSTS_ENV, PATHS, PROTECTOR_PROGRAM, Site
+from infra.sites.site import KEY_ENV, KNOWN_HOSTS_ENV, PROTECTOR_PROGRAM, Site
 from infra.sites.tls import CertificateAuthority
-from infra.sites.vm import _mounts_under
 from infra.sites.vmcloud import SECRETS_FILE, VmCloud
 from infra.spec import load_spec
 from infra.status import replica_lag
 from tests.appclient import post
-from tests.conftest import ROOT, failover, failover_json
+from tests.conftest import ROOT, failover, failover_json, processes_rooted_under, remove_unmounted
 
 pytestmark = pytest.mark.integration
 
@@ -97,32 +96,10 @@ def take_down(workdir: Path) -> None:
     """`local down`; the directory goes only when nothing is mounted below it (rmtree would
     follow a VM's bind mount of /dev into the machine's own) and no process runs in a VM."""
     down = failover("local", "down", workdir=workdir, check=False)
-    left = _mounts_under(workdir)
-    running = [pid for pid in _pids() if _root(pid).startswith(str(workdir))]
-    if not left:
-        shutil.rmtree(workdir, ignore_errors=True)
+    running = processes_rooted_under(workdir)
+    remove_unmounted(workdir)
     assert down.returncode == 0, down.stderr
-    assert not left, f"mounts left behind (not removing {workdir}): {left}"
     assert not running, f"processes left in the VMs: {running}"
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def _root(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/root")
-    except OSError:
-        return ""
-
-
-def wait_until(check, seconds: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(interval)
-    return result
 
 
 def by_name(report: dict) -> dict[str, dict]:
@@ -146,7 +123,7 @@ def archived(cloud: Cloud, name: str, segment: str) -> bool:
 
 def wait_archived(cloud: Cloud, segment: str, names: tuple[str, ...], seconds: float) -> float:
     started = time.monotonic()
-    wait_until(lambda: all(archived(cloud, n, segment) for n in names), seconds,
+    wait_for(lambda: all(archived(cloud, n, segment) for n in names), seconds,
                f"{segment} in the repositories of {', '.join(names)} (in: "
                f"{[n for n in ('aws', 'gcp', 'azure') if archived(cloud, n, segment)]})")
     return time.monotonic() - started
@@ -162,7 +139,7 @@ def test_the_warm_replica_is_synchronous_and_has_a_write_once_the_primary_acknow
     status, body = post(f"{PREFIX}.1", 1)
     assert status == 201, body
     # sync_state=sync: the commit returned after gcp flushed it; replay follows within moments.
-    wait_until(lambda: cloud.sql("gcp", f"SELECT count(*) FROM posts WHERE id = {body['id']}") == "1", 5,
+    wait_for(lambda: cloud.sql("gcp", f"SELECT count(*) FROM posts WHERE id = {body['id']}") == "1", 5,
                "the acknowledged write to be readable on gcp")
     report = by_name(failover_json("status", "--no-media", workdir=cloud.workdir))
     assert [report[n]["role"] for n in ("aws", "gcp", "azure")] == ["primary", "warm", "pilot-light"]
@@ -178,14 +155,14 @@ def _received_while_paused(cloud: Cloud) -> str:
     """Pauses gcp's replay, writes on the primary, waits until gcp received it (and a little).
 
     While replay is paused only the walreceiver's own replies can tell the primary how far it got."""
-    wait_until(lambda: cloud.sql("aws", "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'gcp' "
+    wait_for(lambda: cloud.sql("aws", "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'gcp' "
                                         "AND state = 'streaming'") == "1", 10, "gcp to stream")
     cloud.sql("gcp", "SELECT pg_wal_replay_pause()")
-    wait_until(lambda: cloud.sql("gcp", "SELECT pg_get_wal_replay_pause_state()") == "paused", 10, "replay to pause")
+    wait_for(lambda: cloud.sql("gcp", "SELECT pg_get_wal_replay_pause_state()") == "paused", 10, "replay to pause")
     # Separate statements: in one transaction pg_current_wal_lsn() would precede the write's WAL.
     lsn = cloud.site("aws").psql(["CREATE TABLE IF NOT EXISTS modes (n int)", "INSERT INTO modes VALUES (1)",
                                   "SELECT pg_current_wal_lsn()"], DB).stdout.split()[-1]
-    wait_until(lambda: cloud.sql("gcp", f"SELECT pg_last_wal_receive_lsn() >= '{lsn}'::pg_lsn") == "t", 10,
+    wait_for(lambda: cloud.sql("gcp", f"SELECT pg_last_wal_receive_lsn() >= '{lsn}'::pg_lsn") == "t", 10,
                f"gcp to receive {lsn}")
     time.sleep(0.5)
     return lsn
@@ -204,7 +181,7 @@ def test_an_async_replica_sends_no_reply_per_write_and_its_lag_is_still_measured
         seconds, lag_bytes = replica_lag(aws, gcp)
         assert lag_bytes is not None and lag_bytes > 0 and seconds is not None and seconds > 0
         cloud.sql("gcp", "SELECT pg_wal_replay_resume()")
-        wait_until(lambda: replica_lag(aws, gcp) == (0, 0), 10, "the lag to reach 0")
+        wait_for(lambda: replica_lag(aws, gcp) == (0, 0), 10, "the lag to reach 0")
     finally:
         gcp.psql("SELECT pg_wal_replay_resume()", warn=True)
         cloud.protect(SPEC)
@@ -258,7 +235,7 @@ def test_a_scratch_restore_that_differs_from_the_manifest_fails(cloud):
                           workdir=cloud.workdir, check=False)
     finally:
         aws.put(integrity.MANIFEST, original)
-        wait_until(lambda: _stores_hold(cloud, original), 20, "the original manifest back in every store", 0.5)
+        wait_for(lambda: _stores_hold(cloud, original), 20, "the original manifest back in every store", 0.5)
     assert result.returncode == 1, result.stderr
     checks = json.loads(result.stdout)["checks"]
     assert not checks["posts"]["match"] and checks["users"]["match"], checks
@@ -315,11 +292,11 @@ def test_an_unreachable_repository_is_reported_and_the_others_stay_protected(clo
     protector leaves the dead repository out, so the archiver moves on."""
     failover("local", "drop", "--site", "azure", workdir=cloud.workdir)
     cloud.fleet.forget("azure")
-    wait_until(lambda: "repositories left out: repo3 (azure)" in protector_log(cloud), 15,
+    wait_for(lambda: "repositories left out: repo3 (azure)" in protector_log(cloud), 15,
                "the protector to leave azure's repository out", 0.5)
     segment = write_and_switch(cloud, "while azure's store is gone")
     wait_archived(cloud, segment, ("aws", "gcp"), 15)
-    wait_until(lambda: archiver_reached(cloud, segment), 15, f"the primary's archiver to get past {segment}", 0.5)
+    wait_for(lambda: archiver_reached(cloud, segment), 15, f"the primary's archiver to get past {segment}", 0.5)
     report = by_name(failover_json("status", "--no-media", workdir=cloud.workdir))
     (repo,) = report["azure"]["repositories"]
     assert report["azure"]["reachable"] is False
@@ -330,12 +307,12 @@ def test_an_unreachable_repository_is_reported_and_the_others_stay_protected(clo
 
     failover("local", "restore-site", "--site", "azure", workdir=cloud.workdir)
     cloud.fleet.forget("azure")
-    wait_until(lambda: "repo3 (azure) is back: backup" in protector_log(cloud), 60,
+    wait_for(lambda: "repo3 (azure) is back: backup" in protector_log(cloud), 60,
                "the protector to back up into azure's repository again", 0.5)
     assert "repo3 (azure) is back: backup done" in protector_log(cloud), protector_log(cloud)
     later = write_and_switch(cloud, "azure is back")
     wait_archived(cloud, later, ("aws", "gcp", "azure"), 15)
-    wait_until(lambda: archiver_reached(cloud, later), 15, f"the primary's archiver to get past {later}", 0.5)
+    wait_for(lambda: archiver_reached(cloud, later), 15, f"the primary's archiver to get past {later}", 0.5)
     report = by_name(failover_json("status", "--no-media", workdir=cloud.workdir))
     assert report["azure"]["reachable"] and report["azure"]["repositories"][0]["error"] is None
     assert report["azure"]["repositories"][0]["backups"] >= 2, "no backup into it after it came back"

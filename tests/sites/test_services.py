@@ -21,10 +21,11 @@ from infra.sites import services
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
 from infra.sites.fleet import INVENTORY_COPY, Fleet
 from infra.sites.localvms import LocalVms
+from infra.sites.processes import wait_for
 from infra.sites.site import APP_PROGRAM, PATHS, PROTECTOR_PROGRAM
 from infra.sites.vm import _mounts_under
 from infra.spec import load_spec
-from tests.conftest import ROOT, failover
+from tests.conftest import ROOT, failover, processes_rooted_under, remove_unmounted
 
 pytestmark = pytest.mark.integration
 
@@ -70,17 +71,7 @@ def take_down(workdir: Path) -> None:
     """`local down`, then the directory goes, but never while something is mounted below it:
     rmtree would follow a VM's bind mount of /dev into the machine's own."""
     failover("local", "down", workdir=workdir, check=False)
-    left = _mounts_under(workdir)
-    assert not left, f"mounts left behind (not removing {workdir}): {left}"
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def wait_until(check, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(0.2)
-    return result
+    remove_unmounted(workdir)
 
 
 def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
@@ -121,7 +112,7 @@ def test_the_app_takes_writes_at_epoch_1_on_the_primary_and_serves_reads_on_the_
         status, body = http("GET", app_url("gcp", f"/posts/{post['id']}"))
         return body if status == 200 else None
 
-    assert wait_until(read_on_warm, 10, "the post to be readable on the warm site")["body"] == "written through the app"
+    assert wait_for(read_on_warm, 10, "the post to be readable on the warm site")["body"] == "written through the app"
     assert gcp.healthz()["writable"] is False and gcp.healthz()["in_recovery"] is True
     # The app is a supervisor program run as postgres, reading its database over the unix socket.
     for site in (aws, gcp):
@@ -137,7 +128,7 @@ def test_the_protector_runs_on_the_primary_and_copies_new_media_to_every_other_b
     data = os.urandom(4096)
     cloud.store("aws").put("posts/protector-test.bin", data)
     for name in ("gcp", "azure"):
-        wait_until(lambda: _holds(cloud.store(name), "posts/protector-test.bin", data), 10,
+        wait_for(lambda: _holds(cloud.store(name), "posts/protector-test.bin", data), 10,
                    f"the protector to copy the object into {name}'s bucket")
 
 
@@ -176,13 +167,13 @@ def test_drop_cuts_azure_off_and_restore_site_gives_it_back(cloud):
     with pytest.raises(StoreError, match="site azure"):
         cloud.store("azure").get(INVENTORY_COPY)
     assert not cloud.fleet.site("azure").reachable(timeout=3)
-    wait_until(lambda: "repo3-path" not in config(), 10, "the protector to leave azure's repository out")
+    wait_for(lambda: "repo3-path" not in config(), 10, "the protector to leave azure's repository out")
 
     failover("local", "restore-site", "--site", "azure", workdir=cloud.workdir)
     assert Inventory.from_json(cloud.store("azure").get(INVENTORY_COPY).decode()).active == "aws"
     azure = cloud.fleet.site("azure")
     assert azure.reachable() and not azure.db_running()  # its database waits for the engine
-    wait_until(lambda: "repo3-path" in config(), 10, "the protector to archive into azure's repository again")
+    wait_for(lambda: "repo3-path" in config(), 10, "the protector to archive into azure's repository again")
 
 
 def pulled_inventory() -> Inventory:
@@ -222,20 +213,9 @@ def test_local_down_leaves_no_mount_and_no_process(cloud):
     failover("local", "down", workdir=cloud.workdir)
     print(f"\nlocal down: {time.monotonic() - started:.1f} s")
     assert not _mounts_under(cloud.workdir)
-    assert not [pid for pid in _pids() if _root(pid).startswith(str(cloud.workdir))]
+    assert not processes_rooted_under(cloud.workdir)
     assert not [pid for pid in knots if Path(f"/proc/{pid}").exists()]
     assert not cloud.fleet.inventory_file.exists() and not (cloud.workdir / "vms").exists()
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def _root(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/root")
-    except OSError:
-        return ""
 
 
 def test_app_config_reads_over_the_socket_and_mirrors_media_only_from_the_active_site():

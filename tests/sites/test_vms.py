@@ -3,7 +3,6 @@ pgBackRest, pg_receivewal in chroot VMs on 127.0.56.x)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import replace
@@ -19,6 +18,7 @@ from infra.sites.site import CONF_DIR, Site, SiteError, SshSettings
 from infra.sites.tls import CertificateAuthority
 from infra.sites.vm import _mounts_under
 from infra.spec import load_spec
+from tests.conftest import remove_unmounted
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,7 @@ def cloud():
         try:
             vms.down()
         finally:
-            # Never rmtree while something is mounted below: it would follow a VM's bind mount
-            # of /dev into the machine's own.
-            left = _mounts_under(directory)
-            if not left:
-                shutil.rmtree(directory, ignore_errors=True)
-        assert not left, f"mounts left behind (not removing {directory}): {left}"
+            remove_unmounted(directory)
 
 
 def sites_of(vms: LocalVms, inventory: Inventory) -> dict[str, Site]:
