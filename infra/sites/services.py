@@ -11,7 +11,6 @@ bootstrap starts supervisord: a systemd unit on cloud VMs, the daemon itself in 
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import shlex
@@ -46,7 +45,6 @@ def toolkit_files(root: Path = ROOT) -> list[Path]:
     return files
 
 
-@functools.lru_cache(maxsize=4)  # the same sources for every host of one command
 def toolkit_archive(root: Path = ROOT) -> tuple[bytes, str]:
     """A gzipped tar of the toolkit's sources (root-owned, world-readable) and their content hash.
 
@@ -63,12 +61,13 @@ def toolkit_archive(root: Path = ROOT) -> tuple[bytes, str]:
     return buffer.getvalue(), digest.hexdigest()
 
 
-def install_toolkit(site: Site, root: Path = ROOT) -> bool:
+def install_toolkit(site: Site, packed: tuple[bytes, str] | None = None) -> bool:
     """Ships the toolkit to TOOLKIT_DIR on the site's database host; False when it was already there.
 
-    The new tree is unpacked beside the old one and swapped in with two renames, so a service
-    that imports a module meanwhile sees one version or the other, never half of each."""
-    archive, version = toolkit_archive(root)
+    `packed` is `toolkit_archive()` made once for several hosts. The new tree is unpacked beside
+    the old one and swapped in with two renames, so a service that imports a module meanwhile
+    sees one version or the other, never half of each."""
+    archive, version = packed or toolkit_archive()
     if site.root().run(f"cat {VERSION_FILE}", warn=True).stdout.strip() == version:
         return False
     staged = f"{TOOLKIT_DIR}.tar.gz"

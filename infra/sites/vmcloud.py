@@ -92,7 +92,8 @@ class VmCloud:
         with self._step("protect", "protecting the sites (TLS, replication, pgBackRest, replica, WAL stream)"):
             protect(inventory, sites, spec, CertificateAuthority.ensure(self.vms.directory / "ca"), self.progress)
         with self._step("toolkit", "shipping the toolkit to every host"):
-            on_each(list(sites.values()), services.install_toolkit)
+            packed = services.toolkit_archive()  # once for every host
+            on_each(list(sites.values()), lambda site: services.install_toolkit(site, packed))
         with self._step("seed", f"seeding about {seed_mb} MB on {primary.name}'s host"):
             counts = seed(primary, spec, seed_mb)
         with self._step("manifest_and_backups",
