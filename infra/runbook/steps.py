@@ -236,7 +236,7 @@ def promote_or_restore(run: Run) -> dict:
     """
     site = run.site
     clock = time.monotonic()
-    if site.recovery_state() is False:
+    if site.db_running() and site.recovery_state() is False:  # a resumed run (a stopped cluster answers no psql)
         how = "already a primary"
     elif run.data.kind == PROMOTE:
         # Archiving starts at the promotion: only into repositories that answer, or pgBackRest

@@ -12,6 +12,7 @@ from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile
                            workdir_path)
 from infra.errors import FailoverError
 from infra.sites.contract import Inventory
+from infra.sites import services
 from infra.sites.localvms import DEFAULT_PREFIX, LocalVms
 from infra.sites.protect import PASSWORD_REF, protect
 from infra.sites.site import Site, SshSettings
@@ -73,15 +74,26 @@ def _inventory(inventory: Path | None, workdir: Path) -> Inventory:
     return Inventory.load(inventory or _vms(workdir).inventory_file)
 
 
-def _sites(inventory: Inventory, ssh_dir: Path) -> dict[str, Site]:
+def _sites(inventory: Inventory, ssh_dir: Path, app_port: int = 0) -> dict[str, Site]:
+    """The Inventory's sites over SSH (`app_port`, the spec's, where the app's /healthz is read)."""
     ssh = SshSettings.from_env(ssh_dir)
-    return {o.site: Site(o, ssh) for o in inventory.sites}
+    return {o.site: Site(o, ssh, app_port) for o in inventory.sites}
 
 
 def _protect(inventory: Inventory, state: Path, spec):
-    sites = _sites(inventory, state / "ssh")
+    """protect(), then the toolkit on every reachable host, the app
+    on the primary and the warm sites with the Inventory's epoch, and the protector on the primary."""
+    sites = _sites(inventory, state / "ssh", spec.app.port)
     try:
-        return protect(inventory, sites, spec, CertificateAuthority.ensure(state / "ca"), progress)
+        report = protect(inventory, sites, spec, CertificateAuthority.ensure(state / "ca"), progress)
+        reachable = {name: site for name, site in sites.items() if name not in report.skipped}
+        progress("the toolkit on every reachable host, the apps and the protector")
+        packed = services.toolkit_archive()
+        services.on_each(list(reachable.values()), lambda site: services.install_toolkit(site, packed))
+        for name, what in services.start_services(inventory, reachable, spec).items():
+            report.did(name, what)
+        report.did(inventory.active, "protector running")
+        return report
     finally:
         for site in sites.values():
             site.close()
@@ -116,7 +128,9 @@ def sites_protect(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WO
     """Set up and repair protection on every reachable site, idempotently: TLS from the toolkit's CA
     (kept in <workdir>/vms/ca), hostssl scram pg_hba, the replication role (password from
     env/FAILOVER_REPLICATION_PASSWORD), pgBackRest with every repository, stanza and first full backups, the warm
-    replica and the pilot-light's WAL stream. Checks SSH, sudo and the secret before changing anything."""
+    replica and the pilot-light's WAL stream; then the toolkit on every host, the app's config and the app on the
+    primary and the warm sites, and the protector on the primary. Checks SSH, sudo and the secret before
+    changing anything."""
     inv = _inventory(inventory, workdir)
     report = _protect(inv, _vms(workdir).directory, load_spec(project))
     emit(asdict(report), as_json, lambda r: [progress(f"{n}: {', '.join(d)}") for n, d in r["sites"].items()]

@@ -241,6 +241,11 @@ def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str | No
     primary.write(f"{PATHS.pgbackrest_dir}/schema.sql", SCHEMA.read_text(), mode="644")
     primary.service().run(shlex.join(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-p", str(primary.outputs.db_port),
                                       "-d", db, "-f", f"{PATHS.pgbackrest_dir}/schema.sql"]))
+    # The epoch row, at the Inventory's epoch (raised, never lowered): the app takes writes only
+    # when its config's epoch matches the database's.
+    primary.psql("INSERT INTO failover.epoch (id, epoch, site, raised_at) VALUES (1, %d, '%s', now()) "
+                 "ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, site = excluded.site, raised_at = now() "
+                 "WHERE failover.epoch.epoch < excluded.epoch" % (inventory.epoch, primary.name), db=db)
     report.did(primary.name, "replication role, epoch schema")
     protection.install_pgbackrest(primary.service(), inventory, primary.name, PATHS, primary.outputs.db_port, skip)
     stanzas = protection.create_stanzas(primary.service(), inventory, PATHS, skip)

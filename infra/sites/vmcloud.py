@@ -93,7 +93,7 @@ class VmCloud:
             protect(inventory, sites, spec, CertificateAuthority.ensure(self.vms.directory / "ca"), self.progress)
         with self._step("toolkit", "shipping the toolkit to every host"):
             packed = services.toolkit_archive()  # once for every host
-            on_each(list(sites.values()), lambda site: services.install_toolkit(site, packed))
+            services.on_each(list(sites.values()), lambda site: services.install_toolkit(site, packed))
         with self._step("seed", f"seeding about {seed_mb} MB on {primary.name}'s host"):
             counts = seed(primary, spec, seed_mb)
         with self._step("manifest_and_backups",
@@ -102,7 +102,7 @@ class VmCloud:
                                    [Store(s) for s in inventory.sites], primary.name)
             backups = backups_everywhere(primary, inventory)
         with self._step("services", "apps on the primary and the warm site, the protector on the primary"):
-            apps = start_services(inventory, sites, spec)
+            apps = services.start_services(inventory, sites, spec)
         with self._step("dns", f"DNS providers on {', '.join(dns_addresses(prefix))} pointing at {primary.name}"):
             dns = start_dns(self.workdir, spec, inventory, prefix)
         with self._step("inventory", f"inventory into {self.inventory_file} and every store"):
@@ -244,38 +244,6 @@ def backups_everywhere(primary: Site, inventory: Inventory) -> dict[str, int]:
             raise SiteError(f"site {primary.name}: repo{index} ({name}) holds no backup {error}; "
                             "run `failover sites protect` again")
     return counts
-
-
-def on_each(sites: list[Site], action) -> list:
-    """`action(site)` on every site at once (each has its own SSH connection); the first error raises."""
-    with ThreadPoolExecutor(max_workers=max(1, len(sites))) as pool:
-        return list(pool.map(action, sites))
-
-
-def start_services(inventory: Inventory, sites: dict[str, Site], spec: Spec) -> dict[str, str]:
-    """The app on the primary and every warm site, the protector on the primary (each host on its
-    own thread); waits until the primary's app takes writes."""
-    names = [inventory.active] + [s.site for s in inventory.sites if s.role == "warm" and s.site != inventory.active]
-    configs = {name: services.app_config(inventory, name, spec, inventory.epoch) for name in names}
-
-    def start(site: Site) -> None:
-        services.start_app(site, configs[site.name])
-        if site.name == inventory.active:
-            services.start_protector(site, inventory)
-
-    on_each([sites[name] for name in names], start)
-    wait_writable(sites[inventory.active], spec)
-    return {name: services.describe(config) for name, config in configs.items()}
-
-
-def wait_writable(primary: Site, spec: Spec, seconds: float = 30) -> None:
-    where = f"the app on {primary.outputs.public_addresses[0]}:{spec.app.port}"
-    try:
-        wait_for(lambda: (primary.healthz() or {}).get("writable"), seconds, f"{where} to take writes", 0.2)
-    except TimeoutError:
-        raise SiteError(f"site {primary.name}: {where} does not take writes after {seconds:.0f} s (healthz: "
-                        f"{primary.healthz()}); see {services.LOG_DIR}/{APP_PROGRAM}.log on host "
-                        f"{primary.db_host}") from None
 
 
 def start_dns(workdir: Path, spec: Spec, inventory: Inventory, prefix: str) -> list[dict]:

@@ -2,6 +2,7 @@
 pgBackRest, pg_receivewal in chroot VMs on 127.0.56.x)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -14,11 +15,11 @@ from infra import secrets
 from infra.sites.contract import Inventory
 from infra.sites.localvms import LocalVms
 from infra.sites.protect import PASSFILE, SETTINGS_FILE, TLS_DIR, protect
-from infra.sites.site import CONF_DIR, Site, SiteError, SshSettings
+from infra.sites.site import APP_CONFIG, CONF_DIR, PROTECTOR_PROGRAM, Site, SiteError, SshSettings
 from infra.sites.tls import CertificateAuthority
 from infra.sites.vm import _mounts_under
 from infra.spec import load_spec
-from tests.conftest import remove_unmounted
+from tests.conftest import failover_json, remove_unmounted
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def cloud():
 
 def sites_of(vms: LocalVms, inventory: Inventory) -> dict[str, Site]:
     ssh = SshSettings(vms.identity.known_hosts, vms.identity.key)
-    return {o.site: Site(o, ssh) for o in inventory.sites}
+    return {o.site: Site(o, ssh, load_spec(ROOT / "Pulumi.yaml").app.port) for o in inventory.sites}
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,26 @@ def test_protect_streams_over_tls_backs_up_everywhere_and_repeats_safely(cloud, 
     assert again.sites["azure"] == ["WAL stream: already streaming",
                                     f"prestaged: already at {report.sites['azure'][-1].split('(')[1].split(')')[0]}"]
     assert not any("full backup" in d for d in again.sites["aws"])
+
+
+def test_sites_protect_command_also_configures_and_starts_the_apps_and_the_protector(cloud, protected):
+    """`failover sites protect` from the Inventory alone: after protect's own work (done again:
+    it is idempotent), the toolkit is on every host, the primary's app takes writes at the
+    Inventory's epoch, the warm site's app runs (it refuses writes), and the protector runs on
+    the primary only."""
+    vms, inventory, _ = cloud
+    sites, _ = protected
+    assert sites["aws"].healthz() is None and not sites["aws"].program_running(PROTECTOR_PROGRAM)
+    result = failover_json("sites", "protect", "--workdir", str(vms.directory.parent), workdir=vms.directory.parent)
+    assert result["sites"]["gcp"][0] == "replica: already streaming"
+    primary, warm = sites["aws"].healthz(), sites["gcp"].healthz()
+    assert primary["writable"] and primary["epoch"] == inventory.epoch, primary
+    assert warm is not None and not warm["writable"], warm
+    assert sites["aws"].program_running(PROTECTOR_PROGRAM)
+    assert not sites["gcp"].program_running(PROTECTOR_PROGRAM)
+    assert sites["azure"].healthz() is None  # the pilot-light runs no app until a failover
+    config = json.loads(sites["aws"].root().run(f"cat {APP_CONFIG}").stdout)
+    assert config["dsn"].startswith("host=/var/run/postgresql") and "password" not in config["dsn"]
 
 
 def _connect_from(site: Site, primary: Site, options: str):
