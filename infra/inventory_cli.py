@@ -41,9 +41,9 @@ def pull(stacks: Stacks = "aws,gcp,azure", workdir: Workdir = None, as_json: AsJ
     where = workdir_path(workdir)
     inventory.save(where / "inventory.json")
     pull_.write_secrets(where / "secrets.env", found)
-    copies = [{"site": t.site, "destination": t.destination,
-               "status": pull_.copy(t, where / "inventory.json") if doit else "planned (pass --doit)"}
-              for t in (pull_.copy_target(s, found) for s in inventory.sites)]
+    statuses = pull_.publish(inventory, found) if doit else {}
+    copies = [{"site": s.site, "destination": pull_.destination(s),
+               "status": statuses.get(s.site, "planned (pass --doit)")} for s in inventory.sites]
     result = {"inventory": str(where / "inventory.json"), "secrets": str(where / "secrets.env"),
               "active": inventory.active, "sites": inventory.names, "copies": copies}
     emit(result, as_json, _render)

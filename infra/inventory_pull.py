@@ -2,26 +2,25 @@
 
 Secrets never enter the inventory: writer credentials are written to a 0600 `secrets.env` and
 the inventory holds `env/NAME` references (resolved by infra.secrets). The inventory is then
-copied to every site's media bucket with rclone, so a failover needs neither the dropped cloud
-nor the Pulumi state backend. Parsing and planning are pure; the CLI and rclone are thin calls.
+put into every site's store, where the engine reads it (`.failover/inventory.json` beside the
+media), so a failover needs neither the dropped cloud nor the Pulumi state backend. Parsing
+and planning are pure; the CLI and the stores are thin calls.
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.data.storage import Store, put_all
 from infra.sites.contract import EXPORTED_KEYS, Inventory, SiteOutputs
+from infra.sites.fleet import INVENTORY_COPY
 from infra.spec import ROLES
 
-INVENTORY_KEY = "failover/inventory.json"  # where, inside each site's media bucket
-RCLONE_PREFIX = {"google cloud storage": "gcs"}  # rclone.conf type -> its on-the-fly remote name
 
 
 class PullError(ValueError):
@@ -83,40 +82,20 @@ def write_secrets(path: Path, secrets: dict[str, str]) -> None:
         out.writelines(f"{name}={shlex.quote(value)}\n" for name, value in sorted(secrets.items()))
 
 
-@dataclass(frozen=True)
-class CopyTarget:
-    """Where one site keeps its copy of the inventory, as an rclone destination plus its env."""
-
-    site: str
-    destination: str
-    env: dict[str, str] = field(repr=False, default_factory=dict)
+def destination(site: SiteOutputs) -> str:
+    """Where the site keeps its copy of the Inventory: its store, at the key the engine reads."""
+    return f"{Store(site)}: {INVENTORY_COPY}"
 
 
-def copy_target(site: SiteOutputs, secrets: dict[str, str]) -> CopyTarget:
-    """The site's media bucket as an on-the-fly rclone remote, authenticated by its writer credential."""
-    remote = site.media_remote
-    options = ",".join(f"{k}={_quote(v)}" for k, v in sorted(remote.options.items()))
-    backend = RCLONE_PREFIX.get(remote.type, remote.type)
-    destination = f":{backend}{',' + options if options else ''}:{remote.path}/{INVENTORY_KEY}"
-    creds = {key: secrets.get(ref.removeprefix("env/"), "") for key, ref in site.writer_credentials.items()}
-    return CopyTarget(site.site, destination, rclone_env(remote.type, remote.options, remote.path, creds))
-
-
-def _quote(value: str) -> str:
-    return f'"{value}"' if any(c in value for c in ",:=\"'") else value
-
-
-def rclone_env(backend: str, options: dict[str, str], path: str, creds: dict[str, str]) -> dict[str, str]:
-    """rclone's environment for a writer credential (pgBackRest-named keys, see infra/clouds)."""
-    if backend == "s3" and "s3-key" in creds:
-        return {"RCLONE_S3_ACCESS_KEY_ID": creds["s3-key"], "RCLONE_S3_SECRET_ACCESS_KEY": creds["s3-key-secret"]}
-    if backend == "google cloud storage" and "gcs-key-json-base64" in creds:
-        key = base64.b64decode(creds["gcs-key-json-base64"]).decode()
-        return {"RCLONE_GCS_SERVICE_ACCOUNT_CREDENTIALS": key}
-    if backend == "azureblob" and "media-sas" in creds:
-        url = f"https://{options.get('account')}.blob.core.windows.net/{path}?{creds['media-sas']}"
-        return {"RCLONE_AZUREBLOB_SAS_URL": url}
-    return {}
+def publish(inventory: Inventory, found: dict[str, str]) -> dict[str, str]:
+    """Puts the Inventory into every site's store at once, with the writer credentials just
+    pulled (the engine's own path: fleet.INVENTORY_COPY, infra/data/objectstores.py); returns
+    site -> "copied" or why not. Never raises for a store: each is tried on its own."""
+    os.environ.update(found)  # this process only: the Inventory's env/NAME references resolve to them
+    stores = [Store(s) for s in inventory.sites]
+    copied, errors = put_all(stores, INVENTORY_COPY, inventory.to_json().encode())
+    failures = iter(errors)
+    return {store.name: "copied" if store.name in copied else f"failed: {next(failures)}" for store in stores}
 
 
 def stack_output(stack: str, cwd: Path) -> str:
@@ -129,12 +108,3 @@ def stack_output(stack: str, cwd: Path) -> str:
     if result.returncode:
         raise PullError(f"stack {stack}: `pulumi stack output` failed: {result.stderr.strip()[-500:]}")
     return result.stdout
-
-
-def copy(target: CopyTarget, source: Path) -> str:
-    """Copies the inventory to one site with rclone; returns 'copied' or the error, never raises."""
-    if not shutil.which("rclone"):
-        return "skipped: rclone is not installed"
-    result = subprocess.run(["rclone", "copyto", str(source), target.destination],
-                            env={**os.environ, **target.env}, capture_output=True, text=True, timeout=300)
-    return "copied" if result.returncode == 0 else f"failed: {result.stderr.strip()[-300:]}"

@@ -1,6 +1,7 @@
 """The Inventory from recorded `pulumi stack output --json --show-secrets` outputs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 from pathlib import Path
@@ -10,7 +11,9 @@ from typer.testing import CliRunner
 
 from infra import inventory_pull as pull
 from infra.inventory_cli import app
-from infra.sites.contract import Inventory
+from infra.data.storage import Store
+from infra.sites.contract import Inventory, MediaRemote, Repository
+from infra.sites.fleet import INVENTORY_COPY
 
 OUTPUTS = Path(__file__).parent / "fixtures" / "pulumi" / "outputs"
 STACKS = ("aws", "gcp", "azure")
@@ -61,15 +64,20 @@ def test_secrets_file_is_0600_and_shell_quoted(tmp_path):
     assert path.read_text() == "FAILOVER_X='a b&c'\nFAILOVER_Y=plain\n"
 
 
-def test_copy_targets_are_each_sites_media_bucket_with_its_writer_credential():
-    inventory, secrets = pull.build_inventory(recorded(*STACKS))
-    targets = {s.site: pull.copy_target(s, secrets) for s in inventory.sites}
-    assert targets["aws"].destination == ":s3,provider=AWS,region=us-east-1:aws-media-9d0e4b1/failover/inventory.json"
-    assert targets["aws"].env["RCLONE_S3_SECRET_ACCESS_KEY"] == secrets["FAILOVER_AWS_S3_KEY_SECRET"]
-    assert targets["gcp"].destination.startswith(":gcs,bucket_policy_only=true:gcp-media-1e7f3d2/")
-    assert json.loads(targets["gcp"].env["RCLONE_GCS_SERVICE_ACCOUNT_CREDENTIALS"])["type"] == "service_account"
-    assert targets["azure"].env["RCLONE_AZUREBLOB_SAS_URL"].startswith(
-        "https://azuremedia7e2a90f3.blob.core.windows.net/media?sv=")
+def test_the_copies_go_where_the_engine_reads_them(tmp_path):
+    """A pulled Inventory is put at the key the Fleet reads and publishes (fleet.INVENTORY_COPY),
+    through the same stores: here posix ones, the recorded sites' store types swapped for directories."""
+    inventory, found = pull.build_inventory(recorded(*STACKS))
+    assert pull.destination(inventory.site("aws")).endswith(": .failover/inventory.json")
+    for i, site in enumerate(inventory.sites):
+        root = tmp_path / site.site
+        inventory.sites[i] = dataclasses.replace(site, repository=Repository("posix", {"path": str(root)}),
+                                                 media_remote=MediaRemote("local", {}, str(root)))
+    (tmp_path / "gcp").mkdir(), (tmp_path / "azure").mkdir()  # aws's directory is missing
+    statuses = pull.publish(inventory, found)
+    assert statuses["gcp"] == statuses["azure"] == "copied"
+    assert statuses["aws"].startswith("failed: site aws")
+    assert Inventory.from_json(Store(inventory.site("gcp")).get(INVENTORY_COPY).decode()).names == inventory.names
 
 
 def test_cli_pull_writes_inventory_and_secrets_and_plans_copies(tmp_path):

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from infra.bench import chart, cluster, drills, overhead, report, restore, stats
+from infra.sites.site import DB_VERSION
 from infra.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def environment() -> dict:
 def host_versions(site) -> dict:
     """PostgreSQL's and pgBackRest's versions on a VM host (the image's), asked over SSH."""
     found = {}
-    for key, command in (("postgres", f"{cluster.PG_BIN}/postgres --version"), ("pgbackrest", "pgbackrest version"),
+    for key, command in (("postgres", f"/usr/lib/postgresql/{DB_VERSION}/bin/postgres --version"), ("pgbackrest", "pgbackrest version"),
                          ("debian", "cat /etc/debian_version")):
         output = site.service().run(command, warn=True).stdout
         match = re.search(r"\d+\.\d+(\.\d+)?", output)

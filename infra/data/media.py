@@ -11,7 +11,7 @@ def render(inventory: Inventory) -> str:
     for outputs in inventory.sites:
         remote = outputs.media_remote
         # A site's bucket lives in the same store as its repository, so the storage type is shared.
-        options = storage_for(outputs.repository.type).rclone_section(remote, outputs.site)
+        options = storage_for(outputs.repository.type).rclone_section(remote, outputs.site, outputs.writer_credentials)
         sections.append(f"[{outputs.site}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items()))
     return "\n".join(sections)
 

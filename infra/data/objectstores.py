@@ -12,6 +12,7 @@ command line or a file, and rclone's output only classifies a failure (storage_e
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -41,13 +42,25 @@ class ObjectStore(Storage):
     endpoint_option: ClassVar[str]
     default_endpoint: ClassVar[str]
 
-    def repo_options(self, index: int, repo: Repository, site: str) -> dict[str, str]:
-        self.check(repo, site)
-        return super().repo_options(index, repo, site)
+    # writer credential -> pgBackRest option (without repoN-), and -> rclone option
+    repo_credential_names: ClassVar[dict[str, str]] = {}
+    media_credential_names: ClassVar[dict[str, str]] = {}
 
-    def rclone_section(self, remote: MediaRemote, site: str) -> dict[str, str]:
+    def repo_options(self, index: int, repo: Repository, site: str,
+                     credentials: dict[str, str] | None = None, key_dir: str = "") -> dict[str, str]:
+        self.check(repo, site)
+        return super().repo_options(index, repo, site, credentials, key_dir)
+
+    def rclone_section(self, remote: MediaRemote, site: str,
+                       credentials: dict[str, str] | None = None) -> dict[str, str]:
         _only_references(remote.options, self.rclone_secret_options, site, f"{self.type} media remote")
-        return super().rclone_section(remote, site)
+        return super().rclone_section(remote, site, credentials)
+
+    def repo_credentials(self, index: int, creds: dict[str, str], key_dir: str) -> dict[str, str]:
+        return {option: creds[name] for name, option in self.repo_credential_names.items() if name in creds}
+
+    def media_credentials(self, remote: MediaRemote, creds: dict[str, str], site: str) -> dict[str, str]:
+        return {option: creds[name] for name, option in self.media_credential_names.items() if name in creds}
 
     def check(self, repo: Repository, site: str) -> None:
         """Raises StorageConfigError naming the site and every missing or literal secret option."""
@@ -130,7 +143,7 @@ class ObjectStore(Storage):
             raise self.store_error(site, action, f"the endpoint {host}:{port} did not answer",
                                    "check that the store (or its emulator) is running and that endpoint and port "
                                    "are right")
-        section = {**self.rclone_section(site.media_remote, site.site), **(extra or {})}
+        section = {**self.rclone_section(site.media_remote, site.site, site.writer_credentials), **(extra or {})}
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # breaks rclone 1.60's S3
         env.update({f"RCLONE_CONFIG_STORE_{k.upper().replace('-', '_')}": v for k, v in section.items()})
         try:
@@ -184,6 +197,9 @@ class S3(ObjectStore):
     container_option = "s3-bucket"
     endpoint_option = "s3-endpoint"
     default_endpoint = "s3.amazonaws.com"
+    repo_credential_names = {"s3-key": "s3-key", "s3-key-secret": "s3-key-secret", "s3-token": "s3-token"}
+    media_credential_names = {"s3-key": "access_key_id", "s3-key-secret": "secret_access_key",
+                              "s3-token": "session_token"}
 
 
 @register
@@ -202,10 +218,42 @@ class GCS(ObjectStore):
     endpoint_option = "gcs-endpoint"
     default_endpoint = "storage.googleapis.com"
 
+    repo_credential_names = {"gcs-key": "gcs-key"}  # a token (gcs-key-type=token)
+    SERVICE_KEY = "gcs-key-json-base64"  # a service account's JSON key, base64 (what the GCP program exports)
+
     def check(self, repo: Repository, site: str) -> None:
         super().check(repo, site)
         if repo.options.get("gcs-key-type", "service") == "token":
             _only_references(repo.options, ("gcs-key",), site, "gcs repository")
+
+    def repo_credentials(self, index: int, creds: dict[str, str], key_dir: str) -> dict[str, str]:
+        if self.SERVICE_KEY in creds:  # pgBackRest reads a service key from a file
+            return {"gcs-key-type": "service", "gcs-key": self._key_file(index, key_dir)}
+        return super().repo_credentials(index, creds, key_dir)
+
+    def credential_files(self, index: int, creds: dict[str, str], key_dir: str, site: str) -> dict[str, str]:
+        if self.SERVICE_KEY not in creds:
+            return {}
+        return {self._key_file(index, key_dir): self._service_key(creds, site)}
+
+    def media_credentials(self, remote: MediaRemote, creds: dict[str, str], site: str) -> dict[str, str]:
+        if self.SERVICE_KEY in creds:  # rclone takes the JSON itself, on one line
+            return {"service_account_credentials": self._service_key(creds, site)}
+        return {}
+
+    def _service_key(self, creds: dict[str, str], site: str) -> str:
+        encoded = secrets.resolve(creds[self.SERVICE_KEY], f"site {site} writer credential {self.SERVICE_KEY}")
+        try:
+            key = json.dumps(json.loads(base64.b64decode(encoded)), separators=(",", ":"))
+        except ValueError:
+            raise StorageConfigError(f"site {site}: writer credential {self.SERVICE_KEY} is not a base64 JSON "
+                                     "service account key: pull the Inventory again (`failover inventory pull`)") from None
+        secrets.remember(key)
+        return key
+
+    @staticmethod
+    def _key_file(index: int, key_dir: str) -> str:
+        return f"{key_dir}/repo{index}-gcs-key.json"
 
 
 @register
@@ -223,6 +271,18 @@ class Azure(ObjectStore):
     container_option = "azure-container"
     endpoint_option = "azure-endpoint"
     default_endpoint = "blob.core.windows.net"
+    repo_credential_names = {"azure-key": "azure-key"}  # the account key, or a SAS with azure-key-type=sas
+    # media-sas-url: a whole SAS URL (the emulator's); media-sas: a container SAS token (the Azure
+    # program's), made into the container's URL on the media remote's account.
+    media_credential_names = {"media-sas-url": "sas_url"}
+
+    def media_credentials(self, remote: MediaRemote, creds: dict[str, str], site: str) -> dict[str, str]:
+        if "media-sas" in creds and remote.options.get("account"):
+            token = secrets.resolve(creds["media-sas"], f"site {site} writer credential media-sas")
+            container = remote.path.strip("/").split("/")[0]
+            return {"sas_url": f"https://{remote.options['account']}.{self.default_endpoint}/{container}?"
+                               f"{token.lstrip('?')}"}
+        return super().media_credentials(remote, creds, site)
 
     def endpoint(self, repo: Repository) -> tuple[str, int]:
         if not repo.options.get("azure-endpoint"):

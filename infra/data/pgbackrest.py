@@ -63,6 +63,16 @@ def repositories(inventory: Inventory, exclude: set[str] = frozenset()) -> dict[
     return {inventory.repo_index(s.site): s.site for s in inventory.sites if s.site not in exclude}
 
 
+def credential_files(inventory: Inventory, paths: HostPaths, exclude: set[str] = frozenset()) -> dict[str, str]:
+    """path -> content of the credentials pgBackRest reads from files (a GCS service key), resolved."""
+    files: dict[str, str] = {}
+    for index, name in repositories(inventory, exclude).items():
+        outputs = inventory.site(name)
+        files |= storage_for(outputs.repository.type).credential_files(index, outputs.writer_credentials,
+                                                                     paths.pgbackrest_dir, name)
+    return files
+
+
 def render(inventory: Inventory, site: str, paths: HostPaths, db_port: int,
            exclude: set[str] = frozenset(), retention_full: int = 2) -> str:
     """The pgbackrest.conf text for `site`'s database host."""
@@ -74,7 +84,7 @@ def render(inventory: Inventory, site: str, paths: HostPaths, db_port: int,
         repo = outputs.repository
         lines.append("")
         lines.append(f"# {name}'s object store")
-        options = storage_for(repo.type).repo_options(index, repo, name)
+        options = storage_for(repo.type).repo_options(index, repo, name, outputs.writer_credentials, paths.pgbackrest_dir)
         lines += [f"{key}={value}" for key, value in options.items()]
         lines.append(f"repo{index}-retention-full={retention_full}")
     lines += ["", f"[{STANZA}]", f"pg1-path={paths.pgdata}", f"pg1-port={db_port}",

@@ -89,6 +89,8 @@ def install_pgbackrest(c, inventory: Inventory, site: str, paths: HostPaths, db_
                        exclude: set[str] = frozenset()) -> None:
     text = pgbr_config.render(inventory, site, paths, db_port, exclude)
     pgbackrest.install_config(c, paths.config, text, paths.dirs)
+    for path, content in pgbr_config.credential_files(inventory, paths, exclude).items():
+        write_file(c, path, content, mode="600")
 
 
 def install_rclone(c, inventory: Inventory, paths: HostPaths) -> str:

@@ -47,14 +47,44 @@ class Storage:
     # Reached over the network (True) or a directory on this machine (False).
     remote: ClassVar[bool] = False
 
-    def repo_options(self, index: int, repo: Repository, site: str) -> dict[str, str]:
-        """pgBackRest options for this repository as repo<index>-*, secrets resolved."""
-        options = {"type": repo.type, **repo.options}
+    def repo_options(self, index: int, repo: Repository, site: str,
+                     credentials: dict[str, str] | None = None, key_dir: str = "") -> dict[str, str]:
+        """pgBackRest options for this repository as repo<index>-*, secrets resolved: the
+        repository's own options plus the site's writer credentials (`SiteOutputs.writer_credentials`,
+        env/NAME references keyed by pgBackRest option names, see infra/clouds) that this type
+        uses. `key_dir`: where `credential_files` puts a credential that must be a file."""
+        creds = self._credentials(credentials, site)
+        options = {"type": repo.type, **repo.options, **self.repo_credentials(index, creds, key_dir)}
         return {f"repo{index}-{key}": self._value(key, value, site) for key, value in options.items()}
 
-    def rclone_section(self, remote: MediaRemote, site: str) -> dict[str, str]:
-        """The rclone.conf section for this media remote, secrets resolved."""
-        return {"type": remote.type, **{k: self._value(k, v, site) for k, v in remote.options.items()}}
+    def rclone_section(self, remote: MediaRemote, site: str,
+                       credentials: dict[str, str] | None = None) -> dict[str, str]:
+        """The rclone.conf section for this media remote, secrets resolved, with the site's
+        writer credentials in rclone's names."""
+        creds = self._credentials(credentials, site)
+        options = {**remote.options, **self.media_credentials(remote, creds, site)}
+        return {"type": remote.type, **{k: self._value(k, v, site) for k, v in options.items()}}
+
+    # Writer credentials -> options. A type maps the credential names it knows; a value is an
+    # env/NAME reference that _value resolves (and remembers for redaction), or one resolved here.
+    def repo_credentials(self, index: int, creds: dict[str, str], key_dir: str) -> dict[str, str]:
+        return {}
+
+    def media_credentials(self, remote: MediaRemote, creds: dict[str, str], site: str) -> dict[str, str]:
+        return {}
+
+    def credential_files(self, index: int, creds: dict[str, str], key_dir: str,
+                         site: str) -> dict[str, str]:
+        """path -> content of credentials that pgBackRest reads from a file (resolved)."""
+        return {}
+
+    def _credentials(self, credentials: dict[str, str] | None, site: str) -> dict[str, str]:
+        creds = dict(credentials or {})
+        literal = sorted(k for k, v in creds.items() if not secrets.is_ref(v))
+        if literal:  # name the keys, never the values
+            raise StoreError(f"site {site}: writer_credentials {', '.join(literal)} hold values; the Inventory "
+                             "keeps only references such as env/NAME (run `failover inventory pull` again)")
+        return creds
 
     def describe(self, repo: Repository) -> str:
         """Where the repository lives, for messages: a path, endpoint/bucket or container."""

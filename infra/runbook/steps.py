@@ -161,10 +161,10 @@ class Run:
 
 
 def certificate_authority(fleet: Fleet) -> CertificateAuthority | None:
-    """The toolkit's CA where `sites protect` keeps it, or None here: the runbook re-issues no
-    certificate a site already holds, so it runs with the SSH key alone."""
-    directory = fleet.workdir / "vms" / "ca"
-    return CertificateAuthority(directory) if (directory / "ca.key").exists() else None
+    """The toolkit's CA where `sites protect` keeps it (the secret FAILOVER_CA, or the work
+    directory's), or None here: the runbook re-issues no certificate a site already holds, so
+    it runs with the SSH key alone."""
+    return CertificateAuthority.available(fleet.workdir / "vms" / "ca")
 
 
 # ---------------------------------------------------------------- the steps

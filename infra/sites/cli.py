@@ -1,6 +1,7 @@
 """`failover vms ...` (the local cloud's Debian VMs) and `failover sites ...` (any Inventory, over SSH)."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -136,3 +137,28 @@ def sites_protect(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WO
     emit(asdict(report), as_json, lambda r: [progress(f"{n}: {', '.join(d)}") for n, d in r["sites"].items()]
          + [progress(f"{n}: skipped ({why})") for n, why in r["skipped"].items()]
          + [progress(f"protected in {r['seconds']} s")])
+
+
+@sites_app.command("ca")
+@command
+def sites_ca(export: Annotated[Optional[Path], typer.Option(
+                 "--export", help="Write FAILOVER_CA=... (the CA's key and certificate, base64) to this new file, "
+                                  "mode 600, to keep in a secret manager or CI secret; it is never printed.")] = None,
+             workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
+    """The toolkit's CA (which signs every site's PostgreSQL certificate): where it is kept, its
+    subject, expiry and fingerprint. It comes from the secret FAILOVER_CA when that is set, else
+    from <workdir>/vms/ca, where `sites protect` creates it on first use."""
+    directory = _vms(workdir).directory / "ca"
+    ca = CertificateAuthority.available(directory)
+    if ca is None:
+        raise FailoverError(f"no CA here: FAILOVER_CA is not set and {directory} holds none; "
+                            "`failover sites protect` creates one")
+    kept = "secret FAILOVER_CA" if os.environ.get("FAILOVER_CA") else str(directory)
+    result = {"kept_in": kept, **ca.describe()}
+    if export is not None:
+        if export.exists():
+            raise FailoverError(f"{export} exists: give --export a new file (the CA is never overwritten into one)")
+        export.touch(mode=0o600)
+        export.write_text(f"FAILOVER_CA={ca.export()}\n")
+        result["exported_to"] = str(export)
+    emit(result, as_json, lambda r: [progress(f"{k}: {v}") for k, v in r.items()])

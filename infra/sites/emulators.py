@@ -8,9 +8,11 @@ ProcessTable of the work directory and stopped by its PID. The layout is:
     <workdir>/emulators/tls/            ca.crt, ca.key, server.crt, server.key (server-<address>.* per other address)
     <workdir>/emulators/<site>/         the emulator's data, logs and secrets.json (mode 600)
 
-A site's Repository and MediaRemote hold only env/NAME references for credentials;
+A site's credentials are its `writer_credentials`, env/NAME references keyed by pgBackRest
+option names, as the cloud programs export them (the Repository and MediaRemote hold none);
+the engine merges them into pgBackRest's and rclone's options (infra/data/objectstores.py).
 `emulator_env(workdir)` returns the values behind them (and the CA for rclone), which the
-caller puts into the environment of pgBackRest and rclone.
+caller puts into the environment.
 """
 from __future__ import annotations
 
@@ -201,18 +203,26 @@ class Emulator:
 
     def repository(self) -> Repository:
         ca = str(self.tls_dir / "ca.crt")
-        options = self._repository_options(self._ref())
-        return Repository(type=self.kind, options={**options, "path": REPO_PATH, "storage-ca-file": ca})
+        return Repository(type=self.kind, options={**self._repository_options(), "path": REPO_PATH,
+                                                   "storage-ca-file": ca})
 
     def media_remote(self) -> MediaRemote:
         """An rclone remote of the same store; rclone gets the CA from RCLONE_CA_CERT (emulator_env)."""
-        type_, options = self._media(self._ref())
+        type_, options = self._media()
         return MediaRemote(type=type_, options=options, path=f"{self.bucket}/{MEDIA_PATH}")
 
-    def _repository_options(self, ref: dict[str, str]) -> dict[str, str]:
+    def writer_credentials(self) -> dict[str, str]:
+        """The credentials as a cloud program exports them (`writer_credentials`): references,
+        keyed by pgBackRest option names; the engine merges them into both tools' options."""
+        return self._credentials(self._ref())
+
+    def _repository_options(self) -> dict[str, str]:
         raise NotImplementedError
 
-    def _media(self, ref: dict[str, str]) -> tuple[str, dict[str, str]]:
+    def _media(self) -> tuple[str, dict[str, str]]:
+        raise NotImplementedError
+
+    def _credentials(self, ref: dict[str, str]) -> dict[str, str]:
         raise NotImplementedError
 
     def _start(self, table: ProcessTable, tls: Tls) -> None:
@@ -280,14 +290,15 @@ class S3Emulator(Emulator):
     # writer with a generated key pair is created first and everything after it must sign with it.
     _BOOTSTRAP_ACTIONS = 3
 
-    def _repository_options(self, ref: dict[str, str]) -> dict[str, str]:
+    def _repository_options(self) -> dict[str, str]:
         return {"s3-bucket": self.bucket, "s3-endpoint": self.endpoint_host, "storage-port": str(self.port),
-                "s3-region": REGION, "s3-uri-style": "path", "s3-key": ref["s3_key"],
-                "s3-key-secret": ref["s3_key_secret"]}
+                "s3-region": REGION, "s3-uri-style": "path"}
 
-    def _media(self, ref: dict[str, str]) -> tuple[str, dict[str, str]]:
-        return "s3", {"provider": "Other", "endpoint": self.url, "region": REGION, "force_path_style": "true",
-                      "access_key_id": ref["s3_key"], "secret_access_key": ref["s3_key_secret"]}
+    def _media(self) -> tuple[str, dict[str, str]]:
+        return "s3", {"provider": "Other", "endpoint": self.url, "region": REGION, "force_path_style": "true"}
+
+    def _credentials(self, ref: dict[str, str]) -> dict[str, str]:
+        return {"s3-key": ref["s3_key"], "s3-key-secret": ref["s3_key_secret"]}
 
     def _start(self, table: ProcessTable, tls: Tls) -> None:
         if not table.running(self.process):
@@ -330,15 +341,18 @@ class GCSEmulator(Emulator):
     kind = "gcs"
     secret_names = ("GCS_TOKEN",)
 
-    def _repository_options(self, ref: dict[str, str]) -> dict[str, str]:
+    def _repository_options(self) -> dict[str, str]:
         # The port belongs inside the GCS endpoint; 1GiB chunks avoid the emulator's resumable uploads.
         return {"gcs-bucket": self.bucket, "gcs-endpoint": f"{self.endpoint_host}:{self.port}", "gcs-key-type": "token",
-                "gcs-key": ref["gcs_token"], "storage-upload-chunk-size": "1GiB"}
+                "storage-upload-chunk-size": "1GiB"}
 
-    def _media(self, ref: dict[str, str]) -> tuple[str, dict[str, str]]:
+    def _media(self) -> tuple[str, dict[str, str]]:
         # fake-gcs-server checks no credentials: rclone goes anonymous, pgBackRest sends a token.
         return "google cloud storage", {"endpoint": f"{self.url}/storage/v1/", "anonymous": "true",
                                         "project_number": "1234"}
+
+    def _credentials(self, ref: dict[str, str]) -> dict[str, str]:
+        return {"gcs-key": ref["gcs_token"]}
 
     def _start(self, table: ProcessTable, tls: Tls) -> None:
         argv = [_fake_gcs_binary(), "-scheme", "https", "-host", self.host, "-port", str(self.port),
@@ -368,14 +382,17 @@ class AzureEmulator(Emulator):
     kind = "azure"
     secret_names = ("AZURE_KEY", "AZURE_SAS_URL")
 
-    def _repository_options(self, ref: dict[str, str]) -> dict[str, str]:
-        return {"azure-account": AZURE_ACCOUNT, "azure-container": self.bucket, "azure-key": ref["azure_key"],
+    def _repository_options(self) -> dict[str, str]:
+        return {"azure-account": AZURE_ACCOUNT, "azure-container": self.bucket,
                 "azure-endpoint": self.endpoint_host, "storage-port": str(self.port), "azure-uri-style": "path"}
 
-    def _media(self, ref: dict[str, str]) -> tuple[str, dict[str, str]]:
+    def _media(self) -> tuple[str, dict[str, str]]:
+        return "azureblob", {}
+
+    def _credentials(self, ref: dict[str, str]) -> dict[str, str]:
         # rclone 1.60 takes `endpoint` as a DNS suffix (account.suffix) and its emulator mode only
         # knows the well-known account, so media goes through an account SAS URL (as on Azure).
-        return "azureblob", {"sas_url": ref["azure_sas_url"]}
+        return {"azure-key": ref["azure_key"], "media-sas-url": ref["azure_sas_url"]}
 
     def _key(self) -> str:
         # One key per work directory, kept with the data so a restarted Azurite accepts it again.
@@ -438,19 +455,20 @@ def emulator(workdir: Path, site_index: int, site_name: str, base_port: int = BA
 
 
 def emulated_outputs(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT,
-                     host: str = LOOPBACK) -> tuple[Repository, MediaRemote]:
-    """The site's Repository and MediaRemote (pure: nothing is started)."""
+                     host: str = LOOPBACK) -> tuple[Repository, MediaRemote, dict[str, str]]:
+    """The site's Repository, MediaRemote and writer credentials (pure: nothing is started)."""
     emu = emulator(workdir, site_index, site_name, base_port, host)
-    return emu.repository(), emu.media_remote()
+    return emu.repository(), emu.media_remote(), emu.writer_credentials()
 
 
 def start_emulated(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT,
-                   host: str = LOOPBACK) -> tuple[Repository, MediaRemote]:
-    """Starts the site's emulator (idempotent), creates its bucket, puts its secrets in os.environ."""
+                   host: str = LOOPBACK) -> tuple[Repository, MediaRemote, dict[str, str]]:
+    """Starts the site's emulator (idempotent), creates its bucket, puts its secrets in os.environ;
+    returns what `emulated_outputs` does."""
     emu = emulator(workdir, site_index, site_name, base_port, host)
     emu.start()
     os.environ.update(emulator_env(workdir))
-    return emu.repository(), emu.media_remote()
+    return emu.repository(), emu.media_remote(), emu.writer_credentials()
 
 
 def emulator_env(workdir: Path) -> dict[str, str]:

@@ -187,21 +187,25 @@ def _check(inventory: Inventory, sites: dict[str, Site], primary: Site, report: 
     return reachable
 
 
-def _has_certificate(site: Site) -> bool:
-    """The host holds a key, the CA's certificate and a server certificate for its address that
-    is valid for 30 more days: nothing to issue (an operator without the CA can still protect)."""
-    check = (f"test -s {TLS_DIR}/server.key && test -s {TLS_DIR}/ca.crt && "
-             f"openssl x509 -in {TLS_DIR}/server.crt -noout -checkend 2592000 -ext subjectAltName")
+def _has_certificate(site: Site, ca: CertificateAuthority | None) -> bool:
+    """The host holds a key, a server certificate for its address that is valid for 30 more
+    days and that the CA's certificate there verifies, and that CA is the toolkit's (when the
+    CA is here): nothing to issue (an operator without the CA can still protect)."""
+    check = (f"test -s {TLS_DIR}/server.key && openssl verify -CAfile {TLS_DIR}/ca.crt {TLS_DIR}/server.crt "
+             f">/dev/null && openssl x509 -in {TLS_DIR}/server.crt -noout -checkend 2592000 -ext subjectAltName "
+             f"&& cat {TLS_DIR}/ca.crt")
     result = site.service().run(check, warn=True)
-    return result.ok and f"IP Address:{site.outputs.db_host}" in result.stdout
+    if not (result.ok and f"IP Address:{site.outputs.db_host}" in result.stdout):
+        return False
+    return ca is None or ca.certificate.read_text().strip() in result.stdout
 
 
 def _tls(site: Site, ca: CertificateAuthority | None) -> None:
-    if _has_certificate(site):
+    if _has_certificate(site, ca):
         return
     if ca is None:
         raise SiteError(f"site {site.name}: host {site.db_host} has no valid TLS certificate and the toolkit's CA "
-                        "is not here: run `failover sites protect` where the CA is kept")
+                        "is not here: run `failover sites protect` where the CA is kept (or set FAILOVER_CA)")
     ensure_dir(site.service(), PATHS.pgbackrest_dir)
     ensure_dir(site.service(), TLS_DIR)
     key, certificate = ca.issue(site.outputs.db_host, (site.name,))

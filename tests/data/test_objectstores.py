@@ -1,6 +1,9 @@
 """S3, GCS and Azure storage types: pgBackRest options, rclone remotes, and error messages (pure)."""
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -8,7 +11,7 @@ import pytest
 from infra import secrets
 from infra.data import media, objectstores, pgbackrest, storage_errors
 from infra.data.pgbackrest import HostPaths
-from infra.data.storage import storage_for
+from infra.data.storage import StoreError, storage_for
 from infra.sites import emulators
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
 
@@ -56,6 +59,69 @@ def test_pgbackrest_options_per_type_with_secrets_resolved():
                  "repo3-retention-full=2"]:
         assert line in text.splitlines()
     assert "env/" not in text
+
+
+GCS_KEY = {"type": "service_account", "project_id": "example", "private_key": "-----BEGIN KEY-----\nabc\n"}
+
+
+def pulled_inventory(monkeypatch) -> Inventory:
+    """Sites shaped as `inventory pull` leaves them: no credential in any option, each site's
+    writer credentials as references keyed by pgBackRest option names (infra/clouds)."""
+    monkeypatch.setenv("T_GCS_KEY", base64.b64encode(json.dumps(GCS_KEY).encode()).decode())
+    monkeypatch.setenv("T_MEDIA_SAS", "sv=2022-11-02&sr=c&sp=rcwl&sig=bWVkaWFzaWc")
+    s3 = Repository("s3", {k: v for k, v in S3_REPO.options.items() if k not in ("s3-key", "s3-key-secret")})
+    gcs = Repository("gcs", {"gcs-bucket": "backups-b", "gcs-key-type": "service", "path": "/pgbackrest"})
+    azure = Repository("azure", {"azure-account": "acct", "azure-container": "backups", "azure-key-type": "sas",
+                                 "path": "/pgbackrest"})
+    return Inventory([
+        SiteOutputs("aws", "aws", "r", "primary", (), (), "ops", "10.0.0.1", 5432, s3,
+                    MediaRemote("s3", {"provider": "AWS", "region": "eu-west-1"}, "media-a"),
+                    {"s3-key": "env/T_S3_KEY", "s3-key-secret": "env/T_S3_SECRET"}),
+        SiteOutputs("gcp", "gcp", "r", "warm", (), (), "ops", "10.0.0.2", 5432, gcs,
+                    MediaRemote("google cloud storage", {"bucket_policy_only": "true"}, "media-b"),
+                    {"gcs-key-json-base64": "env/T_GCS_KEY"}),
+        SiteOutputs("azure", "azure", "r", "pilot-light", (), (), "ops", "10.0.0.3", 5432, azure,
+                    MediaRemote("azureblob", {"account": "mediaacct"}, "media"),
+                    {"azure-key": "env/T_AZ_KEY", "media-sas": "env/T_MEDIA_SAS"}),
+    ], active="aws")
+
+
+def test_writer_credentials_are_merged_into_every_repository_and_media_remote(monkeypatch):
+    inv = pulled_inventory(monkeypatch)
+    lines = pgbackrest.render(inv, "gcp", PATHS, 5432).splitlines()
+    for line in ["repo1-s3-key=AKIATEST", f"repo1-s3-key-secret={KEY_SECRET}",
+                 "repo2-gcs-key-type=service", "repo2-gcs-key=/srv/pgbackrest/repo2-gcs-key.json",
+                 f"repo3-azure-key={AZURE_KEY}", "repo3-azure-key-type=sas"]:
+        assert line in lines, line
+    # pgBackRest reads a GCS service key from a file: the decoded JSON, written beside its config.
+    files = pgbackrest.credential_files(inv, PATHS)
+    assert list(files) == ["/srv/pgbackrest/repo2-gcs-key.json"]
+    assert json.loads(files["/srv/pgbackrest/repo2-gcs-key.json"]) == GCS_KEY
+    assert pgbackrest.credential_files(inv, PATHS, exclude={"gcp"}) == {}
+    conf = media.render(inv)
+    assert "access_key_id = AKIATEST" in conf and f"secret_access_key = {KEY_SECRET}" in conf
+    assert f"service_account_credentials = {json.dumps(GCS_KEY, separators=(',', ':'))}" in conf
+    assert "sas_url = https://mediaacct.blob.core.windows.net/media?sv=2022-11-02&sr=c&sp=rcwl&sig=bWVkaWFzaWc" in conf
+    assert "env/" not in conf
+    # Every value resolved is remembered: a message that quotes one is redacted.
+    assert "bWVkaWFzaWc" not in secrets.redact(conf) and KEY_SECRET not in secrets.redact(conf)
+
+
+def test_a_writer_credential_written_as_a_value_is_refused_by_key_not_value(monkeypatch):
+    inv = pulled_inventory(monkeypatch)
+    aws = dataclasses.replace(inv.sites[0], writer_credentials={"s3-key": "AKIAVISIBLE", "s3-key-secret": "env/T_S3_SECRET"})
+    inv.sites[0] = aws
+    with pytest.raises(StoreError) as error:
+        pgbackrest.render(inv, "aws", PATHS, 5432)
+    assert "site aws: writer_credentials s3-key hold values" in str(error.value)
+    assert "AKIAVISIBLE" not in str(error.value)
+
+
+def test_a_broken_gcs_service_key_is_named_with_the_site(monkeypatch):
+    inv = pulled_inventory(monkeypatch)
+    monkeypatch.setenv("T_GCS_KEY", "not base64 json")
+    with pytest.raises(objectstores.StorageConfigError, match="site gcp: writer credential gcs-key-json-base64"):
+        pgbackrest.credential_files(inv, PATHS)
 
 
 def test_rclone_sections_per_type():
@@ -108,13 +174,15 @@ def test_describe_names_endpoint_and_bucket_or_container():
 def test_emulated_outputs_are_one_type_per_site_and_hold_only_references(tmp_path):
     kinds = []
     for index, site in enumerate(["aws", "gcp", "azure"]):
-        repo, remote = emulators.emulated_outputs(tmp_path, index, site, base_port=19000)
+        repo, remote, creds = emulators.emulated_outputs(tmp_path, index, site, base_port=19000)
         kinds.append((repo.type, remote.type))
-        assert all(secrets.is_ref(repo.options[k]) for k in storage_for(repo.type).secret_options if k in repo.options)
+        # Credentials only as writer credentials (references), as the cloud programs export them.
+        assert creds and all(secrets.is_ref(v) for v in creds.values())
+        assert not set(storage_for(repo.type).secret_options) & set(repo.options)
         assert remote.path == f"failover-{site}/media"
         assert repo.options["storage-ca-file"] == str(tmp_path / "emulators" / "tls" / "ca.crt")
     assert kinds == [("s3", "s3"), ("gcs", "google cloud storage"), ("azure", "azureblob")]
-    gcs, _ = emulators.emulated_outputs(tmp_path, 1, "gcp", base_port=19000)
+    gcs, _, _ = emulators.emulated_outputs(tmp_path, 1, "gcp", base_port=19000)
     assert gcs.options["gcs-endpoint"] == "localhost:19010" and gcs.options["storage-upload-chunk-size"] == "1GiB"
 
 

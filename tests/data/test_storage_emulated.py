@@ -61,10 +61,14 @@ class Emulated:
     def emulator(self, index: int) -> emulators.Emulator:
         return emulators.emulator(self.workdir, index, SITES[index][1], self.base)
 
-    def inventory(self, index: int, repo: Repository | None = None, remote: MediaRemote | None = None) -> Inventory:
+    def inventory(self, index: int, repo: Repository | None = None, remote: MediaRemote | None = None,
+                  credentials: dict[str, str] | None = None) -> Inventory:
+        """The emulated site as an Inventory, its credentials only in writer_credentials (as the
+        cloud programs export them): pgBackRest and rclone get them merged in by the engine."""
         emu = self.emulator(index)
         outputs = SiteOutputs(emu.site, emu.site, "loopback", "primary", (ADDRESS,), (ADDRESS,), "postgres",
-                              ADDRESS, 0, repo or emu.repository(), remote or emu.media_remote())
+                              ADDRESS, 0, repo or emu.repository(), remote or emu.media_remote(),
+                              credentials if credentials is not None else emu.writer_credentials())
         return Inventory([outputs], active=emu.site)
 
     def secret_values(self) -> list[str]:
@@ -142,22 +146,21 @@ def test_backup_restore_and_media_through_the_emulated_store(cloud, index):
 
 # --- failures ---------------------------------------------------------------------------------
 
-def _broken(cloud: Emulated, index: int, failure: str) -> tuple[Repository, MediaRemote, dict[str, str]]:
-    """The site's repository and media remote, broken the way `failure` says, plus env for rclone."""
+def _broken(cloud: Emulated, index: int, failure: str) -> tuple[Repository, MediaRemote, dict[str, str], dict[str, str]]:
+    """The site's repository, media remote and writer credentials, broken the way `failure`
+    says, plus env for rclone."""
     emu = cloud.emulator(index)
-    repo, remote, env = emu.repository(), emu.media_remote(), {}
+    repo, remote, creds, env = emu.repository(), emu.media_remote(), emu.writer_credentials(), {}
     if failure == "wrong key":
         os.environ["FAILOVER_TEST_WRONG_KEY"] = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
         wrong = "env/FAILOVER_TEST_WRONG_KEY"
         if emu.kind == "s3":
-            repo = _with(repo, {"s3-key-secret": wrong})
-            remote = _with(remote, {"secret_access_key": wrong})
+            creds = {**creds, "s3-key-secret": wrong}
         elif emu.kind == "azure":
             sas = f"https://127.0.0.1:{emu.port}/{emulators.AZURE_ACCOUNT}?" + emulators.account_sas(
                 emulators.AZURE_ACCOUNT, os.environ["FAILOVER_TEST_WRONG_KEY"])
             os.environ["FAILOVER_TEST_WRONG_SAS"] = sas
-            repo = _with(repo, {"azure-key": wrong})
-            remote = _with(remote, {"sas_url": "env/FAILOVER_TEST_WRONG_SAS"})
+            creds = {**creds, "azure-key": wrong, "media-sas-url": "env/FAILOVER_TEST_WRONG_SAS"}
     elif failure == "missing bucket":
         option = {"s3": "s3-bucket", "gcs": "gcs-bucket", "azure": "azure-container"}[emu.kind]
         repo = _with(repo, {option: "no-such-bucket"})
@@ -166,20 +169,20 @@ def _broken(cloud: Emulated, index: int, failure: str) -> tuple[Repository, Medi
         other_ca, _ = emulators.ensure_ca(cloud.workdir / "other-ca", "another CA")
         repo = _with(repo, {"storage-ca-file": str(other_ca)})
         env = {"RCLONE_CA_CERT": str(other_ca)}
-    return repo, remote, env
+    return repo, remote, creds, env
 
 
 def _with(thing, options: dict[str, str]):
     return dataclasses.replace(thing, options={**thing.options, **options})
 
 
-def _attempt(cloud: Emulated, index: int, repo: Repository, remote: MediaRemote, env: dict[str, str],
-             slow: bool = False):
+def _attempt(cloud: Emulated, index: int, repo: Repository, remote: MediaRemote, creds: dict[str, str],
+             env: dict[str, str], slow: bool = False):
     """pgBackRest lists the repository and rclone the bucket; returns both failure messages."""
     c, root = Context(), service_dir("err")
     site, kind = SITES[index][1], SITES[index][2]
     try:
-        inventory = cloud.inventory(index, repo, remote)
+        inventory = cloud.inventory(index, repo, remote, creds)
         paths = _host(c, root, "host")
         protection.install_pgbackrest(c, inventory, site, paths, 5432)
         conf = protection.install_rclone(c, inventory, paths)
@@ -231,8 +234,8 @@ def _assert_message(cloud: Emulated, message: str, index: int, failure: str, whe
 def test_failures_name_site_type_location_and_fix_without_secrets(cloud, index, failure):
     if failure == "wrong key" and SITES[index][2] == "gcs":
         pytest.skip("fake-gcs-server accepts every credential: a wrong GCS key cannot be produced here")
-    repo, remote, env = _broken(cloud, index, failure)
-    repo_message, media_message = _attempt(cloud, index, repo, remote, env, failure == "untrusted certificate")
+    repo, remote, creds, env = _broken(cloud, index, failure)
+    repo_message, media_message = _attempt(cloud, index, repo, remote, creds, env, failure == "untrusted certificate")
     emu = cloud.emulator(index)
     bucket = "no-such-bucket" if failure == "missing bucket" else emu.bucket
     _assert_message(cloud, repo_message, index, failure, f"{bucket} at localhost:{emu.port}")
@@ -244,7 +247,8 @@ def test_a_stopped_emulator_is_reported_by_name(cloud, index):
     emu = cloud.emulator(index)
     assert emu.stop()
     try:
-        repo_message, media_message = _attempt(cloud, index, emu.repository(), emu.media_remote(), {}, slow=True)
+        repo_message, media_message = _attempt(cloud, index, emu.repository(), emu.media_remote(), emu.writer_credentials(), {},
+                                               slow=True)
         _assert_message(cloud, repo_message, index, "stopped emulator", f"{emu.bucket} at localhost:{emu.port}")
         _assert_message(cloud, media_message, index, "stopped emulator", emu.bucket)
     finally:

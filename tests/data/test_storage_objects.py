@@ -29,9 +29,9 @@ WRONG_KEY = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
 BLOB = bytes(range(256)) * 40 + b"\n\x00end"  # binary, with a NUL and no trailing newline
 
 
-def _site(name: str, repo: Repository, remote: MediaRemote) -> SiteOutputs:
+def _site(name: str, repo: Repository, remote: MediaRemote, credentials: dict[str, str] | None = None) -> SiteOutputs:
     return SiteOutputs(name, "local", "loopback", "primary", ("127.0.0.1",), ("127.0.0.1",), "postgres",
-                       "127.0.0.1", 5432, repo, remote)
+                       "127.0.0.1", 5432, repo, remote, credentials or {})
 
 
 def _posix(root: Path, name: str = "local") -> Store:
@@ -116,10 +116,11 @@ class Emulated:
     def emulator(self, index: int) -> emulators.Emulator:
         return emulators.emulator(self.workdir, index, SITES[index][1], self.base, HOSTS[index])
 
-    def store(self, index: int, **remote_changes) -> Store:
+    def store(self, index: int, credentials: dict[str, str] | None = None, **remote_changes) -> Store:
+        """The site's store, its credentials (or `credentials` over them) as writer credentials."""
         emu = self.emulator(index)
         remote = dataclasses.replace(emu.media_remote(), **remote_changes)
-        return Store(_site(emu.site, emu.repository(), remote))
+        return Store(_site(emu.site, emu.repository(), remote, {**emu.writer_credentials(), **(credentials or {})}))
 
     def secret_values(self) -> list[str]:
         return secret_values(self.workdir)
@@ -181,12 +182,12 @@ def test_a_refused_key_is_named_without_the_key(cloud, index):
     emu = cloud.emulator(index)
     os.environ["FAILOVER_TEST_OBJECTS_WRONG"] = WRONG_KEY
     if emu.kind == "s3":
-        options = {**emu.media_remote().options, "secret_access_key": "env/FAILOVER_TEST_OBJECTS_WRONG"}
+        wrong = {"s3-key-secret": "env/FAILOVER_TEST_OBJECTS_WRONG"}
     else:
         os.environ["FAILOVER_TEST_OBJECTS_WRONG_SAS"] = (f"https://{emu.host}:{emu.port}/{emulators.AZURE_ACCOUNT}?"
                                                          + emulators.account_sas(emulators.AZURE_ACCOUNT, WRONG_KEY))
-        options = {"sas_url": "env/FAILOVER_TEST_OBJECTS_WRONG_SAS"}
-    store = cloud.store(index, options=options)
+        wrong = {"media-sas-url": "env/FAILOVER_TEST_OBJECTS_WRONG_SAS"}
+    store = cloud.store(index, credentials=wrong)
     for action in (lambda: store.put(".failover/x.json", b"1"), lambda: store.get(".failover/inventory.json")):
         with pytest.raises(StoreError) as error:
             action()
