@@ -1,10 +1,13 @@
 """`failover inventory pull`: the Inventory from every Pulumi stack, saved and copied to every site.
 
-Without --doit the copy to the sites' buckets is only planned (and printed); the local copy in
-the workdir is always written, with the secrets apart in a 0600 secrets.env.
+Without --doit the copy to the sites' stores is only planned (and printed); the local copy in
+the workdir is always written, with the secrets apart in a 0600 secrets.env. The active site,
+the epoch and the sites' order (their repository numbers) come from the Inventory already
+known: the workdir's, and with --doit the copies in the stores (the newest wins).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +17,7 @@ from rich.table import Table
 from infra import inventory_pull as pull_
 from infra import secrets
 from infra.cliutil import ROOT, AsJson, FailoverError, Workdir, command, console, emit, workdir_path
+from infra.sites.contract import Inventory
 
 app = typer.Typer(help="The Inventory of all sites, built from Pulumi stack outputs and copied to every site.")
 
@@ -39,13 +43,27 @@ def pull(stacks: Stacks = "aws,gcp,azure", workdir: Workdir = None, as_json: AsJ
     for value in found.values():
         secrets.remember(value)
     where = workdir_path(workdir)
+    # What is already known wins over the stacks' roles: the workdir's Inventory, and with
+    # --doit the copies in the sites' stores (read with the credentials just pulled).
+    known = [Inventory.load(where / "inventory.json")] if (where / "inventory.json").exists() else []
+    unread: dict[str, str] = {}
+    if doit:
+        os.environ.update(found)  # this process only: the Inventory's env/NAME references resolve to them
+        copies_found, unread = pull_.read_copies(inventory)
+        known += copies_found
+    try:
+        inventory = pull_.keep_known(inventory, known)
+    except pull_.PullError as error:
+        raise FailoverError(str(error)) from None
     inventory.save(where / "inventory.json")
     pull_.write_secrets(where / "secrets.env", found)
     statuses = pull_.publish(inventory, found) if doit else {}
     copies = [{"site": s.site, "destination": pull_.destination(s),
-               "status": statuses.get(s.site, "planned (pass --doit)")} for s in inventory.sites]
+               "status": statuses.get(s.site, "planned (pass --doit)"),
+               **({"earlier_copy": unread[s.site]} if s.site in unread else {})} for s in inventory.sites]
     result = {"inventory": str(where / "inventory.json"), "secrets": str(where / "secrets.env"),
-              "active": inventory.active, "sites": inventory.names, "copies": copies}
+              "active": inventory.active, "epoch": inventory.epoch, "sites": inventory.names,
+              "kept_from": len(known), "copies": copies}
     emit(result, as_json, _render)
 
 
@@ -59,7 +77,8 @@ def _read(stack: str, from_dir: Path | None) -> str:
 
 
 def _render(result: dict) -> None:
-    console.print(f"inventory: {result['inventory']} (active: {result['active']})")
+    kept = f"; active and epoch kept from {result['kept_from']} known Inventory copies" if result["kept_from"] else ""
+    console.print(f"inventory: {result['inventory']} (active: {result['active']}, epoch {result['epoch']}{kept})")
     console.print(f"secrets:   {result['secrets']} (0600; the inventory holds env/NAME references)")
     table = Table("site", "copy to", "status")
     for copy in result["copies"]:

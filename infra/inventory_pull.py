@@ -16,11 +16,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from infra.data.storage import Store, put_all
+from infra.data.storage import MissingKey, Store, StoreError, put_all
 from infra.sites.contract import EXPORTED_KEYS, Inventory, SiteOutputs
 from infra.sites.fleet import INVENTORY_COPY
 from infra.spec import ROLES
-
 
 
 class PullError(ValueError):
@@ -71,6 +70,42 @@ def build_inventory(outputs: dict[str, str]) -> tuple[Inventory, dict[str, str]]
     # The same order as load_spec, so pgBackRest repo numbers agree with the spec's.
     sites.sort(key=lambda s: (ROLES.index(s.role), s.site))
     return Inventory(sites=sites, active=primaries[0]), secrets
+
+
+def keep_known(pulled: Inventory, known: list[Inventory]) -> Inventory:
+    """The pulled sites under what the newest known Inventory (highest epoch, then latest
+    update) already says: its active site and epoch, and its order of sites, which numbers
+    their pgBackRest repositories (`repoN` = the N-th site on every host) for their lifetime.
+
+    So a pull after a failover keeps the new primary active whatever role the stacks still
+    declare, never lowers the epoch, and a role change renumbers nothing. A new site is added
+    at the end; a known site that is missing from the pull is refused, since every site after
+    it would change number."""
+    if not known:
+        return pulled
+    newest = max(known, key=lambda inv: (inv.epoch, inv.updated))
+    missing = [name for name in newest.names if name not in pulled.names]
+    if missing:
+        raise PullError(f"the Inventory already has site(s) {', '.join(missing)}, which this pull lacks: pull "
+                        f"every stack (--stacks {','.join(newest.names + [n for n in pulled.names if n not in newest.names])})"
+                        "; removing a site would renumber the repositories of the sites after it")
+    order = newest.names + [name for name in pulled.names if name not in newest.names]
+    return Inventory(sites=[pulled.site(name) for name in order], active=newest.active,
+                     epoch=max(inv.epoch for inv in known))
+
+
+def read_copies(inventory: Inventory) -> tuple[list[Inventory], dict[str, str]]:
+    """The Inventory copies in the sites' stores (the credentials must be in the environment);
+    returns (copies, site -> why its copy was not read)."""
+    copies, unread = [], {}
+    for site in inventory.sites:
+        try:
+            copies.append(Inventory.from_json(Store(site).get(INVENTORY_COPY).decode(), where=str(Store(site))))
+        except MissingKey:
+            unread[site.site] = "no copy yet"
+        except (StoreError, ValueError) as error:
+            unread[site.site] = str(error)
+    return copies, unread
 
 
 def write_secrets(path: Path, secrets: dict[str, str]) -> None:

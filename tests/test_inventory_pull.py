@@ -69,11 +69,8 @@ def test_the_copies_go_where_the_engine_reads_them(tmp_path):
     through the same stores: here posix ones, the recorded sites' store types swapped for directories."""
     inventory, found = pull.build_inventory(recorded(*STACKS))
     assert pull.destination(inventory.site("aws")).endswith(": .failover/inventory.json")
-    for i, site in enumerate(inventory.sites):
-        root = tmp_path / site.site
-        inventory.sites[i] = dataclasses.replace(site, repository=Repository("posix", {"path": str(root)}),
-                                                 media_remote=MediaRemote("local", {}, str(root)))
-    (tmp_path / "gcp").mkdir(), (tmp_path / "azure").mkdir()  # aws's directory is missing
+    inventory = _posix(inventory, tmp_path)
+    (tmp_path / "aws").rmdir()  # aws's store does not answer
     statuses = pull.publish(inventory, found)
     assert statuses["gcp"] == statuses["azure"] == "copied"
     assert statuses["aws"].startswith("failed: site aws")
@@ -97,3 +94,68 @@ def test_cli_names_a_missing_recording(tmp_path):
     result = CliRunner().invoke(app, ["--stacks", "aws,nowhere", "--from", str(OUTPUTS), "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "nowhere.json: no recorded outputs for stack nowhere" in result.output
+
+
+def _posix(inventory: Inventory, root: Path) -> Inventory:
+    """The same sites with posix stores under `root` (one directory each), so nothing leaves loopback."""
+    for i, site in enumerate(inventory.sites):
+        (root / site.site).mkdir(parents=True, exist_ok=True)
+        inventory.sites[i] = dataclasses.replace(site, repository=Repository("posix", {"path": str(root / site.site)}),
+                                                 media_remote=MediaRemote("local", {}, str(root / site.site)))
+    return inventory
+
+
+def _with_role(text: str, role: str) -> str:
+    data = json.loads(text)
+    data["role"] = role
+    return json.dumps(data)
+
+
+def test_a_pull_after_a_failover_keeps_active_epoch_and_repository_numbers():
+    before, _ = pull.build_inventory(recorded(*STACKS))
+    known = Inventory(before.sites, active="gcp", epoch=3)  # failed over to gcp
+    # The stacks' roles are edited afterwards: gcp primary, aws warm. Sorted by role, the pull
+    # alone would put gcp first and give aws repo2.
+    outputs = recorded(*STACKS)
+    outputs["gcp"], outputs["aws"] = _with_role(outputs["gcp"], "primary"), _with_role(outputs["aws"], "warm")
+    pulled, _ = pull.build_inventory(outputs)
+    assert pulled.names[0] == "gcp" and pulled.active == "gcp" and pulled.epoch == 1
+    kept = pull.keep_known(pulled, [known, Inventory(before.sites, active="aws", epoch=2)])
+    assert kept.names == before.names == ["aws", "gcp", "azure"]
+    assert [kept.repo_index(n) for n in kept.names] == [1, 2, 3]
+    assert kept.active == "gcp" and kept.epoch == 3
+    assert kept.site("aws").role == "warm"  # the outputs themselves are the new ones
+    assert pull.keep_known(pulled, []) is pulled  # a first pull: the stacks' roles decide
+
+
+def test_a_pull_that_lacks_a_known_site_is_refused():
+    known, _ = pull.build_inventory(recorded(*STACKS))
+    pulled, _ = pull.build_inventory(recorded("aws", "gcp"))
+    with pytest.raises(pull.PullError, match="already has site.s. azure, which this pull lacks.*--stacks aws,gcp,azure"):
+        pull.keep_known(pulled, [known])
+
+
+def test_the_newest_copy_in_the_stores_wins_and_unreadable_ones_are_named(tmp_path):
+    inventory, found = pull.build_inventory(recorded(*STACKS))
+    inventory = _posix(inventory, tmp_path)
+    old, new = Inventory(inventory.sites, active="aws", epoch=2), Inventory(inventory.sites, active="azure", epoch=5)
+    Store(inventory.site("aws")).put(INVENTORY_COPY, old.to_json().encode())
+    Store(inventory.site("gcp")).put(INVENTORY_COPY, new.to_json().encode())
+    copies, unread = pull.read_copies(inventory)
+    assert sorted(c.epoch for c in copies) == [2, 5] and unread == {"azure": "no copy yet"}
+    kept = pull.keep_known(inventory, copies)
+    assert kept.active == "azure" and kept.epoch == 5
+
+
+def test_cli_pull_keeps_what_the_workdirs_inventory_says(tmp_path):
+    args = ["--stacks", "aws,gcp,azure", "--from", str(OUTPUTS), "--workdir", str(tmp_path), "--json"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    failed_over = Inventory.load(tmp_path / "inventory.json")
+    failed_over.active, failed_over.epoch = "azure", 7
+    failed_over.save(tmp_path / "inventory.json")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["active"] == "azure" and report["epoch"] == 7 and report["kept_from"] == 1
+    saved = Inventory.load(tmp_path / "inventory.json")
+    assert (saved.active, saved.epoch, saved.names) == ("azure", 7, ["aws", "gcp", "azure"])
