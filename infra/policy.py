@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Iterable
 
 from infra.clouds.base import WEB_PORTS
@@ -40,6 +41,10 @@ def _non_web(ports: Iterable[tuple[int, int]]) -> list[str]:
             if not (lo == hi and lo in WEB_PORTS)]
 
 
+def _or(value: Any, default: int) -> Any:
+    return default if value is None else value
+
+
 def _port_range(text: Any) -> tuple[int, int]:
     text = str(text)
     if text in ("*", "", "None"):
@@ -53,12 +58,13 @@ def world_open_ports(type_: str, props: Props) -> list[str]:
     if type_ == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule":
         if _is_world(props.get("cidrIpv4")) or _is_world(props.get("cidrIpv6")):
             proto_all = str(props.get("ipProtocol")) == "-1"
-            ports = [(0, 65535)] if proto_all else [(props.get("fromPort", 0), props.get("toPort", 65535))]
+            # A port unknown at preview counts as the whole range: fail safe.
+            ports = [(0, 65535)] if proto_all else [(_or(props.get("fromPort"), 0), _or(props.get("toPort"), 65535))]
             return [f"ports {p} open to the world" for p in _non_web(ports)]
     if type_ == "aws:ec2/securityGroup:SecurityGroup":
         return [f"ports {p} open to the world" for rule in props.get("ingress") or []
                 if any(_is_world(c) for c in (rule.get("cidrBlocks") or []) + (rule.get("ipv6CidrBlocks") or []))
-                for p in _non_web([(rule.get("fromPort", 0), rule.get("toPort", 65535))])]
+                for p in _non_web([(_or(rule.get("fromPort"), 0), _or(rule.get("toPort"), 65535))])]
     if type_ == "gcp:compute/firewall:Firewall" and props.get("direction", "INGRESS") == "INGRESS":
         sources = props.get("sourceRanges") or []
         if (not sources and not props.get("sourceTags")) or any(_is_world(s) for s in sources):
@@ -157,20 +163,41 @@ def violations(resources: list[tuple[str, str, Props]]) -> dict[str, list[str]]:
     return found
 
 
+def known(value: Any) -> Any:
+    """Props as plain dicts and lists in which a value unknown at preview (pulumi-policy raises
+    UnknownValueError when it is read) is None: a check treats it as not set, and every other
+    value is still checked. Reading the props whole (`dict(args.props)`) raised at the first
+    unknown value, so a preview that also created, say, a security group got "can't run policy
+    during preview" instead of the violation."""
+    from pulumi_policy.proxy import UnknownValueError
+
+    def read(container, key):
+        try:
+            return known(container[key])
+        except UnknownValueError:
+            return None
+
+    if isinstance(value, Mapping):
+        return {key: read(value, key) for key in value}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [read(value, i) for i in range(len(value))]
+    return value
+
+
 def policies() -> list:
     """The checks as pulumi-policy objects, mandatory: a violation stops `pulumi up`."""
     from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValidationPolicy
 
     def resource_policy(name, description, check):
         def validate(args, report_violation):
-            for message in check(args.resource_type, dict(args.props)):
+            for message in check(args.resource_type, known(args.props)):
                 report_violation(message)
         return ResourceValidationPolicy(name=name, description=description, validate=validate,
                                         enforcement_level=EnforcementLevel.MANDATORY)
 
     def stack_policy(name, description, check):
         def validate(args, report_violation):
-            for message in check([(r.resource_type, r.name, dict(r.props)) for r in args.resources]):
+            for message in check([(r.resource_type, r.name, known(r.props)) for r in args.resources]):
                 report_violation(message)
         return StackValidationPolicy(name=name, description=description, validate=validate,
                                      enforcement_level=EnforcementLevel.MANDATORY)

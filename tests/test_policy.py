@@ -64,6 +64,45 @@ def test_pulumi_policy_wrappers_report_through_report_violation(runs):
     assert len(reported) == 2
 
 
+def test_a_violation_is_reported_during_a_preview_with_unknown_values():
+    """At preview, values computed by the cloud (a new security group's ID, tags from an output)
+    are unknown; pulumi-policy raises when one is read. The wrapper still reports the violation
+    from the values that are known, and an unknown port counts as the whole range."""
+    from pulumi_policy.proxy import (UNKNOWN_NUMBER_VALUE, UNKNOWN_STRING_VALUE, UnknownValueError,
+                                     unknown_checking_proxy)
+
+    by_name = {p.name: p for p in policy.policies()}
+    props = unknown_checking_proxy({"securityGroupId": UNKNOWN_STRING_VALUE, "cidrIpv4": "0.0.0.0/0",
+                                    "ipProtocol": "tcp", "fromPort": 5432, "toPort": 5432,
+                                    "tags": {"site": UNKNOWN_STRING_VALUE, "role": "primary"}})
+    with pytest.raises(UnknownValueError) as error:
+        dict(props)  # what the wrapper used to do
+    assert "can't be known during preview" in error.value.message
+    reported = []
+    by_name["no-database-port-open-to-world"].validate(
+        SimpleNamespace(resource_type="aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", props=props),
+        reported.append)
+    assert reported == ["ports 5432 open to the world"]
+    unknown_port = unknown_checking_proxy({"cidrIpv4": "0.0.0.0/0", "ipProtocol": "tcp",
+                                           "fromPort": UNKNOWN_NUMBER_VALUE, "toPort": UNKNOWN_NUMBER_VALUE})
+    reported = []
+    by_name["no-database-port-open-to-world"].validate(
+        SimpleNamespace(resource_type="aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+                        props=unknown_port), reported.append)
+    assert reported == ["ports 0-65535 open to the world"]
+    fine = unknown_checking_proxy({"cidrIpv4": UNKNOWN_STRING_VALUE, "fromPort": 5432, "toPort": 5432})
+    reported = []
+    by_name["no-database-port-open-to-world"].validate(
+        SimpleNamespace(resource_type="aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", props=fine),
+        reported.append)
+    assert reported == []  # a source not known yet is not the world
+    disk = unknown_checking_proxy({"encrypted": False, "availabilityZone": UNKNOWN_STRING_VALUE})
+    reported = []
+    by_name["disks-encrypted"].validate(SimpleNamespace(resource_type="aws:ebs/volume:Volume", props=disk),
+                                        reported.append)
+    assert reported == ["EBS volume is not encrypted"]
+
+
 @pytest.mark.parametrize("type_, props", [
     ("aws:ebs/volume:Volume", {"encrypted": False}),
     ("aws:ec2/instance:Instance", {"rootBlockDevice": {}}),
