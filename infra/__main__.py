@@ -15,6 +15,7 @@ import pulumi
 if __package__ in (None, ""):  # `pulumi up` runs this directory as a script, not as infra.__main__
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from infra.clouds import tags  # noqa: E402
 from infra.clouds.base import SiteArgs  # noqa: E402
 from infra.sites.contract import EXPORTED_KEYS  # noqa: E402
 from infra.spec import Spec, SpecError, spec_from_config  # noqa: E402
@@ -61,6 +62,7 @@ def main() -> None:
     spec = read_spec(config, pulumi.get_stack())
     site = spec.sites[0]
     module, cls = COMPONENTS[site.cloud]
+    tags.register(site.name, site.role)
     component = getattr(importlib.import_module(module), cls)(site.name, site_args(spec, config))
     exports = {"site": site.name, "cloud": site.cloud, "region": site.region, "role": site.role,
                **component.outputs()}

@@ -66,6 +66,22 @@ def test_each_cloud_declares_its_resource_types(runs, stack):
     assert not {t for t in types if "V2" in t.split(":")[-1]}, "deprecated *V2 classes used"
 
 
+@pytest.mark.parametrize("stack", STACKS + ["azure-scaled"])
+def test_every_resource_that_takes_tags_or_labels_has_site_role_and_managed_by(runs, stack):
+    """GCP's `tags` are network tags, so GCP resources carry `labels`; AWS and Azure carry `tags`.
+    What a resource takes is read from its SDK class in the mock run, not from the program."""
+    site = stack.split("-")[0]
+    role = "primary" if stack == "azure-scaled" else {s.name: s.role for s in SPEC.sites}[site]
+    field = "labels" if site == "gcp" else "tags"
+    taggable = [r for r in runs[stack]["resources"] if field in r["takes"]]
+    assert len(taggable) >= 5, [r["type"] for r in runs[stack]["resources"]]
+    for resource in taggable:
+        assert resource["inputs"].get(field) == {"site": site, "role": role, "managed-by": "failover"}, \
+            (resource["type"], resource["name"], resource["inputs"].get(field))
+    kinds = {r["type"].split(":")[-1] for r in taggable}
+    assert {"Disk", "Volume", "Bucket", "StorageAccount"} & kinds  # the data disk and the stores
+
+
 def test_exports_are_the_contract_keys_on_every_cloud(runs):
     keys = {stack: tuple(runs[stack]["outputs"]) for stack in STACKS}
     assert all(set(k) == set(EXPORTED_KEYS) for k in keys.values()), keys
