@@ -51,6 +51,7 @@ def site_args(spec: Spec, config: pulumi.Config) -> SiteArgs:
         "network_cidr": config.get("network_cidr"),
         "zone": config.get("zone"),
         "backup_retention_days": config.get_int("backup_retention_days"),
+        "image": config.get("image"),
     }
     return SiteArgs(site=site.name, cloud=site.cloud, region=site.region, role=site.role, app=spec.app,
                     database=spec.database, media_bucket=spec.media.bucket, admin_cidrs=site.admin_cidrs,

@@ -91,14 +91,14 @@ class AwsSite(base.SiteComponent):
     def _machines(self, groups, subnet_ids, app_ips, db_ip, disk) -> None:
         args = self.args
         count = base.capacity(args.role, args.app)
-        image = ec2.get_ami_output(most_recent=True, owners=[DEBIAN_OWNER],
-                                   filters=[{"name": "name", "values": [DEBIAN_IMAGE]}])
+        image = args.image or ec2.get_ami_output(most_recent=True, owners=[DEBIAN_OWNER],
+                                                 filters=[{"name": "name", "values": [DEBIAN_IMAGE]}]).id
         for i in range(count["app"]):
-            vm = self._vm(f"app-{i}", "app", image.id, groups, subnet_ids)
+            vm = self._vm(f"app-{i}", "app", image, groups, subnet_ids)
             ec2.EipAssociation(name(args, f"app-{i}-ip"), instance_id=vm.id,
                                allocation_id=app_ips[i].allocation_id, opts=self.child())
         if count["db"]:
-            vm = self._vm("db", "db", image.id, groups, subnet_ids)
+            vm = self._vm("db", "db", image, groups, subnet_ids)
             ec2.EipAssociation(name(args, "db-ip"), instance_id=vm.id, allocation_id=db_ip.allocation_id,
                                opts=self.child())
             ec2.VolumeAttachment(name(args, "pgdata"), instance_id=vm.id, volume_id=disk.id,
@@ -111,7 +111,9 @@ class AwsSite(base.SiteComponent):
             subnet_id=subnet_ids[tier], vpc_security_group_ids=[groups[tier].id],
             availability_zone=self.zone, user_data=base.cloud_init(args, tier),
             root_block_device={"encrypted": True, "volume_size": 20, "volume_type": "gp3"},
-            metadata_options={"http_tokens": "required"}, opts=self.child())
+            metadata_options={"http_tokens": "required"},
+            # The looked-up AMI moves with every Debian release; a pinned one (failover:image) is the change.
+            opts=self.child(ignore_changes=None if args.image else ["ami"]))
 
     def _bucket(self, part: str, lock: bool = False) -> s3.Bucket:
         args = self.args

@@ -20,6 +20,15 @@ from infra.clouds import base
 from infra.clouds.base import SiteArgs, name
 
 DEBIAN_IMAGE = {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"}
+
+
+def image_reference(urn: str) -> dict[str, str]:
+    """failover:image as an Azure URN publisher:offer:sku:version, else Debian 12's `latest`
+    (resolved when the VM is created; the input stays `latest`, so a newer image changes nothing)."""
+    if not urn:
+        return DEBIAN_IMAGE
+    publisher, offer, sku, version = urn.split(":")
+    return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
 DATA_DEVICE = "/dev/disk/azure/scsi1/lun0"
 PLATFORM_KEY = {"type": "EncryptionAtRestWithPlatformKey"}
 # Read, create, write (a new version), list. Never d (delete), x (delete version), y (permanent
@@ -107,7 +116,7 @@ class AzureSite(base.SiteComponent):
             name(args, part), resource_group_name=self.group.name, location=args.region,
             hardware_profile={"vm_size": base.machine_type(args, tier)},
             network_profile={"network_interfaces": [{"id": nic.id, "primary": True}]},
-            storage_profile={"image_reference": DEBIAN_IMAGE, "data_disks": disks,
+            storage_profile={"image_reference": image_reference(args.image), "data_disks": disks,
                              "os_disk": {"create_option": "FromImage", "disk_size_gb": 30,
                                          "managed_disk": {"storage_account_type": "Premium_LRS"}}},
             os_profile={"computer_name": name(args, part), "admin_username": args.ssh_user,

@@ -58,6 +58,10 @@ class SiteArgs:
     sizes: dict[str, str] = field(default_factory=dict)  # optional machine type per tier
     zone: str = ""
     backup_retention_days: int = 14
+    # The VM image, pinned: an AMI ID, a GCE image, or an Azure URN publisher:offer:sku:version.
+    # Unset, each cloud takes Debian 12's current image when a VM is created and ignores newer
+    # ones afterwards, so a new Debian image never replaces a running VM.
+    image: str = ""
 
     def validate(self) -> None:
         problems = [p for p in (_check_cidrs("admin_cidrs", self.admin_cidrs),
@@ -66,6 +70,8 @@ class SiteArgs:
                                 _check_sizes(self.sizes), _check_key(self.ssh_public_key)) if p]
         if self.role not in ROLE_SIZES:
             problems.append(f"role: {self.role!r} is not one of: {', '.join(ROLE_SIZES)}")
+        if self.image and self.cloud == "azure" and len(self.image.split(":")) != 4:
+            problems.append(f"image: {self.image!r} is not an Azure URN publisher:offer:sku:version")
         if self.backup_retention_days < 1:
             problems.append(f"backup_retention_days: must be at least 1, got {self.backup_retention_days}")
         if problems:
@@ -150,10 +156,12 @@ def firewall_rules(args: SiteArgs) -> list[Rule]:
 
 def cloud_init(args: SiteArgs, tier: str, data_device: str = "") -> str:
     """The VM's user-data for a tier, embedding the one bootstrap file; `data_device` is the
-    cloud's hint for the data disk. Nothing in it changes on a live site (peers and pg_hba are
-    the engine's job), so a routine `pulumi up` leaves every VM's user-data as it was."""
+    cloud's hint for the data disk. Nothing in it changes on a live site: not the peers, not
+    pg_hba, not the role (all the engine's job, over SSH), so a routine `pulumi up` or a role
+    change leaves every VM's user-data as it was (a change would stop and start an AWS VM,
+    and Azure cannot change customData at all)."""
     values = {
-        "site": args.site, "role": args.role, "tier": tier, "ssh_user": args.ssh_user,
+        "site": args.site, "tier": tier, "ssh_user": args.ssh_user,
         "ssh_public_key": args.ssh_public_key or "# no key configured", "app_image": args.app.image,
         "app_port": str(args.app.port), "db_port": str(args.database.port),
         "db_version": str(args.database.version), "data_device": data_device,

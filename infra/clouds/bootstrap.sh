@@ -5,7 +5,7 @@
 # It starts what this VM's tiers run, and nothing that changes on a live site: peers, pg_hba,
 # TLS, replication and pgBackRest are the engine's job (`failover sites protect`, over SSH).
 # It reads /etc/failover/site.env:
-#   FAILOVER_SITE, FAILOVER_ROLE     the site and its role
+#   FAILOVER_SITE                    the site (its role is the engine's: the Inventory's, never the VM's)
 #   FAILOVER_TIERS                   "db", "app" or "db app" (a local VM runs both)
 #   DB_VERSION, DB_PORT, DB_LISTEN   the cluster, its port and listen_addresses ('*' on clouds)
 #   APP_IMAGE, APP_PORT              the app's container (cloud app VMs)
@@ -50,4 +50,4 @@ fi
 if has_tier app && [ -n "${APP_IMAGE:-}" ] && command -v podman >/dev/null; then
   podman run -d --replace --name social-app --restart=always -p 80:"$APP_PORT" "$APP_IMAGE"
 fi
-echo "failover-bootstrap: $FAILOVER_SITE ($FAILOVER_ROLE) ready: tiers $FAILOVER_TIERS"
+echo "failover-bootstrap: $FAILOVER_SITE ready: tiers $FAILOVER_TIERS"

@@ -72,12 +72,15 @@ class GcpSite(base.SiteComponent):
         args = self.args
         return compute.Instance(
             name(args, part), zone=self.zone, machine_type=base.machine_type(args, tier),
-            boot_disk={"initialize_params": {"image": DEBIAN_IMAGE, "size": 20}},
+            boot_disk={"initialize_params": {"image": args.image or DEBIAN_IMAGE, "size": 20}},
             attached_disks=disks, tags=[name(args, tier)],
             network_interfaces=[{"subnetwork": subnet_ids[tier], "access_configs": [{"nat_ip": address.address}]}],
             metadata={"user-data": base.cloud_init(args, tier, DATA_DEVICE)},
             shielded_instance_config={"enable_secure_boot": True, "enable_vtpm": True},
-            opts=self.child())
+            # A role change resizes the VM (machine_type), which GCE allows only when stopped.
+            allow_stopping_for_update=True,
+            # The family resolves to Debian's newest image at creation; a pinned one is the change.
+            opts=self.child(ignore_changes=None if args.image else ["bootDisk.initializeParams.image"]))
 
     def _bucket(self, part: str) -> storage.Bucket:
         args = self.args

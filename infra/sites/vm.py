@@ -206,7 +206,7 @@ class Vm:
         """Writes /etc/failover/site.env, runs the bootstrap as root (as cloud-init does), starts sshd."""
         root = self.root
         (root / "etc/failover").mkdir(parents=True, exist_ok=True)
-        env = {"FAILOVER_SITE": self.site, "FAILOVER_ROLE": self.role, "FAILOVER_TIERS": "db app",
+        env = {"FAILOVER_SITE": self.site, "FAILOVER_TIERS": "db app",
                "DB_VERSION": str(database.version), "DB_PORT": str(database.port), "DB_LISTEN": self.address}
         (root / "etc/failover/site.env").write_text("".join(f"{k}={_shell_quote(v)}\n" for k, v in env.items()))
         shutil.copyfile(BOOTSTRAP, root / "usr/local/sbin/failover-bootstrap")

@@ -29,4 +29,6 @@ def test_user_data_embeds_the_bootstrap_file_line_for_line():
 def test_peers_and_role_changes_leave_user_data_unchanged_where_they_belong_to_the_engine():
     before = base.cloud_init(args(), "db")
     assert base.cloud_init(args(peer_cidrs=("10.9.0.0/16", "10.8.0.0/16")), "db") == before
+    assert base.cloud_init(args(role="warm"), "db") == base.cloud_init(args(role="pilot-light"), "db") == before
+    assert "ROLE" not in before
     assert "PEER_CIDRS" not in before and "hostssl" not in before

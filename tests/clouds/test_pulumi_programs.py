@@ -4,6 +4,8 @@ Each stack runs in its own subprocess (tests/fixtures/pulumi/mock_run.py), all i
 """
 from __future__ import annotations
 
+import base64
+
 import json
 import sys
 from pathlib import Path
@@ -46,9 +48,26 @@ PILOT_AS_PRIMARY = {"failover:site": {**{"cloud": "azure", "region": "northeurop
                                          "admin_cidrs": ["198.51.100.0/24"]}, "role": "primary"}}
 
 
+def _as(stack: str, role: str) -> dict:
+    return {"failover:site": {**yaml_config(stack)["failover:site"], "role": role}}
+
+
+PINNED = {"aws": "ami-0123456789abcdef0", "gcp": "debian-cloud/debian-12-bookworm-v20261110",
+          "azure": "Debian:debian-12:12-gen2:0.20261110.1234"}
+# Variants that must leave every VM's user-data as it was: a role change, other peers.
+CHANGED = {"aws-as-warm": ("aws", lambda: _as("aws", "warm")),
+           "aws-other-peers": ("aws", lambda: {"failover:peer_cidrs": ["192.0.2.7/32", "192.0.2.8/32"]}),
+           "gcp-as-primary": ("gcp", lambda: _as("gcp", "primary")),
+           "azure-as-warm": ("azure", lambda: _as("azure", "warm"))}
+
+
 @pytest.fixture(scope="module")
 def runs():
-    return run_stacks({name: (name, {}) for name in STACKS} | {"azure-scaled": ("azure", PILOT_AS_PRIMARY)})
+    variants = {name: (name, {}) for name in STACKS} | {"azure-scaled": ("azure", PILOT_AS_PRIMARY)}
+    variants |= {label: (stack, make()) for label, (stack, make) in CHANGED.items()}
+    variants |= {f"{stack}-pinned": (stack, {**(PILOT_AS_PRIMARY if stack == "azure" else {}), "failover:image": image})
+                 for stack, image in PINNED.items()}  # azure as primary: its pilot-light runs no VM yet
+    return run_stacks(variants)
 
 
 def of(run: dict, type_: str) -> list[dict]:
@@ -195,12 +214,52 @@ def yaml_config(stack: str) -> dict:
     return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
 
 
+def user_data(stack: str, vm: dict) -> str:
+    inputs = vm["inputs"]
+    if stack == "azure":
+        return base64.b64decode(inputs["osProfile"]["customData"]).decode()
+    return inputs["userData"] if stack == "aws" else inputs["metadata"]["user-data"]
+
+
+@pytest.mark.parametrize("label", CHANGED)
+def test_a_role_or_peer_change_leaves_every_vms_user_data_byte_identical(runs, label):
+    """A user-data change stops and starts an AWS VM, and Azure cannot change customData: the
+    role and the peers are the engine's (`sites protect`), never the VM's boot data."""
+    stack = CHANGED[label][0]
+    before = runs["azure-scaled" if stack == "azure" else stack]
+    after = runs[label]
+    vms_before = {vm["name"]: user_data(stack, vm) for vm in of(before, VM_TYPES[stack])}
+    vms_after = {vm["name"]: user_data(stack, vm) for vm in of(after, VM_TYPES[stack])}
+    assert vms_before and vms_after
+    for name in vms_before.keys() & vms_after.keys():  # a role change may add or remove app VMs
+        assert vms_after[name] == vms_before[name], f"{label}: {name}'s user-data changed"
+    assert f"{stack}-db" in vms_before.keys() & vms_after.keys() or stack == "azure"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_images_are_pinned_in_config_or_never_replace_a_running_vm(runs, stack):
+    vms = [vm for vm in of(runs["azure-scaled" if stack == "azure" else stack], VM_TYPES[stack])]
+    pinned = of(runs[f"{stack}-pinned"], VM_TYPES[stack])
+    if stack == "aws":
+        assert all(vm["ignore_changes"] == ["ami"] for vm in vms)  # Debian's newest AMI at creation only
+        assert all(vm["inputs"]["ami"] == PINNED["aws"] and not vm["ignore_changes"] for vm in pinned)
+    elif stack == "gcp":
+        assert all(vm["ignore_changes"] == ["bootDisk.initializeParams.image"] for vm in vms)
+        assert all(vm["inputs"]["bootDisk"]["initializeParams"]["image"] == PINNED["gcp"] for vm in pinned)
+        # A role change resizes the VM, which GCE applies only to a stopped instance.
+        assert all(vm["inputs"]["allowStoppingForUpdate"] is True for vm in vms + pinned)
+    else:
+        assert all(vm["inputs"]["storageProfile"]["imageReference"]["version"] == "latest" for vm in vms)
+        assert pinned and all(vm["inputs"]["storageProfile"]["imageReference"] == {
+            "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "0.20261110.1234"} for vm in pinned)
+    assert vms
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_cloud_init_is_the_same_file_everywhere(runs, stack):
     scaled = runs["azure-scaled"] if stack == "azure" else runs[stack]
     vm = next(r for r in of(scaled, VM_TYPES[stack]) if r["name"].endswith("-db"))
-    data = {"aws": lambda i: i["userData"], "gcp": lambda i: i["metadata"]["user-data"],
-            "azure": lambda i: __import__("base64").b64decode(i["osProfile"]["customData"]).decode()}[stack](vm["inputs"])
+    data = user_data(stack, vm)
     assert data.startswith("#cloud-config") and "pgbackrest" in data and "rclone" in data
     assert f"postgresql-{SPEC.database.version}" in data and "FAILOVER_TIERS=db" in data
     assert "{{" not in data
