@@ -19,18 +19,10 @@ import pulumi_azure_native.storage as storage
 from infra.clouds import base
 from infra.clouds.base import SiteArgs, name
 
-DEBIAN_IMAGE = {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"}
-
-
-def image_reference(urn: str) -> dict[str, str]:
-    """failover:image as an Azure URN publisher:offer:sku:version, else Debian 12's `latest`
-    (resolved when the VM is created; the input stays `latest`, so a newer image changes nothing)."""
-    if not urn:
-        return DEBIAN_IMAGE
-    publisher, offer, sku, version = urn.split(":")
-    return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
+DEBIAN_IMAGE: compute.ImageReferenceArgsDict = {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2",
+                                                "version": "latest"}
 DATA_DEVICE = "/dev/disk/azure/scsi1/lun0"
-PLATFORM_KEY = {"type": "EncryptionAtRestWithPlatformKey"}
+PLATFORM_KEY: compute.EncryptionArgsDict = {"type": compute.EncryptionType.ENCRYPTION_AT_REST_WITH_PLATFORM_KEY}
 # Read, create, write (a new version), list. Never d (delete), x (delete version), y (permanent
 # delete), i (immutability policy) or t (tags).
 WRITER_PERMISSIONS = "rcwl"
@@ -49,7 +41,8 @@ class SasCredential(pulumi.ComponentResource):
         sas = storage.list_storage_account_service_sas_output(
             account_name=account.name, resource_group_name=group.name,
             canonicalized_resource=pulumi.Output.concat("/blob/", account.name, "/", container),
-            resource="c", permissions=permissions, protocols="https", shared_access_expiry_time=expiry,
+            resource="c", permissions=permissions, protocols=storage.HttpProtocol.HTTPS,
+            shared_access_expiry_time=expiry,
             opts=pulumi.InvokeOutputOptions(parent=self))
         self.token = pulumi.Output.secret(sas.service_sas_token)
         self.register_outputs({"permissions": permissions})
@@ -128,7 +121,7 @@ class AzureSite(base.SiteComponent):
 
     def _bucket(self, part: str, immutable: bool = False) -> storage.StorageAccount:
         args = self.args
-        lock = {"enabled": True, "immutability_policy": {
+        lock: storage.ImmutableStorageAccountArgsDict | None = {"enabled": True, "immutability_policy": {
             "immutability_period_since_creation_in_days": args.backup_retention_days,
             "state": "Unlocked", "allow_protected_append_writes": False}} if immutable else None
         account = storage.StorageAccount(
@@ -144,7 +137,7 @@ class AzureSite(base.SiteComponent):
             container_delete_retention_policy={"enabled": True, "days": args.backup_retention_days},
             opts=self.child())
         storage.BlobContainer(name(args, part), account_name=account.name, resource_group_name=self.group.name,
-                              container_name=part, public_access="None", opts=self.child())
+                              container_name=part, public_access=storage.PublicAccess.NONE, opts=self.child())
         return account
 
     def _writer(self, media, backups) -> pulumi.Output:
@@ -156,9 +149,18 @@ class AzureSite(base.SiteComponent):
             lambda t: {"azure-key": t[0], "media-sas": t[1]})
 
 
-def security_rules(args: SiteArgs, tier: str) -> list[dict]:
+def image_reference(urn: str) -> compute.ImageReferenceArgsDict:
+    """failover:image as an Azure URN publisher:offer:sku:version, else Debian 12's `latest`
+    (resolved when the VM is created; the input stays `latest`, so a newer image changes nothing)."""
+    if not urn:
+        return DEBIAN_IMAGE
+    publisher, offer, sku, version = urn.split(":")
+    return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
+
+
+def security_rules(args: SiteArgs, tier: str) -> list[network.SecurityRuleArgsDict]:
     """The tier's allow rules from the shared plan, then a deny-all so nothing else gets in."""
-    rules = [{"name": rule.name, "priority": 100 + i * 10, "direction": "Inbound", "access": "Allow",
+    rules: list[network.SecurityRuleArgsDict] = [{"name": rule.name, "priority": 100 + i * 10, "direction": "Inbound", "access": "Allow",
               "protocol": "Tcp", "source_address_prefixes": list(rule.sources), "source_port_range": "*",
               "destination_address_prefix": "*", "destination_port_range": str(rule.port),
               "description": rule.description}
