@@ -31,11 +31,13 @@ MACHINE_TYPES = {
     "azure": {"small": "Standard_B1ms", "medium": "Standard_B2s", "large": "Standard_D2s_v5"},
 }
 # Roles change size, not shape: a pilot-light site has every network, bucket and credential,
-# and zero machines, so `role: primary` plus `pulumi up` is all a failover needs to scale it.
+# no app VM and one small database VM (the WAL receiver on the data disk, which holds the
+# prestaged data directory), so `role: primary` plus `pulumi up` is all a failover needs to
+# scale it: the app VMs appear and the database VM grows to its primary size.
 ROLE_SIZES = {
     "primary": {"app": "medium", "db": "large"},
     "warm": {"app": "small", "db": "large"},  # the replica must keep up with the primary's WAL
-    "pilot-light": {"app": "small", "db": "large"},
+    "pilot-light": {"app": "small", "db": "small"},  # pg_receivewal only, until a failover
 }
 
 
@@ -118,9 +120,10 @@ def subnets(network_cidr: str) -> Subnets:
 
 
 def capacity(role: str, app: App) -> dict[str, int]:
-    """Machines per tier: every VM for primary and warm, none for pilot-light."""
+    """Machines per tier: every VM for primary and warm; for pilot-light, the database VM alone
+    (it receives the primary's WAL stream onto its data disk)."""
     if role == "pilot-light":
-        return {"app": 0, "db": 0}
+        return {"app": 0, "db": 1}
     return {"app": app.replicas, "db": 1}
 
 

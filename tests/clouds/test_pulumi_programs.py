@@ -58,7 +58,8 @@ PINNED = {"aws": "ami-0123456789abcdef0", "gcp": "debian-cloud/debian-12-bookwor
 CHANGED = {"aws-as-warm": ("aws", lambda: _as("aws", "warm")),
            "aws-other-peers": ("aws", lambda: {"failover:peer_cidrs": ["192.0.2.7/32", "192.0.2.8/32"]}),
            "gcp-as-primary": ("gcp", lambda: _as("gcp", "primary")),
-           "azure-as-warm": ("azure", lambda: _as("azure", "warm"))}
+           "azure-as-warm": ("azure", lambda: _as("azure", "warm")),
+           "azure-as-primary": ("azure", lambda: PILOT_AS_PRIMARY)}  # the pilot-light's failover
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,13 @@ def test_exports_are_the_contract_keys_on_every_cloud(runs):
 def test_vm_count_follows_role_and_disk_is_kept(runs, stack):
     site = SPEC.site(stack)
     vms = of(runs[stack], VM_TYPES[stack])
-    expected = 0 if site.role == "pilot-light" else SPEC.app.replicas + 1
+    # A pilot-light site runs its database VM alone (the WAL receiver), at the small size.
+    expected = 1 if site.role == "pilot-light" else SPEC.app.replicas + 1
     assert len(vms) == expected
+    assert any(vm["name"] == f"{stack}-db" for vm in vms)
+    if site.role == "pilot-light":
+        assert vms[0]["inputs"]["hardwareProfile"]["vmSize"] == base.MACHINE_TYPES["azure"]["small"]
+        assert vms[0]["inputs"]["storageProfile"]["dataDisks"][0]["createOption"] == "Attach"
     disk_type, size_key = DISK_TYPES[stack]
     disks = of(runs[stack], disk_type)
     assert [d["inputs"][size_key] for d in disks] == [SPEC.database.disk_gb]
@@ -226,14 +232,13 @@ def test_a_role_or_peer_change_leaves_every_vms_user_data_byte_identical(runs, l
     """A user-data change stops and starts an AWS VM, and Azure cannot change customData: the
     role and the peers are the engine's (`sites protect`), never the VM's boot data."""
     stack = CHANGED[label][0]
-    before = runs["azure-scaled" if stack == "azure" else stack]
-    after = runs[label]
+    before, after = runs[stack], runs[label]
     vms_before = {vm["name"]: user_data(stack, vm) for vm in of(before, VM_TYPES[stack])}
     vms_after = {vm["name"]: user_data(stack, vm) for vm in of(after, VM_TYPES[stack])}
     assert vms_before and vms_after
     for name in vms_before.keys() & vms_after.keys():  # a role change may add or remove app VMs
         assert vms_after[name] == vms_before[name], f"{label}: {name}'s user-data changed"
-    assert f"{stack}-db" in vms_before.keys() & vms_after.keys() or stack == "azure"
+    assert f"{stack}-db" in vms_before.keys() & vms_after.keys()
 
 
 @pytest.mark.parametrize("stack", STACKS)
