@@ -27,6 +27,11 @@ start_supervisor() {
 }
 
 start_database() {
+  if [ -e /etc/failover/no-data-disk ]; then  # written by cloud-init's bootcmd (cloud VMs only)
+    echo "failover-bootstrap: $(cat /etc/failover/no-data-disk); not starting PostgreSQL on the root disk:" \
+         "attach the data disk and reboot" >&2
+    return 1
+  fi
   # Debian's postgresql.conf reads conf.d/; the engine's settings (`sites protect`) go beside.
   conf="/etc/postgresql/$DB_VERSION/main/conf.d/00-bootstrap.conf"
   {
