@@ -7,6 +7,8 @@ info files, so the backups bucket uses versioning plus soft delete instead.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
 import pulumi_gcp.compute as compute
 import pulumi_gcp.serviceaccount as serviceaccount
@@ -17,6 +19,7 @@ from infra.clouds.base import SiteArgs, name
 
 DEBIAN_IMAGE = "debian-cloud/debian-12"
 DATA_DEVICE = "/dev/disk/by-id/google-pgdata"
+STARTUP = Path(__file__).with_name("gce-startup.sh")
 # Create and read, never delete: GCS needs storage.objects.delete to overwrite or remove.
 WRITER_ROLES = ("roles/storage.objectCreator", "roles/storage.objectViewer")
 
@@ -75,7 +78,8 @@ class GcpSite(base.SiteComponent):
             boot_disk={"initialize_params": {"image": args.image or DEBIAN_IMAGE, "size": 20}},
             attached_disks=disks, tags=[name(args, tier)],
             network_interfaces=[{"subnetwork": subnet_ids[tier], "access_configs": [{"nat_ip": address.address}]}],
-            metadata={"user-data": base.cloud_init(args, tier, DATA_DEVICE)},
+            # Debian's GCE image has no cloud-init: the startup-script installs it, and it reads user-data.
+            metadata={"user-data": base.cloud_init(args, tier, DATA_DEVICE), "startup-script": STARTUP.read_text()},
             shielded_instance_config={"enable_secure_boot": True, "enable_vtpm": True},
             # A role change resizes the VM (machine_type), which GCE allows only when stopped.
             allow_stopping_for_update=True,

@@ -241,6 +241,17 @@ def test_a_role_or_peer_change_leaves_every_vms_user_data_byte_identical(runs, l
     assert f"{stack}-db" in vms_before.keys() & vms_after.keys()
 
 
+def test_gcp_vms_run_the_startup_script_that_brings_cloud_init_to_debian():
+    """GCE's Debian image has no cloud-init: without the startup-script the user-data would never run."""
+    runs = run_stacks({"gcp": ("gcp", {}), "gcp-as-primary": ("gcp", _as("gcp", "primary"))})
+    script = (ROOT / "infra" / "clouds" / "gce-startup.sh").read_text()
+    for run in runs.values():
+        vms = of(run, VM_TYPES["gcp"])
+        assert vms and all(vm["inputs"]["metadata"]["startup-script"] == script for vm in vms)
+        assert all(vm["inputs"]["metadata"]["user-data"].startswith("#cloud-config") for vm in vms)
+    assert "apt-get install -y -q cloud-init" in script and "cloud-init modules --mode=final" in script
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_images_are_pinned_in_config_or_never_replace_a_running_vm(runs, stack):
     vms = [vm for vm in of(runs["azure-scaled" if stack == "azure" else stack], VM_TYPES[stack])]
