@@ -1,6 +1,8 @@
 """Pure record planning: which records the toolkit owns and wants, no servers involved."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from octodns.record import Record
 from octodns.zone import Zone
@@ -8,6 +10,8 @@ from octodns.zone import Zone
 from infra.dns import providers, records, sync
 from infra.sites.contract import MediaRemote, Repository, SiteOutputs
 from infra.spec import DnsProvider
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NAMES = ("", "www", "api", "media")
 
@@ -103,3 +107,20 @@ def test_missing_provider_package_and_secret_fail_as_results_naming_the_provider
     assert [r.status for r in results] == ["failed", "failed"]
     assert "pip install octodns-cloudflare-missing" in results[0].error
     assert "env/NOT_SET_TOKEN is not set" in results[1].error and "dns provider pdns" in results[1].error
+
+
+def test_the_shipped_configs_providers_are_installed_and_build(monkeypatch):
+    """Every provider class Pulumi.yaml names loads (its package is a dependency) and takes its
+    shipped args; building one contacts nothing."""
+    from octodns.provider.base import BaseProvider
+
+    from infra.spec import load_spec
+
+    entries = load_spec(ROOT / "Pulumi.yaml").dns.providers
+    assert {e.class_ for e in entries} >= {"octodns_cloudflare.CloudflareProvider", "octodns_ns1.Ns1Provider"}
+    for entry in entries:
+        assert issubclass(providers.provider_class(entry), BaseProvider), entry.class_
+        for value in entry.args.values():
+            if isinstance(value, str) and value.startswith("env/"):
+                monkeypatch.setenv(value[4:], "placeholder-credential")
+        assert providers.build(entry).id == entry.name
