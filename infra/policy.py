@@ -16,13 +16,15 @@ from typing import Any, Callable, Iterable
 from infra.clouds.base import WEB_PORTS
 
 Props = dict[str, Any]
-# Roles that let a principal delete or overwrite objects in GCS.
-GCS_DELETING_ROLES = ("roles/storage.admin", "roles/storage.objectAdmin", "roles/storage.objectUser",
-                      "roles/storage.legacyBucketWriter", "roles/storage.legacyBucketOwner", "roles/owner",
-                      "roles/editor")
-SAS_DELETING = set("dxyi")  # delete, delete version, permanent delete, set immutability policy
-S3_DELETING = ("s3:*", "s3:delete", "s3:putlifecycleconfiguration", "s3:putbucketversioning",
-               "s3:bypassgovernanceretention", "s3:putobjectretention", "s3:putbucketpolicy")
+# What a writer must never hold (infra/clouds/permissions.py says why a writer may delete the
+# current version of an object: versioning, locks and soft delete keep what it replaced).
+# GCS roles that can change a bucket, its IAM or its objects' ACLs and retention.
+GCS_DELETING_ROLES = ("roles/storage.admin", "roles/storage.objectAdmin", "roles/storage.legacyBucketWriter",
+                      "roles/storage.legacyBucketOwner", "roles/owner", "roles/editor")
+SAS_DELETING = set("xyi")  # delete a version, permanent delete, set immutability policy
+S3_DELETING = ("s3:*", "s3:deleteobjectversion", "s3:deletebucket", "s3:putlifecycleconfiguration",
+               "s3:putbucketversioning", "s3:bypassgovernanceretention", "s3:putobjectretention",
+               "s3:putbucketpolicy", "s3:putbucketobjectlockconfiguration")
 
 
 # ---- no database port open to the world -------------------------------------------------------
@@ -123,13 +125,14 @@ def unencrypted_disks(type_: str, props: Props) -> list[str]:
 # ---- backups not deletable by the writer credentials --------------------------------------------
 
 def deleting_writers(type_: str, props: Props) -> list[str]:
-    """Writer credentials may add and read, never delete, shorten retention or unversion."""
+    """Writer credentials may add, read and delete current objects, never delete a version,
+    shorten retention, unversion or change the bucket."""
     if type_ == "aws:iam/userPolicy:UserPolicy":
         return _s3_deletes(props.get("policy"))
     if type_ == "gcp:storage/bucketIAMMember:BucketIAMMember" and props.get("role") in GCS_DELETING_ROLES:
         return [f"{props.get('member')} gets {props.get('role')}, which can delete objects"]
     if type_ == "failover:azure:SasCredential" and SAS_DELETING & set(str(props.get("permissions", ""))):
-        return [f"SAS permissions {props.get('permissions')!r} include delete (d/x/y/i)"]
+        return [f"SAS permissions {props.get('permissions')!r} include deleting versions or immutability (x/y/i)"]
     if type_ in ("aws:s3/bucket:Bucket", "gcp:storage/bucket:Bucket") and props.get("forceDestroy"):
         return ["bucket has forceDestroy, so `pulumi destroy` deletes its objects"]
     return []

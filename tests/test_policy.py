@@ -116,7 +116,8 @@ def test_unencrypted_disks_fail(type_, props):
     ("aws:iam/userPolicy:UserPolicy", {"policy": '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'}),
     ("aws:iam/userPolicy:UserPolicy", {"policy": '{"Statement": [{"Effect": "Allow", "Action": ["s3:DeleteObjectVersion"], "Resource": "*"}]}'}),
     ("gcp:storage/bucketIAMMember:BucketIAMMember", {"role": "roles/storage.objectAdmin", "member": "serviceAccount:w"}),
-    ("failover:azure:SasCredential", {"permissions": "rcwdl"}),
+    ("failover:azure:SasCredential", {"permissions": "rcwdxl"}),
+    ("aws:iam/userPolicy:UserPolicy", {"policy": '{"Statement": [{"Effect": "Allow", "Action": ["s3:BypassGovernanceRetention"], "Resource": "*"}]}'}),
     ("aws:s3/bucket:Bucket", {"forceDestroy": True}),
 ])
 def test_deleting_writers_fail(type_, props):

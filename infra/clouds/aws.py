@@ -14,19 +14,12 @@ import pulumi_aws.iam as iam
 import pulumi_aws.s3 as s3
 import pulumi_aws.vpc as vpc
 
-from infra.clouds import base
+from infra.clouds import base, permissions
 from infra.clouds.base import SiteArgs, name
 
 DEBIAN_OWNER = "136693071363"  # Debian's official AWS account
 DEBIAN_IMAGE = "debian-12-amd64-*"
 DATA_DEVICE = "/dev/sdf"  # shows up as an NVMe disk on Nitro; cloud-init then finds it by shape
-# What another site may do in our buckets: add objects and read what it needs to resume.
-# Versioning keeps every overwritten object; nothing here deletes a version or changes the bucket.
-WRITER_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"]
-WRITER_DENIED = ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutLifecycleConfiguration",
-                 "s3:PutBucketVersioning", "s3:PutBucketPolicy", "s3:PutBucketObjectLockConfiguration",
-                 "s3:PutObjectRetention", "s3:BypassGovernanceRetention", "s3:DeleteBucket"]
-
 
 class AwsSite(base.SiteComponent):
     def __init__(self, resource_name: str, args: SiteArgs, opts: pulumi.ResourceOptions | None = None):
@@ -128,6 +121,15 @@ class AwsSite(base.SiteComponent):
         s3.BucketPublicAccessBlock(name(args, part), bucket=bucket.bucket, block_public_acls=True,
                                    block_public_policy=True, ignore_public_acls=True,
                                    restrict_public_buckets=True, opts=self.child())
+        # The owner's cleanup: an overwritten or deleted version goes once it is older than the
+        # retention (and its lock); delete markers left alone go too.
+        s3.BucketLifecycleConfiguration(
+            name(args, part), bucket=bucket.bucket,
+            rules=[{"id": "expire-earlier-versions", "status": "Enabled", "filter": {"prefix": ""},
+                    "noncurrent_version_expiration": {"noncurrent_days": args.backup_retention_days},
+                    "expiration": {"expired_object_delete_marker": True},
+                    "abort_incomplete_multipart_upload": {"days_after_initiation": 7}}],
+            opts=self.child())
         if lock:
             # Overwrites make new versions; locked versions cannot be deleted before they expire.
             s3.BucketObjectLockConfiguration(
@@ -140,18 +142,9 @@ class AwsSite(base.SiteComponent):
         args = self.args
         user = iam.User(name(args, "writer"), opts=self.child())
         arns = [b.arn for b in buckets]
-        policy = pulumi.Output.all(*arns).apply(lambda arns: json.dumps(writer_policy(arns)))
+        policy = pulumi.Output.all(*arns).apply(lambda arns: json.dumps(permissions.s3_writer_policy(arns)))
         iam.UserPolicy(name(args, "writer"), user=user.name, policy=policy, opts=self.child())
         key = iam.AccessKey(name(args, "writer"), user=user.name, opts=self.child())
         # pgBackRest option names, so a repository plus its credentials is a complete repoN config.
         return pulumi.Output.all(key.id, key.secret).apply(
             lambda k: {"s3-key": k[0], "s3-key-secret": k[1]})
-
-
-def writer_policy(bucket_arns: list[str]) -> dict:
-    """Allow add and read on the buckets and their objects; deny every way to lose history."""
-    resources = [*bucket_arns, *[f"{arn}/*" for arn in bucket_arns]]
-    return {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": WRITER_ACTIONS, "Resource": resources},
-        {"Effect": "Deny", "Action": WRITER_DENIED, "Resource": resources},
-    ]}

@@ -16,16 +16,13 @@ import pulumi_azure_native.network as network
 import pulumi_azure_native.resources as resources
 import pulumi_azure_native.storage as storage
 
-from infra.clouds import base
+from infra.clouds import base, permissions
 from infra.clouds.base import SiteArgs, name
 
 DEBIAN_IMAGE: compute.ImageReferenceArgsDict = {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2",
                                                 "version": "latest"}
 DATA_DEVICE = "/dev/disk/azure/scsi1/lun0"
 PLATFORM_KEY: compute.EncryptionArgsDict = {"type": compute.EncryptionType.ENCRYPTION_AT_REST_WITH_PLATFORM_KEY}
-# Read, create, write (a new version), list. Never d (delete), x (delete version), y (permanent
-# delete), i (immutability policy) or t (tags).
-WRITER_PERMISSIONS = "rcwl"
 DENY_ALL_PRIORITY = 4000  # above our rules, below Azure's defaults that allow the whole VNet
 
 
@@ -136,13 +133,21 @@ class AzureSite(base.SiteComponent):
             delete_retention_policy={"enabled": True, "days": args.backup_retention_days},
             container_delete_retention_policy={"enabled": True, "days": args.backup_retention_days},
             opts=self.child())
+        # The owner's cleanup: a previous version goes once it is older than the retention.
+        storage.ManagementPolicy(
+            name(args, part), account_name=account.name, resource_group_name=self.group.name,
+            management_policy_name="default",
+            policy={"rules": [{"name": "expire-earlier-versions", "type": "Lifecycle", "enabled": True,
+                               "definition": {"filters": {"blob_types": ["blockBlob"]}, "actions": {"version": {
+                                   "delete": {"days_after_creation_greater_than": args.backup_retention_days}}}}}]},
+            opts=self.child())
         storage.BlobContainer(name(args, part), account_name=account.name, resource_group_name=self.group.name,
                               container_name=part, public_access=storage.PublicAccess.NONE, opts=self.child())
         return account
 
     def _writer(self, media, backups) -> pulumi.Output:
         tokens = {part: SasCredential(name(self.args, f"{part}-writer"), account, self.group, part,
-                                      WRITER_PERMISSIONS, opts=self.child()).token
+                                      permissions.AZURE_SAS_PERMISSIONS, opts=self.child()).token
                   for part, account in (("media", media), ("backups", backups))}
         # azure-key is pgBackRest's option for the backups SAS; rclone's azureblob takes media-sas.
         return pulumi.Output.all(tokens["backups"], tokens["media"]).apply(

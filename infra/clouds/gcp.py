@@ -14,14 +14,13 @@ import pulumi_gcp.compute as compute
 import pulumi_gcp.serviceaccount as serviceaccount
 import pulumi_gcp.storage as storage
 
-from infra.clouds import base
+from infra.clouds import base, permissions
 from infra.clouds.base import SiteArgs, name
 
 DEBIAN_IMAGE = "debian-cloud/debian-12"
 DATA_DEVICE = "/dev/disk/by-id/google-pgdata"
 STARTUP = Path(__file__).with_name("gce-startup.sh")
 # Create and read, never delete: GCS needs storage.objects.delete to overwrite or remove.
-WRITER_ROLES = ("roles/storage.objectCreator", "roles/storage.objectViewer")
 
 
 class GcpSite(base.SiteComponent):
@@ -95,6 +94,10 @@ class GcpSite(base.SiteComponent):
             versioning={"enabled": True}, uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             soft_delete_policy={"retention_duration_seconds": keep_days * 86400},
+            # The owner's cleanup: a noncurrent generation goes once it is older than the retention.
+            lifecycle_rules=[{"action": {"type": "Delete"},
+                              "condition": {"days_since_noncurrent_time": args.backup_retention_days,
+                                            "with_state": "ARCHIVED"}}],
             opts=self.child(protect=True))
 
     def _writer(self, buckets: list[storage.Bucket]) -> pulumi.Output:
@@ -104,7 +107,7 @@ class GcpSite(base.SiteComponent):
                                          opts=self.child())
         member = account.email.apply(lambda email: f"serviceAccount:{email}")
         for bucket, part in zip(buckets, ("media", "backups")):
-            for role in WRITER_ROLES:
+            for role in permissions.GCS_WRITER_ROLES:
                 storage.BucketIAMMember(name(args, f"{part}-{role.rsplit('.', 1)[1].lower()}"),
                                         bucket=bucket.name, role=role, member=member, opts=self.child())
         key = serviceaccount.Key(name(args, "writer"), service_account_id=account.name, opts=self.child())

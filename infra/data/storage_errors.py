@@ -57,7 +57,9 @@ def _fix(kind: str, storage: Storage, refs: list[str], ca_option: str) -> str:
     noun = storage.noun
     return {
         CREDENTIALS: f"check {storage.credentials}{held}: wrong, expired or rotated, "
-                     f"or not allowed to write to this {noun}",
+                     f"or not allowed to write to this {noun}"
+                     + (" (S3 also answers 403 for a bucket that does not exist when the key may use only "
+                        "its own bucket: check the name)" if storage.type == "s3" else ""),
         MISSING: f"create the {noun} (`pulumi up` for the site creates it) or correct its name in the site's outputs",
         UNREACHABLE: "check that the store (or its emulator) is running and that endpoint and port are right; "
                      "protection to the other repositories goes on without it",

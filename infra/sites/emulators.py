@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from infra.sites.contract import MediaRemote, Repository
+from infra.clouds import permissions
 from infra.sites.processes import ProcessTable, port_answers, wait_for
 
 BASE_PORT = 19000
@@ -286,9 +287,11 @@ class S3Emulator(Emulator):
 
     kind = "s3"
     secret_names = ("S3_KEY", "S3_KEY_SECRET")
-    # moto keeps everything in memory; IAM authentication starts after the first actions, so a
-    # writer with a generated key pair is created first and everything after it must sign with it.
-    _BOOTSTRAP_ACTIONS = 3
+    # moto keeps everything in memory; IAM authentication starts after the first actions, so the
+    # bucket (versioned, as the AWS program makes it) and a writer with a generated key pair are
+    # created first, and everything after must sign with the writer's key and pass its policy:
+    # exactly the one the AWS program grants (infra/clouds/permissions.py).
+    _BOOTSTRAP_ACTIONS = 5
 
     def _repository_options(self) -> dict[str, str]:
         return {"s3-bucket": self.bucket, "s3-endpoint": self.endpoint_host, "storage-port": str(self.port),
@@ -321,17 +324,16 @@ class S3Emulator(Emulator):
         plain = f"http://{self.host}:{self.backend_port}"
         boot = dict(endpoint_url=plain, region_name=REGION, aws_access_key_id="bootstrap",
                     aws_secret_access_key="bootstrap", verify=False)
+        owner = boto3.client("s3", **boot)
+        owner.create_bucket(Bucket=self.bucket)
+        owner.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
         iam = boto3.client("iam", **boot)
         user = "failover-writer"
         iam.create_user(UserName=user)
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        policy = permissions.s3_writer_policy([f"arn:aws:s3:::{self.bucket}"])
         iam.put_user_policy(UserName=user, PolicyName="writer", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName=user)["AccessKey"]
-        # From here on moto authenticates: the bucket is created through TLS with the writer's key.
-        s3 = boto3.client("s3", endpoint_url=self.url, region_name=REGION,
-                          aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"],
-                          verify=str(tls.ca))
-        s3.create_bucket(Bucket=self.bucket)
+        # From here on moto authenticates and authorizes every request.
         self._save_secrets({"s3_key": key["AccessKeyId"], "s3_key_secret": key["SecretAccessKey"]})
 
 

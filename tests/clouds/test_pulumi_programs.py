@@ -163,7 +163,15 @@ def test_aws_encryption_versioning_and_lock(runs):
     assert [lk["inputs"]["bucket"] for lk in lock] == [run["outputs"]["repository"]["options"]["s3-bucket"]]
     policy = json.loads(of(run, "aws:iam/userPolicy:UserPolicy")[0]["inputs"]["policy"])
     allowed = [a for s in policy["Statement"] if s["Effect"] == "Allow" for a in s["Action"]]
-    assert "s3:PutObject" in allowed and not [a for a in allowed if "Delete" in a]
+    denied = [a for s in policy["Statement"] if s["Effect"] == "Deny" for a in s["Action"]]
+    # pgBackRest overwrites its info files and expires: the current version may go, no version may.
+    assert {"s3:PutObject", "s3:DeleteObject"} <= set(allowed) and "s3:DeleteObjectVersion" not in allowed
+    assert {"s3:DeleteObjectVersion", "s3:BypassGovernanceRetention", "s3:PutLifecycleConfiguration"} <= set(denied)
+    cleanup = of(run, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    assert sorted(c["inputs"]["bucket"] for c in cleanup) == sorted(b["inputs"].get("bucket") or b["state"]["bucket"]
+                                                                    for b in buckets)
+    retention = lock[0]["inputs"]["rule"]["defaultRetention"]["days"]
+    assert all(c["inputs"]["rules"][0]["noncurrentVersionExpiration"]["noncurrentDays"] >= retention for c in cleanup)
 
 
 def test_gcp_buckets_and_writer_roles(runs):
@@ -171,7 +179,13 @@ def test_gcp_buckets_and_writer_roles(runs):
     buckets = of(run, "gcp:storage/bucket:Bucket")
     assert len(buckets) == 2 and all(b["inputs"]["versioning"]["enabled"] and b["protect"] for b in buckets)
     roles = {m["inputs"]["role"] for m in of(run, "gcp:storage/bucketIAMMember:BucketIAMMember")}
-    assert roles == {"roles/storage.objectCreator", "roles/storage.objectViewer"}
+    # objectCreator cannot overwrite pgBackRest's info files; objectUser can, and soft delete keeps
+    # what it deletes or replaces restorable by the owner.
+    assert roles == {"roles/storage.objectUser"}
+    for bucket in buckets:
+        assert bucket["inputs"]["softDeletePolicy"]["retentionDurationSeconds"] >= 7 * 86400
+        rule = bucket["inputs"]["lifecycleRules"][0]
+        assert rule["action"]["type"] == "Delete" and rule["condition"]["withState"] == "ARCHIVED"
 
 
 def test_azure_storage_versioned_immutable_and_sas_append_only(runs):
@@ -180,7 +194,11 @@ def test_azure_storage_versioned_immutable_and_sas_append_only(runs):
     accounts = {a["name"]: a["inputs"] for a in of(run, "azure-native:storage:StorageAccount")}
     assert accounts["azurebackups"]["immutableStorageWithVersioning"]["enabled"] is True
     assert "immutableStorageWithVersioning" not in accounts["azuremedia"]
-    assert {s["inputs"]["permissions"] for s in of(run, "failover:azure:SasCredential")} == {"rcwl"}
+    # d deletes the current blob (kept as a previous version); never x, y or i.
+    assert {s["inputs"]["permissions"] for s in of(run, "failover:azure:SasCredential")} == {"rcwdl"}
+    cleanup = of(run, "azure-native:storage:ManagementPolicy")
+    assert len(cleanup) == 2 and all(c["inputs"]["policy"]["rules"][0]["definition"]["actions"]["version"]["delete"]
+                                     for c in cleanup)
     assert all(d["inputs"]["encryption"]["type"] for d in of(run, "azure-native:compute:Disk"))
 
 

@@ -114,6 +114,14 @@ def test_backup_restore_and_media_through_the_emulated_store(cloud, index):
         assert pgbackrest.check(c, source.config).ok  # switches WAL and waits until it is in the repository
         info, error = pgbackrest.info(c, source.config, 1)
         assert info and info["backup"][0]["type"] == "full" and info["archive"][0]["max"], error
+        # Two more full backups: each rewrites the info files, and the third expires the first
+        # (retention-full=2), deleting its files: what the writer credentials must allow (on S3,
+        # moto enforces exactly the AWS program's writer policy).
+        for _ in range(2):
+            again = pgbackrest.backup(c, source.config, 1, "full")
+            assert again.ok, storage_errors.repository_error(site, inventory.sites[0].repository, again.stderr, 1)
+        info, error = pgbackrest.info(c, source.config, 1)
+        assert info and len(info["backup"]) == 2, error
         postgres.stop(c, source.pgdata)
 
         target, target_port = _host(c, root, "target"), _port()
@@ -223,7 +231,9 @@ def _assert_message(cloud: Emulated, message: str, index: int, failure: str, whe
     site, kind = SITES[index][1], SITES[index][2]
     assert message.startswith(f"site {site}: {kind} storage "), message
     assert where in message, message
-    summary, fix = EXPECTED[failure]
+    # The S3 writer's policy names its own bucket only: as on AWS, another (or a missing) bucket
+    # answers 403, so the message is the refused-credentials one, which names that bucket.
+    summary, fix = EXPECTED["wrong key" if (kind, failure) == ("s3", "missing bucket") else failure]
     assert summary in message and f"fix: {fix}" in message, message
     for secret in [*cloud.secret_values(), "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=", "sig="]:
         assert secret not in message, f"{message} leaks a credential"
@@ -253,3 +263,34 @@ def test_a_stopped_emulator_is_reported_by_name(cloud, index):
         _assert_message(cloud, media_message, index, "stopped emulator", emu.bucket)
     finally:
         emulators.start_emulated(cloud.workdir, index, emu.site, cloud.base)
+
+
+def test_the_s3_writer_overwrites_and_deletes_objects_but_never_a_version_or_the_bucket(cloud):
+    """The AWS program's writer policy, enforced by moto: a current object can be overwritten and
+    deleted (pgBackRest's info files, expire), while an earlier version, the bucket's versioning
+    and lifecycle and the bucket itself are out of reach, so history survives the writer."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    emu = cloud.emulator(0)
+    values = emulators.emulator_env(cloud.workdir)
+    refs = emu.writer_credentials()
+    s3 = boto3.client("s3", endpoint_url=emu.url, region_name=emulators.REGION, verify=str(emu.tls_dir / "ca.crt"),
+                      aws_access_key_id=values[refs["s3-key"][4:]],
+                      aws_secret_access_key=values[refs["s3-key-secret"][4:]])
+    first = s3.put_object(Bucket=emu.bucket, Key="probe/archive.info", Body=b"1")["VersionId"]
+    s3.put_object(Bucket=emu.bucket, Key="probe/archive.info", Body=b"2")  # an overwrite: a new version
+    s3.delete_object(Bucket=emu.bucket, Key="probe/archive.info")  # a delete marker
+    refused = {
+        "DeleteObjectVersion": lambda: s3.delete_object(Bucket=emu.bucket, Key="probe/archive.info", VersionId=first),
+        "PutBucketVersioning": lambda: s3.put_bucket_versioning(Bucket=emu.bucket,
+                                                                VersioningConfiguration={"Status": "Suspended"}),
+        "PutLifecycleConfiguration": lambda: s3.put_bucket_lifecycle_configuration(
+            Bucket=emu.bucket, LifecycleConfiguration={"Rules": [
+                {"ID": "x", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}]}),
+        "DeleteBucket": lambda: s3.delete_bucket(Bucket=emu.bucket),
+    }
+    for action, attempt in refused.items():
+        with pytest.raises(ClientError) as error:
+            attempt()
+        assert error.value.response["Error"]["Code"] == "AccessDenied", (action, error.value.response)

@@ -173,7 +173,10 @@ def test_a_missing_bucket_is_named_and_never_created(cloud, index):
             action()
         assert not isinstance(error.value, MissingKey)
         _assert_names_the_store(cloud, str(error.value), index, "absent-bucket")
-        assert "does not exist" in str(error.value) and "fix: create the " in str(error.value)
+        if KINDS[index] == "s3":  # the writer may use its own bucket only: any other answers 403, as on AWS
+            assert "refused the credentials" in str(error.value) and "does not exist" in str(error.value)
+        else:
+            assert "does not exist" in str(error.value) and "fix: create the " in str(error.value)
 
 
 @pytest.mark.integration
