@@ -150,6 +150,10 @@ def test_pipelines_do_what_the_issue_asks():
     preview = next(s for s in pr["jobs"]["preview"]["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
     assert preview["with"]["policyPacks"] == "policypack" and preview["with"]["comment-on-pr"] is True
     assert main["jobs"]["up"]["environment"] == "${{ matrix.stack }}"
+    for workflow in (pr, main):  # preview and up also where a stack does not exist yet
+        steps = [s for job in workflow["jobs"].values() for s in job["steps"]
+                 if s.get("uses", "").startswith("pulumi/actions@") and "command" in s.get("with", {})]
+        assert steps and all(s["with"].get("upsert") is True for s in steps)
     assert {"schedule", "workflow_dispatch"} <= set(drill["on"])
     assert "scripts/drill --scenario all" in runs(ROOT / ".github" / "workflows" / "drill.yml")
 
