@@ -261,13 +261,16 @@ class Site:
         chroot); under systemd the unit starts without blocking and postmaster.pid is read the
         same way, so systemd still owns the cluster.
         """
-        unit = f"postgresql@{DB_VERSION}-main"
+        unit, log = f"postgresql@{DB_VERSION}-main", f"/var/log/postgresql/postgresql-{DB_VERSION}-main.log"
         pg_ctl = (f"install -d -m 2775 -o {SERVICE_USER} -g {SERVICE_USER} {PATHS.socket_dir} && "
                   f"runuser -u {SERVICE_USER} -- /usr/lib/postgresql/{DB_VERSION}/bin/pg_ctl start -w -s "
-                  f"-t {int(timeout)} -D {PATHS.pgdata} -l /var/log/postgresql/postgresql-{DB_VERSION}-main.log "
-                  f"-o '-c config_file={CONF_DIR}/postgresql.conf'")
-        self.root().run(f"if [ -d /run/systemd/system ]; then systemctl start --no-block {unit}; else {pg_ctl}; fi",
-                        timeout=timeout + 30)
+                  f"-t {int(timeout)} -D {PATHS.pgdata} -l {log} -o '-c config_file={CONF_DIR}/postgresql.conf'")
+        started = self.root().run(f"if [ -d /run/systemd/system ]; then systemctl start --no-block {unit}; "
+                                  f"else {pg_ctl} || {{ tail -n 5 {log} >&2; exit 1; }}; fi", timeout=timeout + 30,
+                                  warn=True)
+        if not started.ok:
+            raise SiteError(f"site {self.name}: PostgreSQL did not start on host {self.db_host}: "
+                            f"{started.stderr.strip()[-400:]}; see {log} there")
         status = (f"s=$(sed -n 8p {PATHS.pgdata}/postmaster.pid 2>/dev/null); echo \"$s\"; "
                   f"[ -d /run/systemd/system ] && systemctl is-failed --quiet {unit} && echo failed; true")
         deadline = time.monotonic() + timeout
@@ -280,7 +283,7 @@ class Site:
                                 f"(systemd unit {unit} failed): see `journalctl -u {unit}` there")
             if time.monotonic() > deadline:
                 raise SiteError(f"site {self.name}: PostgreSQL on host {self.db_host} accepted no connection "
-                                f"within {timeout:.0f} s of its start: see /var/log/postgresql there")
+                                f"within {timeout:.0f} s of its start: see {log} there")
             time.sleep(0.05)
 
     def db_running(self) -> bool:

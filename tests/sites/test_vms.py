@@ -184,6 +184,25 @@ def test_a_missing_replication_secret_stops_protect_before_any_change(cloud, mon
     assert not any(s._connections for s in sites.values())  # checked before connecting anywhere
 
 
+def test_a_cluster_that_cannot_start_is_named_with_its_log(cloud, protected):
+    """start_cluster (the restore's fast start, pg_ctl -w) fails with the site, the host, the
+    server's own complaint and where its log is, and leaves nothing running."""
+    sites, _ = protected
+    site = sites["azure"]  # the pilot-light: its cluster is stopped, only the WAL receiver runs
+    assert not site.db_running()
+    original = site.root().run(f"cat {SETTINGS_FILE}").stdout
+    site.write(SETTINGS_FILE, original + "\nshared_buffers = 'not a size'\n")
+    try:
+        with pytest.raises(SiteError) as error:
+            site.start_cluster(timeout=30)
+        message = str(error.value)
+        assert message.startswith(f"site azure: PostgreSQL did not start on host {site.db_host}: "), message
+        assert "shared_buffers" in message and "see /var/log/postgresql/postgresql-15-main.log there" in message
+        assert not site.db_running()
+    finally:
+        site.write(SETTINGS_FILE, original)
+
+
 def test_drop_kills_only_that_vms_processes_and_unmounts_its_store(cloud, protected):
     vms, inventory, _ = cloud
     azure = next(v for v in vms.vms() if v.site == "azure")
