@@ -12,8 +12,8 @@ from infra import secrets
 from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
                            workdir_path)
 from infra.errors import FailoverError
-from infra.sites.contract import Inventory
 from infra.sites import services
+from infra.sites.contract import Inventory
 from infra.sites.localvms import DEFAULT_PREFIX, LocalVms
 from infra.sites.protect import PASSWORD_REF, protect
 from infra.sites.site import Site, SshSettings
@@ -82,8 +82,8 @@ def _sites(inventory: Inventory, ssh_dir: Path, app_port: int = 0) -> dict[str, 
 
 
 def _protect(inventory: Inventory, state: Path, spec):
-    """protect(), then the toolkit on every reachable host, the app
-    on the primary and the warm sites with the Inventory's epoch, and the protector on the primary."""
+    """protect(), then the toolkit on every reachable host, the app on the primary and the warm
+    sites with the Inventory's epoch, and the protector on the primary."""
     sites = _sites(inventory, state / "ssh", spec.app.port)
     try:
         report = protect(inventory, sites, spec, CertificateAuthority.ensure(state / "ca"), progress)
@@ -127,7 +127,7 @@ def sites_check(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WORK
 def sites_protect(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False,
                   project: ProjectFile = DEFAULT_PROJECT):
     """Set up and repair protection on every reachable site, idempotently: TLS from the toolkit's CA
-    (kept in <workdir>/vms/ca), hostssl scram pg_hba, the replication role (password from
+    (the secret FAILOVER_CA, else <workdir>/vms/ca, created on first use), hostssl scram pg_hba, the replication role (password from
     env/FAILOVER_REPLICATION_PASSWORD), pgBackRest with every repository, stanza and first full backups, the warm
     replica and the pilot-light's WAL stream; then the toolkit on every host, the app's config and the app on the
     primary and the warm sites, and the protector on the primary. Checks SSH, sudo and the secret before
