@@ -49,6 +49,16 @@ def processes_rooted_under(path: Path) -> list[int]:
     return rooted
 
 
+def process_running(pid: int) -> bool:
+    """The PID is a live process. A zombie counts as ended: it runs nothing and holds no socket,
+    and its parent (init, once the starter exited) reaps it when it gets round to it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
 @pytest.fixture
 def service_tmp():
     path = service_dir("t")

@@ -25,7 +25,7 @@ from infra.sites.processes import wait_for
 from infra.sites.site import APP_PROGRAM, PATHS, PROTECTOR_PROGRAM
 from infra.sites.vm import _mounts_under
 from infra.spec import load_spec
-from tests.conftest import ROOT, failover, processes_rooted_under, remove_unmounted
+from tests.conftest import ROOT, failover, process_running, processes_rooted_under, remove_unmounted
 
 pytestmark = pytest.mark.integration
 
@@ -208,13 +208,13 @@ def test_local_up_refuses_an_inventory_it_did_not_write_and_leaves_it_alone():
 def test_local_down_leaves_no_mount_and_no_process(cloud):
     """Last: it takes the module's cloud down."""
     knots = [int(p.read_text().split()[0]) for p in (cloud.workdir / "pids").glob("dns-*.pid")]
-    assert len(knots) == 2 and all(Path(f"/proc/{pid}").exists() for pid in knots)
+    assert len(knots) == 2 and all(process_running(pid) for pid in knots)
     started = time.monotonic()
     failover("local", "down", workdir=cloud.workdir)
     print(f"\nlocal down: {time.monotonic() - started:.1f} s")
     assert not _mounts_under(cloud.workdir)
     assert not processes_rooted_under(cloud.workdir)
-    assert not [pid for pid in knots if Path(f"/proc/{pid}").exists()]
+    assert not [pid for pid in knots if process_running(pid)]
     assert not cloud.fleet.inventory_file.exists() and not (cloud.workdir / "vms").exists()
 
 
