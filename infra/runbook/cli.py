@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra import cliutil
+from infra.clouds.automation import PulumiProject, parse_stacks
 from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile, Workdir, command, emit, progress,
                             workdir_path)
 from infra.runbook import runner
@@ -20,7 +21,12 @@ from infra.spec import load_spec
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 out = Console(highlight=False)
-
+Stacks = Annotated[Optional[list[str]], typer.Option(
+    "--stack", envvar="FAILOVER_STACKS",
+    help="SITE=STACK: the Pulumi stack of a cloud pilot-light site, which `capacity` scales up (pulumi up with "
+         "role primary, in the directory of --project's Pulumi.yaml; needs the Pulumi CLI, its backend login, "
+         "the passphrase and the cloud's credentials). Repeatable; default: the site's name, as in "
+         "stacks/Pulumi.<site>.yaml. Local sites need none.")]
 
 
 @app.command("run")
@@ -30,11 +36,15 @@ def run_command(
     source: Annotated[Optional[str], typer.Option("--from", help="The primary being replaced (default: the active one).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Execute the plan shown (without it, only show it).")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
+    stack: Stacks = None,
 ):
-    """Fail over to a site: preflight, fence, promote or restore, app, DNS, protect again. Resumes."""
+    """Fail over to a site: preflight, fence, capacity (a cloud pilot-light is scaled up by Pulumi), promote or
+    restore, app, DNS, protect again. Resumes."""
     spec = load_spec(project)
     fleet = Fleet(workdir_path(workdir), app_port=spec.app.port)
-    _plan_then_execute(fleet, spec, project, *runner.plan(fleet, spec, project, to, source), yes, as_json)
+    pulumi = PulumiProject.of(project, parse_stacks(stack))
+    _plan_then_execute(fleet, spec, project, *runner.plan(fleet, spec, project, to, source, pulumi=pulumi), yes,
+                       as_json, pulumi)
 
 
 @app.command("journal")
@@ -64,14 +74,15 @@ def back_command(
     _plan_then_execute(fleet, spec, project, *runner.plan_back(fleet, spec, project, to), yes, as_json)
 
 
-def _plan_then_execute(fleet, spec, project, the_plan, journal, yes: bool, as_json: bool) -> None:
+def _plan_then_execute(fleet, spec, project, the_plan, journal, yes: bool, as_json: bool,
+                       pulumi: PulumiProject | None = None) -> None:
     """Prints the plan; executes it only with --yes (plan, then apply)."""
     if not yes:
         emit({"plan": the_plan.to_dict(), "executed": False}, as_json, lambda r: _render_plan(the_plan))
         return
     if not as_json:
         _render_plan(the_plan)
-    result = runner.execute(fleet, spec, project, the_plan, journal, progress)
+    result = runner.execute(fleet, spec, project, the_plan, journal, progress, pulumi=pulumi)
     emit({"plan": the_plan.to_dict(), "executed": True, "journal": result.to_dict(), "steps": result.timings()},
          as_json, lambda r: _render_steps(result))
 
@@ -95,7 +106,7 @@ def _render_plan(the_plan) -> None:
     if the_plan.unreachable:
         out.print(f"  unreachable over SSH (never required): {', '.join(the_plan.unreachable)}")
     for index, name in enumerate(the_plan.steps, 1):
-        mark = "done, skipped" if name in the_plan.skip else ""
+        mark = "done, skipped" if name in the_plan.skip else the_plan.notes.get(name, "")
         out.print(f"  {index:2}. {name} {mark}")
 
 

@@ -12,16 +12,18 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from infra.clouds import automation
 from infra.data.storage import Store
 from infra.errors import FailoverError
 from infra.dns.site import dns_config
 from infra.runbook import failback
 from infra.runbook import steps as steps_mod
 from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore, now
+from infra.sites.contract import SiteOutputs
 from infra.sites.fleet import Fleet
 from infra.sites.site import PATHS
 from infra.spec import Spec
@@ -41,14 +43,17 @@ class Plan:
     skip: list[str]  # completed by an earlier, interrupted run
     resumed_run: str | None
     unreachable: list[str]  # sites that did not answer SSH when the plan was made (never required)
+    notes: dict[str, str] = field(default_factory=dict)  # step -> what it will do and cost, where that varies
 
     def to_dict(self) -> dict:
         return {**asdict(self), "data": asdict(self.data)}
 
 
 def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | None = None,
-         kind: str = "failover") -> tuple[Plan, Journal | None]:
-    """The plan for `run --to target`, or a FailoverError naming every bad input. Changes nothing."""
+         kind: str = "failover", pulumi: automation.PulumiProject | None = None) -> tuple[Plan, Journal | None]:
+    """The plan for `run --to target`, or a FailoverError naming every bad input. Changes nothing.
+
+    `pulumi` names the stacks of a cloud pilot-light target (default: the project of `project`)."""
     store = JournalStore(fleet.workdir)
     journal = store.current()
     inventory = fleet.inventory()
@@ -59,7 +64,8 @@ def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | Non
     if journal is not None:
         data = steps_mod.DataSource(**journal.plan["data"])
         return Plan(journal.kind, journal.source, target, journal.epoch, data, journal.steps,
-                    sorted(journal.completed()), journal.run_id, sorted(fleet.unreachable())), journal
+                    sorted(journal.completed()), journal.run_id, sorted(fleet.unreachable()),
+                    journal.plan.get("notes", {})), journal
     problems = steps_mod.input_problems(inventory.names, inventory.active, set(), target, source)
     if not problems and not fleet.reachable(target):
         problems.append(f"site {target} (host {fleet.site(target).db_host}) does not answer SSH: choose a site "
@@ -70,7 +76,14 @@ def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | Non
     data = _data_source(fleet, spec, inventory, target)
     epoch = steps_mod.next_epoch(inventory.epoch, None)
     return Plan(kind, inventory.active, target, epoch, data, list(steps_mod.STEP_NAMES), [], None,
-                sorted(fleet.unreachable())), None
+                sorted(fleet.unreachable()), failover_notes(inventory.site(target), spec, project, pulumi)), None
+
+
+def failover_notes(target: SiteOutputs, spec: Spec, project: Path,
+                   pulumi: automation.PulumiProject | None) -> dict[str, str]:
+    """What varies per target: a cloud pilot-light's capacity step runs `pulumi up` for minutes."""
+    note = automation.plan_note(target, spec.app, pulumi or automation.PulumiProject.of(project))
+    return {"capacity": note} if note else {}
 
 
 def plan_back(fleet: Fleet, spec: Spec, project: Path, target: str) -> tuple[Plan, Journal | None]:
@@ -130,7 +143,8 @@ def journal_copies(fleet: Fleet) -> Callable[[], list[Store]]:
 
 def execute(fleet: Fleet, spec: Spec, project: Path, the_plan: Plan, journal: Journal | None,
             progress: Callable[[str], None] = lambda m: None,
-            stages: list[list[steps_mod.Step]] | None = None) -> Journal:
+            stages: list[list[steps_mod.Step]] | None = None,
+            pulumi: automation.PulumiProject | None = None) -> Journal:
     """Runs the plan's pending steps, journaling each before and after; returns the completed journal.
 
     The steps of one stage run at once (threads sharing the sites' SSH connections); the next
@@ -142,7 +156,8 @@ def execute(fleet: Fleet, spec: Spec, project: Path, the_plan: Plan, journal: Jo
         journal = Journal.new(the_plan.kind, the_plan.source, the_plan.target, the_plan.epoch,
                               [name for stage in stages for name, _ in stage], the_plan.to_dict())
         store.save(journal, copies())
-    run = steps_mod.Run(fleet, spec, project, journal.source, journal.target, journal.epoch, the_plan.data, progress)
+    run = steps_mod.Run(fleet, spec, project, journal.source, journal.target, journal.epoch, the_plan.data, progress,
+                        pulumi=pulumi)
     fence_returning(fleet, spec, project, journal.target)
     done = journal.completed()
     for stage in stages:

@@ -19,12 +19,14 @@ Fencing, the guarantee that an old primary that comes back cannot take writes, h
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from infra import events, secrets
+from infra.clouds import automation
 from infra.errors import FailoverError
 from infra.data import protection
 from infra.data import media as media_config
@@ -42,6 +44,7 @@ from infra.status import newest_repository
 from playbooks import media
 
 PROMOTE, RESTORE = "promote", "restore"
+SSH_AFTER_SCALE = 600  # seconds for a resized database VM to boot and answer SSH again
 
 
 # ---------------------------------------------------------------- pure decisions
@@ -137,6 +140,8 @@ class Run:
     data: DataSource
     progress: Callable[[str], None] = lambda m: None
     notes: dict = field(default_factory=dict)
+    # Where a cloud pilot-light target's stack lives (default: the project of `project`).
+    pulumi: automation.PulumiProject | None = None
 
     @property
     def inventory(self) -> Inventory:
@@ -215,13 +220,33 @@ def fence_site(run: Run, name: str) -> str:
 
 
 def capacity(run: Run) -> dict:
-    """The target's data disk has room (df on the host)."""
+    """The target's data disk has room (df on the host); a cloud pilot-light target is then
+    scaled up by its Pulumi stack (role primary, `pulumi up`) and its new outputs published in
+    the Inventory. A local site, or one already scaled (a rerun), changes nothing."""
     output = run.site.service().run(f"df -Pk {PATHS.pgdata.rsplit('/', 2)[0]}").stdout.splitlines()[-1].split()
     free_mb = int(output[3]) >> 10
     if free_mb < 1024:
         raise FailoverError(f"site {run.target}: only {free_mb} MB free on host {run.site.db_host} under "
                             f"{PATHS.pgdata}: make room before failing over")
-    return {"free_mb": free_mb}
+    if not automation.scaled_by_pulumi(run.inventory.site(run.target)):
+        return {"free_mb": free_mb}
+    return {"free_mb": free_mb, "scaled": scale_target(run)}
+
+
+def scale_target(run: Run) -> dict:
+    """`pulumi up` of the target's stack as primary; the Inventory gets its outputs (in the same
+    place, so no repository is renumbered) only once the update has succeeded. The database VM
+    restarts when it is resized: the step ends when it answers SSH again. Its addresses are
+    static, so the Fleet's Site for it stays valid."""
+    scaled = automation.scale_up(run.pulumi or automation.PulumiProject.of(run.project), run.target, run.progress)
+    os.environ.update(scaled.secrets)  # this process only, as `inventory pull` does: the env/NAME references resolve
+    inventory = run.inventory
+    inventory.sites = [scaled.outputs if s.site == run.target else s for s in inventory.sites]
+    run.fleet.publish(inventory)
+    if scaled.ran_up:
+        wait_for(lambda: run.fleet.reachable(run.target, refresh=True), SSH_AFTER_SCALE,
+                 f"{run.target} (host {run.site.db_host}) to answer SSH after the scale-up", 5)
+    return scaled.to_dict()
 
 
 def promote_or_restore(run: Run) -> dict:
