@@ -1,13 +1,17 @@
-"""`failover inventory pull`: the Inventory from every Pulumi stack, saved and copied to every site.
+"""`failover inventory pull`: the Inventory from every Pulumi stack, saved and copied to every site;
+`failover inventory hostkeys`: each site's SSH host key, made here and set as the stack's secret.
 
 Without --doit the copy to the sites' stores is only planned (and printed); the local copy in
 the workdir is always written, with the secrets apart in a 0600 secrets.env. The active site,
 the epoch and the sites' order (their repository numbers) come from the Inventory already
-known: the workdir's, and with --doit the copies in the stores (the newest wins).
+known: the workdir's, and with --doit the copies in the stores (the newest wins). The pull also
+writes `known_hosts` in the workdir from the stacks' host keys, where the engine looks for it.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +20,7 @@ from rich.table import Table
 
 from infra import inventory_pull as pull_
 from infra import secrets
+from infra.clouds import hostkey
 from infra.cliutil import ROOT, AsJson, FailoverError, Workdir, command, console, emit, workdir_path
 from infra.sites.contract import Inventory
 
@@ -57,11 +62,14 @@ def pull(stacks: Stacks = "aws,gcp,azure", workdir: Workdir = None, as_json: AsJ
         raise FailoverError(str(error)) from None
     inventory.save(where / "inventory.json")
     pull_.write_secrets(where / "secrets.env", found)
+    hosts, lacking = pull_.known_hosts(texts)
+    pull_.write_known_hosts(where / "known_hosts", hosts)
     statuses = pull_.publish(inventory, found) if doit else {}
     copies = [{"site": s.site, "destination": pull_.destination(s),
                "status": statuses.get(s.site, "planned (pass --doit)"),
                **({"earlier_copy": unread[s.site]} if s.site in unread else {})} for s in inventory.sites]
     result = {"inventory": str(where / "inventory.json"), "secrets": str(where / "secrets.env"),
+              "known_hosts": str(where / "known_hosts"), "no_host_key": lacking,
               "active": inventory.active, "epoch": inventory.epoch, "sites": inventory.names,
               "kept_from": len(known), "copies": copies}
     emit(result, as_json, _render)
@@ -80,7 +88,71 @@ def _render(result: dict) -> None:
     kept = f"; active and epoch kept from {result['kept_from']} known Inventory copies" if result["kept_from"] else ""
     console.print(f"inventory: {result['inventory']} (active: {result['active']}, epoch {result['epoch']}{kept})")
     console.print(f"secrets:   {result['secrets']} (0600; the inventory holds env/NAME references)")
+    console.print(f"known_hosts: {result['known_hosts']} (the engine trusts these host keys)")
+    for stack in result["no_host_key"]:
+        console.print(f"[yellow]stack {stack} exports no {hostkey.OUTPUT}: its hosts will be refused; run "
+                      f"`failover inventory hostkeys --stacks {stack} --doit`, `pulumi up -s {stack}`, then pull again[/yellow]")
     table = Table("site", "copy to", "status")
     for copy in result["copies"]:
         table.add_row(copy["site"], copy["destination"], copy["status"])
     console.print(table)
+
+
+@app.command()
+@command
+def hostkeys(stacks: Stacks = "aws,gcp,azure", workdir: Workdir = None, as_json: AsJson = False,
+             doit: Annotated[bool, typer.Option("--doit", help="Really set each stack's secret config "
+                                                "(default: make the key files and show the commands).")] = False) -> None:
+    """Each site's SSH host key: an ed25519 key per stack in <workdir>/hostkeys/<stack> (0600, kept:
+    a new key would change every VM's user-data), set as the stack's secret failover:ssh_host_key by
+    `pulumi config set --secret ... < file`, which reads the key from the file, never from a command line."""
+    names = [s.strip() for s in stacks.split(",") if s.strip()]
+    if not names:
+        raise FailoverError("--stacks: name at least one stack, e.g. --stacks aws,gcp,azure")
+    where = workdir_path(workdir) / "hostkeys"
+    keys = [_host_key_file(where / name, name) for name in names]
+    if doit and not shutil.which("pulumi"):
+        raise FailoverError("the Pulumi CLI is not installed; run the commands shown without --doit yourself")
+    result = [{"stack": name, "key_file": str(path), "public_key": public, "command": _config_command(name, path),
+               "status": _set_config(name, path) if doit else "planned (pass --doit)"}
+              for name, (path, public) in zip(names, keys)]
+    emit(result, as_json, _render_hostkeys)
+
+
+def _host_key_file(path: Path, stack: str) -> tuple[Path, str]:
+    """The stack's key file, made once (0600, never briefly wider), and its public key."""
+    if not path.exists():
+        private, _ = hostkey.generate(stack)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(private)
+    try:
+        public = hostkey.public_key(path.read_text(), stack)
+    except ValueError as error:
+        raise FailoverError(f"{path}: {error}") from None
+    path.with_name(f"{stack}.pub").write_text(public + "\n")
+    return path, public
+
+
+def _config_command(stack: str, path: Path) -> str:
+    return f"pulumi config set --secret --stack {stack} failover:{hostkey.CONFIG_KEY} < {path}"
+
+
+def _set_config(stack: str, path: Path) -> str:
+    """`pulumi config set --secret` with the key on stdin: not in argv, a shell history or a log."""
+    with path.open() as key:
+        done = subprocess.run(["pulumi", "config", "set", "--secret", "--stack", stack, f"failover:{hostkey.CONFIG_KEY}"],
+                              stdin=key, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if done.returncode:
+        raise FailoverError(f"stack {stack}: `pulumi config set --secret failover:{hostkey.CONFIG_KEY}` failed: "
+                            f"{done.stderr.strip()[-500:]}")
+    return "set"
+
+
+def _render_hostkeys(result: list[dict]) -> None:
+    for row in result:
+        console.print(f"{row['stack']}: {row['key_file']} (0600) {row['status']}")
+        console.print(f"  {row['public_key']}")
+        if row["status"] != "set":
+            console.print(f"  {row['command']}", soft_wrap=True)

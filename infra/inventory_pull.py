@@ -1,7 +1,9 @@
 """The Inventory from Pulumi: each stack's `pulumi stack output --json --show-secrets`, parsed.
 
 Secrets never enter the inventory: writer credentials are written to a 0600 `secrets.env` and
-the inventory holds `env/NAME` references (resolved by infra.secrets). The inventory is then
+the inventory holds `env/NAME` references (resolved by infra.secrets). Each stack's public SSH
+host key (`ssh_host_public_key`, the key its VMs boot with) goes into a `known_hosts` beside
+the inventory, one line per ssh_host, which the engine trusts (infra/sites/site.py). The inventory is then
 put into every site's store, where the engine reads it (`.failover/inventory.json` beside the
 media), so a failover needs neither the dropped cloud nor the Pulumi state backend. Parsing
 and planning are pure; the CLI and the stores are thin calls.
@@ -16,6 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from infra.clouds import hostkey
 from infra.data.storage import MissingKey, Store, StoreError, put_all
 from infra.sites.contract import EXPORTED_KEYS, Inventory, SiteOutputs
 from infra.sites.fleet import INVENTORY_COPY
@@ -70,6 +73,27 @@ def build_inventory(outputs: dict[str, str]) -> tuple[Inventory, dict[str, str]]
     # The same order as load_spec, so pgBackRest repo numbers agree with the spec's.
     sites.sort(key=lambda s: (ROLES.index(s.role), s.site))
     return Inventory(sites=sites, active=primaries[0]), secrets
+
+
+def known_hosts(outputs: dict[str, str]) -> tuple[str, list[str]]:
+    """{stack: output JSON} -> (known_hosts text: each ssh_host with its site's host key; the
+    stacks that export no host key yet, whose hosts the engine will refuse until they do)."""
+    lines, lacking = [], []
+    for stack, text in outputs.items():
+        data = json.loads(text)
+        key = data.get(hostkey.OUTPUT)
+        if not isinstance(key, str) or not re.match(r"^ssh-ed25519 \S+", key):
+            lacking.append(stack)
+            continue
+        kind, blob = key.split()[:2]
+        lines += [f"{host} {kind} {blob}\n" for host in data["ssh_hosts"]]
+    return "".join(lines), lacking
+
+
+def write_known_hosts(path: Path, text: str) -> None:
+    """The pulled known_hosts, replaced whole (it is the stacks' keys, nothing else)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def keep_known(pulled: Inventory, known: list[Inventory]) -> Inventory:

@@ -78,7 +78,7 @@ def test_the_copies_go_where_the_engine_reads_them(tmp_path):
 
 
 def test_cli_pull_writes_inventory_and_secrets_and_plans_copies(tmp_path):
-    result = CliRunner().invoke(app, ["--stacks", "aws,gcp,azure", "--from", str(OUTPUTS),
+    result = CliRunner().invoke(app, ["pull", "--stacks", "aws,gcp,azure", "--from", str(OUTPUTS),
                                       "--workdir", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -91,7 +91,7 @@ def test_cli_pull_writes_inventory_and_secrets_and_plans_copies(tmp_path):
 
 
 def test_cli_names_a_missing_recording(tmp_path):
-    result = CliRunner().invoke(app, ["--stacks", "aws,nowhere", "--from", str(OUTPUTS), "--workdir", str(tmp_path)])
+    result = CliRunner().invoke(app, ["pull", "--stacks", "aws,nowhere", "--from", str(OUTPUTS), "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "nowhere.json: no recorded outputs for stack nowhere" in result.output
 
@@ -148,7 +148,7 @@ def test_the_newest_copy_in_the_stores_wins_and_unreadable_ones_are_named(tmp_pa
 
 
 def test_cli_pull_keeps_what_the_workdirs_inventory_says(tmp_path):
-    args = ["--stacks", "aws,gcp,azure", "--from", str(OUTPUTS), "--workdir", str(tmp_path), "--json"]
+    args = ["pull", "--stacks", "aws,gcp,azure", "--from", str(OUTPUTS), "--workdir", str(tmp_path), "--json"]
     assert CliRunner().invoke(app, args).exit_code == 0
     failed_over = Inventory.load(tmp_path / "inventory.json")
     failed_over.active, failed_over.epoch = "azure", 7

@@ -102,7 +102,7 @@ class AwsSite(base.SiteComponent):
         return ec2.Instance(
             name(args, part), ami=image_id, instance_type=base.machine_type(args, tier),
             subnet_id=subnet_ids[tier], vpc_security_group_ids=[groups[tier].id],
-            availability_zone=self.zone, user_data=base.cloud_init(args, tier),
+            availability_zone=self.zone, user_data=self.user_data(tier),
             root_block_device={"encrypted": True, "volume_size": 20, "volume_type": "gp3"},
             metadata_options={"http_tokens": "required"},
             # The looked-up AMI moves with every Debian release; a pinned one (failover:image) is the change.

@@ -101,7 +101,7 @@ class AzureSite(base.SiteComponent):
             name(args, f"{part}-nic"), resource_group_name=self.group.name, location=args.region,
             ip_configurations=[{"name": "primary", "subnet": {"id": subnet_ids[tier]},
                                 "public_ip_address": {"id": address.id}}], opts=self.child())
-        custom_data = base64.b64encode(base.cloud_init(args, tier, DATA_DEVICE).encode()).decode()
+        custom_data = self.user_data(tier, DATA_DEVICE).apply(lambda data: base64.b64encode(data.encode()).decode())
         return compute.VirtualMachine(
             name(args, part), resource_group_name=self.group.name, location=args.region,
             hardware_profile={"vm_size": base.machine_type(args, tier)},

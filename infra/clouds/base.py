@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pulumi
 
+from infra.clouds import hostkey
 from infra.spec import App, Database
 
 WORLD = "0.0.0.0/0"
@@ -53,7 +54,12 @@ class SiteArgs:
     database: Database
     media_bucket: str
     admin_cidrs: tuple[str, ...] = ()
-    peer_cidrs: tuple[str, ...] = ()  # other sites' addresses, allowed to reach PostgreSQL
+    peer_cidrs: tuple[str, ...] = ()  # static extra addresses allowed to reach PostgreSQL
+    # The other sites' database addresses as CIDRs, read from their stacks (Outputs): they join
+    # peer_cidrs in the PostgreSQL rule, and, like them, never reach a VM's user-data.
+    peer_hosts: tuple[pulumi.Input[str], ...] = ()
+    # The site's ed25519 host key (OpenSSH private key, a secret): every VM of the site boots with it.
+    ssh_host_key: pulumi.Input[str] = ""
     ssh_user: str = "failover"
     ssh_public_key: str = ""
     network_cidr: str = "10.20.0.0/16"
@@ -139,7 +145,7 @@ class Rule:
     name: str
     tier: str
     port: int
-    sources: tuple[str, ...]
+    sources: tuple[pulumi.Input[str], ...]  # CIDRs; a peer's is an Output read from its stack
     description: str
 
 
@@ -151,26 +157,37 @@ def firewall_rules(args: SiteArgs) -> list[Rule]:
     app_subnet = subnets(args.network_cidr).app
     rules = [Rule(f"web-{port}", "app", port, (WORLD,), "HTTP(S) from anywhere") for port in WEB_PORTS]
     rules += [Rule(f"ssh-{tier}", tier, SSH_PORT, args.admin_cidrs, "SSH from admin CIDRs") for tier in TIERS]
-    rules.append(Rule("postgres-peers", "db", args.database.port, args.peer_cidrs,
+    rules.append(Rule("postgres-peers", "db", args.database.port, (*args.peer_hosts, *args.peer_cidrs),
                       "PostgreSQL (TLS) from the other sites, for replication"))
     rules.append(Rule("postgres-app", "db", args.database.port, (app_subnet,), "PostgreSQL from the app subnet"))
     return [rule for rule in rules if rule.sources]
 
 
-def cloud_init(args: SiteArgs, tier: str, data_device: str = "") -> str:
-    """The VM's user-data for a tier, embedding the one bootstrap file; `data_device` is the
-    cloud's hint for the data disk. Nothing in it changes on a live site: not the peers, not
-    pg_hba, not the role (all the engine's job, over SSH), so a routine `pulumi up` or a role
-    change leaves every VM's user-data as it was (a change would stop and start an AWS VM,
-    and Azure cannot change customData at all)."""
+def cloud_init(args: SiteArgs, tier: str, host_key: str, data_device: str = "") -> str:
+    """The VM's user-data for a tier, embedding the one bootstrap file and the site's host key
+    (`host_key`, its OpenSSH private key); `data_device` is the cloud's hint for the data disk.
+    Nothing in it changes on a live site: not the peers, not pg_hba, not the role (all the
+    engine's job, over SSH), and the host key only when the operator makes a new one, so a
+    routine `pulumi up` or a role change leaves every VM's user-data as it was (a change would
+    stop and start an AWS VM, and Azure cannot change customData at all)."""
     values = {
         "site": args.site, "tier": tier, "ssh_user": args.ssh_user,
         "ssh_public_key": args.ssh_public_key or "# no key configured", "app_image": args.app.image,
         "app_port": str(args.app.port), "db_port": str(args.database.port),
         "db_version": str(args.database.version), "data_device": data_device,
+        "ssh_host_key": _indent(host_key, 4), "ssh_host_public_key": hostkey.public_key(host_key, args.site),
         "bootstrap": _indent(BOOTSTRAP.read_text(), 6),
     }
     return render(CLOUD_INIT.read_text(), values)
+
+
+def host_cidr(address: str, where: str) -> str:
+    """A peer's db_host as the one-address CIDR a firewall takes (/32, or /128 for IPv6)."""
+    try:
+        return str(ipaddress.ip_network(address))
+    except ValueError:
+        raise ValueError(f"{where}: db_host {address!r} is not an IP address; the PostgreSQL rule "
+                         "allows addresses only") from None
 
 
 def _indent(text: str, spaces: int) -> str:
@@ -205,6 +222,7 @@ class SiteComponent(pulumi.ComponentResource):
     repository: pulumi.Output
     media_remote: pulumi.Output
     writer_credentials: pulumi.Output
+    ssh_host_public_key: pulumi.Output  # not part of SiteOutputs: pulled into known_hosts
 
     def __init__(self, type_: str, resource_name: str, args: SiteArgs, opts: pulumi.ResourceOptions | None):
         args.validate()
@@ -215,6 +233,11 @@ class SiteComponent(pulumi.ComponentResource):
         """Options for a child: parented to this site; data holders are protected from deletion."""
         return pulumi.ResourceOptions(parent=self, protect=protect or None, **extra)
 
+    def user_data(self, tier: str, data_device: str = "") -> pulumi.Output[str]:
+        """`cloud_init()` for a tier with the site's host key, as a secret (it holds the private key)."""
+        key = pulumi.Output.from_input(self.args.ssh_host_key)
+        return pulumi.Output.secret(key.apply(lambda k: cloud_init(self.args, tier, k, data_device)))
+
     def finish(self, app_addresses, db_address, repository, media_remote, writer_credentials) -> None:
         self.public_addresses = pulumi.Output.all(*app_addresses)
         self.ssh_hosts = pulumi.Output.all(*app_addresses, db_address)
@@ -224,11 +247,14 @@ class SiteComponent(pulumi.ComponentResource):
         self.repository = pulumi.Output.from_input(repository)
         self.media_remote = pulumi.Output.from_input(media_remote)
         self.writer_credentials = pulumi.Output.secret(writer_credentials)
+        # The public half only, derived from the secret config and deliberately not secret.
+        self.ssh_host_public_key = pulumi.Output.unsecret(pulumi.Output.from_input(self.args.ssh_host_key).apply(
+            lambda k: hostkey.public_key(k, self.args.site)))
         self.register_outputs(self.outputs())
 
     def outputs(self) -> dict[str, pulumi.Output]:
         keys = ("public_addresses", "ssh_hosts", "ssh_user", "db_host", "db_port",
-                "repository", "media_remote", "writer_credentials")
+                "repository", "media_remote", "writer_credentials", hostkey.OUTPUT)
         return {key: getattr(self, key) for key in keys}
 
 

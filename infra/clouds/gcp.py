@@ -78,7 +78,7 @@ class GcpSite(base.SiteComponent):
             attached_disks=disks, tags=[name(args, tier)],
             network_interfaces=[{"subnetwork": subnet_ids[tier], "access_configs": [{"nat_ip": address.address}]}],
             # Debian's GCE image has no cloud-init: the startup-script installs it, and it reads user-data.
-            metadata={"user-data": base.cloud_init(args, tier, DATA_DEVICE), "startup-script": STARTUP.read_text()},
+            metadata={"user-data": self.user_data(tier, DATA_DEVICE), "startup-script": STARTUP.read_text()},
             shielded_instance_config={"enable_secure_boot": True, "enable_vtpm": True},
             # A role change resizes the VM (machine_type), which GCE allows only when stopped.
             allow_stopping_for_update=True,

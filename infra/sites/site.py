@@ -36,6 +36,7 @@ from infra.sites.contract import SiteOutputs
 from infra.sites.shell import HostShell, ShellDied, ShellError, SudoRefused
 
 KNOWN_HOSTS_ENV, KEY_ENV = "FAILOVER_SSH_KNOWN_HOSTS", "FAILOVER_SSH_KEY"
+PULLED_KNOWN_HOSTS = "known_hosts"  # in the work directory: the stacks' host keys, from `failover inventory pull`
 SERVICE_USER = "postgres"
 DB_VERSION = "15"
 # Debian's layout on every database host: configs the toolkit renders live beside the data.
@@ -61,11 +62,18 @@ class SshSettings:
     connect_timeout: float = 10.0
 
     @classmethod
-    def from_env(cls, toolkit_dir: Path | None = None) -> "SshSettings":
+    def from_env(cls, toolkit_dir: Path | None = None, workdir: Path | None = None) -> "SshSettings":
         """FAILOVER_SSH_KNOWN_HOSTS / FAILOVER_SSH_KEY; else the toolkit's own files in `toolkit_dir`
-        (the VM cloud's ssh/) when it has them; else ~/.ssh/known_hosts and the user's usual keys."""
+        (the VM cloud's ssh/) when it has them; else the known_hosts that `failover inventory pull`
+        wrote beside the Inventory in `workdir` (by default the work directory `toolkit_dir` is in,
+        <workdir>/vms/ssh); else ~/.ssh/known_hosts. The key, without FAILOVER_SSH_KEY: the VM
+        cloud's, else the user's usual keys."""
         own = toolkit_dir if toolkit_dir and (toolkit_dir / "known_hosts").exists() else None
-        known = os.environ.get(KNOWN_HOSTS_ENV) or (own or Path.home() / ".ssh") / "known_hosts"
+        if workdir is None and toolkit_dir is not None:
+            workdir = toolkit_dir.parent.parent
+        pulled = workdir / PULLED_KNOWN_HOSTS if workdir and (workdir / PULLED_KNOWN_HOSTS).is_file() else None
+        known = (os.environ.get(KNOWN_HOSTS_ENV) or (own and own / "known_hosts") or pulled
+                 or Path.home() / ".ssh" / "known_hosts")
         key = os.environ.get(KEY_ENV) or (own / "id_ed25519" if own else None)
         return cls(Path(known), Path(key) if key else None)
 
@@ -146,7 +154,8 @@ class Site:
         except paramiko.SSHException as error:
             if "not found in known_hosts" in str(error):
                 raise SiteError(f"{where}: its host key is not in {known}; add the key the site exported "
-                                "(the toolkit never trusts a key on first use)") from None
+                                "(`failover inventory pull` writes the stacks' keys to <workdir>/known_hosts; "
+                                "the toolkit never trusts a key on first use)") from None
             raise SiteError(f"{where}: SSH failed ({error}); check that the host is up") from None
         except (OSError, socket.timeout) as error:
             raise SiteError(f"{where} does not answer SSH ({type(error).__name__}: {error}); check that the "

@@ -4,10 +4,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from infra.clouds import base
+from infra.clouds import base, hostkey
 from infra.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
+KEY, PUBLIC = hostkey.generate("aws")
 
 
 def args(**changes) -> base.SiteArgs:
@@ -19,7 +20,7 @@ def args(**changes) -> base.SiteArgs:
 
 
 def test_user_data_embeds_the_bootstrap_file_line_for_line():
-    data = base.cloud_init(args(), "db")
+    data = base.cloud_init(args(), "db", KEY)
     embedded = data.split("path: /usr/local/sbin/failover-bootstrap", 1)[1]
     for line in base.BOOTSTRAP.read_text().splitlines():
         if line:
@@ -27,9 +28,10 @@ def test_user_data_embeds_the_bootstrap_file_line_for_line():
 
 
 def test_peers_and_role_changes_leave_user_data_unchanged_where_they_belong_to_the_engine():
-    before = base.cloud_init(args(), "db")
-    assert base.cloud_init(args(peer_cidrs=("10.9.0.0/16", "10.8.0.0/16")), "db") == before
-    assert base.cloud_init(args(role="warm"), "db") == base.cloud_init(args(role="pilot-light"), "db") == before
+    before = base.cloud_init(args(), "db", KEY)
+    assert base.cloud_init(args(peer_cidrs=("10.9.0.0/16", "10.8.0.0/16")), "db", KEY) == before
+    assert base.cloud_init(args(peer_hosts=("198.51.100.7/32",)), "db", KEY) == before
+    assert base.cloud_init(args(role="warm"), "db", KEY) == base.cloud_init(args(role="pilot-light"), "db", KEY) == before
     assert "ROLE" not in before
     assert "PEER_CIDRS" not in before and "hostssl" not in before
 
@@ -39,7 +41,7 @@ def _bootcmd(tmp_path: Path, device: str) -> Path:
     that record what they were asked: `sleep` attaches the disk (creates `device`) on its 3rd call."""
     import yaml
 
-    script = yaml.safe_load(base.cloud_init(args(), "db", device))["bootcmd"][0]
+    script = yaml.safe_load(base.cloud_init(args(), "db", KEY, device))["bootcmd"][0]
     for path in ("/dev/disk/by-label/pgdata", "/etc/failover", "/var/lib/postgresql"):
         script = script.replace(path, str(tmp_path / path.strip("/").replace("/", "_")))
     bin_dir = tmp_path / "bin"

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "pulumi"))
 from mock_run import run_stacks  # noqa: E402
 
-from infra.clouds import base  # noqa: E402
+from infra.clouds import base, hostkey  # noqa: E402
 from infra.sites.contract import EXPORTED_KEYS, SiteOutputs  # noqa: E402
 from infra.spec import load_spec  # noqa: E402
 
@@ -57,6 +57,11 @@ PINNED = {"aws": "ami-0123456789abcdef0", "gcp": "debian-cloud/debian-12-bookwor
 # Variants that must leave every VM's user-data as it was: a role change, other peers.
 CHANGED = {"aws-as-warm": ("aws", lambda: _as("aws", "warm")),
            "aws-other-peers": ("aws", lambda: {"failover:peer_cidrs": ["192.0.2.7/32", "192.0.2.8/32"]}),
+           "aws-other-peer-stacks": ("aws", lambda: {"failover:peer_stacks": ["gcp"]}),
+           "gcp-peer-moved": ("gcp", lambda: {"mock:stack_outputs": {
+               "example-org/failover/aws": {"db_host": "198.51.100.77"},
+               "example-org/failover/azure": {"db_host": "198.51.100.78"}}}),
+           "azure-first-deploy": ("azure", lambda: {"failover:first_deploy": True}),
            "gcp-as-primary": ("gcp", lambda: _as("gcp", "primary")),
            "azure-as-warm": ("azure", lambda: _as("azure", "warm")),
            "azure-as-primary": ("azure", lambda: PILOT_AS_PRIMARY)}  # the pilot-light's failover
@@ -104,7 +109,8 @@ def test_every_resource_that_takes_tags_or_labels_has_site_role_and_managed_by(r
 
 def test_exports_are_the_contract_keys_on_every_cloud(runs):
     keys = {stack: tuple(runs[stack]["outputs"]) for stack in STACKS}
-    assert all(set(k) == set(EXPORTED_KEYS) for k in keys.values()), keys
+    # The public host key is exported beside SiteOutputs; the Inventory reads the contract keys only.
+    assert all(set(k) == set(EXPORTED_KEYS) | {hostkey.OUTPUT} for k in keys.values()), keys
     for stack in STACKS:
         outputs = SiteOutputs.from_dict(runs[stack]["outputs"], where=stack)
         assert outputs.site == stack and outputs.db_port == SPEC.database.port
@@ -228,8 +234,15 @@ def test_firewall_sources(runs, stack):
     app_subnet = base.subnets(stack_file["failover:network_cidr"]).app
     assert ports[80] == ports[443] == {"0.0.0.0/0"}
     assert ports[22] == set(stack_file["failover:site"]["admin_cidrs"])
-    assert ports[SPEC.database.port] == set(stack_file["failover:peer_cidrs"]) | {app_subnet}
+    peers = {f"{recorded_db_host(peer)}/32" for peer in stack_file["failover:peer_stacks"]}
+    assert peers and stack not in stack_file["failover:peer_stacks"]
+    assert ports[SPEC.database.port] == peers | set(stack_file.get("failover:peer_cidrs", ())) | {app_subnet}
     assert set(ports) == {22, 80, 443, SPEC.database.port}, "nothing else may be open"
+
+
+def recorded_db_host(stack: str) -> str:
+    """What the mocks' StackReference to `stack` reads: its recorded outputs."""
+    return json.loads((ROOT / "tests" / "fixtures" / "pulumi" / "outputs" / f"{stack}.json").read_text())["db_host"]
 
 
 def yaml_config(stack: str) -> dict:
