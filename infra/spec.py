@@ -22,6 +22,7 @@ STORAGE_TYPES = ("posix", "s3", "gcs", "azure")
 REPLICATION_MODES = ("sync", "async")
 SECRET_REF = re.compile(r"^env/[A-Za-z_][A-Za-z0-9_]*$")
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+NS_NAME = re.compile(r"^[A-Za-z0-9*_-]+(\.[A-Za-z0-9*_-]+)*\.?$")
 
 
 class SpecError(ValueError):
@@ -63,6 +64,8 @@ class DnsProvider:
     class_: str
     args: dict[str, Any]
     vendor: str
+    # config.dns.resolvers: who verification asks for the zone's NS ("" = /etc/resolv.conf).
+    resolvers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Dns:
     ttl: int
     providers: tuple[DnsProvider, ...]
     registrar: str = ""
+    resolvers: tuple[str, ...] = ()
 
     def fqdn(self, name: str) -> str:
         return f"{name}.{self.zone}" if name else self.zone
@@ -209,17 +213,58 @@ def _database(data: Any, check: _Checker) -> Database:
     )
 
 
-def _dns_provider(name: str, data: Any, check: _Checker) -> DnsProvider:
+def _dns_provider(name: str, data: Any, check: _Checker, resolvers: tuple[str, ...] = ()) -> DnsProvider:
     key = f"config.dns.providers.{name}"
     data = check.mapping(data, key, ("class", "args", "vendor"), ("class", "vendor"))
     args = check.value(data, key, "args", dict, {})
     for arg, value in args.items():
         if _looks_secret(arg) and not (isinstance(value, str) and SECRET_REF.match(value)):
             check.problem(f"{key}.args.{arg}", "secrets must be references like env/NAME, never values")
+    _check_ns_names(args.get("ns_names"), f"{key}.args.ns_names", check)
     class_ = check.value(data, key, "class", str, "")
     if class_ and "." not in class_:
         check.problem(f"{key}.class", f"must be a dotted octoDNS provider class, got {class_!r}")
-    return DnsProvider(name=name, class_=class_, args=args, vendor=check.value(data, key, "vendor", str, ""))
+    return DnsProvider(name=name, class_=class_, args=args, vendor=check.value(data, key, "vendor", str, ""),
+                       resolvers=resolvers)
+
+
+def _check_ns_names(names: Any, key: str, check: _Checker) -> None:
+    if names is None:
+        return
+    listed = [names] if isinstance(names, str) else names
+    if not isinstance(listed, list) or not listed:
+        check.problem(key, f"must be a list of NS names such as ['*.ns.cloudflare.com'], got {names!r}")
+        return
+    for name in listed:
+        if not isinstance(name, str) or not NS_NAME.match(name):
+            check.problem(key, f"{name!r} is not an NS name or pattern such as *.ns.cloudflare.com")
+
+
+def resolver_address(text: str) -> tuple[str, int]:
+    """(address, port) of a resolver written `127.0.0.1`, `127.0.0.1:5353`, `::1` or `[::1]:5353`."""
+    host, digits = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        digits = rest[1:] if rest.startswith(":") else rest or "53"
+    elif text.count(":") == 1:  # more than one colon and no brackets: a bare IPv6 address
+        host, _, digits = text.partition(":")
+    ipaddress.ip_address(host)  # ValueError if it is not an address
+    if not digits.isdigit() or not 0 < int(digits) <= 65535:
+        raise ValueError(f"bad port in {text!r}")
+    return host, int(digits)
+
+
+def _resolvers(data: dict, key: str, check: _Checker) -> tuple[str, ...]:
+    listed = check.value(data, key, "resolvers", list, [])
+    good = []
+    for text in listed:
+        try:
+            resolver_address(text if isinstance(text, str) else "")
+            good.append(text)
+        except ValueError:
+            check.problem(f"{key}.resolvers", f"{text!r} is not a resolver address such as 127.0.0.1 or "
+                                              f"127.0.0.1:5353 (or [::1]:53)")
+    return tuple(good)
 
 
 def _looks_secret(arg: str) -> bool:
@@ -229,7 +274,8 @@ def _looks_secret(arg: str) -> bool:
 
 def _dns(data: Any, check: _Checker) -> Dns:
     key = "config.dns"
-    data = check.mapping(data, key, ("zone", "names", "ttl", "providers", "registrar"), ("zone", "names", "providers"))
+    allowed = ("zone", "names", "ttl", "providers", "registrar", "resolvers")
+    data = check.mapping(data, key, allowed, ("zone", "names", "providers"))
     zone = check.value(data, key, "zone", str, "example.")
     if not zone.endswith("."):
         check.problem(f"{key}.zone", f"must end with a dot, got {zone!r}")
@@ -238,12 +284,14 @@ def _dns(data: Any, check: _Checker) -> Dns:
         if not isinstance(name, str) or (name and not re.match(r"^[a-z0-9-]+$", name)):
             check.problem(f"{key}.names", f"{name!r} is not a DNS label (use '' for the apex)")
     providers = check.value(data, key, "providers", dict, {})
+    resolvers = _resolvers(data, key, check)
     return Dns(
         zone=zone,
         names=tuple(str(n) for n in names),
         ttl=check.positive(data, key, "ttl", 60, 86400),
-        providers=tuple(_dns_provider(n, p, check) for n, p in providers.items()),
+        providers=tuple(_dns_provider(n, p, check, resolvers) for n, p in providers.items()),
         registrar=check.value(data, key, "registrar", str, ""),
+        resolvers=resolvers,
     )
 
 

@@ -7,6 +7,7 @@ synced); 2 the command could not run (no inventory, bad spec, unknown site).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,7 +19,7 @@ from infra import cliutil
 from infra.cliutil import AsJson, ProjectFile, Workdir, command, emit
 from infra.dns import site as dns_site
 from infra.sites.contract import Inventory
-from infra.spec import SpecError
+from infra.spec import SpecError, resolver_address
 
 app = typer.Typer(help="Move the app's DNS records at every DNS provider (octoDNS), per provider.",
                   no_args_is_help=True)
@@ -28,6 +29,10 @@ Site = Annotated[str, typer.Option("--site", help="The site whose public address
 Force = Annotated[bool, typer.Option("--force", help="Apply even if octoDNS finds the plan too wide.")]
 Yes = Annotated[bool, typer.Option("--yes", help="Apply the plan shown (without it, only show it).")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for each provider to serve the records.")]
+Resolvers = Annotated[Optional[list[str]], typer.Option(
+    "--resolver", metavar="ADDRESS[:PORT]",
+    help="A resolver to ask for the zone's NS records (repeatable), instead of config.dns.resolvers or "
+         "/etc/resolv.conf; only for providers without args.dns_address.")]
 
 
 @app.callback()
@@ -55,6 +60,19 @@ def _setup(workdir: Path | None, project: Path | None):
         return Inventory.load(inventory_file), config
     except ValueError as error:
         raise cliutil.FailoverError(f"{error}; fix or pull the inventory again") from None
+
+
+def _with_resolvers(providers, resolvers: list[str] | None):
+    """The providers, asking `resolvers` (if given) for the zone's NS."""
+    if not resolvers:
+        return providers
+    for text in resolvers:
+        try:
+            resolver_address(text)
+        except ValueError:
+            raise cliutil.FailoverError(f"--resolver {text!r} is not an address such as 127.0.0.1 or "
+                                        f"127.0.0.1:5353 (or [::1]:53)") from None
+    return tuple(replace(p, resolvers=tuple(resolvers)) for p in providers)
 
 
 def _records_or_exit(fn):
@@ -120,12 +138,17 @@ def apply(site: Site, yes: Yes = False, force: Force = False, timeout: Timeout =
 
 @app.command()
 @command
-def verify(site: Site, timeout: Timeout = 30.0, workdir: Workdir = None, project: ProjectFile = None,
-           as_json: AsJson = False) -> None:
-    """Ask each provider's authoritative server until it serves SITE's addresses (or time out)."""
+def verify(site: Site, timeout: Timeout = 30.0, resolver: Resolvers = None, workdir: Workdir = None,
+           project: ProjectFile = None, as_json: AsJson = False) -> None:
+    """Ask each provider's authoritative servers until they serve SITE's addresses (or time out).
+
+    The servers are the provider's args.dns_address, else the zone's NS names that are this
+    provider's (args.ns_names), resolved to addresses by the resolvers.
+    """
     inventory, c = _setup(workdir, project)
+    providers = _with_resolvers(c.providers, resolver)
     checks = _records_or_exit(lambda: dns_site.verify_site(
-        inventory, site, c.providers, c.zone, c.names, c.ttl, timeout=timeout))
+        inventory, site, providers, c.zone, c.names, c.ttl, timeout=timeout))
     rows = [{"name": v.name, "status": "verified" if v.ok else "failed", "error": v.error,
              "propagation_seconds": v.seconds} for v in checks]
     _finish({"site": site, "zone": c.zone, "providers": rows}, as_json, f"dns verify: {c.zone} -> {site}")

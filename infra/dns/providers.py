@@ -1,22 +1,33 @@
 """octoDNS provider objects built from DnsProvider entries, secrets resolved only at run time.
 
-A DnsProvider's `args` are the octoDNS class's own arguments, plus two toolkit-only keys that
-are removed before the class is built (see docs/dns.md):
+A DnsProvider's `args` are the octoDNS class's own arguments, plus toolkit-only keys that are
+removed before the class is built (see docs/dns.md):
 
 - `dns_address`: the provider's authoritative server(s) that verification queries directly
   (an address or a list of addresses). Rfc2136Provider defaults to its `host`.
 - `dns_port`: their port (default 53; Rfc2136Provider defaults to its `port`).
+- `ns_names`: which of the zone's NS names are this provider's (names or `*.` patterns), for
+  a provider without an address; well-known classes have defaults (DEFAULT_NS_NAMES).
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from infra import secrets
 from infra.spec import DnsProvider
 
-TOOLKIT_ARGS = ("dns_address", "dns_port")
+TOOLKIT_ARGS = ("dns_address", "dns_port", "ns_names")
 RFC2136_CLASSES = ("octodns_bind.Rfc2136Provider", "octodns_bind.BindProvider")
+# The names each service gives the NS it assigns to a zone; args.ns_names replaces them.
+DEFAULT_NS_NAMES = {
+    "octodns_cloudflare.CloudflareProvider": ("*.ns.cloudflare.com",),
+    "octodns_ns1.Ns1Provider": ("*.nsone.net",),
+    "octodns_route53.Route53Provider": ("ns-*.awsdns-*",),
+    "octodns_azure.AzureProvider": ("*.azure-dns.com", "*.azure-dns.net", "*.azure-dns.org", "*.azure-dns.info"),
+    "octodns_googlecloud.GoogleCloudProvider": ("ns-cloud-*.googledomains.com",),
+}
 
 
 class ProviderConfigError(ValueError):
@@ -70,6 +81,44 @@ def authority(entry: DnsProvider) -> Authority | None:
     address = args.get("dns_address") or (args.get("host") if is_rfc2136 else None)
     if not address:
         return None
-    port = args.get("dns_port") or (args.get("port", 53) if is_rfc2136 else 53)
     addresses = tuple(address) if isinstance(address, (list, tuple)) else (str(address),)
-    return Authority(addresses=addresses, port=int(port))
+    return Authority(addresses=addresses, port=authority_port(entry))
+
+
+def authority_port(entry: DnsProvider) -> int:
+    """The port of the provider's authoritative servers, however they are found."""
+    args = entry.args
+    if entry.class_ in RFC2136_CLASSES:
+        return int(args.get("dns_port") or args.get("port", 53))
+    return int(args.get("dns_port") or 53)
+
+
+def ns_patterns(entry: DnsProvider) -> tuple[str, ...]:
+    """The entry's args.ns_names, else its class's well-known NS names, else () (no hint)."""
+    hint = entry.args.get("ns_names")
+    if hint:
+        return (hint,) if isinstance(hint, str) else tuple(str(h) for h in hint)
+    return DEFAULT_NS_NAMES.get(entry.class_, ())
+
+
+def _bare(name: str) -> str:
+    return name.lower().rstrip(".")
+
+
+def owned_ns(entry: DnsProvider, ns_names: list[str], alone: bool) -> list[str] | str:
+    """The zone's NS names that are this provider's, or why none can be chosen.
+
+    With no hint, the NS are all this provider's only if it is the zone's only provider.
+    """
+    patterns = ns_patterns(entry)
+    if not patterns:
+        if alone:
+            return list(ns_names)
+        return (f"dns provider {entry.name}: cannot tell which of the zone's NS ({', '.join(ns_names)}) are "
+                f"this provider's; set args.ns_names (names or patterns such as *.ns.example.net) or args.dns_address")
+    mine = [n for n in ns_names if any(fnmatchcase(_bare(n), _bare(p)) for p in patterns)]
+    if mine:
+        return mine
+    return (f"dns provider {entry.name}: none of the zone's NS ({', '.join(ns_names)}) matches "
+            f"{', '.join(patterns)}; delegate the zone to this provider at the registrar, "
+            f"or correct args.ns_names or args.dns_address")
