@@ -23,6 +23,7 @@ from infra import secrets
 from infra.clouds import hostkey
 from infra.cliutil import ROOT, AsJson, FailoverError, Workdir, command, console, emit, workdir_path
 from infra.sites.contract import Inventory
+from infra.sites.site import PULLED_KNOWN_HOSTS
 
 app = typer.Typer(help="The Inventory of all sites, built from Pulumi stack outputs and copied to every site.")
 
@@ -63,13 +64,13 @@ def pull(stacks: Stacks = "aws,gcp,azure", workdir: Workdir = None, as_json: AsJ
     inventory.save(where / "inventory.json")
     pull_.write_secrets(where / "secrets.env", found)
     hosts, lacking = pull_.known_hosts(texts)
-    pull_.write_known_hosts(where / "known_hosts", hosts)
+    (where / PULLED_KNOWN_HOSTS).write_text(hosts)  # replaced whole: the stacks' keys, nothing else
     statuses = pull_.publish(inventory, found) if doit else {}
     copies = [{"site": s.site, "destination": pull_.destination(s),
                "status": statuses.get(s.site, "planned (pass --doit)"),
                **({"earlier_copy": unread[s.site]} if s.site in unread else {})} for s in inventory.sites]
     result = {"inventory": str(where / "inventory.json"), "secrets": str(where / "secrets.env"),
-              "known_hosts": str(where / "known_hosts"), "no_host_key": lacking,
+              "known_hosts": str(where / PULLED_KNOWN_HOSTS), "no_host_key": lacking,
               "active": inventory.active, "epoch": inventory.epoch, "sites": inventory.names,
               "kept_from": len(known), "copies": copies}
     emit(result, as_json, _render)

@@ -90,12 +90,6 @@ def known_hosts(outputs: dict[str, str]) -> tuple[str, list[str]]:
     return "".join(lines), lacking
 
 
-def write_known_hosts(path: Path, text: str) -> None:
-    """The pulled known_hosts, replaced whole (it is the stacks' keys, nothing else)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def keep_known(pulled: Inventory, known: list[Inventory]) -> Inventory:
     """The pulled sites under what the newest known Inventory (highest epoch, then latest
     update) already says: its active site and epoch, and its order of sites, which numbers

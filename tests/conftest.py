@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,22 @@ def processes_rooted_under(path: Path) -> list[int]:
             except OSError:
                 continue  # ended meanwhile
     return rooted
+
+
+def free_port_on(addresses: list[str]) -> int:
+    """A port free for TCP and UDP on every address (probed by binding, nothing is sent): DNS
+    servers listen on both, on several addresses at one port."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for address in addresses:
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    with socket.socket(socket.AF_INET, kind) as probe:
+                        probe.bind((address, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no port free on all of {', '.join(addresses)}")
 
 
 def process_running(pid: int) -> bool:

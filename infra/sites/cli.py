@@ -49,7 +49,7 @@ def vms_up(
     inventory = cloud.up(spec, sites, prefix, progress)
     result = {"inventory": str(cloud.inventory_file), "sites": [s.site for s in inventory.sites]}
     if protect_sites:
-        result["protect"] = asdict(_protect(inventory, cloud.directory, spec))
+        result["protect"] = asdict(_protect(inventory, workdir, spec))
     emit(result, as_json, lambda r: progress(f"{len(r['sites'])} VMs up; Inventory in {r['inventory']}"))
 
 
@@ -75,18 +75,18 @@ def _inventory(inventory: Path | None, workdir: Path) -> Inventory:
     return Inventory.load(inventory or _vms(workdir).inventory_file)
 
 
-def _sites(inventory: Inventory, ssh_dir: Path, app_port: int = 0) -> dict[str, Site]:
+def _sites(inventory: Inventory, workdir: Path, app_port: int = 0) -> dict[str, Site]:
     """The Inventory's sites over SSH (`app_port`, the spec's, where the app's /healthz is read)."""
-    ssh = SshSettings.from_env(ssh_dir)
+    ssh = SshSettings.from_env(_vms(workdir).directory / "ssh", workdir_path(workdir))
     return {o.site: Site(o, ssh, app_port) for o in inventory.sites}
 
 
-def _protect(inventory: Inventory, state: Path, spec):
+def _protect(inventory: Inventory, workdir: Path, spec):
     """protect(), then the toolkit on every reachable host, the app on the primary and the warm
     sites with the Inventory's epoch, and the protector on the primary."""
-    sites = _sites(inventory, state / "ssh", spec.app.port)
+    sites = _sites(inventory, workdir, spec.app.port)
     try:
-        report = protect(inventory, sites, spec, CertificateAuthority.ensure(state / "ca"), progress)
+        report = protect(inventory, sites, spec, CertificateAuthority.ensure(_vms(workdir).directory / "ca"), progress)
         reachable = {name: site for name, site in sites.items() if name not in report.skipped}
         progress("the toolkit on every reachable host, the apps and the protector")
         packed = services.toolkit_archive()
@@ -108,7 +108,7 @@ def sites_check(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WORK
     site fails."""
     inv = _inventory(inventory, workdir)
     results = {}
-    for name, site in _sites(inv, _vms(workdir).directory / "ssh").items():
+    for name, site in _sites(inv, workdir).items():
         try:
             site.connection()
             site.check_sudo()
@@ -133,7 +133,7 @@ def sites_protect(inventory: InventoryFile = None, workdir: Workdir = DEFAULT_WO
     primary and the warm sites, and the protector on the primary. Checks SSH, sudo and the secret before
     changing anything."""
     inv = _inventory(inventory, workdir)
-    report = _protect(inv, _vms(workdir).directory, load_spec(project))
+    report = _protect(inv, workdir, load_spec(project))
     emit(asdict(report), as_json, lambda r: [progress(f"{n}: {', '.join(d)}") for n, d in r["sites"].items()]
          + [progress(f"{n}: skipped ({why})") for n, why in r["skipped"].items()]
          + [progress(f"protected in {r['seconds']} s")])

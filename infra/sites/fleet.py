@@ -27,7 +27,7 @@ class Fleet:
                  reach_timeout: float = 3.0):
         self.workdir = Path(workdir)
         self.inventory_file = self.workdir / "inventory.json"
-        self.ssh = ssh or SshSettings.from_env(self.workdir / VM_SSH_DIR)
+        self.ssh = ssh or SshSettings.from_env(self.workdir / VM_SSH_DIR, self.workdir)
         self.app_port = app_port
         self.reach_timeout = reach_timeout
         self._sites: dict[str, Site] = {}

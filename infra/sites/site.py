@@ -65,12 +65,9 @@ class SshSettings:
     def from_env(cls, toolkit_dir: Path | None = None, workdir: Path | None = None) -> "SshSettings":
         """FAILOVER_SSH_KNOWN_HOSTS / FAILOVER_SSH_KEY; else the toolkit's own files in `toolkit_dir`
         (the VM cloud's ssh/) when it has them; else the known_hosts that `failover inventory pull`
-        wrote beside the Inventory in `workdir` (by default the work directory `toolkit_dir` is in,
-        <workdir>/vms/ssh); else ~/.ssh/known_hosts. The key, without FAILOVER_SSH_KEY: the VM
-        cloud's, else the user's usual keys."""
+        wrote beside the Inventory in `workdir`; else ~/.ssh/known_hosts. The key, without
+        FAILOVER_SSH_KEY: the VM cloud's, else the user's usual keys."""
         own = toolkit_dir if toolkit_dir and (toolkit_dir / "known_hosts").exists() else None
-        if workdir is None and toolkit_dir is not None:
-            workdir = toolkit_dir.parent.parent
         pulled = workdir / PULLED_KNOWN_HOSTS if workdir and (workdir / PULLED_KNOWN_HOSTS).is_file() else None
         known = (os.environ.get(KNOWN_HOSTS_ENV) or (own and own / "known_hosts") or pulled
                  or Path.home() / ".ssh" / "known_hosts")

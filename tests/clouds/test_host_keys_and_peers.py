@@ -137,7 +137,7 @@ def test_known_hosts_holds_every_ssh_host_with_its_sites_key_and_paramiko_checks
     text, lacking = pull.known_hosts(texts)
     assert lacking == []
     path = tmp_path / "known_hosts"
-    pull.write_known_hosts(path, text)
+    path.write_text(text)
     known = paramiko.HostKeys(str(path))
     for stack in STACKS:
         hosts = json.loads(texts[stack])["ssh_hosts"]
@@ -165,12 +165,12 @@ def test_a_stack_without_a_host_key_is_named_by_the_pull(tmp_path):
 def test_the_engine_finds_the_pulled_known_hosts_in_the_workdir(tmp_path, monkeypatch):
     monkeypatch.delenv(KNOWN_HOSTS_ENV, raising=False)
     (tmp_path / "known_hosts").write_text("")
-    assert SshSettings.from_env(tmp_path / "vms" / "ssh").known_hosts == tmp_path / "known_hosts"
+    assert SshSettings.from_env(tmp_path / "vms" / "ssh", tmp_path).known_hosts == tmp_path / "known_hosts"
     (tmp_path / "vms" / "ssh").mkdir(parents=True)
     (tmp_path / "vms" / "ssh" / "known_hosts").write_text("")  # the local cloud's own wins
-    assert SshSettings.from_env(tmp_path / "vms" / "ssh").known_hosts == tmp_path / "vms" / "ssh" / "known_hosts"
+    assert SshSettings.from_env(tmp_path / "vms" / "ssh", tmp_path).known_hosts == tmp_path / "vms" / "ssh" / "known_hosts"
     monkeypatch.setenv(KNOWN_HOSTS_ENV, "/elsewhere/known_hosts")
-    assert SshSettings.from_env(tmp_path / "vms" / "ssh").known_hosts == Path("/elsewhere/known_hosts")
+    assert SshSettings.from_env(tmp_path / "vms" / "ssh", tmp_path).known_hosts == Path("/elsewhere/known_hosts")
 
 
 class _NoLogin(paramiko.ServerInterface):
@@ -215,7 +215,7 @@ def test_the_engines_ssh_accepts_the_pulled_key_and_refuses_another(tmp_path, pr
     data = json.loads((OUTPUTS / "aws.json").read_text())
     data |= {"ssh_hosts": [address], "db_host": address, hostkey.OUTPUT: hostkey.public_key(site_key, "aws")}
     text, _ = pull.known_hosts({"aws": json.dumps(data)})
-    pull.write_known_hosts(tmp_path / "known_hosts", text)
+    (tmp_path / "known_hosts").write_text(text)
     (tmp_path / "id_ed25519").write_text(client_key)
     (tmp_path / "id_ed25519").chmod(0o600)
     served = _pkey(site_key if presented == "its own" else hostkey.generate("mallory")[0])

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-import socket
 import stat
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from infra.dns.records import RecordSet
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
 from infra.sites.processes import ProcessTable
 from infra.spec import DnsProvider
+from tests.conftest import free_port_on
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not (shutil.which("knotd") and shutil.which("pdns_server")),
@@ -47,21 +46,6 @@ FOREIGN = [RecordSet("", "MX", 300, ("10 mx.example.net.",)),
            RecordSet("", "TXT", 300, ('"v=spf1 -all"',)),
            RecordSet("www", "TXT", 300, ('"owned-by-marketing"',)),
            RecordSet("mail", "A", 300, ("127.0.9.9",))]
-
-
-def free_port(addresses: list[str]) -> int:
-    """A port free for TCP and UDP on every address (probed by binding, nothing is sent)."""
-    for _ in range(200):
-        port = random.randint(20000, 45000)
-        try:
-            for address in addresses:
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    with socket.socket(socket.AF_INET, kind) as probe:
-                        probe.bind((address, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port on 127.0.3.x")
 
 
 def site(name: str) -> SiteOutputs:
@@ -91,8 +75,8 @@ class Env:
     def __init__(self, root: Path):
         self.workdir = root / "work"
         self.project = write_spec(root)
-        self.port = free_port([*KNOT_ADDRESSES, PDNS_ADDRESS])
-        self.api_port = free_port([PDNS_ADDRESS])
+        self.port = free_port_on([*KNOT_ADDRESSES, PDNS_ADDRESS])
+        self.api_port = free_port_on([PDNS_ADDRESS])
         self.table = ProcessTable(self.workdir)
         self.inventory = Inventory(sites=[site("a"), site("b")], active="a")
         self.inventory.save(self.workdir / "inventory.json")

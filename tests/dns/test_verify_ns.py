@@ -8,9 +8,7 @@ and stopped by PID through ProcessTable.
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from infra.dns.site import CHOICE_ENV
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
 from infra.sites.processes import ProcessTable, wait_for
 from infra.spec import DnsProvider
+from tests.conftest import free_port_on
 
 ZONE = "social.test."
 RESOLVER, ALPHA, BETA = "127.0.90.1", "127.0.90.2", "127.0.90.3"
@@ -38,21 +37,6 @@ MOVED = [RecordSet("", "A", 30, (NEW,)), RecordSet("www", "A", 30, (NEW,))]
 CANARY = [RecordSet("canary", "A", 30, (NEW,))]
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not shutil.which("knotd"), reason="needs knotd")]
-
-
-def free_port(addresses: list[str]) -> int:
-    """A port free for TCP and UDP on every address (probed by binding, nothing is sent)."""
-    for _ in range(200):
-        port = random.randint(20000, 45000)
-        try:
-            for address in addresses:
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    with socket.socket(socket.AF_INET, kind) as probe:
-                        probe.bind((address, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port on 127.0.90.x")
 
 
 def parent_zones(port_address: str) -> dict[str, str]:
@@ -85,7 +69,7 @@ def start_resolver(table: ProcessTable, directory: Path, port: int) -> None:
 class Env:
     def __init__(self, root: Path):
         self.root = root
-        self.port = free_port([RESOLVER, ALPHA, BETA])
+        self.port = free_port_on([RESOLVER, ALPHA, BETA])
         self.table = ProcessTable(root)
         self.resolver = f"{RESOLVER}:{self.port}"
 
