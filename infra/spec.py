@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,12 @@ class Spec:
 
     @property
     def primary(self) -> Site:
-        return next(s for s in self.sites if s.role == "primary")
+        for site in self.sites:
+            if site.role == "primary":
+                return site
+        # Only a spec loaded with roles_in_flux (a failover's resume) can lack one.
+        raise SpecError(["role: no stack file names a primary (an interrupted `failover run` is changing the "
+                         "roles): finish it with `failover run --to <its target> --yes` first"])
 
 
 class _Checker:
@@ -334,14 +340,24 @@ def _site_from(raw: dict, name: str, file: str, check: _Checker) -> Site:
     return site
 
 
-def _check_roles(sites: list[Site], stacks: Path, problems: list[str]) -> None:
+def _check_roles(sites: list[Site], stacks: Path, problems: list[str], in_flux: Collection[str] = ()) -> None:
     primaries = [s.name for s in sites if s.role == "primary"]
-    if len(primaries) != 1:
-        problems.append(f"{stacks}: role: exactly one site must be primary, found {len(primaries)} ({', '.join(primaries) or 'none'})")
+    if len(primaries) == 1 or not primaries and {s.name for s in sites} & set(in_flux):
+        return
+    fix = ("set failover:site.role: primary in exactly one stack file (`pulumi config set --path failover:site.role "
+           "<role> -s <stack>`); if a `failover run` was interrupted, rerun it instead: it finishes the change")
+    problems.append(f"{stacks}: role: exactly one site must be primary, found {len(primaries)} "
+                    f"({', '.join(primaries) or 'none'}): {fix}")
 
 
-def load_spec(project_file: str | Path = "Pulumi.yaml", stacks_dir: str | Path | None = None) -> Spec:
-    """Reads and validates the whole spec; raises SpecError listing every problem."""
+def load_spec(project_file: str | Path = "Pulumi.yaml", stacks_dir: str | Path | None = None,
+              roles_in_flux: Collection[str] = ()) -> Spec:
+    """Reads and validates the whole spec; raises SpecError listing every problem.
+
+    `roles_in_flux` names the sites whose stack roles a resumable run is changing (a failover's
+    source and target, until its `capacity` step is done): with them, no primary at all is
+    accepted too, the state between demoting the old primary's stack and promoting the
+    target's. Two primaries never are."""
     project_file = Path(project_file)
     check = _Checker(str(project_file))
     raw = _read_yaml(project_file, check)
@@ -351,7 +367,7 @@ def load_spec(project_file: str | Path = "Pulumi.yaml", stacks_dir: str | Path |
     for name in ("app", "database", "media", "dns"):
         if raw and name not in config:
             check.problem(f"config.{name}", "is required")
-    known = ("app", "database", "media", "dns", "vendors")
+    known = ("app", "database", "media", "dns", "vendors", "encryption")
     for name in config:
         if name not in known and ":" not in name:
             check.problem(f"config.{name}", f"unknown key; valid keys: {', '.join(known)}")
@@ -369,10 +385,11 @@ def load_spec(project_file: str | Path = "Pulumi.yaml", stacks_dir: str | Path |
     sites = [s for s in (_site(f, problems) for f in files) if s]
     sites.sort(key=lambda s: (ROLES.index(s.role), s.name))  # primary first, then warm, then pilot-light
     if sites and len(sites) == len(files):
-        _check_roles(sites, stacks, problems)
+        _check_roles(sites, stacks, problems, roles_in_flux)
     if problems:
         raise SpecError(problems)
-    extra = {"vendors": config.get("vendors", {}), "backend": raw.get("backend", {})}
+    extra = {"vendors": config.get("vendors", {}), "encryption": config.get("encryption", {}),
+             "backend": raw.get("backend", {})}
     return Spec(project=PROJECT, app=app, database=database, media=media, dns=dns, sites=tuple(sites), extra=extra)
 
 

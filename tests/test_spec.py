@@ -101,3 +101,24 @@ def test_all_problems_are_reported_at_once(project):
     assert len(raised.value.problems) >= 3
     assert any("Pulumi.aws.yaml" in p for p in raised.value.problems)
     assert any(p.startswith(str(project / "Pulumi.yaml")) for p in raised.value.problems)
+
+
+def test_no_primary_is_accepted_only_for_the_sites_of_a_run_changing_roles(project):
+    """The state between the capacity step's two writes (infra/clouds/automation.py): the old
+    primary's stack demoted, the target's not yet promoted."""
+    edit(project / "stacks/Pulumi.aws.yaml", lambda d: site(d).update(role="pilot-light"))
+    with pytest.raises(SpecError, match=r"found 0 \(none\): set failover:site.role: primary in exactly one stack "
+                                        r"file .*if a `failover run` was interrupted, rerun it instead"):
+        load_spec(project / "Pulumi.yaml")
+    with pytest.raises(SpecError, match="found 0"):
+        load_spec(project / "Pulumi.yaml", roles_in_flux=("oracle",))  # not a site of this spec
+    spec = load_spec(project / "Pulumi.yaml", roles_in_flux=("aws", "azure"))
+    assert [s.role for s in spec.sites] == ["warm", "pilot-light", "pilot-light"]
+    with pytest.raises(SpecError, match="finish it with `failover run --to <its target> --yes`"):
+        spec.primary
+
+
+def test_two_primaries_are_refused_even_while_roles_change(project):
+    edit(project / "stacks/Pulumi.azure.yaml", lambda d: site(d).update(role="primary"))
+    with pytest.raises(SpecError, match=r"found 2 \(aws, azure\)"):
+        load_spec(project / "Pulumi.yaml", roles_in_flux=("aws", "azure"))

@@ -23,9 +23,10 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pret
 out = Console(highlight=False)
 Stacks = Annotated[Optional[list[str]], typer.Option(
     "--stack", envvar="FAILOVER_STACKS",
-    help="SITE=STACK: the Pulumi stack of a cloud pilot-light site, which `capacity` scales up (pulumi up with "
-         "role primary, in the directory of --project's Pulumi.yaml; needs the Pulumi CLI, its backend login, "
-         "the passphrase and the cloud's credentials). Repeatable; default: the site's name, as in "
+    help="SITE=STACK: the Pulumi stack of a cloud site: a pilot-light target, which `capacity` scales up (pulumi up "
+         "with role primary, in the directory of --project's Pulumi.yaml; needs the Pulumi CLI, its backend login, "
+         "the passphrase and the cloud's credentials), and the old primary, whose stack's config it gives the "
+         "target's role (no pulumi up there). Repeatable; default: the site's name, as in "
          "stacks/Pulumi.<site>.yaml. Local sites need none.")]
 
 
@@ -40,7 +41,7 @@ def run_command(
 ):
     """Fail over to a site: preflight, fence, capacity (a cloud pilot-light is scaled up by Pulumi), promote or
     restore, app, DNS, protect again. Resumes."""
-    spec = load_spec(project)
+    spec = runner.spec_for_run(project, workdir_path(workdir))
     fleet = Fleet(workdir_path(workdir), app_port=spec.app.port)
     pulumi = PulumiProject.of(project, parse_stacks(stack))
     _plan_then_execute(fleet, spec, project, *runner.plan(fleet, spec, project, to, source, pulumi=pulumi), yes,

@@ -18,6 +18,11 @@
     the old primary (unless it is a pilot-light site) are re-cloned from P, and with
     synchronous replication in the spec a follower (the warm one first) becomes P's
     synchronous standby again.
+
+Failback runs over SSH only: unlike a failover's `capacity` step it changes no Pulumi stack. A
+cloud P whose stack a failover demoted must be given role primary and `pulumi up` by hand
+first; what an automated reverse would need is in docs/pulumi.md, "Failover scales the
+pilot-light up".
 """
 from __future__ import annotations
 

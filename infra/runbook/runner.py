@@ -26,10 +26,11 @@ from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore, 
 from infra.sites.contract import SiteOutputs
 from infra.sites.fleet import Fleet
 from infra.sites.site import PATHS
-from infra.spec import Spec
+from infra.spec import Spec, load_spec
 from infra.status import repository
 
 CRASH_ENV = "FAILOVER_CRASH_AFTER"
+CAPACITY = "capacity"  # the step that changes the stacks' roles
 
 
 @dataclass
@@ -76,14 +77,26 @@ def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | Non
     data = _data_source(fleet, spec, inventory, target)
     epoch = steps_mod.next_epoch(inventory.epoch, None)
     return Plan(kind, inventory.active, target, epoch, data, list(steps_mod.STEP_NAMES), [], None,
-                sorted(fleet.unreachable()), failover_notes(inventory.site(target), spec, project, pulumi)), None
+                sorted(fleet.unreachable()),
+                failover_notes(inventory.site(target), spec, project, pulumi, inventory.site(inventory.active))), None
 
 
-def failover_notes(target: SiteOutputs, spec: Spec, project: Path,
-                   pulumi: automation.PulumiProject | None) -> dict[str, str]:
-    """What varies per target: a cloud pilot-light's capacity step runs `pulumi up` for minutes."""
-    note = automation.plan_note(target, spec.app, pulumi or automation.PulumiProject.of(project))
+def failover_notes(target: SiteOutputs, spec: Spec, project: Path, pulumi: automation.PulumiProject | None,
+                   old_primary: SiteOutputs | None = None) -> dict[str, str]:
+    """What varies per target: a cloud pilot-light's capacity step runs `pulumi up` for minutes,
+    and gives the old primary's stack the target's role in its config."""
+    note = automation.plan_note(target, spec.app, pulumi or automation.PulumiProject.of(project), old_primary)
     return {"capacity": note} if note else {}
+
+
+def spec_for_run(project: Path, workdir: Path) -> Spec:
+    """The spec for `failover run`. While an interrupted failover has not finished `capacity`, its
+    source's and target's stacks may be between that step's two role writes (neither says
+    primary): the spec loader accepts that for them, and the rerun finishes the change."""
+    journal = JournalStore(workdir).current()
+    in_flux = ((journal.source, journal.target) if journal is not None and journal.kind == "failover"
+               and CAPACITY not in journal.completed() else ())
+    return load_spec(project, roles_in_flux=in_flux)
 
 
 def plan_back(fleet: Fleet, spec: Spec, project: Path, target: str) -> tuple[Plan, Journal | None]:

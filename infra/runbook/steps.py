@@ -222,7 +222,9 @@ def fence_site(run: Run, name: str) -> str:
 def capacity(run: Run) -> dict:
     """The target's data disk has room (df on the host); a cloud pilot-light target is then
     scaled up by its Pulumi stack (role primary, `pulumi up`) and its new outputs published in
-    the Inventory. A local site, or one already scaled (a rerun), changes nothing."""
+    the Inventory, after the old primary's stack was given the target's role in its config only
+    (so the stack files name one primary). A local site, or one already scaled (a rerun),
+    changes nothing."""
     output = run.site.service().run(f"df -Pk {PATHS.pgdata.rsplit('/', 2)[0]}").stdout.splitlines()[-1].split()
     free_mb = int(output[3]) >> 10
     if free_mb < 1024:
@@ -237,8 +239,12 @@ def scale_target(run: Run) -> dict:
     """`pulumi up` of the target's stack as primary; the Inventory gets its outputs (in the same
     place, so no repository is renumbered) only once the update has succeeded. The database VM
     restarts when it is resized: the step ends when it answers SSH again. Its addresses are
-    static, so the Fleet's Site for it stays valid."""
-    scaled = automation.scale_up(run.pulumi or automation.PulumiProject.of(run.project), run.target, run.progress)
+    static, so the Fleet's Site for it stays valid. The old primary's stack (unless it has none,
+    on the local cloud) is demoted in config first, to the role the target had."""
+    known = run.inventory
+    old, target = known.site(run.source), known.site(run.target)
+    scaled = automation.scale_up(run.pulumi or automation.PulumiProject.of(run.project), run.target, run.progress,
+                                 old_primary=old.site if automation.has_stack(old) else None, old_role=target.role)
     os.environ.update(scaled.secrets)  # this process only, as `inventory pull` does: the env/NAME references resolve
     inventory = run.inventory
     inventory.sites = [scaled.outputs if s.site == run.target else s for s in inventory.sites]
