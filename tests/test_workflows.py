@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import typer
@@ -26,6 +27,9 @@ FAILOVER = re.compile(r"(?:^|/)failover$")
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Scripts that hand their extra arguments to a `failover` sub-command (see the script).
 FORWARDS = {"scripts/drill": ["drill"]}
+PULUMI = re.compile(r"(?:^|/)pulumi$")
+# What runs on a selected stack: pulumi/actions' commands and the CLI's (`install` selects none).
+STACK_COMMANDS = {"up", "update", "preview", "refresh", "destroy"}
 
 
 def load(path: Path) -> dict:
@@ -34,14 +38,15 @@ def load(path: Path) -> dict:
     return data
 
 
+def step_lines(step: dict) -> list[str]:
+    """The shell lines of one step, with continuations joined and comments dropped."""
+    text = step.get("run", "").replace("\\\n", " ")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
 def runs(path: Path) -> list[str]:
-    """Every shell line the workflow runs, with continuations joined and comments dropped."""
-    lines = []
-    for job in load(path)["jobs"].values():
-        for step in job.get("steps", []):
-            text = step.get("run", "").replace("\\\n", " ")
-            lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    return lines
+    """Every shell line the workflow runs."""
+    return [ln for job in load(path)["jobs"].values() for step in job.get("steps", []) for ln in step_lines(step)]
 
 
 def commands(line: str) -> list[list[str]]:
@@ -107,6 +112,51 @@ def stacks_named(path: Path) -> set[str]:
     return names
 
 
+class Selection(NamedTuple):
+    """A place where a workflow selects a Pulumi stack, and whether a missing stack is created there."""
+    what: str
+    creates: bool
+    secrets_provider: str | None = None  # the provider a created stack gets (None: the backend's default)
+
+
+def stack_selections(workflow: dict) -> list[Selection]:
+    """Every stack a workflow selects: pulumi/actions with a command (created with `upsert: true`),
+    `pulumi stack select` (created with --create), and `pulumi up`/`preview`/... in a run line,
+    which needs an earlier `pulumi stack select --create` or `pulumi stack init` in its job."""
+    found = []
+    for name, job in workflow["jobs"].items():
+        created: Selection | None = None  # the job's last `stack select --create` or `stack init`
+        for step in job.get("steps", []):
+            action = step.get("with") or {}
+            if step.get("uses", "").startswith("pulumi/actions@") and action.get("command", "install") != "install":
+                found.append(Selection(f"{name}: pulumi/actions {action['command']} of stack {action.get('stack-name')}",
+                                       action.get("upsert") in (True, "true"), action.get("secrets-provider")))
+            for argv in (a for line in step_lines(step) for a in commands(line) if PULUMI.search(a[0])):
+                words, what = argv[1:], f"{name}: {shlex.join(argv)}"
+                if words[:2] in (["stack", "select"], ["stack", "init"]):
+                    selection = Selection(what, words[1] == "init" or "--create" in words or "-c" in words,
+                                          _option(words, "--secrets-provider"))
+                    created = selection if selection.creates else created
+                    found.append(selection)
+                elif words and words[0] in STACK_COMMANDS:
+                    found.append(Selection(what, created is not None, created and created.secrets_provider))
+    return found
+
+
+def _option(words: list[str], name: str) -> str | None:
+    for i, word in enumerate(words):
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+        if word == name and i + 1 < len(words):
+            return words[i + 1]
+    return None
+
+
+def stack_secrets_providers() -> set[str]:
+    return {(yaml.safe_load(p.read_text()) or {}).get("secretsprovider", "default")
+            for p in (ROOT / "stacks").glob("Pulumi.*.yaml")}
+
+
 def actionlint() -> str | None:
     return shutil.which("actionlint") or next(
         (str(p) for p in [Path(sys.executable).parent / "actionlint"] if p.exists()), None)
@@ -150,12 +200,44 @@ def test_pipelines_do_what_the_issue_asks():
     preview = next(s for s in pr["jobs"]["preview"]["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
     assert preview["with"]["policyPacks"] == "policypack" and preview["with"]["comment-on-pr"] is True
     assert main["jobs"]["up"]["environment"] == "${{ matrix.stack }}"
-    for workflow in (pr, main):  # preview and up also where a stack does not exist yet
-        steps = [s for job in workflow["jobs"].values() for s in job["steps"]
-                 if s.get("uses", "").startswith("pulumi/actions@") and "command" in s.get("with", {})]
-        assert steps and all(s["with"].get("upsert") is True for s in steps)
+    assert stack_selections(pr) and stack_selections(main)  # preview and up (upsert: test_stacks_are_selected_with_upsert)
     assert {"schedule", "workflow_dispatch"} <= set(drill["on"])
     assert "scripts/drill --scenario all" in runs(ROOT / ".github" / "workflows" / "drill.yml")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_stacks_are_selected_with_upsert(path):
+    """CI may run before a stack exists (a first run, a new site's PR): every selection creates it,
+    with the secrets provider that the stack files name (Pulumi Cloud's default is its own)."""
+    selections = stack_selections(load(path))
+    assert [s.what for s in selections if not s.creates] == [], (
+        f"{path.name}: selects a stack without creating a missing one: pulumi/actions needs `upsert: true`, "
+        "the CLI `pulumi stack select --create` first")
+    providers = stack_secrets_providers()
+    assert len(providers) == 1, f"stacks/: the stack files name different secrets providers: {providers}"
+    created = [s for s in selections if s.creates]
+    assert [s.what for s in created if s.secrets_provider not in providers] == [], (
+        f"{path.name}: a stack created here must get secrets provider {providers.pop()}, as stacks/ names it "
+        "(pulumi/actions `secrets-provider:`, the CLI `--secrets-provider`)")
+
+
+def test_upsert_check_catches_a_stack_selected_without_it():
+    def workflow(*steps):
+        return {"jobs": {"j": {"runs-on": "ubuntu-latest", "steps": list(steps)}}}
+
+    def creates(*steps):
+        return [s.creates for s in stack_selections(workflow(*steps))]
+
+    up = {"uses": "pulumi/actions@v7", "with": {"command": "up", "stack-name": "aws"}}
+    assert stack_selections(workflow(up)) == [Selection("j: pulumi/actions up of stack aws", False)]
+    assert creates({**up, "with": {**up["with"], "upsert": True}}) == [True]
+    assert creates({"uses": "pulumi/actions@v7"}) == []  # installs the CLI only
+    assert creates({"run": "pulumi stack select aws && pulumi up --yes"}) == [False, False]
+    assert creates({"run": "pulumi up --stack gcp --yes"}) == [False]
+    assert creates({"run": "pulumi stack select --create aws --secrets-provider passphrase"},
+                   {"run": ".venv/bin/pulumi preview"}) == [True, True]
+    assert stack_selections(workflow({"run": "pulumi stack select -c aws --secrets-provider=passphrase"}))[0] == \
+        Selection("j: pulumi stack select -c aws --secrets-provider=passphrase", True, "passphrase")
 
 
 def test_commands_after_environment_assignments_are_checked():
