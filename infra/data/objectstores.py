@@ -9,6 +9,8 @@ in SiteOutputs and the Inventory), and a short `describe()` for messages.
 Objects (`put`/`get`/`list`) go through rclone with the site's media remote, configured in
 rclone's environment for the one call (`RCLONE_CONFIG_STORE_*`): credentials never reach a
 command line or a file, and rclone's output only classifies a failure (storage_errors).
+`create` (only if the key is free) and `read` go to the store's own HTTP API instead
+(objecthttp), because rclone has no conditional write.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import subprocess
 from typing import ClassVar
 
 from infra import secrets
-from infra.data import storage_errors  # a module import: storage_errors imports infra.data.storage, which loads this
+from infra.data import objecthttp, storage_errors  # module imports: both import infra.data.storage, which loads this
 from infra.data.storage import MissingKey, Storage, StoreError, register
 from infra.sites.contract import MediaRemote, Repository, SiteOutputs
 
@@ -116,6 +118,17 @@ class ObjectStore(Storage):
         keys = (f"{folder}/{name}" if folder else name for name in out.decode().splitlines() if name)
         return sorted(k for k in keys if k.startswith(prefix))
 
+    # -- create only if absent, and read: the store's own HTTP API --
+
+    conditional_create = True
+    objects: ClassVar[objecthttp.ObjectApi]
+
+    def create(self, site: SiteOutputs, key: str, data: bytes) -> bytes | None:
+        return self.objects.create(self, site, key, data)
+
+    def read(self, site: SiteOutputs, key: str) -> bytes | None:
+        return self.objects.read(self, site, key)
+
     def where(self, site: SiteOutputs) -> str:
         host, port = self.endpoint(site.repository)
         return f"{self.noun} {self.bucket(site)} at {host}:{port}"
@@ -200,6 +213,7 @@ class S3(ObjectStore):
     repo_credential_names = {"s3-key": "s3-key", "s3-key-secret": "s3-key-secret", "s3-token": "s3-token"}
     media_credential_names = {"s3-key": "access_key_id", "s3-key-secret": "secret_access_key",
                               "s3-token": "session_token"}
+    objects = objecthttp.S3Api()
 
 
 @register
@@ -219,6 +233,7 @@ class GCS(ObjectStore):
     default_endpoint = "storage.googleapis.com"
 
     repo_credential_names = {"gcs-key": "gcs-key"}  # a token (gcs-key-type=token)
+    objects = objecthttp.GCSApi()
     SERVICE_KEY = "gcs-key-json-base64"  # a service account's JSON key, base64 (what the GCP program exports)
 
     def check(self, repo: Repository, site: str) -> None:
@@ -275,6 +290,7 @@ class Azure(ObjectStore):
     # media-sas-url: a whole SAS URL (the emulator's); media-sas: a container SAS token (the Azure
     # program's), made into the container's URL on the media remote's account.
     media_credential_names = {"media-sas-url": "sas_url"}
+    objects = objecthttp.AzureApi()
 
     def media_credentials(self, remote: MediaRemote, creds: dict[str, str], site: str) -> dict[str, str]:
         if "media-sas" in creds and remote.options.get("account"):

@@ -4,12 +4,15 @@ The core speaks in sites and repositories; only these classes know a storage typ
 turns a site's `Repository` / `MediaRemote` (from SiteOutputs) into pgBackRest `repoN-*`
 options and an rclone remote section, resolving credential references at run time, and
 reads and writes small objects (inventory, journal, manifest copies) in the site's store
-with `put`/`get`/`list`. `Store` binds a type to one site's outputs. New types (s3, gcs,
-azure) register themselves with `@register`.
+with `put`/`get`/`list`. `create` writes an object only if its key is free, refused by the
+store itself (the claims of infra/data/claims.py stand on it), and `read` is its fast
+counterpart. `Store` binds a type to one site's outputs. New types (s3, gcs, azure) register
+themselves with `@register`.
 """
 from __future__ import annotations
 
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +28,11 @@ class StoreError(RuntimeError):
 
 class MissingKey(StoreError, LookupError):
     """`get` of a key the store does not hold."""
+
+
+class UncertainWrite(StoreError):
+    """A `create` whose request may have reached the store (a timeout or a broken connection after
+    sending): whether the object exists is unknown until it is created or read again."""
 
 
 class Storage:
@@ -113,6 +121,25 @@ class Storage:
     def list(self, site: SiteOutputs, prefix: str = "") -> list[str]:
         raise NotImplementedError
 
+    # Whether `create` is enforced by the store (a precondition it checks when it writes).
+    conditional_create: ClassVar[bool] = False
+
+    def create(self, site: SiteOutputs, key: str, data: bytes) -> bytes | None:
+        """Writes the object only if no object holds the key: returns None when this call
+        created it, else the bytes of the object already there (which it leaves alone).
+
+        Implementors must make the store refuse the second writer atomically (O_EXCL, S3's
+        and Azure's If-None-Match, GCS's ifGenerationMatch=0), never check and then write,
+        and must never let a reader see part of the object. An answer that leaves open
+        whether the object was written (a timeout after sending it) is a StoreError.
+        """
+        raise NotImplementedError(f"{self.type} storage has no conditional create")
+
+    def read(self, site: SiteOutputs, key: str) -> bytes | None:
+        """The object, or None when no object holds the key: `create`'s counterpart, over the
+        same direct channel (fast enough to poll), where `get` goes through rclone."""
+        raise NotImplementedError(f"{self.type} storage has no direct read")
+
     def where(self, site: SiteOutputs) -> str:
         """The store of a site's objects, for messages: its directory, or bucket and endpoint."""
         return self.media_where(site.media_remote)
@@ -179,6 +206,12 @@ class Store:
     def list(self, prefix: str = "") -> list[str]:
         return self.storage.list(self.site, prefix)
 
+    def create(self, key: str, data: bytes) -> bytes | None:
+        return self.storage.create(self.site, check_key(key), data)
+
+    def read(self, key: str) -> bytes | None:
+        return self.storage.read(self.site, check_key(key))
+
     def reachable(self, c) -> bool:
         return self.storage.reachable(c, self.site.repository)
 
@@ -211,6 +244,7 @@ class Posix(Storage):
     """
 
     type = "posix"
+    conditional_create = True
 
     def reachable(self, c, repo: Repository) -> bool:
         from playbooks.host import run
@@ -220,23 +254,52 @@ class Posix(Storage):
 
     def put(self, site: SiteOutputs, key: str, data: bytes) -> None:
         root, path = self._root(site), self._root(site) / key
-        # Root hands what it writes to the store's owner; anyone else writes as itself, into
-        # folders its group may write (the store's group is its credential on a shared volume).
-        chown = os.chown if os.geteuid() == 0 else (lambda *_: None)
         try:
-            owner = root.stat()
-            for folder in reversed(path.relative_to(root).parents[:-1]):
-                if not (root / folder).exists():
-                    (root / folder).mkdir(exist_ok=True)
-                    chown(root / folder, owner.st_uid, owner.st_gid)
-                    (root / folder).chmod(0o2775)
+            owner = self._folders(root, path)
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_bytes(data)
-            chown(tmp, owner.st_uid, owner.st_gid)
+            _chown(tmp, owner.st_uid, owner.st_gid)
             tmp.chmod(0o664)
             tmp.replace(path)
         except OSError as error:
             raise self._error(site, f"put {key}", error) from None
+
+    def create(self, site: SiteOutputs, key: str, data: bytes) -> bytes | None:
+        """O_EXCL by link(2): the whole object is written and synced under a name of its own,
+        then linked into place, which fails if anything holds the key; so a reader sees no
+        object or all of it, and a crash leaves at most a .tmp file (never listed)."""
+        root, path = self._root(site), self._root(site) / key
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            owner = self._folders(root, path)
+            _write_synced(tmp, data)
+            _chown(tmp, owner.st_uid, owner.st_gid)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return path.read_bytes()
+            _sync_directory(path.parent)  # the claim survives a crash of this machine
+            return None
+        except OSError as error:
+            raise self._error(site, f"create {key}", error) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read(self, site: SiteOutputs, key: str) -> bytes | None:
+        try:
+            return self.get(site, key)
+        except MissingKey:
+            return None
+
+    def _folders(self, root: Path, path: Path) -> os.stat_result:
+        """Makes the folders above `path` inside `root`, owned like root; returns root's stat."""
+        owner = root.stat()
+        for folder in reversed(path.relative_to(root).parents[:-1]):
+            if not (root / folder).exists():
+                (root / folder).mkdir(exist_ok=True)
+                _chown(root / folder, owner.st_uid, owner.st_gid)
+                (root / folder).chmod(0o2775)
+        return owner
 
     def get(self, site: SiteOutputs, key: str) -> bytes:
         try:
@@ -263,6 +326,33 @@ class Posix(Storage):
         return self.store_error(site, action, error.strerror or str(error),
                                 "check that the directory exists and is mounted and writable here "
                                 "(a dropped site's store is unreachable on purpose)")
+
+
+# Root hands what it writes to the store's owner; anyone else writes as itself, into folders
+# its group may write (the store's group is its credential on a shared volume).
+def _chown(path: Path, uid: int, gid: int) -> None:
+    if os.geteuid() == 0:
+        os.chown(path, uid, gid)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o664)
+    try:
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o664)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _load_object_stores() -> None:
