@@ -40,7 +40,7 @@ REGISTRY_HOMES = (  # (host suffix, provider); first match wins
 class Breach:
     """One dependency the recovery from `provider`'s exit would lack."""
 
-    check: str       # stable id: dns, registrar, repository, backups, wal, media, standby, state, secrets, image, inventory, vendor
+    check: str       # stable id: dns, registrar, repository, backups, wal, media, standby, state, secrets, image, inventory, vendor, keys
     dependency: str  # what, in words an operator knows
     lives_at: str    # where it lives now
     why: str         # why that is a breach when `provider` drops us
@@ -61,6 +61,14 @@ class Vendor:
 
 
 @dataclass(frozen=True)
+class KeyCopy:
+    """One place where the operators keep the backup and media encryption keys (`config.encryption.key_copies`)."""
+
+    place: str
+    provider: str
+
+
+@dataclass(frozen=True)
 class Estate:
     """The spec plus what Pulumi.yaml and the stack files say beyond it: state, secrets, vendors."""
 
@@ -69,6 +77,7 @@ class Estate:
     backend: str = ""
     secrets_providers: dict[str, str] = field(default_factory=dict)  # stack -> secretsprovider
     vendors: tuple[Vendor, ...] = ()
+    key_copies: tuple[KeyCopy, ...] = ()
 
 
 # ---- where things live -------------------------------------------------------------------
@@ -120,6 +129,7 @@ def providers(estate: Estate) -> list[str]:
     found |= {kms_home(sp, estate.backend) for sp in estate.secrets_providers.values()} - {None}
     found |= {v.provider for v in estate.vendors} | {f for v in estate.vendors for f in v.fallbacks}
     found |= {spec.dns.registrar} if spec.dns.registrar else set()
+    found |= {k.provider for k in estate.key_copies}
     return sorted(found - {"", "operator machine"})
 
 
@@ -312,8 +322,34 @@ def check_vendors(estate: Estate, x: str, live: Live | None) -> list[Breach]:
             for v in estate.vendors if v.provider == x and all(f == x for f in v.fallbacks)]
 
 
+KEYS_HELD_APART = 2  # copies of the encryption keys at none of the sites' providers
+
+
+def site_providers(estate: Estate) -> set[str]:
+    return {s.cloud for s in estate.spec.sites} | {storage_home(s) for s in estate.spec.sites}
+
+
+def check_keys(estate: Estate, x: str, live: Live | None) -> list[Breach]:
+    """The backup and media keys decrypt every store: a copy at a site's provider lets that
+    provider read the other clouds' backups, and fewer than two copies elsewhere risk them all."""
+    if not hosts_site(estate, x):
+        return []
+    homes = site_providers(estate)
+    apart = [k for k in estate.key_copies if k.provider not in homes]
+    if len(apart) >= KEYS_HELD_APART:
+        return []
+    listed = ", ".join(f"{k.place} ({k.provider})" for k in estate.key_copies) or "config.encryption.key_copies is empty"
+    return [Breach("keys", "the backup and media encryption keys", listed,
+                   f"{len(apart)} cop{'y' if len(apart) == 1 else 'ies'} outside the sites' providers "
+                   f"({', '.join(sorted(homes))}): if {x} drops us and that copy is lost too, no backup or media "
+                   "copy can be read; a copy at a site's provider lets it read the other clouds' data",
+                   f"keep FAILOVER_BACKUP_KEY and FAILOVER_MEDIA_KEY in at least {KEYS_HELD_APART} places at none of "
+                   f"those providers and list them in config.encryption.key_copies in {estate.project_file}", x)]
+
+
 CHECKS: tuple[Check, ...] = (check_dns, check_registrar, check_repository, check_backups, check_wal, check_media,
-                             check_standby, check_state, check_secrets, check_image, check_inventory, check_vendors)
+                             check_standby, check_state, check_secrets, check_image, check_inventory, check_vendors,
+                             check_keys)
 
 
 def audit(estate: Estate, drop: str | None = None, live: Live | None = None) -> list[Breach]:
@@ -345,9 +381,10 @@ def load_estate(project_file: str | Path) -> Estate:
         backend = {}
     vendors = parse_vendors(spec.extra.get("vendors") or {}, str(project_file), problems)
     secrets_providers = {s.name: _secrets_provider(s, problems) for s in spec.sites}
+    key_copies = parse_key_copies(spec.extra.get("encryption") or {}, str(project_file), problems)
     if problems:
         raise SpecError(problems)
-    return Estate(spec, str(project_file), backend.get("url", ""), secrets_providers, vendors)
+    return Estate(spec, str(project_file), backend.get("url", ""), secrets_providers, vendors, key_copies)
 
 
 def _secrets_provider(site: Site, problems: list[str]) -> str:
@@ -379,6 +416,27 @@ def _vendor(name: str, data: Any, file: str, problems: list[str]) -> Vendor | No
         problems.append(f"{key}.fallback: must be a provider name or a list of them, got {fallback!r}")
         return None
     return Vendor(name, data["provider"], tuple(fallbacks))
+
+
+def parse_key_copies(data: Any, file: str, problems: list[str]) -> tuple[KeyCopy, ...]:
+    """`config.encryption: {key_copies: [{place: ..., provider: ...}, ...]}`, every problem recorded."""
+    key = f"{file}: config.encryption"
+    if not isinstance(data, dict) or set(data) - {"key_copies"}:
+        problems.append(f"{key}: must be a mapping with key_copies (a list of {{place, provider}})")
+        return ()
+    copies = data.get("key_copies") or []
+    if not isinstance(copies, list):
+        problems.append(f"{key}.key_copies: must be a list of {{place, provider}}, got {copies!r}")
+        return ()
+    found = []
+    for number, entry in enumerate(copies):
+        if (not isinstance(entry, dict) or set(entry) != {"place", "provider"}
+                or not all(isinstance(v, str) and v for v in entry.values())):
+            problems.append(f"{key}.key_copies[{number}]: needs exactly place and provider, both non-empty "
+                            f"strings (e.g. place: the operators' password manager, provider: 1password)")
+            continue
+        found.append(KeyCopy(entry["place"], entry["provider"]))
+    return tuple(found)
 
 
 def live_status(status: dict[str, Any], now: datetime | None = None) -> Live:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 from playbooks.host import run
 
@@ -20,9 +21,12 @@ def copy(c, config: str, source: str, dest: str):
     return run(c, _rclone(config, "copy", "--transfers=8", TOOLKIT_OBJECTS, source, dest), warn=True, timeout=3600)
 
 
-def check(c, config: str, source: str, dest: str) -> dict:
-    """rclone check --one-way: objects of source missing or different at dest."""
-    result = run(c, _rclone(config, "check", TOOLKIT_OBJECTS, "--one-way", "--missing-on-dst=-", "--differ=-", source, dest),
+def check(c, config: str, source: str, dest: str, plaintext_source: bool = False) -> dict:
+    """rclone check --one-way: objects of source missing or different at dest. With a plaintext
+    `source` (a directory) and a crypt `dest`, cryptcheck compares the contents' hashes; two
+    crypt remotes share no hash, so they are compared by size."""
+    verb = "cryptcheck" if plaintext_source else "check"
+    result = run(c, _rclone(config, verb, TOOLKIT_OBJECTS, "--one-way", "--missing-on-dst=-", "--differ=-", source, dest),
                  warn=True, timeout=600)
     missing = [line for line in result.stdout.splitlines() if line.strip()]
     error = "" if result.exited in (0, 1) else (result.stderr.strip().splitlines() or ["rclone failed"])[-1]
@@ -44,3 +48,15 @@ def list_keys(c, config: str, remote: str) -> set[str] | None:
 def cat(c, config: str, remote_path: str) -> str | None:
     result = run(c, _rclone(config, "cat", remote_path), warn=True, timeout=300)
     return result.stdout if result.ok else None
+
+
+def put(config: str, remote_path: str, data: bytes, seconds: float = 10) -> str:
+    """Writes one object (rclone rcat, the data on stdin) from this process, not over a context:
+    the app mirrors each media object before it acknowledges a post. "" or the reason it failed."""
+    argv = _rclone(config, "--contimeout=2s", "--timeout=5s", "--low-level-retries=1", "rcat", remote_path)
+    try:
+        result = subprocess.run(argv, input=data, capture_output=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return f"no answer within {seconds:.0f} s"
+    return "" if result.returncode == 0 else (result.stderr.decode(errors="replace").strip().splitlines()
+                                               or [f"rclone exit {result.returncode}"])[-1][-200:]

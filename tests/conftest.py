@@ -18,6 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 FAILOVER = [sys.executable, "-m", "infra.cli"]
 SSH_ADDRESS = "127.0.0.1"
 
+# The backup and media encryption keys the operator holds (infra/data/encryption.py): one pair
+# per test session, unless the environment brings its own. Tests of `local up` generating them
+# unset these themselves.
+ENCRYPTION_KEYS = ("FAILOVER_BACKUP_KEY", "FAILOVER_MEDIA_KEY")
+for _name in ENCRYPTION_KEYS:
+    os.environ.setdefault(_name, __import__("secrets").token_urlsafe(36))
+
 
 def service_dir(prefix: str) -> Path:
     """A temp dir the postgres user can traverse (pytest's tmp_path is mode 700)."""

@@ -143,6 +143,32 @@ def test_invalid_vendors_exit_2_naming_file_and_key(project):
     assert run_cli("--project", str(project)).exit_code == 2
 
 
+def keys(project: Path, copies) -> None:
+    edit(project, lambda d: d["config"].update(encryption={"value": {"key_copies": copies}}))
+
+
+def test_encryption_keys_must_be_held_in_two_places_outside_every_site_provider(project):
+    sites = {("keys", "aws"), ("keys", "gcp"), ("keys", "azure")}
+    keys(project, [{"place": "password manager", "provider": "1password"}])
+    assert found(project) == sites  # one copy apart is not enough
+    keys(project, [{"place": "password manager", "provider": "1password"},
+                   {"place": "Secrets Manager", "provider": "aws"}])
+    assert found(project) == sites  # a copy at a site's provider does not count (it could read the others' data)
+    keys(project, [{"place": "password manager", "provider": "1password"}, {"place": "safe", "provider": "office"}])
+    assert found(project) == set()
+    keys(project, [])
+    assert found(project, "gcp") == {("keys", "gcp")}
+    breach = next(b for b in audit.audit(audit.load_estate(project), "gcp") if b.check == "keys")
+    assert "config.encryption.key_copies" in breach.fix and "FAILOVER_BACKUP_KEY" in breach.fix
+
+
+def test_invalid_key_copies_name_file_and_entry(project):
+    keys(project, [{"place": "safe"}])
+    with pytest.raises(SpecError) as error:
+        audit.load_estate(project)
+    assert "config.encryption.key_copies[0]" in str(error.value) and str(project) in str(error.value)
+
+
 def status(ages_hours: dict[str, float | None], now: datetime) -> dict:
     def repos(age):
         stop = None if age is None else (now - timedelta(hours=age)).isoformat()

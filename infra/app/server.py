@@ -4,8 +4,10 @@ Run as `python -m infra.app.server CONFIG.json`. The config names the site, the 
 the media bucket directory, the listen address and the app's epoch. The app writes only when
 its database is a primary whose stored epoch equals the app's own, and no peer site serves a
 higher epoch: an old primary that comes back with its old config and database refuses writes
-(409). With synchronous replication, media objects are written to the warm site's bucket too
-before a post is acknowledged, as its row is.
+(409). Media objects go to the host's media directory (plaintext, this host only); with
+synchronous replication each is also written, encrypted, into the warm sites' buckets
+(`media_mirrors`, rclone crypt remotes in `rclone_config`) before the post is acknowledged, as
+its row is. The protector copies the directory into every bucket, encrypted, each second.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 import psycopg
 
 from infra.app.seed import write_media
+from playbooks import media
 
 
 class AppConfig:
@@ -134,10 +137,13 @@ class Handler(BaseHTTPRequestHandler):
             media_key = f"posts/{request.get('canary_seq') or 'x'}-{threading.get_ident()}.bin"
             data = base64.b64decode(request["media"])
             try:
-                for directory in (config["media_dir"], *config.get("media_mirrors", [])):
-                    write_media(Path(directory), media_key, data)
+                write_media(Path(config["media_dir"]), media_key, data)
             except OSError as error:
-                return self._send(503, {"error": f"media replica unavailable: {error.strerror}"})
+                return self._send(503, {"error": f"media directory unavailable: {error.strerror}"})
+            for remote in config.get("media_mirrors", []):
+                failed = media.put(config["rclone_config"], f"{remote}{media_key}", data)
+                if failed:
+                    return self._send(503, {"error": f"media replica {remote} unavailable: {failed}"})
         # The epoch check and the insert are one statement: no write slips past a raised epoch.
         row = self._db().execute(
             "INSERT INTO posts (user_id, body, media_key, canary_seq) "

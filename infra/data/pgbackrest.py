@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.data import encryption
 from infra.data.storage import storage_for
 from infra.sites.contract import Inventory
 
@@ -38,8 +39,20 @@ class HostPaths:
         return f"{self.pgbackrest_dir}/archive-off"
 
     @property
+    def media(self) -> str:
+        """The app's media on its own host, in plaintext; the buckets hold only its ciphertext
+        (infra/data/encryption.py)."""
+        return f"{self.pgbackrest_dir}/media"
+
+    @property
+    def host_secrets(self) -> str:
+        """NAME=value lines the protector loads: the secrets behind the Inventory's references and
+        the encryption keys (mode 600, the service user's)."""
+        return f"{self.pgbackrest_dir}/secrets.env"
+
+    @property
     def dirs(self) -> list[str]:
-        return [self.pgbackrest_dir, *(f"{self.pgbackrest_dir}/{d}" for d in ("log", "lock", "spool"))]
+        return [self.pgbackrest_dir, *(f"{self.pgbackrest_dir}/{d}" for d in ("log", "lock", "spool", "media"))]
 
 
 GLOBAL = {
@@ -85,6 +98,7 @@ def render(inventory: Inventory, site: str, paths: HostPaths, db_port: int,
         lines.append("")
         lines.append(f"# {name}'s object store")
         options = storage_for(repo.type).repo_options(index, repo, name, outputs.writer_credentials, paths.pgbackrest_dir)
+        options |= encryption.repo_options(index)  # client-side: the store's provider sees ciphertext
         lines += [f"{key}={value}" for key, value in options.items()]
         lines.append(f"repo{index}-retention-full={retention_full}")
     lines += ["", f"[{STANZA}]", f"pg1-path={paths.pgdata}", f"pg1-port={db_port}",

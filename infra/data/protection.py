@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from infra import secrets
+from infra.data import encryption
 from infra.data import media as media_config
 from infra.data import pgbackrest as pgbr_config
 from infra.data.pgbackrest import HostPaths
@@ -93,8 +95,29 @@ def install_pgbackrest(c, inventory: Inventory, site: str, paths: HostPaths, db_
         write_file(c, path, content, mode="600")
 
 
+def host_secrets(inventory: Inventory) -> dict[str, str]:
+    """NAME -> value of every env/NAME reference in the Inventory's stores and credentials, and of
+    the encryption keys: what a host needs to render pgBackRest's and rclone's configs itself."""
+    names: dict[str, str] = {}
+    for outputs in inventory.sites:
+        for value in (*outputs.repository.options.values(), *outputs.media_remote.options.values(),
+                      *outputs.writer_credentials.values()):
+            if secrets.is_ref(value):
+                names[secrets.REF.match(value).group(1)] = secrets.resolve(value, f"site {outputs.site}'s store")
+    return names | encryption.key_environment()
+
+
+def install_host_secrets(c, inventory: Inventory, paths: HostPaths) -> None:
+    write_file(c, paths.host_secrets, secrets.render_env(host_secrets(inventory)))
+
+
+def rclone_config_path(paths: HostPaths) -> str:
+    return f"{paths.pgbackrest_dir}/rclone.conf"
+
+
 def install_rclone(c, inventory: Inventory, paths: HostPaths) -> str:
-    path = f"{paths.pgbackrest_dir}/rclone.conf"
+    """The host's rclone.conf (mode 600: it holds the crypt remotes' passwords); returns its path."""
+    path = rclone_config_path(paths)
     write_file(c, path, media_config.render(inventory))
     return path
 
@@ -128,12 +151,13 @@ def backup_all(c, inventory: Inventory, paths: HostPaths, exclude: set[str] = fr
     return _each_repo(inventory, exclude, lambda i: pgbackrest.backup(c, paths.config, i, kind))
 
 
-def sync_media(c, rclone_conf: str, inventory: Inventory, source: str, targets: list[str]) -> list[RepoResult]:
-    """Copies the source site's media bucket to each target site's bucket."""
+def sync_media(c, rclone_conf: str, inventory: Inventory, source_dir: str, targets: list[str]) -> list[RepoResult]:
+    """Copies the host's media directory (plaintext) into each target site's bucket, through its
+    crypt remote (ciphertext there): the primary's own bucket included."""
     results = []
     for target in targets:
         started = time.monotonic()
-        result = media.copy(c, rclone_conf, media_config.bucket(inventory, source), media_config.bucket(inventory, target))
+        result = media.copy(c, rclone_conf, source_dir, media_config.bucket(inventory, target))
         outputs = inventory.site(target)
         error = "" if result.ok else storage_for(outputs.repository.type).explain_media(
             target, outputs.media_remote, result.stderr)
@@ -142,17 +166,14 @@ def sync_media(c, rclone_conf: str, inventory: Inventory, source: str, targets: 
     return results
 
 
-def upload_staged_media(c, rclone_conf: str, inventory: Inventory, site: str, staging: str) -> list[RepoResult]:
-    """Moves what the app wrote to its local media directory into the site's bucket, when they differ.
-
-    With directory stores the directory is the bucket and there is nothing to do.
-    """
-    outputs = inventory.site(site)
-    if outputs.media_remote.path == staging:
-        return []
-    result = media.copy(c, rclone_conf, staging, media_config.bucket(inventory, site))
-    error = "" if result.ok else storage_for(outputs.repository.type).explain_media(site, outputs.media_remote, result.stderr)
-    return [RepoResult("media-upload", site, outputs.media_remote.path, result.ok, 0.0, error)]
+def fetch_media(c, rclone_conf: str, inventory: Inventory, sources: list[str], target_dir: str) -> dict[str, str]:
+    """Decrypts every source site's bucket into the host's media directory (a union: copy never
+    deletes); per source, "ok" or the reason it failed."""
+    results = {}
+    for name in sources:
+        result = media.copy(c, rclone_conf, media_config.bucket(inventory, name), target_dir)
+        results[name] = "ok" if result.ok else (result.stderr or "failed").strip().splitlines()[-1][-200:]
+    return results
 
 
 def prestage(c, inventory: Inventory, site: str, paths: HostPaths, db_port: int,

@@ -9,7 +9,7 @@ nothing until it is named again. Two loops run side by side, each every second:
   back (with a backup into them) when they answer again: while one repository is down,
   archive-push still copies each segment into the others but exits non-zero, so PostgreSQL keeps
   the segment `.ready`, its archiver stalls and pg_wal grows on the primary;
-- media: the active site's bucket is copied to every other bucket this host can reach.
+- media: the host's media directory is copied, encrypted, to every bucket this host can reach.
 A pilot-light's WAL stream is not the protector's: `sites protect` runs pg_receivewal there.
 Every problem is logged with the site's name; the other sites keep being protected.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from invoke import Context
 
+from infra import secrets
 from infra.data import protection
 from infra.data.pgbackrest import HostPaths
 from infra.data.storage import storage_for
@@ -49,8 +50,9 @@ def unreachable(c, inventory: Inventory) -> set[str]:
 
 
 def media_targets(inventory: Inventory, down: set[str]) -> list[str]:
-    """Every other site's bucket that answers: the active bucket is copied there."""
-    return [n for n in inventory.names if n != inventory.active and n not in down]
+    """Every bucket that answers, the primary's own included: the host's media goes to each,
+    encrypted (a failover or a restore elsewhere decrypts it from there)."""
+    return [n for n in inventory.names if n not in down]
 
 
 # ---------------------------------------------------------------- the WAL round
@@ -93,12 +95,18 @@ def back_up_rejoined(c, inventory: Inventory, paths: HostPaths, names: set[str])
 # ---------------------------------------------------------------- the media round
 
 def copy_media(c, inventory: Inventory, paths: HostPaths, down: set[str], state: dict) -> list:
-    """The active bucket to every reachable bucket (rclone copy: never deletes at the target)."""
-    rclone_conf = f"{paths.pgbackrest_dir}/rclone.conf"
+    """The host's media to every reachable bucket (rclone copy: never deletes at the target)."""
+    rclone_conf = protection.rclone_config_path(paths)
     if state.get("rclone") != inventory.to_json():  # the remotes follow the Inventory
         protection.install_rclone(c, inventory, paths)
         state["rclone"] = inventory.to_json()
-    return protection.sync_media(c, rclone_conf, inventory, inventory.active, media_targets(inventory, down))
+    return protection.sync_media(c, rclone_conf, inventory, paths.media, media_targets(inventory, down))
+
+
+def load_host_secrets(paths: HostPaths) -> None:
+    """The secrets the engine left for this host (services.start_protector) into the environment,
+    where env/NAME references find them; rewritten by the engine, so read every round."""
+    secrets.load_env_file(paths.host_secrets, override=True)
 
 
 # ---------------------------------------------------------------- the loops
@@ -114,6 +122,7 @@ class Protector:
     def inventory(self) -> Inventory | None:
         """The Inventory as last written, or None while it names another site active."""
         inventory = Inventory.load(self.inventory_file)
+        load_host_secrets(self.paths)
         active = protecting(inventory, self.site)
         with self._lock:  # both loops read it: say once that this host stands down (or resumes)
             if active != self._active:

@@ -29,7 +29,6 @@ from infra import events, secrets
 from infra.clouds import automation
 from infra.errors import FailoverError
 from infra.data import protection
-from infra.data import media as media_config
 from infra.data.restore import restore_database
 from infra.dns.site import apply_site, dns_config, failed, plan_site, verify_site
 from infra.sites import protect as site_protect
@@ -41,7 +40,6 @@ from infra.sites.site import PATHS, Site
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
 from infra.status import newest_repository
-from playbooks import media
 
 PROMOTE, RESTORE = "promote", "restore"
 SSH_AFTER_SCALE = 600  # seconds for a resized database VM to boot and answer SSH again
@@ -316,16 +314,14 @@ def take_writes(run: Run) -> dict:
 
 
 def catch_up_media(run: Run) -> dict:
-    """Copy every reachable bucket into the target's (copy never deletes, so this is a union)."""
+    """Every reachable bucket, decrypted, into the target's media directory (its own bucket
+    first: it holds what the old primary's app mirrored there). rclone copy never deletes, so the
+    result is a union."""
     inventory, c = run.inventory, run.site.service()
-    protection.install_rclone(c, inventory, PATHS)
-    conf = f"{PATHS.pgbackrest_dir}/rclone.conf"
-    sources = [n for n in inventory.names if n != run.target and run.reachable(n)]
-    results = {}
-    for name in sources:
-        result = media.copy(c, conf, media_config.bucket(inventory, name), media_config.bucket(inventory, run.target))
-        results[name] = "ok" if result.ok else (result.stderr or "failed").strip().splitlines()[-1]
-    return {"from": results}
+    conf = protection.install_rclone(c, inventory, PATHS)
+    sources = [run.target] + [n for n in inventory.names if n != run.target]
+    sources = [n for n in sources if run.reachable(n)]
+    return {"from": protection.fetch_media(c, conf, inventory, sources, PATHS.media)}
 
 
 def start_app(run: Run) -> dict:

@@ -14,6 +14,7 @@ from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile
 from infra.errors import FailoverError
 from infra.sites import services
 from infra.sites.contract import Inventory
+from infra.sites.fleet import SECRET_FILES
 from infra.sites.localvms import DEFAULT_PREFIX, LocalVms
 from infra.sites.protect import PASSWORD_REF, protect
 from infra.sites.site import Site, SshSettings
@@ -24,7 +25,8 @@ vms = typer.Typer(help="The local cloud as Debian 12 VMs on loopback (chroot + o
                        "reached only over SSH.", no_args_is_help=True)
 sites_app = typer.Typer(help="Work on the sites of an Inventory through SSH and their stores.", no_args_is_help=True)
 InventoryFile = Annotated[Optional[Path], typer.Option(
-    "--inventory", help="The Inventory to work from (default: the VM cloud's, <workdir>/vms/inventory.json).")]
+    "--inventory", help="The Inventory to work from (default: the workdir's, <workdir>/inventory.json, pulled "
+                        "or written by `local up`; else the VM cloud's own, <workdir>/vms/inventory.json).")]
 
 
 def _vms(workdir: Path) -> LocalVms:
@@ -72,7 +74,18 @@ def vms_down(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False):
 
 
 def _inventory(inventory: Path | None, workdir: Path) -> Inventory:
-    return Inventory.load(inventory or _vms(workdir).inventory_file)
+    """The Inventory to work from, and the workdir's secrets files loaded for what the
+    environment does not set (the engine's commands do the same through their Fleet)."""
+    where = workdir_path(workdir)
+    for name in SECRET_FILES:
+        secrets.load_env_file(where / name)
+    if inventory is None:
+        pulled = where / "inventory.json"
+        inventory = pulled if pulled.exists() else _vms(workdir).inventory_file
+    if not Path(inventory).exists():
+        raise FailoverError(f"{inventory}: no Inventory here; run `failover inventory pull` (cloud stacks) or "
+                            "`failover local up`, or pass --inventory")
+    return Inventory.load(inventory)
 
 
 def _sites(inventory: Inventory, workdir: Path, app_port: int = 0) -> dict[str, Site]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from infra import secrets
 from infra.data.storage import Store, StoreError, put_all
 from infra.errors import FailoverError
 from infra.sites.contract import Inventory
@@ -20,6 +21,8 @@ from infra.sites.site import Site, SshSettings
 
 INVENTORY_COPY = ".failover/inventory.json"  # in every site's store (beside its media)
 VM_SSH_DIR = "vms/ssh"  # where `failover local up` keeps the toolkit's key and known_hosts
+# Secrets files in a workdir: `inventory pull`'s writer credentials and `local up`'s own secrets.
+SECRET_FILES = ("secrets.env", "vms/secrets.env")
 
 
 class Fleet:
@@ -28,6 +31,8 @@ class Fleet:
         self.workdir = Path(workdir)
         self.inventory_file = self.workdir / "inventory.json"
         self.ssh = ssh or SshSettings.from_env(self.workdir / VM_SSH_DIR, self.workdir)
+        for name in SECRET_FILES:  # what the environment sets wins; a file this user cannot read is skipped
+            secrets.load_env_file(self.workdir / name)
         self.app_port = app_port
         self.reach_timeout = reach_timeout
         self._sites: dict[str, Site] = {}

@@ -5,7 +5,7 @@ bootstrap starts supervisord: a systemd unit on cloud VMs, the daemon itself in 
 - the toolkit's own code, shipped to TOOLKIT_DIR (`install_toolkit`): the host then runs the
   same `infra` and `playbooks` packages as the operator, so there is one protector and one app;
 - the reference app (`start_app`), configured by `app_config`: it reads its database over the
-  unix socket and its media from the site's bucket, and re-reads its config when it changes;
+  unix socket and its media from the host's media directory, and re-reads its config when it changes;
 - the protector (`start_protector`), only on the primary's host: it reads the Inventory the
   engine writes there and keeps WAL and media flowing to the other sites (infra/data/replicator.py).
 """
@@ -18,6 +18,8 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from infra.data import media as media_config
+from infra.data import protection
 from infra.sites.contract import Inventory, SiteOutputs
 from infra.sites.site import (APP_CONFIG, APP_PROGRAM, PATHS, PROTECTOR_PROGRAM, SERVICE_USER, TOOLKIT_DIR, Site,
                               SiteError)
@@ -145,23 +147,23 @@ def app_config(inventory: Inventory, site_name: str, spec: Spec, epoch: int, fen
     """The app's config on `site_name`'s host (the keys infra/app/server.py reads).
 
     It runs there as the service user, so it reaches its database on the unix socket with
-    peer authentication (no password in the file). With synchronous replication the active
-    site's app also writes each media object into the warm sites' buckets before it
+    peer authentication (no password in the file). Its media live in the host's media directory;
+    with synchronous replication the active site's app also writes each media object, encrypted,
+    into the warm sites' buckets (their crypt remotes in the host's rclone.conf) before it
     acknowledges a post, as the database waits for the warm replica; `unreachable` sites are
-    left out of those mirrors, or every post would fail while one is gone. `media_dir` is the
-    bucket's path: a directory mounted on every host with posix stores; object stores would need
-    a local staging directory and an upload, which nothing does on the hosts yet."""
+    left out of those mirrors, or every post would fail while one is gone."""
     site = inventory.site(site_name)
     mirrors = []
     if spec.database.replication == "sync" and inventory.active == site_name:
-        mirrors = [s.media_remote.path for s in inventory.sites
+        mirrors = [media_config.bucket(inventory, s.site) for s in inventory.sites
                    if s.role == "warm" and s.site != site_name and s.site not in unreachable]
     return {
         "site": site_name, "address": site.public_addresses[0], "port": spec.app.port,
         "epoch": epoch, "fenced": fenced,
         "dsn": dsn(site, spec.database.name),
-        "media_dir": site.media_remote.path,
+        "media_dir": PATHS.media,
         "media_mirrors": mirrors,
+        "rclone_config": protection.rclone_config_path(PATHS),
         # The app refuses writes once any peer reports a higher epoch (see infra/app/server.py).
         "peers": [f"http://{s.public_addresses[0]}:{spec.app.port}/healthz" for s in inventory.sites
                   if s.site != site_name],
@@ -196,6 +198,7 @@ def start_protector(site: Site, inventory: Inventory) -> None:
         raise SiteError(f"site {site.name}: the protector runs on the active site's host, and the inventory "
                         f"names {inventory.active} active; start it there (or write the inventory first)")
     write_inventory(site, inventory)
+    protection.install_host_secrets(site.service(), inventory, PATHS)
     # Not started by supervisord on its own: an old primary given back after a failover still has
     # an inventory naming itself active, and would copy its stale bucket over the others' objects.
     run_program(site, PROTECTOR_PROGRAM, protector_command(site.name), autostart=False)
@@ -228,6 +231,7 @@ def start_services(inventory: Inventory, sites: dict[str, Site], spec: Spec) -> 
     configs = {name: app_config(inventory, name, spec, inventory.epoch, unreachable=gone) for name in names}
 
     def start(site: Site) -> None:
+        protection.install_rclone(site.service(), inventory, PATHS)  # the app's mirrors go through it
         start_app(site, configs[site.name])
         if site.name == inventory.active:
             start_protector(site, inventory)

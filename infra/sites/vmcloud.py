@@ -2,8 +2,9 @@
 
 `local up` in a work directory W:
 1. refuses an Inventory in W that it did not write (a pulled one is never reused, nor deleted),
-   addresses that something already answers on, and a missing replication secret (it generates
-   one into W/vms/secrets.env, mode 600, when FAILOVER_REPLICATION_PASSWORD is unset);
+   addresses that something already answers on; the replication password and the backup and
+   media keys that are not set are generated into W/vms/secrets.env (mode 600), which the
+   engine's commands load from that workdir;
 2. boots one VM per site (infra/sites/localvms.py) and protects them (infra/sites/protect.py);
 3. ships the toolkit to every host, seeds the primary on its host, puts the checksum manifest
    into every store and checks that the seed's WAL and a backup are in every repository;
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from infra import secrets
-from infra.data import integrity
+from infra.data import encryption, integrity, protection
 from infra.data import pgbackrest as pgbr_config
 from infra.data.storage import Store
 from infra.dns import local as local_dns
@@ -45,6 +46,7 @@ from playbooks import pgbackrest
 
 Progress = Callable[[str], None]
 SECRETS_FILE = "secrets.env"
+LOCAL_SECRETS = (PASSWORD_REF, *encryption.KEY_REFS)  # what `local up` generates when unset
 DNS_HOSTS = (53, 54)  # PREFIX.53 and PREFIX.54: the two DNS providers
 
 
@@ -72,7 +74,7 @@ class VmCloud:
             self._refuse_other_cloud(spec, count, prefix)
         else:
             _refuse_taken(spec, count, prefix)
-        self._replication_secret()
+        self._local_secrets()
         what = "already up, completing them" if resuming else f"{count} sites on {prefix}.x"
         with self._step("vms", f"VMs: {what}"):
             inventory = Inventory.load(self.vms.inventory_file) if resuming else \
@@ -101,6 +103,7 @@ class VmCloud:
             integrity.put_manifest(integrity.checksums_of(primary, spec.database.name),
                                    [Store(s) for s in inventory.sites], primary.name)
             backups = backups_everywhere(primary, inventory)
+            media_copies = media_everywhere(primary, inventory)
         with self._step("services", "apps on the primary and the warm site, the protector on the primary"):
             apps = services.start_services(inventory, sites, spec)
         with self._step("dns", f"DNS providers on {', '.join(dns_addresses(prefix))} pointing at {primary.name}"):
@@ -109,7 +112,7 @@ class VmCloud:
             self._publish(inventory, primary.ssh)
         return {"inventory": str(self.inventory_file),
                 "sites": [{"name": s.site, "role": s.role, "address": s.db_host} for s in inventory.sites],
-                "seed": counts, "backups": backups, "apps": apps, "dns": dns}
+                "seed": counts, "backups": backups, "media": media_copies, "apps": apps, "dns": dns}
 
     def sites(self, inventory: Inventory, spec: Spec) -> dict[str, Site]:
         ssh = SshSettings(self.vms.identity.known_hosts, self.vms.identity.key)
@@ -157,20 +160,21 @@ class VmCloud:
             raise FailoverError(f"the VMs of {', '.join(down)} do not run (dropped?): `failover local restore-site "
                                 f"--site {down[0]}` or `failover local down` first")
 
-    def _replication_secret(self) -> None:
-        """The replication password from the environment, else from W/vms/secrets.env (made once)."""
-        name = secrets.REF.match(PASSWORD_REF).group(1)
-        if os.environ.get(name):
-            return
+    def _local_secrets(self) -> None:
+        """The replication password and both encryption keys from the environment, else from
+        W/vms/secrets.env, where those missing are generated (once: kept while the VMs live)."""
         path = self.vms.directory / SECRETS_FILE
-        if not path.exists():
+        kept = secrets.parse_env(path.read_text()) if path.exists() else {}
+        names = [secrets.REF.match(ref).group(1) for ref in LOCAL_SECRETS]
+        made = {name: token.token_urlsafe(36) for name in names if not os.environ.get(name) and name not in kept}
+        if made:
             path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w") as out:
-                out.write(f"{name}={token.token_urlsafe(24)}\n")
-            self.progress(f"{name} is not set: generated one into {path} (mode 600); load it with "
-                          f"`set -a; . {path}; set +a` before `failover sites protect` or the runbook")
-        os.environ[name] = path.read_text().strip().split("=", 1)[1]
+                out.write(secrets.render_env(kept | made))
+            self.progress(f"{', '.join(sorted(made))} not set: generated into {path} (mode 600); the engine's "
+                          "commands load it from this workdir (elsewhere: `set -a; . that file; set +a`)")
+        secrets.load_env_file(path)
 
     # -------------------------------------------------------- down, drop, restore-site
 
@@ -221,9 +225,9 @@ def _refuse_taken(spec: Spec, count: int, prefix: str) -> None:
 
 
 def seed(primary: Site, spec: Spec, seed_mb: int) -> dict:
-    """The epoch row and the seed data, written on the primary's host into its own bucket."""
+    """The epoch row and the seed data, written on the primary's host (media into its media directory)."""
     result = services.run_toolkit(primary, "infra.app.seed", services.dsn(primary.outputs, spec.database.name),
-                                  primary.outputs.media_remote.path, str(seed_mb), primary.name, timeout=3600)
+                                  PATHS.media, str(seed_mb), primary.name, timeout=3600)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -244,6 +248,17 @@ def backups_everywhere(primary: Site, inventory: Inventory) -> dict[str, int]:
             raise SiteError(f"site {primary.name}: repo{index} ({name}) holds no backup {error}; "
                             "run `failover sites protect` again")
     return counts
+
+
+def media_everywhere(primary: Site, inventory: Inventory) -> dict[str, str]:
+    """The seed's media, encrypted, into every site's bucket (the protector keeps it so later)."""
+    c = primary.service()
+    results = protection.sync_media(c, protection.install_rclone(c, inventory, PATHS), inventory, PATHS.media,
+                                    inventory.names)
+    broken = [r for r in results if not r.ok]
+    if broken:
+        raise SiteError(f"site {primary.name}: media copy into {broken[0].site}'s bucket failed: {broken[0].error}")
+    return {r.site: f"{r.seconds} s" for r in results}
 
 
 def start_dns(workdir: Path, spec: Spec, inventory: Inventory, prefix: str) -> list[dict]:

@@ -50,7 +50,8 @@ class Cloud:
 
 
 def _seed(fleet: Fleet, spec) -> None:
-    """Rows written on the primary with psql over SSH, media objects put into its store."""
+    """Rows written on the primary with psql over SSH, media objects into its host's media directory
+    (as the app writes them: plaintext on the host only, encrypted into the buckets by a snapshot)."""
     fleet.site("aws").psql(
         "INSERT INTO users (name) SELECT 'user ' || g FROM generate_series(1, 200) g; "
         "INSERT INTO posts (user_id, body, media_key) SELECT 1 + g % 200, 'post ' || g, "
@@ -58,9 +59,10 @@ def _seed(fleet: Fleet, spec) -> None:
         "INSERT INTO follows (follower, followee) SELECT 1 + g % 200, 1 + (g * 7) % 200 FROM generate_series(1, 500) g; "
         "INSERT INTO media (key, bytes, sha256) SELECT 'm/' || g || '.bin', 16, md5(g::text) "
         "  FROM generate_series(10, 1000, 10) g", spec.database.name)
-    store = Store(fleet.inventory().site("aws"))
+    aws = fleet.site("aws")
+    aws.service().run(f"mkdir -p {PATHS.media}/m")
     for g in MEDIA:
-        store.put(f"m/{g}.bin", hashlib.md5(str(g).encode()).hexdigest()[:16].encode())
+        aws.write(f"{PATHS.media}/m/{g}.bin", hashlib.md5(str(g).encode()).hexdigest()[:16].encode())
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +125,9 @@ def test_status_over_ssh_shows_the_replicas_lag_and_every_repositorys_backup(clo
         (repo,) = sites[name]["repositories"]
         assert repo["name"] == f"repo{index}" and repo["error"] is None, repo
         assert repo["backups"] >= 1 and repo["last_backup"] and repo["last_archived_wal"], repo
-    # The seed's media went into aws's bucket only: the others miss every object until a snapshot.
-    assert sites["aws"]["media"]["in_sync"] and sites["aws"]["media"]["objects"] == len(MEDIA)
-    assert sites["gcp"]["media"] == {"in_sync": False, "missing": len(MEDIA), "error": None}
+    # The seed's media is on aws's host only: every bucket, aws's own too, misses it until a snapshot.
+    for name in ("aws", "gcp", "azure"):
+        assert sites[name]["media"] == {"in_sync": False, "missing": len(MEDIA), "error": None}, name
     table = failover("status", workdir=cloud.workdir).stdout
     assert "active: aws" in table and "repo3 posix" in table
 
@@ -197,6 +199,21 @@ def test_scratch_restore_verifies_and_leaves_no_scratch_cluster_behind(cloud):
     assert not gcp.service().run(f"pg_isready -q -p {result['port']}", warn=True).ok, "the scratch cluster still runs"
     assert started_at(cloud, "gcp") == before and gcp.service().run("pg_lsclusters -h").stdout == clusters
     assert gcp.recovery_state() is True, "the warm replica kept replaying"
+
+
+def test_a_scratch_restore_from_each_encrypted_repository_verifies(cloud):
+    """Every repository is encrypted (repoN-cipher-type) and each restores on its own."""
+    config = cloud.site("gcp").service().run(f"cat {PATHS.config}").stdout.splitlines()
+    for index, name in enumerate(("aws", "gcp", "azure"), 1):
+        assert f"repo{index}-cipher-type=aes-256-cbc" in config
+        result = timed(f"scratch restore from repo{index} on gcp (CLI)", lambda: failover_json(
+            "restore", "--site", "gcp", "--scratch", "--repo", f"repo{index}", "--yes", workdir=cloud.workdir))
+        assert result["verified"] and result["repo"] == f"repo{index}" and result["source_site"] == name, result
+    # Read as if unencrypted, the repository is unreadable: what the store holds is ciphertext.
+    probe = cloud.site("gcp").service().run(
+        f"sed '/^repo2-cipher/d' {PATHS.config} > /tmp/nokey.conf && pgbackrest --config=/tmp/nokey.conf "
+        "--stanza=social --repo=2 info --output=json; status=$?; rm -f /tmp/nokey.conf; exit $status", warn=True)
+    assert not probe.ok or '"status":{"code":0' not in probe.stdout.replace(" ", ""), probe.stdout
 
 
 def test_with_the_primary_dropped_status_says_so_and_restore_verifies_against_the_manifest(cloud):

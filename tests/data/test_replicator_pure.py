@@ -1,6 +1,7 @@
 """The protector's decisions: when it rewrites the config, ends archive-push, backs up, copies, stands down."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -55,11 +56,22 @@ def test_a_new_primary_keeps_its_archive_push_running(monkeypatch):
     assert fakes.installed[-1] == ("gcp", {"aws"}) and fakes.interrupted == [] and fakes.backed_up == []
 
 
-def test_media_goes_from_the_active_bucket_to_every_other_reachable_one(monkeypatch):
+def test_media_goes_from_the_hosts_directory_to_every_reachable_bucket_its_own_included(monkeypatch):
     fakes = Fakes(monkeypatch)
     replicator.copy_media(None, inventory("aws"), PATHS, {"azure"}, {})
-    replicator.copy_media(None, inventory("gcp", 2), PATHS, set(), {})
-    assert fakes.copied == [("aws", ["gcp"]), ("gcp", ["aws", "azure"])]
+    replicator.copy_media(None, inventory("gcp", 2), PATHS, {"aws"}, {})
+    assert fakes.copied == [(PATHS.media, ["aws", "gcp"]), (PATHS.media, ["gcp", "azure"])]
+
+
+def test_the_protector_loads_the_secrets_the_engine_left_on_its_host(monkeypatch, tmp_path):
+    paths = HostPaths(pgdata=PATHS.pgdata, socket_dir=PATHS.socket_dir, pgbackrest_dir=str(tmp_path))
+    monkeypatch.delenv("T_PROTECTOR_SECRET", raising=False)
+    replicator.load_host_secrets(paths)  # no file yet: nothing to load, no error
+    Path(paths.host_secrets).write_text("T_PROTECTOR_SECRET=s3cr3t=with=equals\n")
+    replicator.load_host_secrets(paths)
+    assert os.environ["T_PROTECTOR_SECRET"] == "s3cr3t=with=equals"
+    assert replicator.secrets.redact("saw s3cr3t=with=equals") == "saw ***"
+    monkeypatch.delenv("T_PROTECTOR_SECRET")
 
 
 def _protector(tmp_path: Path, monkeypatch, reachable: set[str]) -> replicator.Protector:
@@ -74,7 +86,7 @@ def test_the_protector_reads_the_inventory_each_round_and_stands_down_when_anoth
     inventory("aws").save(protector.inventory_file)
     protector.wal_round(None, {})
     protector.media_round(None, {})
-    assert fakes.installed == [("aws", set())] and fakes.copied == [("aws", ["gcp", "azure"])]
+    assert fakes.installed == [("aws", set())] and fakes.copied == [(PATHS.media, ["aws", "gcp", "azure"])]
     inventory("gcp", 2).save(protector.inventory_file)  # the runbook failed over to gcp
     state = {}
     protector.wal_round(None, state)
@@ -83,7 +95,7 @@ def test_the_protector_reads_the_inventory_each_round_and_stands_down_when_anoth
     assert "names gcp active (epoch 2): aws stands down" in capsys.readouterr().out
     inventory("aws", 3).save(protector.inventory_file)  # failed back
     protector.media_round(None, {})
-    assert fakes.copied[-1] == ("aws", ["gcp", "azure"])
+    assert fakes.copied[-1] == (PATHS.media, ["aws", "gcp", "azure"])
     assert "protecting from aws again" in capsys.readouterr().out
 
 

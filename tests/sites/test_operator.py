@@ -7,7 +7,8 @@ capabilities. It holds only:
 - the toolkit's SSH key and known_hosts (copies it owns, mode 600);
 - the Inventory and the DNS providers' config with their TSIG keys (in its own work directory);
 - the stores' credential, which for these posix stores (an NFS stand-in) is the group that owns
-  them.
+  them;
+- the backup and media encryption keys, in its environment.
 It has no read access to any VM's files, no CA and no replication password: the runbook
 re-protects with what the sites already hold. It runs the system python3 with the venv's
 packages on PYTHONPATH (the venv's interpreter lives under /root).
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.appclient import health, post
-from tests.conftest import ROOT, failover, remove_unmounted, service_dir
+from tests.conftest import ENCRYPTION_KEYS, ROOT, failover, remove_unmounted, service_dir
 
 PREFIX = "127.0.82"
 AWS, GCP = f"{PREFIX}.1", f"{PREFIX}.2"
@@ -76,7 +77,9 @@ def as_operator(operator, *args: str, check: bool = True) -> subprocess.Complete
     env = {"HOME": str(home), "USER": "operator", "LOGNAME": "operator", "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{SITE_PACKAGES}:{ROOT}",
            "PYTHONDONTWRITEBYTECODE": "1", "FAILOVER_WORKDIR": str(home / "work"),
            "FAILOVER_SSH_KEY": str(home / "ssh" / "id_ed25519"),
-           "FAILOVER_SSH_KNOWN_HOSTS": str(home / "ssh" / "known_hosts")}
+           "FAILOVER_SSH_KNOWN_HOSTS": str(home / "ssh" / "known_hosts"),
+           # The backup and media keys, which an operator holds (password manager) like the SSH key.
+           **{name: os.environ[name] for name in ENCRYPTION_KEYS}}
     argv = ["setpriv", f"--reuid={OPERATOR_UID}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
             "/usr/bin/python3", "-m", "infra.cli", *args]
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from infra import secrets
 from infra.data import integrity, scratch
 from infra.data.storage import Store
 from infra.runbook import runner
@@ -78,9 +79,9 @@ def cloud():
     fleet = None
     try:
         failover("local", "up", "--seed-mb", "5", "--prefix", PREFIX, workdir=workdir)
-        # The secret `local up` generated, for the in-process calls (protect) below.
-        os.environ[PASSWORD_ENV] = (workdir / "vms" / SECRETS_FILE).read_text().strip().split("=", 1)[1]
+        # The Fleet loads the secret `local up` generated, for the in-process calls (protect) below.
         fleet = Fleet(workdir, app_port=SPEC.app.port)
+        assert os.environ[PASSWORD_ENV] == secrets.parse_env((workdir / "vms" / SECRETS_FILE).read_text())[PASSWORD_ENV]
         yield Cloud(workdir, fleet)
     finally:
         if fleet is not None:

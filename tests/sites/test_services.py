@@ -3,10 +3,12 @@ app under supervisor as postgres, the protector on the primary), the seed and it
 restore-site, and a `local down` that leaves nothing behind (VMs on 127.0.70.x, DNS on .53/.54)."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -15,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from infra import secrets
 from infra.data import integrity
+from infra.data import media as media_config
 from infra.data.storage import Store, StoreError
 from infra.sites import services
 from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
@@ -25,13 +29,14 @@ from infra.sites.processes import wait_for
 from infra.sites.site import APP_PROGRAM, PATHS, PROTECTOR_PROGRAM
 from infra.sites.vm import _mounts_under
 from infra.spec import load_spec
-from tests.conftest import ROOT, failover, process_running, processes_rooted_under, remove_unmounted
+from tests.conftest import ENCRYPTION_KEYS, ROOT, failover, process_running, processes_rooted_under, remove_unmounted
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "127.0.70"
 SPEC = load_spec(ROOT / "Pulumi.yaml")
 PASSWORD_ENV = "FAILOVER_REPLICATION_PASSWORD"
+GENERATED = (PASSWORD_ENV, *ENCRYPTION_KEYS)  # what `local up` makes when they are not set
 
 
 @dataclass
@@ -48,12 +53,22 @@ class Cloud:
     def store(self, name: str) -> Store:
         return Store(self.fleet.inventory().site(name))
 
+    def read_media(self, site: str, key: str) -> bytes | None:
+        """An object as the site's crypt remote decrypts it, read from this machine (the stores
+        are directories here), or None."""
+        conf = self.workdir / "test-rclone.conf"
+        conf.write_text(media_config.render(self.fleet.inventory()))
+        conf.chmod(0o600)
+        result = subprocess.run(["rclone", f"--config={conf}", "cat", f"{media_config.bucket(self.fleet.inventory(), site)}{key}"],
+                                capture_output=True, timeout=60)
+        return result.stdout if result.returncode == 0 else None
+
 
 @pytest.fixture(scope="module")
 def cloud():
     workdir = Path(tempfile.mkdtemp(prefix="helperA-services-"))
     workdir.chmod(0o755)
-    saved = os.environ.pop(PASSWORD_ENV, None)  # `local up` must make one of its own
+    saved = {name: os.environ.pop(name, None) for name in GENERATED}  # `local up` must make its own
     try:
         started = time.monotonic()
         result = failover("local", "up", "--sites", "3", "--prefix", PREFIX, "--seed-mb", "5", "--json",
@@ -62,8 +77,10 @@ def cloud():
         yield Cloud(workdir, json.loads(result.stdout), fleet, round(time.monotonic() - started, 1))
         fleet.close()
     finally:
-        if saved is not None:
-            os.environ[PASSWORD_ENV] = saved
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
         take_down(workdir)
 
 
@@ -99,7 +116,10 @@ def test_local_up_writes_an_inventory_of_its_own_and_a_generated_secret(cloud):
     for name in inventory.names:  # a failover needs no single site: every store has the whole list
         assert Inventory.from_json(cloud.store(name).get(INVENTORY_COPY).decode()).names == inventory.names
     secret = cloud.workdir / "vms" / "secrets.env"
-    assert secret.stat().st_mode & 0o777 == 0o600 and secret.read_text().startswith(f"{PASSWORD_ENV}=")
+    assert secret.stat().st_mode & 0o777 == 0o600
+    made = secrets.parse_env(secret.read_text())
+    assert set(made) == set(GENERATED) and all(len(value) >= 32 for value in made.values())
+    assert all(os.environ[name] == made[name] for name in GENERATED)  # the Fleet loaded them from the workdir
 
 
 def test_the_app_takes_writes_at_epoch_1_on_the_primary_and_serves_reads_on_the_warm_site(cloud):
@@ -122,21 +142,49 @@ def test_the_app_takes_writes_at_epoch_1_on_the_primary_and_serves_reads_on_the_
         assert owner == "postgres"
 
 
-def test_the_protector_runs_on_the_primary_and_copies_new_media_to_every_other_bucket(cloud):
-    assert cloud.fleet.site("aws").program_running(PROTECTOR_PROGRAM)
+def test_the_protector_runs_on_the_primary_and_copies_new_media_encrypted_to_every_bucket(cloud):
+    aws = cloud.fleet.site("aws")
+    assert aws.program_running(PROTECTOR_PROGRAM)
     assert not cloud.fleet.site("gcp").program_running(PROTECTOR_PROGRAM)
     data = os.urandom(4096)
-    cloud.store("aws").put("posts/protector-test.bin", data)
-    for name in ("gcp", "azure"):
-        wait_for(lambda: _holds(cloud.store(name), "posts/protector-test.bin", data), 10,
-                   f"the protector to copy the object into {name}'s bucket")
+    aws.write(f"{PATHS.media}/protector-test.bin", data)  # as the app writes it, on its host
+    for name in ("aws", "gcp", "azure"):
+        wait_for(lambda: cloud.read_media(name, "protector-test.bin") == data, 15,
+                 f"the protector to copy the object into {name}'s bucket")
+        assert not _plaintext_in(cloud.workdir / "vms" / "stores" / name, [data]), name
 
 
-def _holds(store: Store, key: str, data: bytes) -> bool:
-    try:
-        return store.get(key) == data
-    except StoreError:
-        return False
+def _plaintext_in(store: Path, needles: list[bytes]) -> list[str]:
+    """The files of a store (a directory here) holding any of `needles` as they are."""
+    found = []
+    for path in store.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            found += [str(path) for needle in needles if needle in content]
+    return found
+
+
+def test_no_store_holds_a_seeded_row_or_media_object_in_plaintext(cloud):
+    """Every repository file is pgBackRest ciphertext (OpenSSL's `Salted__` header), every media
+    object rclone crypt's (`RCLONE\\0\\0`), and neither a row written through the app nor a seeded
+    media object appears in any store, WAL and backups included."""
+    aws = cloud.fleet.site("aws")
+    body = os.urandom(96).hex()  # incompressible: lz4 would leave it readable without encryption
+    status, post = http("POST", app_url("aws", "/posts"), {"user_id": 1, "body": body})
+    assert status == 201, post
+    failover("snapshot", workdir=cloud.workdir)  # a backup and a WAL switch into every repository
+    seeded = aws.service().run(f"cat {PATHS.media}/seed/000000.bin | base64 -w0").stdout
+    needles = [body.encode(), base64.b64decode(seeded)[:256]]
+    for name in cloud.fleet.inventory().names:
+        store = cloud.workdir / "vms" / "stores" / name
+        assert not _plaintext_in(store, needles), f"plaintext in {name}'s store"
+        repository = [p for p in (store / "pgbackrest").rglob("*") if p.is_file()]
+        assert repository and all(p.read_bytes()[:8] == b"Salted__" for p in repository), name
+        sealed = [p for p in (store / "media" / "sealed").rglob("*") if p.is_file()]
+        assert sealed and all(p.read_bytes()[:8] == b"RCLONE\0\0" for p in sealed), name
+        outside = [p for p in (store / "media").iterdir() if p.name not in ("sealed", ".failover")]
+        assert not outside, f"{name}'s bucket holds objects outside its crypt folder: {outside}"
+        assert cloud.read_media(name, "seed/000000.bin") == base64.b64decode(seeded)
 
 
 def test_the_seed_its_checksum_manifest_and_a_backup_are_in_every_store(cloud):
@@ -149,8 +197,10 @@ def test_the_seed_its_checksum_manifest_and_a_backup_are_in_every_store(cloud):
         # Later writes (the app test's post) do not matter: the rows the manifest covers must match.
         now = integrity.checksums_of(aws, db, integrity.max_ids(manifest["tables"]))
         assert all(entry["match"] for entry in integrity.compare(now, manifest["tables"]).values()), name
-    for key, digest in (line.split("|") for line in aws.psql("SELECT key, sha256 FROM media", db).stdout.split()):
-        assert hashlib.sha256(cloud.store("aws").get(key)).hexdigest() == digest, key
+    rows = [line.split("|") for line in aws.psql("SELECT key, sha256 FROM media", db).stdout.split()]
+    for key, digest in rows[:3]:  # decrypted from every bucket: the seed's media went to each
+        for name in cloud.fleet.inventory().names:
+            assert hashlib.sha256(cloud.read_media(name, key) or b"").hexdigest() == digest, (name, key)
     for index in (1, 2, 3):
         info = aws.service().run(f"pgbackrest --config={PATHS.config} --stanza=social --repo={index} "
                                  "--output=json info").stdout
@@ -222,8 +272,9 @@ def test_app_config_reads_over_the_socket_and_mirrors_media_only_from_the_active
     inventory = pulled_inventory()
     primary = services.app_config(inventory, "aws", SPEC, 1)
     assert primary["dsn"] == f"host={PATHS.socket_dir} port=5432 user=postgres dbname={SPEC.database.name}"
-    assert (primary["address"], primary["port"], primary["media_dir"]) == ("203.0.113.1", SPEC.app.port, "aws-media")
-    assert primary["media_mirrors"] == (["gcp-media"] if SPEC.database.replication == "sync" else [])
+    assert (primary["address"], primary["port"], primary["media_dir"]) == ("203.0.113.1", SPEC.app.port, PATHS.media)
+    assert primary["media_mirrors"] == (["gcp-crypt:"] if SPEC.database.replication == "sync" else [])
+    assert primary["rclone_config"] == f"{PATHS.pgbackrest_dir}/rclone.conf"
     assert primary["peers"] == [f"http://203.0.113.{i}:{SPEC.app.port}/healthz" for i in (2, 3)]
     assert services.app_config(inventory, "aws", SPEC, 1, unreachable={"gcp"})["media_mirrors"] == []
     # Only the active site's app mirrors: another site's app takes no writes to mirror.

@@ -26,7 +26,7 @@ def test_a_new_local_cloud_refuses_a_prefix_where_something_already_answers(tmp_
         raise AssertionError("`local up` went past its checks")
 
     # Should the check ever miss, the test must not go on to boot VMs (and mount /dev) in tmp_path.
-    monkeypatch.setattr(VmCloud, "_replication_secret", past_the_check)
+    monkeypatch.setattr(VmCloud, "_local_secrets", past_the_check)
     monkeypatch.setattr(LocalVms, "up", past_the_check)
     address = f"{PREFIX}.{host}"
     with socket.socket() as squatter:

@@ -175,7 +175,7 @@ def test_sudo_refused_is_named_before_anything_changes(cloud, protected):
     assert others["aws"].service().run(written).stdout == before
 
 
-def test_a_missing_replication_secret_stops_protect_before_any_change(cloud, monkeypatch):
+def test_a_missing_local_secrets_stops_protect_before_any_change(cloud, monkeypatch):
     vms, inventory, spec = cloud
     monkeypatch.delenv("FAILOVER_REPLICATION_PASSWORD")
     sites = sites_of(vms, inventory)
