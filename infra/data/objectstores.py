@@ -23,7 +23,7 @@ import subprocess
 from typing import ClassVar
 
 from infra import secrets
-from infra.data import objecthttp, storage_errors  # module imports: both import infra.data.storage, which loads this
+from infra.data import storage_errors  # a module import: storage_errors imports infra.data.storage, which loads this
 from infra.data.storage import MissingKey, Storage, StoreError, register
 from infra.sites.contract import MediaRemote, Repository, SiteOutputs
 
@@ -121,7 +121,16 @@ class ObjectStore(Storage):
     # -- create only if absent, and read: the store's own HTTP API --
 
     conditional_create = True
-    objects: ClassVar[objecthttp.ObjectApi]
+    api: ClassVar[str]  # its class in infra.data.objecthttp
+
+    @property
+    def objects(self):
+        """The store's HTTP API (infra.data.objecthttp), imported on first use: it needs requests
+        and botocore, which the operator's machine has and the sites' hosts (the protector, the
+        app) do not."""
+        from infra.data import objecthttp
+
+        return getattr(objecthttp, self.api)()
 
     def create(self, site: SiteOutputs, key: str, data: bytes) -> bytes | None:
         return self.objects.create(self, site, key, data)
@@ -213,7 +222,7 @@ class S3(ObjectStore):
     repo_credential_names = {"s3-key": "s3-key", "s3-key-secret": "s3-key-secret", "s3-token": "s3-token"}
     media_credential_names = {"s3-key": "access_key_id", "s3-key-secret": "secret_access_key",
                               "s3-token": "session_token"}
-    objects = objecthttp.S3Api()
+    api = "S3Api"
 
 
 @register
@@ -233,7 +242,7 @@ class GCS(ObjectStore):
     default_endpoint = "storage.googleapis.com"
 
     repo_credential_names = {"gcs-key": "gcs-key"}  # a token (gcs-key-type=token)
-    objects = objecthttp.GCSApi()
+    api = "GCSApi"
     SERVICE_KEY = "gcs-key-json-base64"  # a service account's JSON key, base64 (what the GCP program exports)
 
     def check(self, repo: Repository, site: str) -> None:
@@ -290,7 +299,7 @@ class Azure(ObjectStore):
     # media-sas-url: a whole SAS URL (the emulator's); media-sas: a container SAS token (the Azure
     # program's), made into the container's URL on the media remote's account.
     media_credential_names = {"media-sas-url": "sas_url"}
-    objects = objecthttp.AzureApi()
+    api = "AzureApi"
 
     def media_credentials(self, remote: MediaRemote, creds: dict[str, str], site: str) -> dict[str, str]:
         if "media-sas" in creds and remote.options.get("account"):
