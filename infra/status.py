@@ -123,18 +123,15 @@ def _repository(host: Site | None, inventory: Inventory, name: str) -> dict:
 
 
 def _media(host: Site, conf: str, inventory: Inventory, name: str) -> dict:
-    """The site's bucket against the primary's media, compared on `host` (one way): the primary
-    host's media directory when `host` is the active site (rclone cryptcheck: contents), else the
-    active site's bucket (crypt against crypt: names and sizes)."""
+    """The site's bucket against the active site's, compared on `host` (rclone check --one-way,
+    through their crypt remotes: names and sizes, as two crypt remotes share no hash)."""
     c, active = host.service(), inventory.active
-    on_primary = host.name == active
-    if not on_primary and name == active:
-        objects = media.count(c, conf, media_config.bucket(inventory, name))
-        return {"in_sync": objects is not None, "missing": 0 if objects is not None else None, "objects": objects,
-                "error": None if objects is not None else f"bucket of {name} unreadable from {host.name}"}
-    source = PATHS.media if on_primary else media_config.bucket(inventory, active)
     try:
-        result = media.check(c, conf, source, media_config.bucket(inventory, name), plaintext_source=on_primary)
+        if name == active:
+            objects = media.count(c, conf, media_config.bucket(inventory, name))
+            return {"in_sync": objects is not None, "missing": 0 if objects is not None else None, "objects": objects,
+                    "error": None if objects is not None else f"bucket of {name} unreadable from {host.name}"}
+        result = media.check(c, conf, media_config.bucket(inventory, active), media_config.bucket(inventory, name))
     except SiteError as error:
         return {"in_sync": False, "missing": None, "error": str(error)}
     return {"in_sync": result["ok"] and not result["missing"], "missing": len(result["missing"]),

@@ -21,12 +21,10 @@ def copy(c, config: str, source: str, dest: str):
     return run(c, _rclone(config, "copy", "--transfers=8", TOOLKIT_OBJECTS, source, dest), warn=True, timeout=3600)
 
 
-def check(c, config: str, source: str, dest: str, plaintext_source: bool = False) -> dict:
-    """rclone check --one-way: objects of source missing or different at dest. With a plaintext
-    `source` (a directory) and a crypt `dest`, cryptcheck compares the contents' hashes; two
-    crypt remotes share no hash, so they are compared by size."""
-    verb = "cryptcheck" if plaintext_source else "check"
-    result = run(c, _rclone(config, verb, TOOLKIT_OBJECTS, "--one-way", "--missing-on-dst=-", "--differ=-", source, dest),
+def check(c, config: str, source: str, dest: str) -> dict:
+    """rclone check --one-way: objects of source missing or different at dest (two crypt remotes
+    share no hash: they are compared by name and size)."""
+    result = run(c, _rclone(config, "check", TOOLKIT_OBJECTS, "--one-way", "--missing-on-dst=-", "--differ=-", source, dest),
                  warn=True, timeout=600)
     missing = [line for line in result.stdout.splitlines() if line.strip()]
     error = "" if result.exited in (0, 1) else (result.stderr.strip().splitlines() or ["rclone failed"])[-1]

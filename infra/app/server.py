@@ -4,10 +4,10 @@ Run as `python -m infra.app.server CONFIG.json`. The config names the site, the 
 the media bucket directory, the listen address and the app's epoch. The app writes only when
 its database is a primary whose stored epoch equals the app's own, and no peer site serves a
 higher epoch: an old primary that comes back with its old config and database refuses writes
-(409). Media objects go to the host's media directory (plaintext, this host only); with
-synchronous replication each is also written, encrypted, into the warm sites' buckets
-(`media_mirrors`, rclone crypt remotes in `rclone_config`) before the post is acknowledged, as
-its row is. The protector copies the directory into every bucket, encrypted, each second.
+(409). Media objects are written through the site's own rclone crypt remote (`media_remote` in
+`rclone_config`), so its bucket holds only ciphertext; with synchronous replication each is
+also written into the warm sites' buckets (`media_mirrors`) before the post is acknowledged,
+as its row is. The protector copies the bucket into every other one each second.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
 
-from infra.app.seed import write_media
 from playbooks import media
 
 
@@ -136,14 +136,12 @@ class Handler(BaseHTTPRequestHandler):
         if request.get("media"):
             media_key = f"posts/{request.get('canary_seq') or 'x'}-{threading.get_ident()}.bin"
             data = base64.b64decode(request["media"])
-            try:
-                write_media(Path(config["media_dir"]), media_key, data)
-            except OSError as error:
-                return self._send(503, {"error": f"media directory unavailable: {error.strerror}"})
-            for remote in config.get("media_mirrors", []):
-                failed = media.put(config["rclone_config"], f"{remote}{media_key}", data)
-                if failed:
-                    return self._send(503, {"error": f"media replica {remote} unavailable: {failed}"})
+            remotes = [config["media_remote"], *config.get("media_mirrors", [])]
+            with ThreadPoolExecutor(max_workers=len(remotes)) as pool:  # each write is an rclone process
+                failures = list(pool.map(lambda r: media.put(config["rclone_config"], f"{r}{media_key}", data), remotes))
+            broken = [f"{remote} ({why})" for remote, why in zip(remotes, failures) if why]
+            if broken:
+                return self._send(503, {"error": f"media bucket unavailable: {', '.join(broken)}"})
         # The epoch check and the insert are one statement: no write slips past a raised epoch.
         row = self._db().execute(
             "INSERT INTO posts (user_id, body, media_key, canary_seq) "

@@ -4,8 +4,9 @@ No store holds a plaintext row or media object, whichever provider runs it:
 - every pgBackRest repository is encrypted by pgBackRest itself (`repoN-cipher-type`
   aes-256-cbc), with the backup key as its passphrase;
 - every media bucket is reached through an rclone `crypt` remote, `<site>-crypt`, over the
-  folder SEALED of the site's bucket; the app keeps its plaintext media on its own host
-  (`HostPaths.media`) and only ciphertext leaves it.
+  folder SEALED of the site's bucket: the app writes its media objects through its own site's
+  remote, and the protector, a failover's catch-up and a restore copy them from crypt remote to
+  crypt remote, so no bucket ever holds one in plaintext, its own site's included.
 
 The two keys are secrets the operator holds outside every provider (env/FAILOVER_BACKUP_KEY and
 env/FAILOVER_MEDIA_KEY; the spec's `config.encryption.key_copies` says where, and the audit

@@ -39,10 +39,10 @@ class HostPaths:
         return f"{self.pgbackrest_dir}/archive-off"
 
     @property
-    def media(self) -> str:
-        """The app's media on its own host, in plaintext; the buckets hold only its ciphertext
-        (infra/data/encryption.py)."""
-        return f"{self.pgbackrest_dir}/media"
+    def media_staging(self) -> str:
+        """Where the seed writes its media objects on the host before they go, encrypted, into
+        every bucket (the app writes straight through its crypt remote, infra/data/encryption.py)."""
+        return f"{self.pgbackrest_dir}/media-staging"
 
     @property
     def host_secrets(self) -> str:
@@ -52,7 +52,7 @@ class HostPaths:
 
     @property
     def dirs(self) -> list[str]:
-        return [self.pgbackrest_dir, *(f"{self.pgbackrest_dir}/{d}" for d in ("log", "lock", "spool", "media"))]
+        return [self.pgbackrest_dir, *(f"{self.pgbackrest_dir}/{d}" for d in ("log", "lock", "spool", "media-staging"))]
 
 
 GLOBAL = {

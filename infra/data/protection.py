@@ -151,13 +151,13 @@ def backup_all(c, inventory: Inventory, paths: HostPaths, exclude: set[str] = fr
     return _each_repo(inventory, exclude, lambda i: pgbackrest.backup(c, paths.config, i, kind))
 
 
-def sync_media(c, rclone_conf: str, inventory: Inventory, source_dir: str, targets: list[str]) -> list[RepoResult]:
-    """Copies the host's media directory (plaintext) into each target site's bucket, through its
-    crypt remote (ciphertext there): the primary's own bucket included."""
+def sync_media(c, rclone_conf: str, inventory: Inventory, source: str, targets: list[str]) -> list[RepoResult]:
+    """Copies `source` (a site's media through its crypt remote, `media_config.bucket`, or a
+    directory on the host) into each target site's bucket, through its crypt remote."""
     results = []
     for target in targets:
         started = time.monotonic()
-        result = media.copy(c, rclone_conf, source_dir, media_config.bucket(inventory, target))
+        result = media.copy(c, rclone_conf, source, media_config.bucket(inventory, target))
         outputs = inventory.site(target)
         error = "" if result.ok else storage_for(outputs.repository.type).explain_media(
             target, outputs.media_remote, result.stderr)
@@ -166,12 +166,12 @@ def sync_media(c, rclone_conf: str, inventory: Inventory, source_dir: str, targe
     return results
 
 
-def fetch_media(c, rclone_conf: str, inventory: Inventory, sources: list[str], target_dir: str) -> dict[str, str]:
-    """Decrypts every source site's bucket into the host's media directory (a union: copy never
-    deletes); per source, "ok" or the reason it failed."""
+def fetch_media(c, rclone_conf: str, inventory: Inventory, sources: list[str], target: str) -> dict[str, str]:
+    """Every source site's media into the target site's bucket, crypt remote to crypt remote (a
+    union: copy never deletes); per source, "ok" or the reason it failed."""
     results = {}
     for name in sources:
-        result = media.copy(c, rclone_conf, media_config.bucket(inventory, name), target_dir)
+        result = media.copy(c, rclone_conf, media_config.bucket(inventory, name), media_config.bucket(inventory, target))
         results[name] = "ok" if result.ok else (result.stderr or "failed").strip().splitlines()[-1][-200:]
     return results
 

@@ -9,7 +9,8 @@ nothing until it is named again. Two loops run side by side, each every second:
   back (with a backup into them) when they answer again: while one repository is down,
   archive-push still copies each segment into the others but exits non-zero, so PostgreSQL keeps
   the segment `.ready`, its archiver stalls and pg_wal grows on the primary;
-- media: the host's media directory is copied, encrypted, to every bucket this host can reach.
+- media: the active site's bucket is copied to every other bucket this host can reach, through
+  their crypt remotes (infra/data/encryption.py).
 A pilot-light's WAL stream is not the protector's: `sites protect` runs pg_receivewal there.
 Every problem is logged with the site's name; the other sites keep being protected.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from invoke import Context
 
 from infra import secrets
+from infra.data import media as media_config
 from infra.data import protection
 from infra.data.pgbackrest import HostPaths
 from infra.data.storage import storage_for
@@ -50,9 +52,9 @@ def unreachable(c, inventory: Inventory) -> set[str]:
 
 
 def media_targets(inventory: Inventory, down: set[str]) -> list[str]:
-    """Every bucket that answers, the primary's own included: the host's media goes to each,
-    encrypted (a failover or a restore elsewhere decrypts it from there)."""
-    return [n for n in inventory.names if n not in down]
+    """Every other site's bucket that answers: the active bucket is copied there (crypt remote to
+    crypt remote: only ciphertext reaches any bucket)."""
+    return [n for n in inventory.names if n != inventory.active and n not in down]
 
 
 # ---------------------------------------------------------------- the WAL round
@@ -95,12 +97,13 @@ def back_up_rejoined(c, inventory: Inventory, paths: HostPaths, names: set[str])
 # ---------------------------------------------------------------- the media round
 
 def copy_media(c, inventory: Inventory, paths: HostPaths, down: set[str], state: dict) -> list:
-    """The host's media to every reachable bucket (rclone copy: never deletes at the target)."""
+    """The active bucket to every reachable bucket (rclone copy: never deletes at the target)."""
     rclone_conf = protection.rclone_config_path(paths)
     if state.get("rclone") != inventory.to_json():  # the remotes follow the Inventory
         protection.install_rclone(c, inventory, paths)
         state["rclone"] = inventory.to_json()
-    return protection.sync_media(c, rclone_conf, inventory, paths.media, media_targets(inventory, down))
+    return protection.sync_media(c, rclone_conf, inventory, media_config.bucket(inventory, inventory.active),
+                                 media_targets(inventory, down))
 
 
 def load_host_secrets(paths: HostPaths) -> None:

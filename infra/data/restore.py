@@ -48,8 +48,9 @@ def snapshot(fleet: Fleet, spec: Spec, kind: str, progress) -> dict:
         integrity.put_manifest(sums, [Store(inventory.site(n)) for n in inventory.names if n not in skip], active.name)
     results += [protection.prestage(s.service(), inventory, s.name, PATHS, s.port, skip) for s in fleet.sites()
                 if s.role == "pilot-light" and s.name not in skip | {active.name} and not s.db_running()]
-    targets = [n for n in inventory.names if n not in skip]
-    results += protection.sync_media(c, protection.install_rclone(c, inventory, PATHS), inventory, PATHS.media, targets)
+    targets = [n for n in inventory.names if n != active.name and n not in skip]
+    results += protection.sync_media(c, protection.install_rclone(c, inventory, PATHS), inventory,
+                                     media_config.bucket(inventory, active.name), targets)
     skipped = [{"repo": f"repo{inventory.repo_index(n)}", "site": n,
                 "location": inventory.site(n).repository.options.get("path", ""), "ok": False, "seconds": 0,
                 "error": f"site unreachable: host {fleet.site(n).db_host} does not answer SSH"} for n in sorted(skip)]
@@ -136,9 +137,10 @@ def restore(fleet: Fleet, spec: Spec, the_plan: RestorePlan, progress) -> dict:
     progress(f"restoring {target.name} (host {target.db_host}) from repo{index} ({source_site})"
              + (f" to {the_plan.target_time}" if the_plan.target_time else ""))
     restore_database(target, inventory, index, set(the_plan.skip), the_plan.target_time)
-    progress(f"decrypting media from {source_site}'s bucket onto {target.name}'s host")
+    progress(f"copying media from {source_site}'s bucket")
     conf = protection.install_rclone(target.service(), inventory, PATHS)
-    copied = media.copy(target.service(), conf, media_config.bucket(inventory, source_site), PATHS.media)
+    copied = media.copy(target.service(), conf, media_config.bucket(inventory, source_site),
+                        media_config.bucket(inventory, target.name))
     seconds = round(time.monotonic() - started, 2)
     progress("verifying row counts and per-table checksums")
     result = verify(fleet, spec, inventory, target, source_site, conf)
@@ -199,7 +201,7 @@ def pgbackrest_time(value: str) -> str:
 def verify(fleet: Fleet, spec: Spec, inventory: Inventory, target: Site, source_site: str, conf: str) -> dict:
     """Row counts and checksums of the restored site against the live primary (read on its host),
     or against the manifest in the stores when the primary does not answer; and the media the
-    restored rows name, present on the target's host (decrypted from the buckets)."""
+    restored rows name, present in the target's bucket (read through its crypt remote)."""
     db = spec.database.name
     restored = integrity.checksums_of(target, db)
     active = fleet.site(inventory.active)
@@ -216,7 +218,7 @@ def verify(fleet: Fleet, spec: Spec, inventory: Inventory, target: Site, source_
         source, against = manifest["tables"], f"manifest of {manifest.get('taken')} in the stores"
         restored_range = integrity.checksums_of(target, db, integrity.max_ids(source))
     checks = integrity.compare(restored_range, source)
-    keys = media.list_keys(target.service(), conf, PATHS.media) or set()
+    keys = media.list_keys(target.service(), conf, media_config.bucket(inventory, target.name)) or set()
     named = target.psql("SELECT key FROM media UNION SELECT media_key FROM posts WHERE media_key IS NOT NULL", db)
     missing = sorted(set(named.stdout.split()) - keys)
     verified = all(x["match"] for x in checks.values()) and not missing

@@ -25,6 +25,7 @@ from infra.runbook.journal import JournalStore
 from infra.sites.vmcloud import VmCloud
 from infra.sites.fleet import Fleet
 from infra.sites.site import PATHS, Site
+from infra.data import media as media_config
 from playbooks import media
 from infra.spec import Spec
 
@@ -215,12 +216,13 @@ def _integrity(fleet: Fleet, spec, target: Site, before: dict, scenario: Scenari
     checks = integrity.compare(after, before)
     bad = [t for t in scenario.strict_tables if not checks[t]["match"]]
     media_keys = [w.media_key for w in writes if w.acked and w.media_key and w.seq in present]
-    held = media.list_keys(target.service(), protection.rclone_config_path(PATHS), PATHS.media)
+    held = media.list_keys(target.service(), protection.rclone_config_path(PATHS),
+                           media_config.bucket(fleet.inventory(), target.name))
     missing = [k for k in media_keys if held is None or k not in held]
     summary = ("tables differ up to the pre-cut-off ids: " + ", ".join(bad) if bad else "tables identical") + \
         f"; canary media missing {len(missing)} of {len(media_keys)}"
-    # Media the target's host holds after the failover (decrypted from the buckets). Asynchronous
-    # under `async` replication (about a second behind): lost objects are reported, not failed on.
+    # Media in the target's bucket (through its crypt remote). Asynchronous under `async`
+    # replication (about a second behind): lost objects are reported, not failed on.
     return {"ok": not bad, "summary": summary, "tables": checks,
             "media_checked": len(media_keys), "media_missing": missing[:20]}
 

@@ -117,7 +117,8 @@ def reseed(run: Run) -> dict:
     wait_for(lambda: _streaming(run), 120, f"{site.name} to stream from {run.source}")
     clone_seconds = round(time.monotonic() - started, 3)
     conf = protection.rclone_config_path(PATHS)
-    copied = media.copy(site.service(), conf, media_config.bucket(inventory, run.source), PATHS.media)
+    copied = media.copy(site.service(), conf, media_config.bucket(inventory, run.source),
+                        media_config.bucket(inventory, run.target))
     return {"replica": f"cloned from {run.source}, streaming", "clone_seconds": clone_seconds,
             "media": "copied" if copied.ok else (copied.stderr or "failed").strip()[-200:]}
 

@@ -314,14 +314,12 @@ def take_writes(run: Run) -> dict:
 
 
 def catch_up_media(run: Run) -> dict:
-    """Every reachable bucket, decrypted, into the target's media directory (its own bucket
-    first: it holds what the old primary's app mirrored there). rclone copy never deletes, so the
-    result is a union."""
+    """Copy every reachable bucket into the target's, through their crypt remotes (copy never
+    deletes, so this is a union)."""
     inventory, c = run.inventory, run.site.service()
     conf = protection.install_rclone(c, inventory, PATHS)
-    sources = [run.target] + [n for n in inventory.names if n != run.target]
-    sources = [n for n in sources if run.reachable(n)]
-    return {"from": protection.fetch_media(c, conf, inventory, sources, PATHS.media)}
+    sources = [n for n in inventory.names if n != run.target and run.reachable(n)]
+    return {"from": protection.fetch_media(c, conf, inventory, sources, run.target)}
 
 
 def start_app(run: Run) -> dict:

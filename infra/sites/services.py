@@ -5,7 +5,7 @@ bootstrap starts supervisord: a systemd unit on cloud VMs, the daemon itself in 
 - the toolkit's own code, shipped to TOOLKIT_DIR (`install_toolkit`): the host then runs the
   same `infra` and `playbooks` packages as the operator, so there is one protector and one app;
 - the reference app (`start_app`), configured by `app_config`: it reads its database over the
-  unix socket and its media from the host's media directory, and re-reads its config when it changes;
+  unix socket, writes media through its site's crypt remote, and re-reads its config when it changes;
 - the protector (`start_protector`), only on the primary's host: it reads the Inventory the
   engine writes there and keeps WAL and media flowing to the other sites (infra/data/replicator.py).
 """
@@ -147,11 +147,11 @@ def app_config(inventory: Inventory, site_name: str, spec: Spec, epoch: int, fen
     """The app's config on `site_name`'s host (the keys infra/app/server.py reads).
 
     It runs there as the service user, so it reaches its database on the unix socket with
-    peer authentication (no password in the file). Its media live in the host's media directory;
-    with synchronous replication the active site's app also writes each media object, encrypted,
-    into the warm sites' buckets (their crypt remotes in the host's rclone.conf) before it
-    acknowledges a post, as the database waits for the warm replica; `unreachable` sites are
-    left out of those mirrors, or every post would fail while one is gone."""
+    peer authentication (no password in the file). It writes media through its site's crypt
+    remote (the host's rclone.conf); with synchronous replication the active site's app also
+    writes each media object into the warm sites' buckets before it acknowledges a post, as the
+    database waits for the warm replica; `unreachable` sites are left out of those mirrors, or
+    every post would fail while one is gone."""
     site = inventory.site(site_name)
     mirrors = []
     if spec.database.replication == "sync" and inventory.active == site_name:
@@ -161,7 +161,7 @@ def app_config(inventory: Inventory, site_name: str, spec: Spec, epoch: int, fen
         "site": site_name, "address": site.public_addresses[0], "port": spec.app.port,
         "epoch": epoch, "fenced": fenced,
         "dsn": dsn(site, spec.database.name),
-        "media_dir": PATHS.media,
+        "media_remote": media_config.bucket(inventory, site_name),
         "media_mirrors": mirrors,
         "rclone_config": protection.rclone_config_path(PATHS),
         # The app refuses writes once any peer reports a higher epoch (see infra/app/server.py).

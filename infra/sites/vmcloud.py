@@ -225,9 +225,10 @@ def _refuse_taken(spec: Spec, count: int, prefix: str) -> None:
 
 
 def seed(primary: Site, spec: Spec, seed_mb: int) -> dict:
-    """The epoch row and the seed data, written on the primary's host (media into its media directory)."""
+    """The epoch row and the seed data, written on the primary's host (media into a staging
+    directory there, which `media_everywhere` empties into the buckets)."""
     result = services.run_toolkit(primary, "infra.app.seed", services.dsn(primary.outputs, spec.database.name),
-                                  PATHS.media, str(seed_mb), primary.name, timeout=3600)
+                                  PATHS.media_staging, str(seed_mb), primary.name, timeout=3600)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -251,13 +252,15 @@ def backups_everywhere(primary: Site, inventory: Inventory) -> dict[str, int]:
 
 
 def media_everywhere(primary: Site, inventory: Inventory) -> dict[str, str]:
-    """The seed's media, encrypted, into every site's bucket (the protector keeps it so later)."""
+    """The seed's media, encrypted, into every site's bucket, then out of the staging directory
+    (no plaintext copy is kept; the protector copies later media from the primary's bucket)."""
     c = primary.service()
-    results = protection.sync_media(c, protection.install_rclone(c, inventory, PATHS), inventory, PATHS.media,
+    results = protection.sync_media(c, protection.install_rclone(c, inventory, PATHS), inventory, PATHS.media_staging,
                                     inventory.names)
     broken = [r for r in results if not r.ok]
     if broken:
         raise SiteError(f"site {primary.name}: media copy into {broken[0].site}'s bucket failed: {broken[0].error}")
+    c.run(f"find {PATHS.media_staging} -mindepth 1 -delete")
     return {r.site: f"{r.seconds} s" for r in results}
 
 

@@ -50,8 +50,8 @@ class Cloud:
 
 
 def _seed(fleet: Fleet, spec) -> None:
-    """Rows written on the primary with psql over SSH, media objects into its host's media directory
-    (as the app writes them: plaintext on the host only, encrypted into the buckets by a snapshot)."""
+    """Rows written on the primary with psql over SSH, media objects into its bucket through its
+    crypt remote (from the host, as the app writes them)."""
     fleet.site("aws").psql(
         "INSERT INTO users (name) SELECT 'user ' || g FROM generate_series(1, 200) g; "
         "INSERT INTO posts (user_id, body, media_key) SELECT 1 + g % 200, 'post ' || g, "
@@ -59,10 +59,15 @@ def _seed(fleet: Fleet, spec) -> None:
         "INSERT INTO follows (follower, followee) SELECT 1 + g % 200, 1 + (g * 7) % 200 FROM generate_series(1, 500) g; "
         "INSERT INTO media (key, bytes, sha256) SELECT 'm/' || g || '.bin', 16, md5(g::text) "
         "  FROM generate_series(10, 1000, 10) g", spec.database.name)
-    aws = fleet.site("aws")
-    aws.service().run(f"mkdir -p {PATHS.media}/m")
+    aws, inventory = fleet.site("aws"), fleet.inventory()
+    staging = f"{PATHS.media_staging}/seed"
+    aws.service().run(f"mkdir -p {staging}/m")
     for g in MEDIA:
-        aws.write(f"{PATHS.media}/m/{g}.bin", hashlib.md5(str(g).encode()).hexdigest()[:16].encode())
+        aws.write(f"{staging}/m/{g}.bin", hashlib.md5(str(g).encode()).hexdigest()[:16].encode())
+    c = aws.service()
+    (copied,) = protection.sync_media(c, protection.install_rclone(c, inventory, PATHS), inventory, staging, ["aws"])
+    assert copied.ok, copied
+    c.run(f"rm -rf {staging}")
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +130,9 @@ def test_status_over_ssh_shows_the_replicas_lag_and_every_repositorys_backup(clo
         (repo,) = sites[name]["repositories"]
         assert repo["name"] == f"repo{index}" and repo["error"] is None, repo
         assert repo["backups"] >= 1 and repo["last_backup"] and repo["last_archived_wal"], repo
-    # The seed's media is on aws's host only: every bucket, aws's own too, misses it until a snapshot.
-    for name in ("aws", "gcp", "azure"):
-        assert sites[name]["media"] == {"in_sync": False, "missing": len(MEDIA), "error": None}, name
+    # The seed's media went into aws's bucket only: the others miss every object until a snapshot.
+    assert sites["aws"]["media"]["in_sync"] and sites["aws"]["media"]["objects"] == len(MEDIA)
+    assert sites["gcp"]["media"] == {"in_sync": False, "missing": len(MEDIA), "error": None}
     table = failover("status", workdir=cloud.workdir).stdout
     assert "active: aws" in table and "repo3 posix" in table
 

@@ -56,11 +56,11 @@ def test_a_new_primary_keeps_its_archive_push_running(monkeypatch):
     assert fakes.installed[-1] == ("gcp", {"aws"}) and fakes.interrupted == [] and fakes.backed_up == []
 
 
-def test_media_goes_from_the_hosts_directory_to_every_reachable_bucket_its_own_included(monkeypatch):
+def test_media_goes_from_the_active_crypt_remote_to_every_other_reachable_one(monkeypatch):
     fakes = Fakes(monkeypatch)
     replicator.copy_media(None, inventory("aws"), PATHS, {"azure"}, {})
-    replicator.copy_media(None, inventory("gcp", 2), PATHS, {"aws"}, {})
-    assert fakes.copied == [(PATHS.media, ["aws", "gcp"]), (PATHS.media, ["gcp", "azure"])]
+    replicator.copy_media(None, inventory("gcp", 2), PATHS, set(), {})
+    assert fakes.copied == [("aws-crypt:", ["gcp"]), ("gcp-crypt:", ["aws", "azure"])]
 
 
 def test_the_protector_loads_the_secrets_the_engine_left_on_its_host(monkeypatch, tmp_path):
@@ -86,7 +86,7 @@ def test_the_protector_reads_the_inventory_each_round_and_stands_down_when_anoth
     inventory("aws").save(protector.inventory_file)
     protector.wal_round(None, {})
     protector.media_round(None, {})
-    assert fakes.installed == [("aws", set())] and fakes.copied == [(PATHS.media, ["aws", "gcp", "azure"])]
+    assert fakes.installed == [("aws", set())] and fakes.copied == [("aws-crypt:", ["gcp", "azure"])]
     inventory("gcp", 2).save(protector.inventory_file)  # the runbook failed over to gcp
     state = {}
     protector.wal_round(None, state)
@@ -95,7 +95,7 @@ def test_the_protector_reads_the_inventory_each_round_and_stands_down_when_anoth
     assert "names gcp active (epoch 2): aws stands down" in capsys.readouterr().out
     inventory("aws", 3).save(protector.inventory_file)  # failed back
     protector.media_round(None, {})
-    assert fakes.copied[-1] == (PATHS.media, ["aws", "gcp", "azure"])
+    assert fakes.copied[-1] == ("aws-crypt:", ["gcp", "azure"])
     assert "protecting from aws again" in capsys.readouterr().out
 
 

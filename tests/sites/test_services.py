@@ -37,6 +37,7 @@ PREFIX = "127.0.70"
 SPEC = load_spec(ROOT / "Pulumi.yaml")
 PASSWORD_ENV = "FAILOVER_REPLICATION_PASSWORD"
 GENERATED = (PASSWORD_ENV, *ENCRYPTION_KEYS)  # what `local up` makes when they are not set
+MEDIA = os.urandom(2048)  # a media object posted through the app
 
 
 @dataclass
@@ -62,6 +63,14 @@ class Cloud:
         result = subprocess.run(["rclone", f"--config={conf}", "cat", f"{media_config.bucket(self.fleet.inventory(), site)}{key}"],
                                 capture_output=True, timeout=60)
         return result.stdout if result.returncode == 0 else None
+
+    def write_media(self, site: str, key: str, data: bytes) -> bool:
+        conf = self.workdir / "test-rclone.conf"
+        conf.write_text(media_config.render(self.fleet.inventory()))
+        conf.chmod(0o600)
+        result = subprocess.run(["rclone", f"--config={conf}", "rcat", f"{media_config.bucket(self.fleet.inventory(), site)}{key}"],
+                                input=data, capture_output=True, timeout=60)
+        return result.returncode == 0
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +156,7 @@ def test_the_protector_runs_on_the_primary_and_copies_new_media_encrypted_to_eve
     assert aws.program_running(PROTECTOR_PROGRAM)
     assert not cloud.fleet.site("gcp").program_running(PROTECTOR_PROGRAM)
     data = os.urandom(4096)
-    aws.write(f"{PATHS.media}/protector-test.bin", data)  # as the app writes it, on its host
+    assert cloud.write_media("aws", "protector-test.bin", data)  # as the app writes it
     for name in ("aws", "gcp", "azure"):
         wait_for(lambda: cloud.read_media(name, "protector-test.bin") == data, 15,
                  f"the protector to copy the object into {name}'s bucket")
@@ -173,8 +182,16 @@ def test_no_store_holds_a_seeded_row_or_media_object_in_plaintext(cloud):
     status, post = http("POST", app_url("aws", "/posts"), {"user_id": 1, "body": body})
     assert status == 201, post
     failover("snapshot", workdir=cloud.workdir)  # a backup and a WAL switch into every repository
-    seeded = aws.service().run(f"cat {PATHS.media}/seed/000000.bin | base64 -w0").stdout
-    needles = [body.encode(), base64.b64decode(seeded)[:256]]
+    seeded = cloud.read_media("aws", "seed/000000.bin")
+    assert seeded and len(seeded) > 1000
+    assert not aws.service().run(f"find {PATHS.media_staging} -type f | grep -q .", warn=True).ok, \
+        "the seed's plaintext staging copy was kept"
+    media_post = http("POST", app_url("aws", "/posts"), {"user_id": 1, "body": "with media",
+                                                         "media": base64.b64encode(MEDIA).decode()})
+    assert media_post[0] == 201, media_post
+    assert wait_for(lambda: all(cloud.read_media(n, media_post[1]["media_key"]) == MEDIA
+                                for n in cloud.fleet.inventory().names), 15, "the post's media in every bucket")
+    needles = [body.encode(), seeded[:256], MEDIA[:256]]
     for name in cloud.fleet.inventory().names:
         store = cloud.workdir / "vms" / "stores" / name
         assert not _plaintext_in(store, needles), f"plaintext in {name}'s store"
@@ -184,7 +201,7 @@ def test_no_store_holds_a_seeded_row_or_media_object_in_plaintext(cloud):
         assert sealed and all(p.read_bytes()[:8] == b"RCLONE\0\0" for p in sealed), name
         outside = [p for p in (store / "media").iterdir() if p.name not in ("sealed", ".failover")]
         assert not outside, f"{name}'s bucket holds objects outside its crypt folder: {outside}"
-        assert cloud.read_media(name, "seed/000000.bin") == base64.b64decode(seeded)
+        assert cloud.read_media(name, "seed/000000.bin") == seeded
 
 
 def test_the_seed_its_checksum_manifest_and_a_backup_are_in_every_store(cloud):
@@ -272,7 +289,7 @@ def test_app_config_reads_over_the_socket_and_mirrors_media_only_from_the_active
     inventory = pulled_inventory()
     primary = services.app_config(inventory, "aws", SPEC, 1)
     assert primary["dsn"] == f"host={PATHS.socket_dir} port=5432 user=postgres dbname={SPEC.database.name}"
-    assert (primary["address"], primary["port"], primary["media_dir"]) == ("203.0.113.1", SPEC.app.port, PATHS.media)
+    assert (primary["address"], primary["port"], primary["media_remote"]) == ("203.0.113.1", SPEC.app.port, "aws-crypt:")
     assert primary["media_mirrors"] == (["gcp-crypt:"] if SPEC.database.replication == "sync" else [])
     assert primary["rclone_config"] == f"{PATHS.pgbackrest_dir}/rclone.conf"
     assert primary["peers"] == [f"http://203.0.113.{i}:{SPEC.app.port}/healthz" for i in (2, 3)]
