@@ -1,7 +1,7 @@
 """The reference social app: posts with media, and a /healthz that reports site, writability and epoch.
 
 Run as `python -m infra.app.server CONFIG.json`. The config names the site, the database DSN,
-the media bucket directory, the listen address and the app's epoch. The app writes only when
+its media remote, the listen address and the app's epoch. The app writes only when
 its database is a primary whose stored epoch equals the app's own, and no peer site serves a
 higher epoch: an old primary that comes back with its old config and database refuses writes
 (409). Media objects are written through the site's own rclone crypt remote (`media_remote` in
