@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 from infra.errors import FailoverError
-from infra.data import integrity, protection
+from infra.data import claims, integrity, protection
 from infra.dns.local import local_providers
 from infra.drill import measure
 from infra.drill.canary import Canary, Write, dns_servers, read_back
 from infra.drill.result import ScenarioResult
 from infra.runbook import runner
+from infra.runbook.claim import stores as claim_stores
 from infra.runbook.journal import JournalStore
 from infra.sites.vmcloud import VmCloud
 from infra.sites.fleet import Fleet
@@ -84,7 +85,8 @@ def pristine(fleet: Fleet, spec: Spec) -> bool:
     inventory = fleet.inventory()
     return (inventory.active == spec.primary.name and inventory.epoch == 1
             and len(inventory.names) == min(3, len(spec.sites)) and not fleet.unreachable(refresh=True)
-            and fleet.site(inventory.active).recovery_state() is False)
+            and fleet.site(inventory.active).recovery_state() is False
+            and claims.highest(claim_stores(inventory)) == 0)  # a run that claimed and stopped changed it
 
 
 def fresh_cloud(options: Options, progress: Progress) -> Fleet:

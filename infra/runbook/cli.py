@@ -28,6 +28,11 @@ Stacks = Annotated[Optional[list[str]], typer.Option(
          "the passphrase and the cloud's credentials), and the old primary, whose stack's config it gives the "
          "target's role (no pulumi up there). Repeatable; default: the site's name, as in "
          "stacks/Pulumi.<site>.yaml. Local sites need none.")]
+Epoch = Annotated[Optional[int], typer.Option(
+    "--epoch", min=1,
+    help="Claim this epoch instead of the Inventory's epoch + 1. Only to get past a run that won a claim and is "
+         "dead (it stopped and will not be resumed): it must be above every claimed epoch, which it outranks. See "
+         "docs/claims.md.")]
 
 
 @app.command("run")
@@ -37,15 +42,16 @@ def run_command(
     source: Annotated[Optional[str], typer.Option("--from", help="The primary being replaced (default: the active one).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Execute the plan shown (without it, only show it).")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
-    stack: Stacks = None,
+    stack: Stacks = None, epoch: Epoch = None,
 ):
-    """Fail over to a site: preflight, fence, capacity (a cloud pilot-light is scaled up by Pulumi), promote or
-    restore, app, DNS, protect again. Resumes."""
+    """Fail over to a site: claim the epoch, preflight, fence, capacity (a cloud pilot-light is scaled up by
+    Pulumi), promote or restore, app, DNS, protect again. Resumes. A run that loses the claim to another
+    changes nothing, names the winner and exits 2."""
     spec = runner.spec_for_run(project, workdir_path(workdir))
     fleet = Fleet(workdir_path(workdir), app_port=spec.app.port)
     pulumi = PulumiProject.of(project, parse_stacks(stack))
-    _plan_then_execute(fleet, spec, project, *runner.plan(fleet, spec, project, to, source, pulumi=pulumi), yes,
-                       as_json, pulumi)
+    _plan_then_execute(fleet, spec, project, *runner.plan(fleet, spec, project, to, source, pulumi=pulumi,
+                                                          epoch=epoch), yes, as_json, pulumi)
 
 
 @app.command("journal")
@@ -68,11 +74,13 @@ def back_command(
     to: Annotated[str, typer.Option("--to", help="The repaired site to switch back to.")],
     yes: Annotated[bool, typer.Option("--yes", help="Execute the plan shown (without it, only show it).")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
+    epoch: Epoch = None,
 ):
-    """Planned failback to a repaired site: re-seed it as a replica, stop writes briefly, switch, protect. Resumes."""
+    """Planned failback to a repaired site: claim the epoch, re-seed it as a replica, stop writes briefly, switch,
+    protect. Resumes."""
     spec = load_spec(project)
     fleet = Fleet(workdir_path(workdir), app_port=spec.app.port)
-    _plan_then_execute(fleet, spec, project, *runner.plan_back(fleet, spec, project, to), yes, as_json)
+    _plan_then_execute(fleet, spec, project, *runner.plan_back(fleet, spec, project, to, epoch), yes, as_json)
 
 
 def _plan_then_execute(fleet, spec, project, the_plan, journal, yes: bool, as_json: bool,
@@ -120,3 +128,14 @@ def _render_steps(journal) -> None:
         table.add_row(row["step"], row["status"], "-" if row["seconds"] is None else f"{row['seconds']:.2f}",
                       str(row["attempts"]), row["started"] or "-")
     out.print(table)
+    fenced = next((row["detail"] for row in journal.timings() if row["step"] == "fence" and row["status"] == "done"),
+                  {})
+    if isinstance(fenced.get("receipt"), dict):
+        out.print(_receipt_line(fenced["receipt"]), soft_wrap=True)
+
+
+def _receipt_line(receipt: dict) -> str:
+    last = (f"last commit {receipt['last_commit_lsn']} (xid {receipt['last_commit_xid']}, "
+            f"{receipt['last_commit_at']})" if receipt["last_commit_lsn"] else "no commit found")
+    return (f"fence receipt: {receipt['site']} fenced at LSN {receipt['fence_lsn']} ({receipt['fence_point']}); "
+            f"{last}; COMMIT records after the fence point: {receipt['commits_after_fence']}")

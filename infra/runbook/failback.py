@@ -1,20 +1,24 @@
 """Failback: a planned switchover to a repaired site, with zero acknowledged writes lost.
 
 `failover back --to P` runs these steps, journaled and resumable like `failover run`:
-1. preflight: P is reachable again, the current primary answers, the DNS secrets resolve;
-2. reseed: P's old data is never trusted: a fresh data directory cloned from the current
+1. claim: the failback's epoch, claimed in a majority of the stores before anything else (as
+   the first step of a failover: infra/runbook/claim.py), so a failback and a failover, or two
+   failbacks, started together never both raise the epoch; the loser changes nothing;
+2. preflight: P is reachable again, the current primary answers, the DNS secrets resolve,
+   every reachable host's clock is within the protocol's bound;
+3. reseed: P's old data is never trusted: a fresh data directory cloned from the current
    primary (pg_basebackup), started as a streaming replica, plus a media copy;
-3. sync: P becomes the primary's synchronous standby and catches up, so from here every
+4. sync: P becomes the primary's synchronous standby and catches up, so from here every
    acknowledged commit is on P's disk;
-4. stop_writes: the epoch is raised (inventory, and the primary's failover.epoch row, which
+5. stop_writes: the epoch is raised (inventory, and the primary's failover.epoch row, which
    streams to P); the old primary's app is fenced. The app inserts only while its epoch equals
    the database's, in one statement, so nothing commits for the old epoch after this; the
    step waits for in-flight statements, reads the primary's final LSN and waits until P has
    replayed it;
-5. switch: the old primary's PostgreSQL stops (fast shutdown: it sends P everything first), P
+6. switch: the old primary's PostgreSQL stops (fast shutdown: it sends P everything first), P
    is promoted and becomes the active site;
-6-10. media, start_app, verify_app, shift_dns, verify_dns: the same steps as a failover;
-11. protect: P archives to every repository with a fresh backup in each; the warm site and
+7-11. media, start_app, verify_app, shift_dns, verify_dns: the same steps as a failover;
+12. protect: P archives to every repository with a fresh backup in each; the warm site and
     the old primary (unless it is a pilot-light site) are re-cloned from P, and with
     synchronous replication in the spec a follower (the warm one first) becomes P's
     synchronous standby again.
@@ -31,6 +35,7 @@ import time
 from infra.errors import FailoverError
 from infra.data import media as media_config
 from infra.data import protection
+from infra.runbook import claim as claim_step
 from infra.runbook import steps
 from infra.runbook.steps import Run
 from infra.sites.processes import wait_for
@@ -99,7 +104,8 @@ def preflight(run: Run) -> dict:
                             f"a failback is a planned switchover; use `failover run --to {run.target}` instead")
     config = run.dns()
     steps.require_dns_secrets(config)
-    return {"primary": run.source, "dns_providers": [p.name for p in config.providers]}
+    return {"primary": run.source, "dns_providers": [p.name for p in config.providers],
+            "clocks": steps.check_clocks(run)}
 
 
 def reseed(run: Run) -> dict:
@@ -198,6 +204,7 @@ def protect(run: Run) -> dict:
 
 
 FAILBACK = [
+    (claim_step.CLAIM, claim_step.claim),  # first: the journal is written once it is won (runner.execute)
     ("preflight", preflight),
     ("reseed", reseed),
     ("sync", sync),

@@ -26,6 +26,11 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def new_run_id() -> str:
+    """A run's identity: its journal's id, and the claimant's id in its epoch's claim objects."""
+    return uuid.uuid4().hex[:12]
+
+
 @dataclass
 class Event:
     step: str
@@ -50,8 +55,10 @@ class Journal:
     plan: dict = field(default_factory=dict)
 
     @classmethod
-    def new(cls, kind: str, source: str, target: str, epoch: int, steps: list[str], plan: dict) -> "Journal":
-        return cls(uuid.uuid4().hex[:12], kind, source, target, epoch, steps, plan=plan)
+    def new(cls, kind: str, source: str, target: str, epoch: int, steps: list[str], plan: dict,
+            run_id: str | None = None) -> "Journal":
+        """A new run's journal; `run_id` is the id it claimed its epoch with, when it claimed first."""
+        return cls(run_id or new_run_id(), kind, source, target, epoch, steps, plan=plan)
 
     def completed(self) -> set[str]:
         """Steps whose last event is `done`: never run again by a resumed run."""

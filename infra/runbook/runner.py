@@ -1,10 +1,13 @@
 """The runbook runner: plan, print, execute with --yes, and resume from the journal.
 
 `plan()` checks every input before anything changes (unknown site, the active site, a target
-without data, a missing DNS secret) and decides the data source. `execute()` runs the steps
-the journal has not completed, recording each before and after it runs; after a crash or
-Ctrl-C the same command resumes. `FAILOVER_CRASH_AFTER=<step>` makes the process SIGKILL
-itself right after that step is journaled as done (for the crash-and-resume tests).
+without data, a missing DNS secret, an --epoch that outranks nothing) and decides the data
+source and the epoch to claim. `execute()` claims that epoch first (infra/runbook/claim.py):
+only a run that won it writes a journal, so a run that lost has changed nothing. It then runs
+the steps the journal has not completed, recording each before and after it runs; after a
+crash or Ctrl-C the same command resumes, and claims its epoch again (its own claim is
+recognised by its run id). `FAILOVER_CRASH_AFTER=<step>` makes the process SIGKILL itself
+right after that step is journaled as done (for the crash-and-resume tests).
 """
 from __future__ import annotations
 
@@ -17,12 +20,15 @@ from pathlib import Path
 from typing import Callable
 
 from infra.clouds import automation
+from infra.data import claims
 from infra.data.storage import Store
 from infra.errors import FailoverError
 from infra.dns.site import dns_config
+from infra.runbook import claim as claim_mod
 from infra.runbook import failback
 from infra.runbook import steps as steps_mod
-from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore, now
+from infra.runbook.claim import CLAIM, ClaimFailed
+from infra.runbook.journal import DONE, FAILED, STARTED, Event, Journal, JournalStore, new_run_id, now
 from infra.sites.contract import SiteOutputs
 from infra.sites.fleet import Fleet
 from infra.sites.site import PATHS
@@ -51,10 +57,12 @@ class Plan:
 
 
 def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | None = None,
-         kind: str = "failover", pulumi: automation.PulumiProject | None = None) -> tuple[Plan, Journal | None]:
+         kind: str = "failover", pulumi: automation.PulumiProject | None = None,
+         epoch: int | None = None) -> tuple[Plan, Journal | None]:
     """The plan for `run --to target`, or a FailoverError naming every bad input. Changes nothing.
 
-    `pulumi` names the stacks of a cloud pilot-light target (default: the project of `project`)."""
+    `pulumi` names the stacks of a cloud pilot-light target (default: the project of `project`);
+    `epoch` is an explicit epoch to claim (--epoch), above every claim, to get past a dead run's."""
     store = JournalStore(fleet.workdir)
     journal = store.current()
     inventory = fleet.inventory()
@@ -63,10 +71,7 @@ def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | Non
         raise FailoverError(f"an interrupted {journal.kind} to {journal.target} (run {journal.run_id}) is open: "
                             f"finish it with `failover {command} --to {journal.target} --yes` first")
     if journal is not None:
-        data = steps_mod.DataSource(**journal.plan["data"])
-        return Plan(journal.kind, journal.source, target, journal.epoch, data, journal.steps,
-                    sorted(journal.completed()), journal.run_id, sorted(fleet.unreachable()),
-                    journal.plan.get("notes", {})), journal
+        return _resumed(fleet, journal, target, epoch), journal
     problems = steps_mod.input_problems(inventory.names, inventory.active, set(), target, source)
     if not problems and not fleet.reachable(target):
         problems.append(f"site {target} (host {fleet.site(target).db_host}) does not answer SSH: choose a site "
@@ -74,11 +79,41 @@ def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | Non
     if problems:
         raise FailoverError("; ".join(problems))
     _check_dns(fleet, project)
+    claimed, claim_note = _epoch_to_claim(inventory, epoch, f"failover run --to {target}")
     data = _data_source(fleet, spec, inventory, target)
-    epoch = steps_mod.next_epoch(inventory.epoch, None)
-    return Plan(kind, inventory.active, target, epoch, data, list(steps_mod.STEP_NAMES), [], None,
-                sorted(fleet.unreachable()),
-                failover_notes(inventory.site(target), spec, project, pulumi, inventory.site(inventory.active))), None
+    notes = {CLAIM: claim_note, **failover_notes(inventory.site(target), spec, project, pulumi,
+                                                 inventory.site(inventory.active))}
+    return Plan(kind, inventory.active, target, claimed, data, list(steps_mod.STEP_NAMES), [], None,
+                sorted(fleet.unreachable()), notes), None
+
+
+def _resumed(fleet: Fleet, journal: Journal, target: str, epoch: int | None) -> Plan:
+    """The plan of an open run: its own epoch, claimed again with its own run id."""
+    problems = claim_mod.resume_problems(epoch, journal.epoch, journal.run_id)
+    if problems:
+        raise FailoverError("; ".join(problems))
+    data = steps_mod.DataSource(**journal.plan["data"])
+    names = [s.site for s in fleet.inventory().sites]
+    notes = {**journal.plan.get("notes", {}),
+             CLAIM: claim_mod.plan_note(journal.epoch, names, [], journal.run_id, False)}
+    return Plan(journal.kind, journal.source, target, journal.epoch, data, journal.steps,
+                sorted(journal.completed()), journal.run_id, sorted(fleet.unreachable()), notes)
+
+
+def _epoch_to_claim(inventory, explicit: int | None, command: str) -> tuple[int, str]:
+    """The epoch a new run will claim and the plan's note on it (who holds it already). With
+    --epoch, it must outrank every claim the stores list."""
+    stores = claim_mod.stores(inventory)
+    if explicit is not None:
+        highest = claims.highest(stores)
+        holder = next((h.holder for h in claims.holdings(stores, highest) if h.holder), None) if highest else None
+        problems = claim_mod.epoch_problems(explicit, inventory.epoch, highest, holder, command)
+        if problems:
+            raise FailoverError("; ".join(problems))
+    epoch = claim_mod.epoch_for(inventory.epoch, explicit)
+    note = claim_mod.plan_note(epoch, [s.name for s in stores], claims.holdings(stores, epoch), None,
+                               explicit is not None)
+    return epoch, note
 
 
 def failover_notes(target: SiteOutputs, spec: Spec, project: Path, pulumi: automation.PulumiProject | None,
@@ -99,11 +134,11 @@ def spec_for_run(project: Path, workdir: Path) -> Spec:
     return load_spec(project, roles_in_flux=in_flux)
 
 
-def plan_back(fleet: Fleet, spec: Spec, project: Path, target: str) -> tuple[Plan, Journal | None]:
+def plan_back(fleet: Fleet, spec: Spec, project: Path, target: str,
+              epoch: int | None = None) -> tuple[Plan, Journal | None]:
     """The plan for `back --to target` (a planned switchover), or a FailoverError. Changes nothing."""
-    resumed = plan(fleet, spec, project, target, kind="failback") if JournalStore(fleet.workdir).current() else None
-    if resumed is not None:
-        return resumed
+    if JournalStore(fleet.workdir).current():
+        return plan(fleet, spec, project, target, kind="failback", epoch=epoch)
     inventory = fleet.inventory()
     down = fleet.unreachable()
     problems = failback.input_problems(inventory.names, inventory.active, down - {inventory.active}, target)
@@ -115,9 +150,9 @@ def plan_back(fleet: Fleet, spec: Spec, project: Path, target: str) -> tuple[Pla
                             "as a primary: a failback is a planned switchover from a running primary; "
                             f"use `failover run --to {target}`")
     _check_dns(fleet, project)
-    return Plan("failback", inventory.active, target, steps_mod.next_epoch(inventory.epoch, None),
-                failback.data_source(inventory.active, target), list(failback.STEP_NAMES), [], None,
-                sorted(down)), None
+    claimed, claim_note = _epoch_to_claim(inventory, epoch, f"failover back --to {target}")
+    return Plan("failback", inventory.active, target, claimed, failback.data_source(inventory.active, target),
+                list(failback.STEP_NAMES), [], None, sorted(down), {CLAIM: claim_note}), None
 
 
 def stages_for(kind: str) -> list[list[steps_mod.Step]]:
@@ -165,25 +200,77 @@ def execute(fleet: Fleet, spec: Spec, project: Path, the_plan: Plan, journal: Jo
     """
     store, copies = JournalStore(fleet.workdir), journal_copies(fleet)
     stages = stages or stages_for(journal.kind if journal is not None else the_plan.kind)
-    if journal is None:
-        journal = Journal.new(the_plan.kind, the_plan.source, the_plan.target, the_plan.epoch,
-                              [name for stage in stages for name, _ in stage], the_plan.to_dict())
+    claiming = stages[0] if stages and [name for name, _ in stages[0]] == [CLAIM] else None
+    opened = journal or the_plan  # a resumed run goes on with its journal's source, target and epoch
+    run = steps_mod.Run(fleet, spec, project, opened.source, opened.target, opened.epoch, the_plan.data, progress,
+                        pulumi=pulumi, run_id=journal.run_id if journal is not None else new_run_id(),
+                        kind=opened.kind)
+
+    def save() -> None:  # the journal of this run, once it has one
         store.save(journal, copies())
-    run = steps_mod.Run(fleet, spec, project, journal.source, journal.target, journal.epoch, the_plan.data, progress,
-                        pulumi=pulumi)
+
+    if journal is None:
+        journal = _claim_then_journal(run, the_plan, stages, claiming)
+        save()
+        if claiming:
+            _crash_point(CLAIM)
+    elif claiming:
+        _claim_again(run, journal, claiming[0][1], save, store)
     fence_returning(fleet, spec, project, journal.target)
     done = journal.completed()
-    for stage in stages:
+    for stage in stages[1:] if claiming else stages:
         for name, _ in stage:
             if name in done:
                 progress(f"{name}: done earlier, skipped")
         pending = [(name, step) for name, step in stage if name not in done]
         if pending:
-            _run_stage(run, pending, journal, lambda: store.save(journal, copies()))
+            _run_stage(run, pending, journal, save)
     journal.finished = now()
-    store.save(journal, copies())
+    save()
     store.close(journal)
     return journal
+
+
+def _claim_then_journal(run: steps_mod.Run, the_plan: Plan, stages: list[list[steps_mod.Step]],
+                        claiming: list[steps_mod.Step] | None) -> Journal:
+    """A new run claims its epoch before anything else; only a run that won gets a journal
+    (with the claim recorded in it). A lost claim raises ClaimFailed: nothing was written."""
+    names = [name for stage in stages for name, _ in stage]
+    events = []
+    if claiming:
+        run.progress(f"{CLAIM} … epoch {run.epoch}")
+        started, clock = now(), time.monotonic()
+        detail = claiming[0][1](run)  # sets run.epoch to the won epoch
+        events = [Event(CLAIM, STARTED, started),
+                  Event(CLAIM, DONE, now(), {"seconds": round(time.monotonic() - clock, 3), **detail})]
+        run.progress(f"{CLAIM}: epoch {run.epoch} won, held in {', '.join(detail['held'])}")
+    journal = Journal.new(the_plan.kind, the_plan.source, the_plan.target, run.epoch, names, the_plan.to_dict(),
+                          run_id=run.run_id)
+    journal.events += events
+    return journal
+
+
+def _claim_again(run: steps_mod.Run, journal: Journal, step: Callable[[steps_mod.Run], dict],
+                 save: Callable[[], None], store: JournalStore) -> None:
+    """A resumed run claims its journal's epoch again: its own objects are recognised by its
+    run id (a partial claim is completed). Outranked by a later claim, it can never finish:
+    its journal is closed as failed, so that this work directory can start another run."""
+    run.progress(f"{CLAIM} … epoch {run.epoch} again (run {run.run_id})")
+    clock = time.monotonic()
+    try:
+        detail = step(run)
+    except ClaimFailed as failed:
+        if failed.lost:
+            journal.record(CLAIM, FAILED, error=str(failed), seconds=round(time.monotonic() - clock, 3))
+            save()
+            store.close(journal)
+        raise
+    if CLAIM not in journal.completed():  # a journal begun before it claimed (an older version)
+        journal.record(CLAIM, STARTED)
+        journal.record(CLAIM, DONE, seconds=round(time.monotonic() - clock, 3), **detail)
+        save()
+    run.progress(f"{CLAIM}: epoch {run.epoch} is still this run's own, held in {', '.join(detail['held'])}"
+                 + (" (recognised by its run id)" if detail["recognised"] else ""))
 
 
 def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal, save: Callable[[], None]) -> None:
@@ -201,9 +288,8 @@ def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal
         else:
             journal.record(name, FAILED, error=str(error), seconds=seconds)
         save()
-        if error is None and os.environ.get(CRASH_ENV) == name:
-            # A real SIGKILL at the step boundary: no cleanup, no finally blocks, no journal close.
-            os.kill(os.getpid(), signal.SIGKILL)
+        if error is None:
+            _crash_point(name)
 
     if len(stage) == 1:
         name, step = stage[0]
@@ -231,6 +317,13 @@ def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal
             raise  # leaving the pool waits for the running steps: each stops at a safe point of its own
     if errors:
         raise errors[0]
+
+
+def _crash_point(name: str) -> None:
+    """A real SIGKILL at the step boundary (FAILOVER_CRASH_AFTER=<step>, for the resume tests):
+    no cleanup, no finally blocks, no journal close."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fence_returning(fleet: Fleet, spec: Spec, project: Path, running_to: str | None = None) -> dict[str, str]:

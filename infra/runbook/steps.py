@@ -5,6 +5,9 @@ Decisions that need no side effects (are these inputs valid? where does the data
 what will be lost?) are plain functions at the top of this module, tested with data.
 
 Fencing, the guarantee that an old primary that comes back cannot take writes, has layers:
+0. the claim (infra/runbook/claim.py, the first step): epoch N belongs to the one run that
+   created N's claim object in a majority of the sites' stores, so two runs started together
+   never both raise the epoch to N; the loser stops before it changes anything;
 1. the epoch: every failover raises it in the inventory, in the new primary's `failover.epoch`
    table and in the new site's app.json; the app inserts only while its config's epoch equals
    its database's (one statement), so two sites never accept writes for the same epoch;
@@ -31,6 +34,8 @@ from infra.errors import FailoverError
 from infra.data import protection
 from infra.data.restore import restore_database
 from infra.dns.site import apply_site, dns_config, failed, plan_site, verify_site
+from infra.runbook import claim as claim_step
+from infra.runbook import clocks, receipt
 from infra.sites import protect as site_protect
 from infra.sites import services
 from infra.sites.contract import Inventory
@@ -118,11 +123,6 @@ def require_dns_secrets(config) -> None:
                             "set them in the environment before failing over")
 
 
-def next_epoch(inventory_epoch: int, journal_epoch: int | None) -> int:
-    """A resumed run keeps its epoch; a new run raises it above everything seen."""
-    return journal_epoch if journal_epoch is not None else inventory_epoch + 1
-
-
 # ---------------------------------------------------------------- the run's context
 
 @dataclass
@@ -140,6 +140,8 @@ class Run:
     notes: dict = field(default_factory=dict)
     # Where a cloud pilot-light target's stack lives (default: the project of `project`).
     pulumi: automation.PulumiProject | None = None
+    run_id: str = ""  # the journal's id, which the run claims its epoch with
+    kind: str = "failover"  # failover | failback
 
     @property
     def inventory(self) -> Inventory:
@@ -173,7 +175,8 @@ def certificate_authority(fleet: Fleet) -> CertificateAuthority | None:
 # ---------------------------------------------------------------- the steps
 
 def preflight(run: Run) -> dict:
-    """The target, its data and the DNS providers are reachable; the old primary is never required."""
+    """The target, its data and the DNS providers are reachable, and every reachable host's
+    clock is within the protocol's bound; the old primary is never required."""
     if not run.reachable(run.target):
         raise FailoverError(f"target site {run.target} (host {run.site.db_host}) does not answer SSH: "
                             "choose another site, or repair it and run again")
@@ -181,14 +184,51 @@ def preflight(run: Run) -> dict:
     require_dns_secrets(config)
     if run.data.kind == PROMOTE and run.site.recovery_state() is None:
         raise FailoverError(f"the replica on {run.target} ({run.site.address}:{run.port}) does not answer")
-    return {"dns_providers": [p.name for p in config.providers], "data": run.data.detail}
+    return {"dns_providers": [p.name for p in config.providers], "data": run.data.detail,
+            "clocks": check_clocks(run)}
+
+
+def check_clocks(run: Run) -> dict:
+    """Each reachable host's clock offset from this machine's (over its SSH shell); refuses
+    when one is not provably within clocks.BOUND (docs/claims.md, Clocks)."""
+    offsets = [clock_offset(run.fleet.site(name)) for name in run.inventory.names if run.reachable(name)]
+    found = clocks.problems(offsets)
+    if found:
+        raise FailoverError(clocks.refusal(found))
+    return {o.site: o.to_dict() for o in offsets}
+
+
+def clock_offset(site: Site) -> clocks.Offset:
+    shell = site.service()
+    return clocks.measure(site.name, site.db_host, lambda command: shell.run(command).stdout)
 
 
 def fence(run: Run) -> dict:
-    """Raise the epoch in the inventory (always) and fence the old primary where it can be reached."""
+    """Raise the epoch in the inventory (always) and fence the old primary where it can be
+    reached, with a receipt from its WAL: its last commit, and no commit after the fence point."""
     raise_epoch(run)
     fenced = fence_site(run, run.source)
-    return {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced}
+    detail = {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced}
+    if run.reachable(run.source):
+        taken = fence_receipt(run.fleet.site(run.source))
+        detail["receipt"] = taken if isinstance(taken, str) else taken.to_dict()
+        run.progress(taken if isinstance(taken, str) else taken.summary())
+        if not isinstance(taken, str):
+            receipt.require_none_after(taken)
+    return detail
+
+
+def fence_receipt(site: Site) -> receipt.Receipt | str:
+    """The receipt of a fenced site's stopped cluster, or why there is none."""
+    if site.db_running():
+        return "no receipt: its PostgreSQL runs as a standby (it commits nothing)"
+    shell = site.service()
+
+    def on_host(command: str) -> tuple[bool, str]:
+        result = shell.run(command, warn=True)
+        return result.ok, result.stdout + result.stderr
+
+    return receipt.take(site.name, site.db_host, on_host)
 
 
 def raise_epoch(run: Run) -> None:
@@ -427,6 +467,7 @@ Step = tuple[str, Callable[[Run], dict]]
 # answers 409/503 to writes; nothing is acknowledged. Clients that re-resolve during the replay
 # read from the new site instead of timing out on the dropped one.
 FAILOVER_STAGES: list[list[Step]] = [
+    [(claim_step.CLAIM, claim_step.claim)],  # first, alone, before the journal exists (runner.execute)
     [("preflight", preflight)],
     [("fence", fence)],
     [("capacity", capacity)],

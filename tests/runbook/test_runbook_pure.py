@@ -60,9 +60,11 @@ def test_missing_dns_secrets_are_named(monkeypatch):
     assert steps.missing_dns_secrets(providers) == ["knot-b.key_secret (env/FAILOVER_TEST_NO_SUCH_SECRET)"]
 
 
-def test_a_resumed_run_keeps_its_epoch_and_a_new_one_raises_it():
-    assert steps.next_epoch(1, None) == 2
-    assert steps.next_epoch(2, 2) == 2
+def test_a_new_run_claims_the_epoch_after_the_inventorys_unless_told():
+    from infra.runbook import claim
+
+    assert claim.epoch_for(1, None) == 2
+    assert claim.epoch_for(1, 5) == 5
 
 
 def test_journal_resumes_after_the_last_completed_step():
@@ -111,7 +113,7 @@ def _posix_store(path) -> Store:
 
 
 def test_the_failover_steps_are_in_the_issue_order():
-    assert steps.STEP_NAMES == ["preflight", "fence", "capacity", "promote", "media", "start_app", "prepare_dns",
+    assert steps.STEP_NAMES == ["claim", "preflight", "fence", "capacity", "promote", "media", "start_app", "prepare_dns",
                                 "shift_dns", "take_writes", "verify_dns", "verify_app", "protect"]
 
 
@@ -174,7 +176,7 @@ def test_failback_inputs_are_checked_before_anything_changes():
 def test_the_failback_steps_reseed_sync_and_stop_writes_before_the_switch():
     from infra.runbook import failback, runner
 
-    assert failback.STEP_NAMES == ["preflight", "reseed", "sync", "stop_writes", "switch", "media", "start_app",
+    assert failback.STEP_NAMES == ["claim", "preflight", "reseed", "sync", "stop_writes", "switch", "media", "start_app",
                                    "verify_app", "shift_dns", "verify_dns", "protect"]
     assert runner.stages_for("failback") == [[step] for step in failback.FAILBACK]
     assert runner.stages_for("failover") is steps.FAILOVER_STAGES
