@@ -58,7 +58,7 @@ def test_both_scenarios_pass_and_the_exit_code_says_so(drill):
     assert summary["passed"] and [s["name"] for s in summary["scenarios"]] == ["warm", "pilot-light"]
     for s in summary["scenarios"]:
         assert {"name", "rto_seconds", "rpo_seconds", "writes_acked", "writes_lost", "passed", "steps"} <= set(s)
-        assert [st["step"] for st in s["steps"]][0] == "preflight" and all(st["status"] == "done" for st in s["steps"])
+        assert [st["step"] for st in s["steps"]][:2] == ["claim", "preflight"] and all(st["status"] == "done" for st in s["steps"])
 
 
 def test_warm_loses_nothing_within_ttl_plus_5(drill):

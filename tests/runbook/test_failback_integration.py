@@ -61,7 +61,7 @@ def test_failback_to_the_repaired_site_loses_no_acknowledged_write(cloud):
     failover("local", "restore-site", "--site", "aws", workdir=cloud)
     planned = failover_json("back", "--to", "aws", workdir=cloud)
     assert not planned["executed"] and planned["plan"]["kind"] == "failback"
-    assert planned["plan"]["steps"][:5] == ["preflight", "reseed", "sync", "stop_writes", "switch"]
+    assert planned["plan"]["steps"][:6] == ["claim", "preflight", "reseed", "sync", "stop_writes", "switch"]
 
     canary = Canary("social.example.", PORT, dns(cloud)).start()
     try:
