@@ -210,16 +210,23 @@ def fence(run: Run) -> dict:
     fenced = fence_site(run, run.source)
     detail = {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced}
     if run.reachable(run.source):
-        taken = fence_receipt(run.fleet.site(run.source))
-        detail["receipt"] = taken if isinstance(taken, str) else taken.to_dict()
-        run.progress(taken if isinstance(taken, str) else taken.summary())
-        if not isinstance(taken, str):
-            receipt.require_none_after(taken)
+        detail["receipt"] = fence_receipt(run, run.fleet.site(run.source))
     return detail
 
 
-def fence_receipt(site: Site) -> receipt.Receipt | str:
-    """The receipt of a fenced site's stopped cluster, or why there is none."""
+def fence_receipt(run: Run, site: Site) -> dict | str:
+    """The receipt of a fenced site's stopped cluster (or why there is none), shown as the step
+    runs; a COMMIT after the fence point fails the step."""
+    taken = take_receipt(site)
+    if isinstance(taken, str):
+        run.progress(f"fence receipt: {site.name}: {taken}")
+        return taken
+    run.progress(taken.summary())
+    receipt.require_none_after(taken)
+    return taken.to_dict()
+
+
+def take_receipt(site: Site) -> receipt.Receipt | str:
     if site.db_running():
         return "no receipt: its PostgreSQL runs as a standby (it commits nothing)"
     shell = site.service()
