@@ -98,18 +98,17 @@ def wait_both_stream(workdir: Path, primary: str, others: tuple[str, ...]) -> No
         checker.close()
 
 
-def write_for(address: str, seconds: float, first_seq: int) -> list[tuple[float, float, int]]:
+def write_for(address: str, seconds: float) -> list[tuple[float, float, int]]:
     """Sequential posts through the app for `seconds`: (started, latency, HTTP status) each;
     a write that is not answered within the client's 5 s counts as status 0."""
-    results, started, seq = [], time.monotonic(), first_seq
+    results, started = [], time.monotonic()
     while time.monotonic() - started < seconds:
         clock = time.monotonic()
         try:
-            status, _ = post(address, seq)
+            status, _ = post(address, None)
         except OSError:
             status = 0
         results.append((clock - started, time.monotonic() - clock, status))
-        seq += 1
     return results
 
 
@@ -118,9 +117,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def writes_with_a_secondary_dropped(workdir: Path, dropped: str, first_seq: int) -> list[float]:
+def writes_with_a_secondary_dropped(workdir: Path, dropped: str) -> list[float]:
     failover("local", "drop", "--site", dropped, workdir=workdir)
-    results = write_for(ADDRESS[active(workdir)], WRITE_SECONDS, first_seq)
+    results = write_for(ADDRESS[active(workdir)], WRITE_SECONDS)
     failed = [r for r in results if r[2] != 201]
     assert not failed, f"{len(failed)} of {len(results)} writes not acknowledged with {dropped} dropped: {failed[:5]}"
     latencies = [latency for when, latency, _ in results if when >= SETTLE_SECONDS]
@@ -165,7 +164,7 @@ def test_quorum_is_the_shipped_mode_and_status_names_both_secondaries(cloud):
 
 
 def test_with_the_warm_site_dropped_every_write_is_acknowledged(cloud):
-    writes_with_a_secondary_dropped(cloud, "gcp", 1000)
+    writes_with_a_secondary_dropped(cloud, "gcp")
     commits = replication(cloud)
     assert commits["candidates"] == ["azure"] and commits["waits_for"] == "azure", commits
     give_back(cloud, "gcp")
@@ -173,7 +172,7 @@ def test_with_the_warm_site_dropped_every_write_is_acknowledged(cloud):
 
 
 def test_with_the_pilot_light_dropped_every_write_is_acknowledged(cloud):
-    writes_with_a_secondary_dropped(cloud, "azure", 2000)
+    writes_with_a_secondary_dropped(cloud, "azure")
     assert replication(cloud)["candidates"] == ["gcp"]
     give_back(cloud, "azure")
     wait_both_stream(cloud, "aws", ("gcp", "azure"))
@@ -213,7 +212,10 @@ def test_commits_only_the_receiver_acknowledged_are_in_a_warm_failover_even_at_a
     with_fleet = fleet(cloud)
     try:
         aws = with_fleet.site("aws")
-        aws.psql(["ALTER SYSTEM SET archive_timeout = 0", "SELECT pg_reload_conf()"])
+        # Nothing reaches the archive (gcp's restore_command would fetch the switched segment from
+        # it): only azure's receiver may hold these commits. aws is dropped below for good.
+        aws.psql(["ALTER SYSTEM SET archive_timeout = 0", "ALTER SYSTEM SET archive_command = '/bin/false'",
+                  "SELECT pg_reload_conf()"])
         # gcp's walreceiver stops, and stays stopped: commits wait for azure's receiver alone.
         with_fleet.site("gcp").psql(["ALTER SYSTEM SET primary_conninfo = ''", "SELECT pg_reload_conf()"])
         wait_for(lambda: "gcp" not in streaming_standbys(aws), 10, "gcp's walreceiver to stop")
