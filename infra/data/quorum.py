@@ -99,6 +99,17 @@ def last_record_in(site: Site, directory: str, segment: Segment, size: int) -> i
     return last_record(site.service().run(command, warn=True).stdout)
 
 
+def last_record_from(site: Site, directory: str, segment: Segment, size: int, back: int = 2) -> int | None:
+    """The last whole record of `segment`, else of the whole segments before it on its timeline
+    (a segment just begun holds none yet)."""
+    for step in range(back + 1):
+        candidate = segment if step == 0 else Segment(segment.segno - step, segment.tli)
+        found = last_record_in(site, directory, candidate, size)
+        if found is not None:
+            return found
+    return None
+
+
 def newest_record(site: Site, directory: str, size: int, tries: int = 4) -> tuple[Segment | None, int | None]:
     """The newest segment of a directory that holds a whole record, and that record's start.
     pg_wal keeps recycled segments under future names: those hold no record of theirs."""
@@ -142,7 +153,7 @@ def into_replica(replica: Site, receiver: Site, reachable: bool) -> Taken:
         return Taken(receiver.name, False, note=f"{receiver.name} does not answer: its WAL is not taken")
     size = segment_size(replica)
     own = replica_segment(replica, size)
-    own_last = last_record_in(replica, PG_WAL, own, size) if own else None
+    own_last = last_record_from(replica, PG_WAL, own, size) if own else None
     stream = [s for s in (Segment.parse(n, size) for n in listing(receiver, PATHS.wal_stream)) if s]
     theirs, their_last = newest_record(receiver, PATHS.wal_stream, size)
     taken = Taken(receiver.name, True, _text(own_last), _text(their_last))
@@ -176,9 +187,7 @@ def into_stream(receiver: Site, replica: Site, reachable: bool) -> Taken:
     size = segment_size(receiver)
     own, own_last = newest_record(receiver, PATHS.wal_stream, size)
     theirs = replica_segment(replica, size)
-    if theirs is None:
-        theirs, _ = newest_record(replica, PG_WAL, size)
-    their_last = last_record_in(replica, PG_WAL, theirs, size) if theirs else None
+    their_last = last_record_from(replica, PG_WAL, theirs, size) if theirs else None
     taken = Taken(replica.name, True, _text(own_last), _text(their_last))
     names = [s for s in (Segment.parse(n, size) for n in listing(replica, PG_WAL)) if s]
     segments = to_take(own_last, their_last, names, own.tli if own else 0, size)
