@@ -133,7 +133,8 @@ def status(workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project:
     from infra.sites.fleet import Fleet
 
     spec = load_spec(project)
-    report = status_mod.collect(Fleet(workdir_path(workdir), app_port=spec.app.port), media)
+    report = status_mod.collect(Fleet(workdir_path(workdir), app_port=spec.app.port), media,
+                                spec.database.replication)
     emit(report, as_json, _render_status)
 
 
@@ -151,6 +152,12 @@ def _render_status(report: dict) -> None:
                           f"{repo['name']} {repo['type']}", repo["last_backup"] or f"[red]{repo['error'] or 'none'}[/red]",
                           repo["last_archived_wal"] or "-", media_text)
     out.print(table)
+    commits = report.get("replication") or {}
+    waits = commits.get("error") or commits.get("waits_for")
+    colour = "red" if commits.get("blocked") or commits.get("error") else "green"
+    out.print(f"replication: {commits.get('mode')}; commits wait for [{colour}]{waits}[/{colour}]"
+              + (f" (synchronous_standby_names = {commits['synchronous_standby_names']})"
+                 if commits.get("synchronous_standby_names") else ""))
 
 
 @app.command("snapshot")

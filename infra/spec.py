@@ -20,7 +20,9 @@ PROJECT = "failover"
 ROLES = ("primary", "warm", "pilot-light")
 CLOUDS = ("aws", "gcp", "azure", "local")
 STORAGE_TYPES = ("posix", "s3", "gcs", "azure")
-REPLICATION_MODES = ("sync", "async")
+# quorum: a commit waits for any one secondary (the warm replica or the pilot-light's WAL
+# receiver); sync: for the warm replica alone; async: for none (docs/quorum.md).
+REPLICATION_MODES = ("quorum", "sync", "async")
 SECRET_REF = re.compile(r"^env/[A-Za-z_][A-Za-z0-9_]*$")
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 NS_NAME = re.compile(r"^[A-Za-z0-9*_-]+(\.[A-Za-z0-9*_-]+)*\.?$")
@@ -48,8 +50,13 @@ class Database:
     version: int
     disk_gb: int
     port: int
-    replication: str = "sync"
+    replication: str = "quorum"
     max_backup_age_hours: int = 26
+
+    @property
+    def standbys_reply(self) -> bool:
+        """Whether commits wait for a secondary, so the secondaries report every write and flush."""
+        return self.replication != "async"
 
 
 @dataclass(frozen=True)
@@ -214,7 +221,7 @@ def _database(data: Any, check: _Checker) -> Database:
         version=version,
         disk_gb=check.positive(data, key, "disk_gb", 20, 65536),
         port=check.positive(data, key, "port", 5432, 65535),
-        replication=check.value(data, key, "replication", str, "sync", REPLICATION_MODES),
+        replication=check.value(data, key, "replication", str, "quorum", REPLICATION_MODES),
         max_backup_age_hours=check.positive(data, key, "max_backup_age_hours", 26),
     )
 

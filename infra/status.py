@@ -41,6 +41,38 @@ def replica_lag(primary: Site | None, replica: Site) -> tuple[float | None, int 
     return (float(seconds) if seconds else None), (int(lag_bytes) if lag_bytes else None)
 
 
+def commit_waits(mode: str, standby_names: str, rows: list[tuple[str, str, str]]) -> dict:
+    """Whom the primary's commits wait for, from its synchronous_standby_names and its
+    pg_stat_replication rows (application_name, state, sync_state).
+
+    `candidates` are the connected standbys that may acknowledge a commit (sync_state sync or
+    quorum, while streaming): none while standbys are named means commits block."""
+    candidates = sorted(name for name, state, sync_state in rows
+                        if state == "streaming" and sync_state in ("sync", "quorum"))
+    if not standby_names:
+        waits = "nobody: commits are acknowledged on the primary's disk alone (asynchronous)"
+    elif candidates:
+        quorum = standby_names.upper().startswith("ANY ")
+        waits = (f"any one of {', '.join(candidates)}" if quorum and len(candidates) > 1
+                 else ", ".join(candidates))
+    else:
+        waits = f"nobody connected: commits wait until one of {standby_names} streams again"
+    return {"mode": mode, "synchronous_standby_names": standby_names, "candidates": candidates,
+            "connected": {name: sync_state for name, state, sync_state in rows}, "waits_for": waits,
+            "blocked": bool(standby_names) and not candidates}
+
+
+def replication(primary: Site, mode: str) -> dict:
+    """`commit_waits` read on the primary's host (one psql)."""
+    result = primary.psql(["SHOW synchronous_standby_names",
+                           "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY 1"], warn=True)
+    lines = result.stdout.splitlines() if result.ok else []
+    if not lines:
+        return {"mode": mode, "error": f"the primary {primary.name} did not answer"}
+    rows = [tuple(line.split("|")) for line in lines[1:] if line.count("|") == 2]
+    return commit_waits(mode, lines[0].strip(), rows)
+
+
 def _entry(inventory, index: int, name: str, error: str | None = None) -> dict:
     repo = inventory.site(name).repository
     return {"name": f"repo{index}", "index": index, "site": name, "type": repo.type,
@@ -86,14 +118,16 @@ def probe_host(fleet: Fleet, inventory: Inventory, prefer: str | None = None) ->
     return None
 
 
-def collect(fleet: Fleet, check_media: bool = True) -> dict:
+def collect(fleet: Fleet, check_media: bool = True, mode: str = "quorum") -> dict:
+    """The status report; `mode` is the spec's database.replication."""
     inventory = fleet.inventory()
     active = fleet.site(inventory.active)
     primary = active if fleet.reachable(active.name) and active.recovery_state() is False else None
     host = probe_host(fleet, inventory)
     conf = protection.install_rclone(host.service(), inventory, PATHS) if host and check_media else None
     report = [_site(fleet, inventory, site, primary, host, conf) for site in fleet.sites()]
-    return {"active": inventory.active, "epoch": inventory.epoch, "sites": report}
+    commits = replication(primary, mode) if primary else {"mode": mode, "error": "no primary answers"}
+    return {"active": inventory.active, "epoch": inventory.epoch, "replication": commits, "sites": report}
 
 
 def _site(fleet: Fleet, inventory: Inventory, site: Site, primary: Site | None, host: Site | None,

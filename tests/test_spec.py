@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_shipped_spec_loads_with_sites_in_role_order():
     spec = load_spec(ROOT / "Pulumi.yaml")
     assert [(s.name, s.role) for s in spec.sites] == [("aws", "primary"), ("gcp", "warm"), ("azure", "pilot-light")]
-    assert spec.database.port == 15432 and spec.database.replication == "sync"
+    assert spec.database.port == 15432 and spec.database.replication == "quorum"
     assert spec.dns.zone.endswith(".") and "" in spec.dns.names
     assert all(p.args and all(v.startswith("env/") for v in p.args.values()) for p in spec.dns.providers)
 
@@ -75,6 +75,8 @@ MALFORMED = {
                         ["Pulumi.yaml", "config.dns.providers.cloudflare.args.token", "env/NAME"]),
     "postgres-14": ("Pulumi.yaml", lambda d: d["config"]["database"]["value"].update(version=14),
                     ["Pulumi.yaml", "config.database.version", "only PostgreSQL 15"]),
+    "unknown-replication": ("Pulumi.yaml", lambda d: d["config"]["database"]["value"].update(replication="semi"),
+                            ["Pulumi.yaml", "config.database.replication", "'semi' is not one of: quorum, sync, async"]),
     "section-missing": ("Pulumi.yaml", lambda d: d["config"].pop("media"), ["Pulumi.yaml", "config.media", "required"]),
 }
 
@@ -122,3 +124,12 @@ def test_two_primaries_are_refused_even_while_roles_change(project):
     edit(project / "stacks/Pulumi.azure.yaml", lambda d: site(d).update(role="primary"))
     with pytest.raises(SpecError, match=r"found 2 \(aws, azure\)"):
         load_spec(project / "Pulumi.yaml", roles_in_flux=("aws", "azure"))
+
+
+@pytest.mark.parametrize("mode", ["quorum", "sync", "async"])
+def test_each_replication_mode_loads_and_quorum_is_the_default(project, mode):
+    edit(project / "Pulumi.yaml", lambda d: d["config"]["database"]["value"].update(replication=mode))
+    database = load_spec(project / "Pulumi.yaml").database
+    assert database.replication == mode and database.standbys_reply == (mode != "async")
+    edit(project / "Pulumi.yaml", lambda d: d["config"]["database"]["value"].pop("replication"))
+    assert load_spec(project / "Pulumi.yaml").database.replication == "quorum"

@@ -50,8 +50,22 @@ def restore_command(paths: HostPaths, pg_path: str | None = None) -> str:
     return f"test ! -e {paths.archive_off} && {{ {archive} || cp {paths.wal_stream}/%f \"%p\"; }}"
 
 
-def pg_settings(address: str, port: int, paths: HostPaths, sync_standby: str | None = None) -> dict[str, str]:
-    """The settings every site's cluster runs with; only address, port and paths differ."""
+def standby_names(mode: str, warm: list[str], receivers: list[str]) -> str:
+    """synchronous_standby_names for the spec's replication mode (docs/quorum.md).
+
+    quorum: a commit waits for any one of the warm replicas and the pilot-lights' WAL receivers
+    (each connects with its site's name as application_name); sync: for the first warm replica;
+    async (or nobody to wait for): for none."""
+    if mode == "quorum" and warm + receivers:
+        return "ANY 1 (" + ", ".join(f'"{name}"' for name in warm + receivers) + ")"
+    if mode == "sync" and warm:
+        return f'"{warm[0]}"'
+    return ""
+
+
+def pg_settings(address: str, port: int, paths: HostPaths, standbys: str = "") -> dict[str, str]:
+    """The settings every site's cluster runs with; only address, port and paths differ.
+    `standbys`: the primary's synchronous_standby_names (`standby_names`)."""
     return {
         "listen_addresses": address,
         "port": str(port),
@@ -71,7 +85,7 @@ def pg_settings(address: str, port: int, paths: HostPaths, sync_standby: str | N
         # loses; the archive is the fallback behind them, at most this old.
         "archive_timeout": "30",
         "restore_command": restore_command(paths),
-        "synchronous_standby_names": f'"{sync_standby}"' if sync_standby else "",
+        "synchronous_standby_names": standbys,
         "max_connections": "60",
         "shared_buffers": "128MB",
         "wal_compression": "lz4",

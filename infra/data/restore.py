@@ -172,7 +172,7 @@ def restore_database(site: Site, inventory: Inventory, index: int, skip: set[str
                            archive_off=False, restore_command=protection.restore_command(PATHS))
         receiver.result()
     complete_partial_segments(c, PATHS.wal_stream)
-    settings = {**site_settings(site, site, None, False), "archive_mode": "off"}  # a primary's, TLS included
+    settings = {**site_settings(site, site, "", False), "archive_mode": "off"}  # a primary's, TLS included
     site.write(SETTINGS_FILE, postgres.render_settings(settings))
     site.start_cluster()
     if wait:

@@ -19,9 +19,8 @@
    is promoted and becomes the active site;
 7-11. media, start_app, verify_app, shift_dns, verify_dns: the same steps as a failover;
 12. protect: P archives to every repository with a fresh backup in each; the warm site and
-    the old primary (unless it is a pilot-light site) are re-cloned from P, and with
-    synchronous replication in the spec a follower (the warm one first) becomes P's
-    synchronous standby again.
+    the old primary (unless it is a pilot-light site) are re-cloned from P, and P's commits wait
+    for the spec's standbys again (quorum: any one follower or pilot-light receiver).
 
 Failback runs over SSH only: unlike a failover's `capacity` step it changes no Pulumi stack. A
 cloud P whose stack a failover demoted must be given role primary and `pulumi up` by hand
@@ -185,20 +184,25 @@ def switch(run: Run) -> dict:
 def protect(run: Run) -> dict:
     """Protect P as after a failover (`sites protect` with P as the primary: the warm site follows
     it, the pilot-light's receiver streams from it); the old primary, unless it is the warm or
-    pilot-light site, is re-cloned from P as well, and with synchronous replication in the spec
-    the first follower (a warm one first) is P's synchronous standby."""
+    pilot-light site, is re-cloned from P as well, and P's commits wait for the spec's standbys:
+    under quorum any one of the followers and the pilot-light receivers, under sync the first
+    follower (a warm one first)."""
     detail = steps.protect_again(run)
     old = run.fleet.site(run.source)
     # protect made every reachable warm site a replica of P; they come first as standbys.
     followers = [s.name for s in run.fleet.sites()
                  if s.role == "warm" and s.name != run.target and s.name not in detail["skipped"]]
     if old.role not in ("pilot-light", "warm") and run.reachable(old.name):
-        clone_replica(old, run.site, run.spec.database.replication == "sync")
+        clone_replica(old, run.site, run.spec.database.standbys_reply)
         followers.append(old.name)
-    if run.spec.database.replication == "sync" and followers:
-        _sql(run, run.site, f"ALTER SYSTEM SET synchronous_standby_names = '\"{followers[0]}\"'", warn=False)
+    receivers = [s.name for s in run.fleet.sites() if s.role == "pilot-light" and s.name != run.target
+                 and s.name not in detail["skipped"]]
+    standbys = protection.standby_names(run.spec.database.replication, followers, receivers)
+    if standbys:
+        _sql(run, run.site, "ALTER SYSTEM SET synchronous_standby_names = '%s'" % standbys.replace("'", "''"),
+             warn=False)
         _sql(run, run.site, "SELECT pg_reload_conf()", warn=False)
-        detail["synchronous_standby"] = followers[0]
+        detail["synchronous_standbys"] = standbys
     detail["followers"] = followers
     return detail
 

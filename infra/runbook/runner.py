@@ -178,7 +178,7 @@ def _data_source(fleet: Fleet, spec: Spec, inventory, target: str) -> steps_mod.
                                 f"{site.db_host}): run `failover sites protect` while the primary is up")
         repos = [repository(c, PATHS.config, inventory.repo_index(n), inventory, n) for n in inventory.names]
     try:
-        return steps_mod.choose_source(site.role, replica_ok, spec.database.replication == "sync", repos)
+        return steps_mod.choose_source(site.role, replica_ok, spec.database.replication, repos)
     except FailoverError as error:
         raise FailoverError(f"site {target}: {error}") from None
 

@@ -31,7 +31,7 @@ from typing import Callable
 from infra import events, secrets
 from infra.clouds import automation
 from infra.errors import FailoverError
-from infra.data import protection
+from infra.data import protection, quorum
 from infra.data.restore import restore_database
 from infra.dns.site import apply_site, dns_config, failed, plan_site, verify_site
 from infra.runbook import claim as claim_step
@@ -82,24 +82,34 @@ def input_problems(names: list[str], active: str, dropped: set[str], target: str
     return problems
 
 
-def choose_source(target_role: str, replica_ok: bool, sync_replication: bool,
-                  repos: list[dict]) -> DataSource:
+PROMOTE_LOSS = {
+    "sync": "none: the replica confirmed every commit (synchronous replication)",
+    "quorum": "none while the pilot-light's WAL receiver answers: the WAL only it holds is replayed first "
+              "(quorum commit)",
+    "async": "the replica's lag at cut-off (asynchronous replication)",
+}
+
+
+def choose_source(target_role: str, replica_ok: bool, replication: str, repos: list[dict]) -> DataSource:
     """Promote a streaming replica when there is one, else restore from the repository with the newest WAL.
 
-    `repos` are `infra.status.repository` entries of reachable repositories.
+    `repos` are `infra.status.repository` entries of reachable repositories; `replication` is the
+    spec's mode. Under quorum the promote step first takes the other secondary's WAL
+    (infra.data.quorum), and only then knows whether the archive can be left out.
     """
     if replica_ok:
-        loss = ("none: the replica confirmed every commit (synchronous replication)" if sync_replication
-                else "the replica's lag at cut-off (asynchronous replication)")
-        return DataSource(PROMOTE, f"promote the {target_role} replica", loss, has_every_commit=sync_replication)
+        return DataSource(PROMOTE, f"promote the {target_role} replica", PROMOTE_LOSS[replication],
+                          has_every_commit=replication == "sync")
     best = newest_repository(repos)
     if best is None:
         details = "; ".join(f"{r['name']} at {r['site']}: {r.get('error') or 'no backup'}" for r in repos) or "none reachable"
         raise FailoverError(f"the target holds no replica and no reachable repository has a backup ({details}): "
                             "nothing to fail over to")
+    loss = ("none while the warm replica or this site's WAL stream holds every acknowledged commit: the replica's "
+            "WAL beyond the stream is taken first (quorum commit)" if replication == "quorum" else
+            "writes after the last archived WAL segment (archive lag, about archive_timeout)")
     return DataSource(RESTORE, f"restore from {best['name']} ({best['site']}), WAL up to {best.get('last_archived_wal')}",
-                      "writes after the last archived WAL segment (archive lag, about archive_timeout)",
-                      best["index"], best["site"])
+                      loss, best["index"], best["site"])
 
 
 def missing_dns_secrets(providers) -> list[str]:
@@ -312,21 +322,49 @@ def promote_or_restore(run: Run) -> dict:
     """
     site = run.site
     clock = time.monotonic()
+    taken: list[quorum.Taken] = []
     if site.db_running() and site.recovery_state() is False:  # a resumed run (a stopped cluster answers no psql)
         how = "already a primary"
     elif run.data.kind == PROMOTE:
+        taken = take_quorum_wal(run)
         # Archiving starts at the promotion: only into repositories that answer, or pgBackRest
         # retries the dead one and holds WAL back from the others.
         c = site.service()
         protection.install_pgbackrest(c, run.inventory, site.name, PATHS, run.port, run.unreachable())
-        if run.data.has_every_commit:  # nothing to fetch from the archive; `take_writes` removes the file
+        # Nothing to fetch from the archive (`take_writes` removes the file) when the replica, with
+        # what every other secondary got beyond it, holds every acknowledged commit.
+        if run.data.has_every_commit or (taken and all(t.reached for t in taken)):
             c.run(f"touch {PATHS.archive_off}")
+        else:  # a secondary that did not answer may have held commits the archive still has
+            c.run(f"rm -f {PATHS.archive_off}")
         site.cluster("promote")
         how = f"promoted in {time.monotonic() - clock:.2f}s"
     else:
+        taken = take_quorum_wal(run)
         restore_database(site, run.inventory, run.data.repo_index, run.unreachable(), None, wait=False)
         how = f"restored from repo{run.data.repo_index} ({run.data.repo_site}), replaying WAL"
-    return {"how": how, "data_seconds": round(time.monotonic() - clock, 3)}
+    return {"how": how, "data_seconds": round(time.monotonic() - clock, 3),
+            **({"quorum": [t.to_dict() for t in taken]} if taken else {})}
+
+
+def take_quorum_wal(run: Run) -> list[quorum.Taken]:
+    """Under quorum commit, the WAL that only another secondary holds, taken into the target
+    first (infra.data.quorum): a pilot-light receiver's into a warm target, a warm replica's into
+    a pilot-light target. Secondaries that do not answer are skipped (and reported)."""
+    if run.spec.database.replication != "quorum":
+        return []
+    kind, taken = run.data.kind, []
+    for outputs in run.inventory.sites:
+        if outputs.site in (run.target, run.source):
+            continue
+        other = run.fleet.site(outputs.site)
+        if kind == PROMOTE and outputs.role == "pilot-light":
+            run.progress(f"taking {other.name}'s WAL beyond {run.target}'s replica")
+            taken.append(quorum.into_replica(run.site, other, run.reachable(other.name)))
+        elif kind == RESTORE and outputs.role == "warm":
+            run.progress(f"taking {other.name}'s WAL beyond {run.target}'s stream")
+            taken.append(quorum.into_stream(run.site, other, run.reachable(other.name)))
+    return taken
 
 
 def take_writes(run: Run) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 from infra import secrets
 from infra.app import seed as app_seed
 from infra.data import pgbackrest as pgbr_config
-from infra.data import protection
+from infra.data import protection, walstream
 from infra.data.pgbackrest import STANZA
 from infra.sites import services
 from infra.sites.contract import Inventory
@@ -45,6 +45,9 @@ PASSFILE = f"{PATHS.pgbackrest_dir}/pgpass"
 PRESTAGED = f"{PATHS.pgbackrest_dir}/prestaged"  # the backup label the pilot-light's data directory holds
 SETTINGS_FILE = f"{CONF_DIR}/conf.d/50-failover.conf"
 WALSTREAM_PROGRAM = "failover-walstream"
+# Protect's own writes commit on the primary's disk alone: a secondary it is still setting up
+# (or one that is gone) must not hold them, whatever synchronous_standby_names says meanwhile.
+LOCAL_COMMIT = "SET synchronous_commit = local"
 SCHEMA = Path(app_seed.__file__).with_name("schema.sql")
 
 
@@ -99,15 +102,16 @@ TLS_SETTINGS = {"ssl": "on", "ssl_cert_file": f"{TLS_DIR}/server.crt", "ssl_key_
                 "ssl_ca_file": f"{TLS_DIR}/ca.crt", "password_encryption": "scram-sha-256"}
 
 
-def site_settings(site: Site, primary: Site, sync_standby: str | None, sync: bool) -> dict[str, str]:
-    """A site's settings (protection's, with TLS): the primary names its synchronous standby, a
-    warm site streams from the primary."""
+def site_settings(site: Site, primary: Site, standbys: str, replies: bool) -> dict[str, str]:
+    """A site's settings (protection's, with TLS): the primary names its synchronous standbys
+    (`protection.standby_names`), a warm site streams from the primary, replying to every write
+    when commits wait for it (`replies`)."""
     address, port = site.outputs.db_host, site.outputs.db_port
     if site.role == "warm" and site is not primary:
-        values = protection.replica_settings(address, port, PATHS, sync)
+        values = protection.replica_settings(address, port, PATHS, replies)
         values["primary_conninfo"] = conninfo(primary, site.name)
     else:
-        values = protection.pg_settings(address, port, PATHS, sync_standby if site is primary else None)
+        values = protection.pg_settings(address, port, PATHS, standbys if site is primary else "")
     return {**values, **TLS_SETTINGS}
 
 
@@ -127,13 +131,19 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
     reachable = _check(inventory, sites, primary, report)
     skip = set(inventory.names) - reachable
     peers = [sites[n] for n in inventory.names if n in reachable]
-    sync = spec.database.replication == "sync"
+    mode, replies = spec.database.replication, spec.database.standbys_reply
+    # While protect runs, commits keep waiting for the secondaries that already stream (none
+    # after a failover): a secondary protect is still setting up must not hold the app's writes.
+    warm, receivers = secondaries(inventory, primary.name)
+    streaming = streaming_standbys(primary) if primary.db_running() else set()
+    interim = protection.standby_names(mode, [n for n in warm if n in streaming],
+                                       [n for n in receivers if n in streaming])
     for site in peers:
         progress(f"{site.name}: TLS certificate, settings and pg_hba")
         if site.role == "pilot-light" and site is not primary and site.db_running():
             site.cluster("stop")  # it runs no database, only the WAL receiver: no restart for its settings
         _tls(site, ca)
-        _configure(site, site_settings(site, primary, None, sync), [p for p in peers if p is not site], report)
+        _configure(site, site_settings(site, primary, interim, replies), [p for p in peers if p is not site], report)
         if password is not None:
             site.write(PASSFILE, f"*:*:*:{REPLICATION_USER}:{password}\n")
         elif not site.service().run(f"test -s {PASSFILE}", warn=True).ok:
@@ -141,7 +151,6 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
                             f"{PASSWORD_REF} is not set here: set it, or run `failover sites protect` where it is")
     progress(f"{primary.name}: replication role, epoch schema, pgBackRest stanza and backups")
     _primary(primary, inventory, spec, password, skip, report)
-    standbys = []
     for site in peers:
         if site is primary:
             continue
@@ -149,16 +158,32 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
         if site.role == "warm":
             progress(f"{site.name}: streaming replica of {primary.name}")
             report.did(site.name, _replica(site, primary))
-            standbys.append(site.name)
         elif site.role == "pilot-light":
             progress(f"{site.name}: WAL stream from {primary.name}, data directory prestaged")
-            report.did(site.name, _wal_stream(site, primary))
+            report.did(site.name, _wal_stream(site, primary, synchronous=mode == "quorum"))
             report.did(site.name, _prestage(site, inventory, skip))
-    if sync and standbys:
-        _configure(primary, site_settings(primary, primary, standbys[0], sync), [p for p in peers if p is not primary],
+    # The secondaries set up here; one that was unreachable counts once protect has run again.
+    standbys = protection.standby_names(mode, [n for n in warm if n in reachable],
+                                        [n for n in receivers if n in reachable])
+    if standbys != interim:
+        _configure(primary, site_settings(primary, primary, standbys, replies), [p for p in peers if p is not primary],
                    report)
+        report.did(primary.name, f"synchronous_standby_names = {standbys}")
     report.seconds = round(time.monotonic() - started, 2)
     return report
+
+
+def secondaries(inventory: Inventory, primary: str) -> tuple[list[str], list[str]]:
+    """(warm sites, pilot-light sites) besides the primary, in inventory order: who a commit may wait for."""
+    others = [s for s in inventory.sites if s.site != primary]
+    return [s.site for s in others if s.role == "warm"], [s.site for s in others if s.role == "pilot-light"]
+
+
+def streaming_standbys(primary: Site) -> set[str]:
+    """The application names streaming from the primary over TLS (replicas and WAL receivers)."""
+    result = primary.psql("SELECT r.application_name FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
+                          "WHERE s.ssl AND r.state = 'streaming'", warn=True)
+    return set(result.stdout.split()) if result.ok else set()
 
 
 def _password(optional: bool) -> str | None:
@@ -234,22 +259,22 @@ def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str | No
     if password is not None:
         verifier = scram_verifier(password)
         role = f"{REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD '{verifier}'"
-        primary.psql(f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{REPLICATION_USER}') "
-                     f"THEN ALTER ROLE {role}; ELSE CREATE ROLE {role}; END IF; END $$")
+        primary.psql([LOCAL_COMMIT, f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+                                    f"'{REPLICATION_USER}') THEN ALTER ROLE {role}; ELSE CREATE ROLE {role}; END IF; END $$"])
     elif primary.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{REPLICATION_USER}'").stdout.strip() != "1":
         raise SiteError(f"site {primary.name}: no replication role {REPLICATION_USER} and {PASSWORD_REF} is not "
                         "set here: set it and run again")
     db = spec.database.name
     if primary.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").stdout.strip() != "1":
-        primary.psql(f"CREATE DATABASE {db}")
+        primary.psql([LOCAL_COMMIT, f"CREATE DATABASE {db}"])
     primary.write(f"{PATHS.pgbackrest_dir}/schema.sql", SCHEMA.read_text(), mode="644")
     primary.service().run(shlex.join(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-p", str(primary.outputs.db_port),
-                                      "-d", db, "-f", f"{PATHS.pgbackrest_dir}/schema.sql"]))
+                                      "-d", db, "-c", LOCAL_COMMIT, "-f", f"{PATHS.pgbackrest_dir}/schema.sql"]))
     # The epoch row, at the Inventory's epoch (raised, never lowered): the app takes writes only
     # when its config's epoch matches the database's.
-    primary.psql("INSERT INTO failover.epoch (id, epoch, site, raised_at) VALUES (1, %d, '%s', now()) "
-                 "ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, site = excluded.site, raised_at = now() "
-                 "WHERE failover.epoch.epoch < excluded.epoch" % (inventory.epoch, primary.name), db=db)
+    primary.psql([LOCAL_COMMIT, "INSERT INTO failover.epoch (id, epoch, site, raised_at) VALUES (1, %d, '%s', now()) "
+                  "ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, site = excluded.site, raised_at = now() "
+                  "WHERE failover.epoch.epoch < excluded.epoch" % (inventory.epoch, primary.name)], db=db)
     report.did(primary.name, "replication role, epoch schema")
     protection.install_pgbackrest(primary.service(), inventory, primary.name, PATHS, primary.outputs.db_port, skip)
     stanzas = protection.create_stanzas(primary.service(), inventory, PATHS, skip)
@@ -319,18 +344,56 @@ def _prestage(site: Site, inventory: Inventory, skip: set[str]) -> str:
     return f"prestaged from repo{index} ({label}) in {result.seconds:.1f}s"
 
 
-def _wal_stream(site: Site, primary: Site) -> str:
-    """pg_receivewal on the pilot-light host, supervised; its cluster stays stopped (see protect)."""
-    if streams_to(primary, site.name):
+def _wal_stream(site: Site, primary: Site, synchronous: bool = False) -> str:
+    """pg_receivewal on the pilot-light host, supervised; its cluster stays stopped (see protect).
+
+    `synchronous` (quorum commit): it flushes and reports every write at once, so the primary may
+    count it among the standbys a commit waits for. Before it starts on a primary it does not
+    stream from yet, its directory is set for that primary's timeline history (infra.data.walstream)."""
+    command = shlex.join([f"/usr/lib/postgresql/{DB_VERSION}/bin/pg_receivewal", "-D", PATHS.wal_stream, "-S",
+                          protection.stream_slot(site.name), "-w", *(["--synchronous"] if synchronous else []),
+                          "-d", conninfo(primary, site.name)])
+    program_file = f"{services.PROGRAM_DIR}/{WALSTREAM_PROGRAM}.conf"
+    if streams_to(primary, site.name) and command in site.root().run(f"cat {program_file}", warn=True).stdout:
         return "WAL stream: already streaming"
     slot = protection.stream_slot(site.name)
     primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
                  f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
     ensure_dir(site.service(), PATHS.wal_stream)
-    command = shlex.join([f"/usr/lib/postgresql/{DB_VERSION}/bin/pg_receivewal", "-D", PATHS.wal_stream, "-S", slot,
-                          "-w", "-d", conninfo(primary, site.name)])
+    site.supervise(WALSTREAM_PROGRAM, "stop")  # it must not write while its directory is set
+    start = _prepare_stream_dir(site, primary)
     # The toolkit's code may not be on the host yet (protect comes first): it runs from the stream's directory.
     services.run_program(site, WALSTREAM_PROGRAM, command, directory=PATHS.wal_stream)
     wait_for(lambda: streams_to(primary, site.name), 60,
-             f"{site.name}'s pg_receivewal to stream from {primary.name}", 0.3)
-    return "WAL stream: pg_receivewal streaming over TLS"
+             f"{site.name}'s pg_receivewal to stream from {primary.name} (from {start.start or 'the server'}: "
+             f"{start.reason}; see {services.LOG_DIR}/{WALSTREAM_PROGRAM}.log there)", 0.3)
+    moved = f", {len(start.move_aside)} segment(s) past the fork moved to {walstream.DIVERGED_DIR}/" \
+        if start.move_aside else ""
+    return f"WAL stream: pg_receivewal streaming over TLS from {start.start or 'the server'}{moved}"
+
+
+def server_timelines(primary: Site) -> tuple[walstream.Timelines, int, int | None]:
+    """The primary's timeline history, its WAL segment size and the oldest segment in its pg_wal."""
+    out = primary.psql(["SELECT pg_walfile_name(pg_current_wal_lsn())",
+                        "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'",
+                        "SELECT min(substr(name, 9)) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'"]).stdout.split()
+    current, size = int(out[0][:8], 16), int(out[1])
+    oldest = walstream.Segment.parse(f"{current:08X}{out[2]}", size).segno if len(out) > 2 else None
+    history = ""
+    if current > 1:
+        history = primary.psql(f"SELECT pg_read_file('pg_wal/{current:08X}.history')").stdout
+    return walstream.Timelines(current, walstream.parse_history(history)), size, oldest
+
+
+def _prepare_stream_dir(site: Site, primary: Site) -> walstream.StreamStart:
+    timelines, size, oldest = server_timelines(primary)
+    c = site.service()
+    names = c.run(f"ls -1 {PATHS.wal_stream}").stdout.split()
+    start = walstream.plan_start(names, timelines, size, oldest)
+    if start.move_aside:
+        aside = f"{PATHS.wal_stream}/{walstream.DIVERGED_DIR}"
+        c.run(f"mkdir -p {aside} && cd {PATHS.wal_stream} && mv --backup=numbered "
+              f"{shlex.join(start.move_aside)} {aside}/")
+    if start.placeholder:
+        c.run(f"truncate -s {size} {PATHS.wal_stream}/{start.placeholder} && chmod 600 {PATHS.wal_stream}/{start.placeholder}")
+    return start

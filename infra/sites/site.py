@@ -232,6 +232,25 @@ class Site:
         if not result.ok:
             raise SiteError(f"site {self.name}: host {conn.host}: could not write {path}: {result.stderr.strip()}")
 
+    def read(self, path: str) -> bytes:
+        """Reads a file of the database host over SFTP: root copies it, 0600 and owned by the SSH
+        user, into that user's home first, and removes the copy afterwards."""
+        conn = self.connection()
+        with self._lock:
+            sftp = conn.sftp()
+            staged = f"{sftp.normalize('.')}/.failover-download-{secrets.token_hex(8)}"
+        user = self.outputs.ssh_user
+        copied = self.root().run(f"install -o {shlex.quote(user)} -m 600 {shlex.quote(path)} {shlex.quote(staged)}",
+                                 warn=True)
+        if not copied.ok:
+            raise SiteError(f"site {self.name}: host {conn.host}: could not read {path}: {copied.stderr.strip()}")
+        try:
+            with self._lock, sftp.open(staged, "rb") as remote:
+                remote.prefetch()
+                return remote.read()
+        finally:
+            self.root().run(f"rm -f {shlex.quote(staged)}", warn=True)
+
     def psql(self, sql: str | list[str], db: str = "postgres", warn: bool = False, port: int | None = None,
              timeout: float = 120):
         """SQL on the database host through its unix socket (peer authentication, no password).

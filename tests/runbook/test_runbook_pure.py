@@ -29,9 +29,9 @@ def test_bad_inputs_are_named(target, source, dropped, expected):
 
 
 def test_a_streaming_replica_is_promoted_with_no_expected_loss_when_synchronous():
-    source = steps.choose_source("warm", True, True, [])
+    source = steps.choose_source("warm", True, "sync", [])
     assert source.kind == steps.PROMOTE and source.expected_loss.startswith("none") and source.has_every_commit
-    asynchronous = steps.choose_source("warm", True, False, [])
+    asynchronous = steps.choose_source("warm", True, "async", [])
     # An asynchronous replica may be behind the archive: its promotion keeps the archive.
     assert "lag" in asynchronous.expected_loss and not asynchronous.has_every_commit
 
@@ -42,13 +42,13 @@ def test_without_a_replica_the_repository_with_the_newest_wal_is_chosen():
         {"name": "repo3", "index": 3, "site": "azure", "last_backup": "2026-01-01T09:00", "last_archived_wal": "00000001000000000000000C"},
         {"name": "repo4", "index": 4, "site": "x", "last_backup": None, "last_archived_wal": None, "error": "no stanza"},
     ]
-    source = steps.choose_source("pilot-light", False, True, repos)
+    source = steps.choose_source("pilot-light", False, "sync", repos)
     assert (source.kind, source.repo_index, source.repo_site) == (steps.RESTORE, 3, "azure")
 
 
 def test_a_target_without_data_is_refused_with_the_reasons():
     with pytest.raises(FailoverError, match="repo2 at gcp: no stanza"):
-        steps.choose_source("pilot-light", False, True, [{"name": "repo2", "index": 2, "site": "gcp", "last_backup": None,
+        steps.choose_source("pilot-light", False, "sync", [{"name": "repo2", "index": 2, "site": "gcp", "last_backup": None,
                                                           "error": "no stanza"}])
 
 

@@ -1,5 +1,5 @@
-"""Protection on the VM cloud, through the real CLI: the synchronous warm replica, an asynchronous
-replica's lag, WAL in every repository within seconds, journal copies in every store, scratch
+"""Protection on the VM cloud, through the real CLI: quorum commit (the shipped mode) and the
+synchronous warm replica, an asynchronous replica's lag, WAL in every repository within seconds, journal copies in every store, scratch
 restores from a chosen repository or against a wrong or missing manifest, a point-in-time
 restore, and a repository that goes away and comes back while the protector keeps the others
 protected.
@@ -132,14 +132,14 @@ def wait_archived(cloud: Cloud, segment: str, names: tuple[str, ...], seconds: f
 
 # ---------------------------------------------------------------- replicas
 
-def test_the_warm_replica_is_synchronous_and_has_a_write_once_the_primary_acknowledges_it(cloud):
-    assert SPEC.database.replication == "sync"  # the spec's default; the next test changes it
-    assert cloud.sql("aws", "SHOW synchronous_standby_names") == '"gcp"'
+def test_commits_wait_for_either_secondary_and_a_write_is_on_the_warm_replica_once_acknowledged(cloud):
+    assert SPEC.database.replication == "quorum"  # the spec's default; the next test changes it
+    assert cloud.sql("aws", "SHOW synchronous_standby_names") == 'ANY 1 ("gcp", "azure")'
     states = cloud.sql("aws", "SELECT application_name, sync_state FROM pg_stat_replication ORDER BY 1").split()
-    assert states == ["azure|async", "gcp|sync"]  # the pilot-light's WAL stream does not hold commits
+    assert states == ["azure|quorum", "gcp|quorum"]  # the pilot-light's WAL stream counts as much as the replica
     status, body = post(f"{PREFIX}.1", 1)
     assert status == 201, body
-    # sync_state=sync: the commit returned after gcp flushed it; replay follows within moments.
+    # The commit returned once gcp or azure flushed it; gcp's replay follows within moments.
     wait_for(lambda: cloud.sql("gcp", f"SELECT count(*) FROM posts WHERE id = {body['id']}") == "1", 5,
                "the acknowledged write to be readable on gcp")
     report = by_name(failover_json("status", "--no-media", workdir=cloud.workdir))
@@ -171,7 +171,8 @@ def _received_while_paused(cloud: Cloud) -> str:
 
 def test_an_async_replica_sends_no_reply_per_write_and_its_lag_is_still_measured(cloud):
     """`replication: async` (protect again with it): no reply per write, so lag is read on the
-    replica; then the spec's sync mode again, whose replica reports every write at once."""
+    replica; then `sync`, where only the warm replica holds commits and reports every write at
+    once; then the spec's quorum mode again."""
     aws, gcp = cloud.site("aws"), cloud.site("gcp")
     cloud.protect(replace(SPEC, database=replace(SPEC.database, replication="async")))
     try:
@@ -185,13 +186,17 @@ def test_an_async_replica_sends_no_reply_per_write_and_its_lag_is_still_measured
         wait_for(lambda: replica_lag(aws, gcp) == (0, 0), 10, "the lag to reach 0")
     finally:
         gcp.psql("SELECT pg_wal_replay_resume()", warn=True)
-        cloud.protect(SPEC)
-    assert cloud.sql("aws", "SHOW synchronous_standby_names") == '"gcp"'
+        cloud.protect(replace(SPEC, database=replace(SPEC.database, replication="sync")))
     try:
+        assert cloud.sql("aws", "SHOW synchronous_standby_names") == '"gcp"'
+        states = cloud.sql("aws", "SELECT application_name, sync_state FROM pg_stat_replication ORDER BY 1").split()
+        assert states == ["azure|async", "gcp|sync"]  # under sync the WAL stream holds no commit
         lsn = _received_while_paused(cloud)
         assert _flush_reported(cloud, "gcp", lsn), "a sync replica did not report its flush"
     finally:
         gcp.psql("SELECT pg_wal_replay_resume()", warn=True)
+        cloud.protect(SPEC)
+    assert cloud.sql("aws", "SHOW synchronous_standby_names") == 'ANY 1 ("gcp", "azure")'
 
 
 def test_the_wal_of_a_write_reaches_every_repository_within_5_seconds(cloud):
