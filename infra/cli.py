@@ -151,6 +151,18 @@ def _render_status(report: dict) -> None:
                           f"{repo['name']} {repo['type']}", repo["last_backup"] or f"[red]{repo['error'] or 'none'}[/red]",
                           repo["last_archived_wal"] or "-", media_text)
     out.print(table)
+    out.print(_lease_line(report.get("lease") or {}))
+
+
+def _lease_line(lease: dict) -> str:
+    """One line on the primary's lease: who holds it, or that it fenced itself and why."""
+    if not lease.get("holder"):
+        return "lease: none in any store (no protector has renewed one)"
+    where = f"{lease['holder']} at epoch {lease['epoch']}"
+    if lease.get("fenced"):
+        return f"lease: [red]{where} is FENCED[/red]: {lease.get('why') or 'see its protector log'}"
+    age = f", renewed {lease['age_seconds']} s ago" if lease.get("age_seconds") is not None else ""
+    return f"lease: {where} {lease.get('state')} ({lease.get('length')} s{age})"
 
 
 @app.command("snapshot")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from infra.clouds import automation
+from infra.data import lease
 from infra.data.storage import Store
 from infra.errors import FailoverError
 from infra.dns.site import dns_config
@@ -76,9 +77,10 @@ def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | Non
     _check_dns(fleet, project)
     data = _data_source(fleet, spec, inventory, target)
     epoch = steps_mod.next_epoch(inventory.epoch, None)
+    notes = failover_notes(inventory.site(target), spec, project, pulumi, inventory.site(inventory.active))
+    notes["take_writes"] = lease_note(inventory.active, fleet.reachable(inventory.active))
     return Plan(kind, inventory.active, target, epoch, data, list(steps_mod.STEP_NAMES), [], None,
-                sorted(fleet.unreachable()),
-                failover_notes(inventory.site(target), spec, project, pulumi, inventory.site(inventory.active))), None
+                sorted(fleet.unreachable()), notes), None
 
 
 def failover_notes(target: SiteOutputs, spec: Spec, project: Path, pulumi: automation.PulumiProject | None,
@@ -87,6 +89,17 @@ def failover_notes(target: SiteOutputs, spec: Spec, project: Path, pulumi: autom
     and gives the old primary's stack the target's role in its config."""
     note = automation.plan_note(target, spec.app, pulumi or automation.PulumiProject.of(project), old_primary)
     return {"capacity": note} if note else {}
+
+
+def lease_note(source: str, reachable: bool) -> str:
+    """What the old primary's lease costs this run's RTO, for the plan."""
+    wait = lease.LENGTH + lease.WAIT_MARGIN
+    if reachable:
+        return (f"{source} answers SSH: `fence` stops it directly, so take_writes waits for no lease (if it stops "
+                f"answering meanwhile, up to {wait:.1f} s after the claim)")
+    return (f"{source} does not answer SSH: take_writes waits for its lease to run out, {wait:.1f} s after `fence` "
+            f"claims the epoch (lease {lease.LENGTH:.0f} s + {lease.WAIT_MARGIN} s margin), overlapped with the "
+            "promotion or restore and the DNS shift: it adds to RTO only what those steps take less")
 
 
 def spec_for_run(project: Path, workdir: Path) -> Spec:
@@ -170,7 +183,7 @@ def execute(fleet: Fleet, spec: Spec, project: Path, the_plan: Plan, journal: Jo
                               [name for stage in stages for name, _ in stage], the_plan.to_dict())
         store.save(journal, copies())
     run = steps_mod.Run(fleet, spec, project, journal.source, journal.target, journal.epoch, the_plan.data, progress,
-                        pulumi=pulumi)
+                        pulumi=pulumi, run_id=journal.run_id, fenced=fence_record(journal))
     fence_returning(fleet, spec, project, journal.target)
     done = journal.completed()
     for stage in stages:
@@ -184,6 +197,13 @@ def execute(fleet: Fleet, spec: Spec, project: Path, the_plan: Plan, journal: Jo
     store.save(journal, copies())
     store.close(journal)
     return journal
+
+
+def fence_record(journal: Journal) -> dict:
+    """What a finished `fence` step of this journal recorded (a resumed run's lease wait reads it)."""
+    done = [e for e in journal.events if e.step == "fence" and e.status == DONE]
+    detail = done[-1].detail if done else {}
+    return {k: detail[k] for k in ("claimed_at", "fenced_directly") if k in detail}
 
 
 def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal, save: Callable[[], None]) -> None:

@@ -15,7 +15,11 @@ Fencing, the guarantee that an old primary that comes back cannot take writes, h
    epoch (infra/app/server.py PeerWatch, checked before it serves anything), so a site that
    was unreachable during the failover and is restarted behind the runbook's back, with its
    stale config and database, still refuses writes;
-4. DNS no longer names it, so clients that respect the TTL stop reaching it within one TTL.
+4. DNS no longer names it, so clients that respect the TTL stop reaching it within one TTL;
+5. the lease (infra/data/lease.py, docs/lease.md): `fence` claims the run's epoch in a majority
+   of the stores, which makes an old primary that is alive but cut off fence itself (it stops
+   its PostgreSQL); `take_writes` waits for the old lease to run out, lease.LENGTH + WAIT_MARGIN
+   after the claim, unless `fence` reached the old primary over SSH and fenced it directly.
 """
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ from typing import Callable
 from infra import events, secrets
 from infra.clouds import automation
 from infra.errors import FailoverError
-from infra.data import protection
+from infra.data import claims, protection
+from infra.data import lease
 from infra.data.restore import restore_database
+from infra.data.storage import Store
 from infra.dns.site import apply_site, dns_config, failed, plan_site, verify_site
 from infra.sites import protect as site_protect
 from infra.sites import services
@@ -140,6 +146,10 @@ class Run:
     notes: dict = field(default_factory=dict)
     # Where a cloud pilot-light target's stack lives (default: the project of `project`).
     pulumi: automation.PulumiProject | None = None
+    run_id: str = ""  # the journal's id: the claimant of the run's epoch
+    # The fence step's record (a resumed run reads it from the journal): when the epoch was
+    # claimed and whether the old primary was fenced directly (take_writes' lease wait).
+    fenced: dict = field(default_factory=dict)
 
     @property
     def inventory(self) -> Inventory:
@@ -185,10 +195,38 @@ def preflight(run: Run) -> dict:
 
 
 def fence(run: Run) -> dict:
-    """Raise the epoch in the inventory (always) and fence the old primary where it can be reached."""
+    """Claim the run's epoch, raise it in the inventory (always) and fence the old primary where
+    it can be reached. The claim comes first: a lost claim stops the run before anything changes,
+    and a won one is what an old primary that cannot be reached sees and fences itself for."""
+    claim = claim_epoch(run)
+    claimed_at = time.time()
     raise_epoch(run)
     fenced = fence_site(run, run.source)
-    return {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced}
+    direct = not fenced.startswith("unreachable")
+    run.fenced = {"claimed_at": claimed_at, "fenced_directly": direct}
+    return {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced, "fenced_directly": direct,
+            "claimed_at": claimed_at, "claimed_in": claim.held_by(claim.claimant.run_id),
+            "lease_wait_until": None if direct else claimed_at + lease.LENGTH + lease.WAIT_MARGIN}
+
+
+def claim_epoch(run: Run) -> claims.Claim:
+    """The run's epoch claimed over every site's store (the journal's run id is the claimant, so
+    a resumed run wins its own claim again); a lost or undecided claim stops the run here."""
+    stores = [Store(s) for s in run.inventory.sites]
+    try:
+        return claims.claim_epoch(stores, run.epoch, claims.Claimant(run.target, run.run_id or f"epoch-{run.epoch}"),
+                                  attempts=1)
+    except claims.ClaimError as error:
+        raise FailoverError(f"epoch {run.epoch}: {error}") from None
+
+
+def lease_wait(run: Run) -> float:
+    """Seconds `take_writes` still waits for the old primary's lease (0 when `fence` fenced it
+    directly). A run resumed in another process measures from the claim's time in the journal,
+    on this host's clock (docs/lease.md, Clocks)."""
+    if not run.fenced or run.fenced.get("fenced_directly"):
+        return 0.0
+    return lease.wait_seconds(float(run.fenced["claimed_at"]), time.time())
 
 
 def raise_epoch(run: Run) -> None:
@@ -293,6 +331,13 @@ def take_writes(run: Run) -> dict:
     site = run.site
     wait_for(lambda: site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
     waited = round(time.monotonic() - clock, 3)
+    lease_clock = time.monotonic()
+    pending = lease_wait(run)
+    if pending:
+        run.progress(f"take_writes: waiting {pending:.1f} s more for {run.source}'s lease to run out "
+                     "(it was not fenced directly)")
+        time.sleep(pending)
+    lease_waited = round(time.monotonic() - lease_clock, 3)
     # PostgreSQL keeps pg_last_xact_replay_timestamp() after recovery: how far the archive (or
     # the stream) reached, from which the drill measures the archive lag. Belt and braces for a
     # target configured synchronous: commits must not wait for a dead standby.
@@ -309,7 +354,7 @@ def take_writes(run: Run) -> dict:
     inventory = run.inventory
     inventory.active = run.target
     run.fleet.publish(inventory)
-    return {"epoch": run.epoch, "replay_wait_seconds": waited,
+    return {"epoch": run.epoch, "replay_wait_seconds": waited, "lease_wait_seconds": lease_waited,
             "recovered_to": float(recovered_to) if recovered_to else None}
 
 

@@ -33,6 +33,7 @@ VERSION_FILE = f"{TOOLKIT_DIR}/.version"
 INVENTORY_FILE = "/etc/failover/inventory.json"  # the protector's Inventory, rewritten by the runbook
 PROGRAM_DIR = "/etc/supervisor/conf.d"
 LOG_DIR = "/var/log/supervisor"
+LEASE_STATE = f"{PATHS.pgbackrest_dir}/lease-state.json"  # the protector's lease state (infra/data/replicator.py)
 
 
 # ---------------------------------------------------------------- the toolkit's code
@@ -199,6 +200,8 @@ def start_protector(site: Site, inventory: Inventory) -> None:
                         f"names {inventory.active} active; start it there (or write the inventory first)")
     write_inventory(site, inventory)
     protection.install_host_secrets(site.service(), inventory, PATHS)
+    # The engine starts it on purpose: a fenced state left by an earlier run is not carried on.
+    site.service().run(f"rm -f {LEASE_STATE}")
     # Not started by supervisord on its own: an old primary given back after a failover still has
     # an inventory naming itself active, and would copy its stale bucket over the others' objects.
     run_program(site, PROTECTOR_PROGRAM, protector_command(site.name), autostart=False)
