@@ -230,9 +230,12 @@ class Lane:
         self.store = store
         self._busy = threading.Lock()
 
-    def start(self, lease: Lease, timeout: float) -> "_Pending":
+    def start(self, lease: Lease, timeout: float, wait: float = 0.0) -> "_Pending":
+        """Writes `lease` and lists the claims, on a thread of its own; with `wait`, waits that
+        long for a write still in flight to end first (the fenced last word)."""
         pending = _Pending(self.store.name, timeout)
-        if not self._busy.acquire(blocking=False):
+        acquired = self._busy.acquire(timeout=wait) if wait > 0 else self._busy.acquire(blocking=False)
+        if not acquired:
             pending.finish(Answer(self.store.name, error="the previous round has not ended there (store hangs)"))
             return pending
         threading.Thread(target=self._renew, args=(lease, pending), daemon=True).start()
@@ -393,5 +396,6 @@ class Holder:
         lease = Lease(self.state.holder, self.state.epoch, self.state.seq + 1, self.length, time.time(), FENCED,
                       result.reason)
         deadline = time.monotonic() + self.round_timeout
-        for pending in [lane.start(lease, self.round_timeout) for lane in self.lanes]:
-            pending.result(deadline)
+        lanes = _parallel(lambda lane: lane.start(lease, self.round_timeout, wait=self.round_timeout), self.lanes)
+        for pending in lanes:
+            pending.result(deadline + self.round_timeout)

@@ -30,13 +30,14 @@ from pathlib import Path
 from invoke import Context
 
 from infra import secrets
+from infra.data import fallback as fallback_mod
 from infra.data import lease as lease_mod
 from infra.data import media as media_config
 from infra.data import protection
 from infra.data.pgbackrest import HostPaths
 from infra.data.storage import Store, storage_for
 from infra.sites.contract import Inventory
-from playbooks import pgbackrest
+from playbooks import host, pgbackrest
 
 INTERVAL = 1.0
 
@@ -133,6 +134,14 @@ FENCE_SCRIPT = (
     'echo "killed (SIGKILL to pid $p)"')
 
 
+def local_sql(c, paths: HostPaths, port: int, sql: str) -> str:
+    """One statement on this host's PostgreSQL (unix socket, peer authentication), within 5 s:
+    a database that hangs must not hold the commit-mode loop for long."""
+    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", paths.socket_dir, "-p", str(port), "-d", "postgres",
+            "-c", sql]
+    return host.run(c, argv, timeout=5).stdout.strip()
+
+
 def fence_database(c, paths: HostPaths) -> str:
     """Stops this host's PostgreSQL so that nothing commits any more, and says how.
 
@@ -156,14 +165,38 @@ def boot_id() -> str:
         return ""
 
 
-def save_state(paths: HostPaths, state: "lease_mod.HolderState") -> None:
+def save_state(paths: HostPaths, state: "lease_mod.HolderState", commit: dict | None = None) -> None:
     """The holder's state beside pgBackRest's config, for `status` over SSH and for a restarted
-    protector (the last held round on this boot's monotonic clock, and whether it fenced)."""
-    doc = {**state.to_dict(), "last_held_monotonic": state.last_held, "boot_id": boot_id(), "at": time.time()}
-    path = state_file(paths)
+    protector (the last held round on this boot's monotonic clock, and whether it fenced), with
+    the commit mode (the asynchronous fallback); the same as metrics in Prometheus' text format."""
+    doc = {**state.to_dict(), "last_held_monotonic": state.last_held, "boot_id": boot_id(), "at": time.time(),
+           "commit": commit or {}}
+    _write(state_file(paths), json.dumps(doc, indent=1))
+    _write(metrics_file(paths), metrics(doc))
+
+
+def metrics_file(paths: HostPaths) -> Path:
+    return Path(paths.pgbackrest_dir) / "metrics.prom"  # node_exporter's textfile collector can read it
+
+
+def metrics(doc: dict) -> str:
+    """Gauges for the lease and the commit mode (one site's host: labelled by the holder)."""
+    label = f'{{site="{doc["holder"]}",epoch="{doc["epoch"]}"}}'
+    rounds = doc.get("round_seconds") or [0.0]
+    commit = doc.get("commit") or {}
+    lines = [("failover_lease_held", int(doc["state"] == lease_mod.HELD)),
+             ("failover_lease_fenced", int(doc["state"] == lease_mod.FENCED)),
+             ("failover_lease_stores_renewed", len(doc.get("renewed") or [])),
+             ("failover_lease_round_seconds", rounds[-1]),
+             ("failover_commit_asynchronous", int(commit.get("mode") == fallback_mod.ASYNC)),
+             ("failover_commit_mode_changes_total", commit.get("changes", 0))]
+    return "".join(f"{name}{label} {value}\n" for name, value in lines)
+
+
+def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.write_text(text)
         tmp.replace(path)
     except OSError as error:
         log(f"could not write {path}: {error}")
@@ -182,12 +215,15 @@ def load_state(paths: HostPaths) -> dict:
 class Protector:
     """One host's protector: where its Inventory is, which site it protects from, its layout."""
 
-    def __init__(self, inventory_file: Path, site: str, paths: HostPaths, lease: bool = True):
+    def __init__(self, inventory_file: Path, site: str, paths: HostPaths, lease: bool = True,
+                 async_after: float = fallback_mod.AFTER):
         self.inventory_file, self.site, self.paths = inventory_file, site, paths
         self._active = True
         self._lock = threading.Lock()
         self.lease_enabled = lease
         self.holder: lease_mod.Holder | None = None
+        self.fallback: fallback_mod.Fallback | None = None
+        self.async_after = async_after
 
     @property
     def fenced(self) -> bool:
@@ -220,7 +256,7 @@ class Protector:
     def new_holder(self, c, inventory: Inventory) -> lease_mod.Holder:
         stores = [Store(s) for s in inventory.sites]
         holder = lease_mod.Holder(self.site, inventory.epoch, stores, lambda v: fence_database(Context(), self.paths),
-                                  log, on_change=lambda s: save_state(self.paths, s))
+                                  log, on_change=self.save)
         saved = load_state(self.paths)
         if saved.get("epoch") == inventory.epoch and saved.get("holder") == self.site:
             if saved.get("state") == lease_mod.FENCED:  # fenced before a restart: stays fenced
@@ -232,6 +268,23 @@ class Protector:
         log(f"lease of {self.site} at epoch {inventory.epoch} in {len(stores)} stores: {lease_mod.LENGTH:.0f} s, "
             f"renewed every {lease_mod.RENEW_EVERY:.0f} s, fenced {lease_mod.GUARD:.0f} s before it runs out")
         return holder
+
+    def save(self, state: "lease_mod.HolderState") -> None:
+        save_state(self.paths, state, self.fallback.status() if self.fallback else None)
+
+    def commit_round(self, c, state: dict) -> list:
+        """The asynchronous fallback (infra/data/fallback.py), only while this host holds the lease."""
+        inventory = self.inventory()
+        holder = self.holder
+        if inventory is None or holder is None or self.fenced:
+            return []
+        if self.fallback is None:
+            port = inventory.site(self.site).db_port
+            self.fallback = fallback_mod.Fallback(lambda sql: local_sql(c, self.paths, port, sql), log,
+                                                  self.async_after)
+        if self.fallback.round(time.monotonic(), holder.holding(), holder.state.last_held):
+            self.save(holder.state)
+        return []
 
     def wal_round(self, c, state: dict) -> list:
         inventory = self.inventory()
@@ -264,6 +317,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("inventory", type=Path, help="the Inventory file the engine writes on this host")
     parser.add_argument("site", help="the site this host belongs to")
     parser.add_argument("--no-lease", action="store_true", help="renew no lease and never fence (tests only)")
+    parser.add_argument("--async-after", type=float, default=fallback_mod.AFTER,
+                        help="seconds without a synchronous standby before committing alone (while the lease holds)")
     for option in ("--pgdata", "--socket-dir", "--pgbackrest-dir"):
         parser.add_argument(option, required=True)
     return parser.parse_args(argv)
@@ -272,11 +327,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     args = parse(argv)
     paths = HostPaths(pgdata=args.pgdata, socket_dir=args.socket_dir, pgbackrest_dir=args.pgbackrest_dir)
-    protector = Protector(args.inventory, args.site, paths, lease=not args.no_lease)
+    protector = Protector(args.inventory, args.site, paths, lease=not args.no_lease, async_after=args.async_after)
     log(f"protector of {args.site}: inventory {args.inventory}, pgBackRest config {paths.config}")
     # The lease's own threads (infra/data/lease.py Holder) renew and decide; this loop only
     # starts them once the Inventory names this site active.
     threading.Thread(target=forever, args=(protector.lease_round, "lease"), daemon=True).start()
+    threading.Thread(target=forever, args=(protector.commit_round, "commit mode"), daemon=True).start()
     # Two loops, so that a media copy hanging on a store that just died (rclone can take a
     # minute to give up on a cloud bucket) never delays taking that store out of WAL archiving.
     threading.Thread(target=forever, args=(protector.wal_round, "WAL protection"), daemon=True).start()

@@ -457,7 +457,7 @@ def protect_again(run: Run) -> dict:
     broken = [f"{r.repo} ({r.site}): {r.error}" for r in backups if not r.ok]
     if broken:
         raise FailoverError("protecting the new primary failed: " + "; ".join(broken))
-    services.start_protector(run.site, inventory)
+    services.start_protector(run.site, inventory, run.spec.database.async_after_seconds)
     return {"repositories": [f"{r.repo} ({r.site})" for r in backups], "skipped": sorted(skip),
             "backup_seconds": {r.repo: r.seconds for r in backups}, "did": report.sites,
             "protect_seconds": report.seconds}
