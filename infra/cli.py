@@ -72,6 +72,8 @@ def local_up(
     = localvms.DEFAULT_PREFIX,
     storage: Annotated[str, typer.Option(help="posix: each site's store is a directory mounted in every VM.")]
     = "posix",
+    witnesses: Annotated[int, typer.Option(help="Witness stores (directories mounted in every VM, dropped with no "
+                                                "site) that count in the lease's majority.")] = 0,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Start N protected sites as Debian VMs on loopback (needs root): PostgreSQL with a warm replica
@@ -83,7 +85,7 @@ def local_up(
     if storage != "posix":
         raise cliutil.FailoverError(f"--storage {storage!r}: the VM cloud has posix stores only so far "
                                     "(emulated object stores are not wired into the VMs yet); use --storage posix")
-    summary = VmCloud(workdir_path(workdir), progress).up(load_spec(project), sites, prefix, seed_mb)
+    summary = VmCloud(workdir_path(workdir), progress).up(load_spec(project), sites, prefix, seed_mb, witnesses)
     emit(summary, as_json, lambda s: progress(
         f"{len(s['sites'])} sites up in {s['seconds']['total']} s: " +
         ", ".join(f"{x['name']} ({x['role']}, {x['address']})" for x in s["sites"]) + f"; Inventory in {s['inventory']}"))
@@ -152,6 +154,9 @@ def _render_status(report: dict) -> None:
                           repo["last_archived_wal"] or "-", media_text)
     out.print(table)
     out.print(_lease_line(report.get("lease") or {}))
+    commit = (report.get("lease") or {}).get("commit") or {}
+    if commit.get("mode") == "asynchronous":
+        out.print(f"commit: [yellow]ASYNCHRONOUS[/yellow]: {commit.get('reason')}")
 
 
 def _lease_line(lease: dict) -> str:

@@ -105,7 +105,7 @@ def lease_status(fleet: Fleet, inventory: Inventory) -> dict:
     """The primary's lease as the stores hold it (read from here: a partitioned primary's own
     word, fenced and why, is in whichever store it could still write), and as its protector
     last saw it on its host (over SSH, when the host answers)."""
-    seen = lease.summary(lease.read(fleet.stores()))
+    seen = lease.summary(lease.read(lease.stores(inventory)))
     host = None
     if fleet.reachable(inventory.active):
         result = fleet.site(inventory.active).service().run(f"cat {LEASE_STATE}", warn=True)
@@ -115,7 +115,8 @@ def lease_status(fleet: Fleet, inventory: Inventory) -> dict:
             host = None
     if host and host.get("holder") == inventory.active:
         seen["host"] = {k: host.get(k) for k in ("state", "reason", "why", "renewed", "stores", "fence",
-                                                  "held_for", "round_seconds")}
+                                                  "held_for", "round_seconds", "commit")}
+        seen["commit"] = host.get("commit") or {}
     fenced = (host or {}).get("state") == lease.FENCED or seen["state"] == lease.FENCED
     seen["fenced"] = fenced
     seen["why"] = ((host or {}).get("reason") if (host or {}).get("state") == lease.FENCED else seen["reason"]) or ""

@@ -111,6 +111,12 @@ def majority(stores: int) -> int:
     return stores // 2 + 1
 
 
+def stores(inventory) -> list[Store]:
+    """The stores that count for the lease and for claims: every site's, then every witness's.
+    Holder and claimer must count over this same set (claims.md, Safety)."""
+    return [Store(s) for s in [*inventory.sites, *inventory.witnesses]]
+
+
 def highest_claim(keys: Iterable[str]) -> int:
     """The highest epoch among claim object keys (claims.key), 0 if none."""
     top = 0

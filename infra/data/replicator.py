@@ -254,7 +254,7 @@ class Protector:
         return []
 
     def new_holder(self, c, inventory: Inventory) -> lease_mod.Holder:
-        stores = [Store(s) for s in inventory.sites]
+        stores = lease_mod.stores(inventory)
         holder = lease_mod.Holder(self.site, inventory.epoch, stores, lambda v: fence_database(Context(), self.paths),
                                   log, on_change=self.save)
         saved = load_state(self.paths)

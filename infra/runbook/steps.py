@@ -35,7 +35,6 @@ from infra.errors import FailoverError
 from infra.data import claims, protection
 from infra.data import lease
 from infra.data.restore import restore_database
-from infra.data.storage import Store
 from infra.dns.site import apply_site, dns_config, failed, plan_site, verify_site
 from infra.sites import protect as site_protect
 from infra.sites import services
@@ -212,7 +211,7 @@ def fence(run: Run) -> dict:
 def claim_epoch(run: Run) -> claims.Claim:
     """The run's epoch claimed over every site's store (the journal's run id is the claimant, so
     a resumed run wins its own claim again); a lost or undecided claim stops the run here."""
-    stores = [Store(s) for s in run.inventory.sites]
+    stores = lease.stores(run.inventory)
     try:
         return claims.claim_epoch(stores, run.epoch, claims.Claimant(run.target, run.run_id or f"epoch-{run.epoch}"),
                                   attempts=1)
