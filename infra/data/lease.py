@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Sequence
 
 from infra import secrets
 from infra.data import claims
-from infra.data.storage import Store, StoreError
+from infra.data.storage import MissingKey, Store, StoreError
 
 KEY = ".failover/lease.json"
 VERSION = 1
@@ -185,9 +185,9 @@ def read(stores: Iterable[Store]) -> list[Seen]:
     def one(store: Store) -> Seen:
         try:
             return Seen(store.name, Lease.from_bytes(store.get(KEY)))
+        except MissingKey:
+            return Seen(store.name)
         except StoreError as error:
-            if "holds no" in str(error):
-                return Seen(store.name)
             return Seen(store.name, error=secrets.redact(str(error)))
         except (ValueError, KeyError, TypeError) as error:
             return Seen(store.name, error=f"not a lease object: {error}")
