@@ -40,6 +40,8 @@ RENEW_EVERY = 1.0  # one round per second
 ROUND_TIMEOUT = 3.0  # a store that has not answered a round by then counts as not renewed
 WAIT_MARGIN = 0.5  # a failover waits LENGTH + this after its claim (drift of its clock, polls)
 WATCH_EVERY = 0.1  # how often the watchdog decides
+REFENCE_EVERY = 1.0  # an unconfirmed fence is tried again this often
+UNCONFIRMED = ("could not confirm", "fence failed")  # how replicator.fence_database / Holder say so
 
 HELD, FENCED, STARTING = "held", "fenced", "starting"
 
@@ -337,9 +339,14 @@ class Holder:
             self._stop.wait(max(0.0, self.every - (self.clock() - began)))
 
     def _watching(self) -> None:
-        while not self._stop.is_set() and self.state.state != FENCED:
+        while not self._stop.is_set() and not (self.state.state == FENCED and self.confirmed):
             self.decide()
             self._stop.wait(WATCH_EVERY)
+
+    @property
+    def confirmed(self) -> bool:
+        """The fence said it stopped the database (not "could not confirm", not an error)."""
+        return bool(self.state.fence_detail) and not self.state.fence_detail.startswith(UNCONFIRMED)
 
     # -- one round, one decision (the tests call these directly)
 
@@ -371,22 +378,35 @@ class Holder:
     def decide(self) -> Verdict:
         with self._lock:
             if self.state.state == FENCED:
-                return Verdict(True, self.state.reason, self.state.why)
+                again = not self.confirmed and self.clock() - (self.state.fenced_at or 0.0) >= REFENCE_EVERY
+                if again:
+                    self.state.fenced_at = self.clock()
+            else:
+                again = None
+        if again is not None:  # fenced already: try again while the fence is unconfirmed
+            if again:
+                self._fence(Verdict(True, self.state.reason, self.state.why), last_word=False)
+            return Verdict(True, self.state.reason, self.state.why)
+        with self._lock:
             result = verdict(self.state.epoch, self.state.latest, self.state.last_held, self.state.started,
                              self.clock(), self.length, self.guard)
             if not result.fence:
                 return result
             self.state.state, self.state.reason, self.state.why = FENCED, result.reason, result.why
             self.state.fenced_at = self.clock()
+        self._fence(result, last_word=True)
+        return result
+
+    def _fence(self, result: Verdict, last_word: bool) -> None:
         self.log(f"fencing {self.state.holder} (epoch {self.state.epoch}): {result.reason}")
         try:
             self.state.fence_detail = self.fence(result)
-        except Exception as error:  # the fence itself logs and escalates; this is the last word
+        except Exception as error:  # recorded, and tried again every REFENCE_EVERY until confirmed
             self.state.fence_detail = f"fence failed: {error}"
         self.log(f"{self.state.holder} fenced: {self.state.fence_detail}")
-        self._last_word(result)
+        if last_word:
+            self._last_word(result)
         self.on_change(self.state)
-        return result
 
     def holding(self) -> bool:
         """The latest round held and the lease has not run out: only then may the primary

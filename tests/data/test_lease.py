@@ -195,11 +195,20 @@ def test_a_claim_for_a_higher_epoch_fences_at_the_next_round(tmp_path):
     assert h.renew_once() and h.state.state == lease.FENCED  # a later round changes nothing
 
 
-def test_a_fence_that_raises_is_recorded_and_the_holder_stays_fenced(tmp_path):
-    def fence(verdict):
-        raise RuntimeError("pg_ctl missing")
+def test_a_fence_that_fails_is_recorded_and_tried_again_until_it_is_confirmed(tmp_path, monkeypatch):
+    tries = []
 
+    def fence(verdict):
+        tries.append(verdict)
+        if len(tries) == 1:
+            raise RuntimeError("pg_ctl missing")
+        return "could not confirm: still running (pid 7)" if len(tries) == 2 else "killed (SIGKILL to pid 7)"
+
+    monkeypatch.setattr(lease, "REFENCE_EVERY", 0.0)
     h = lease.Holder("aws", 1, [posix_store(tmp_path, "aws")], fence, log=lambda m: None, length=0.2, guard=0.1)
     time.sleep(0.15)  # never held: it runs out length - guard after its start
-    assert h.decide().fence and h.state.fence_detail == "fence failed: pg_ctl missing"
-    assert h.state.state == lease.FENCED
+    assert h.decide().fence and h.state.fence_detail == "fence failed: pg_ctl missing" and not h.confirmed
+    assert h.decide().fence and h.state.fence_detail.startswith("could not confirm") and not h.confirmed
+    assert h.decide().fence and h.confirmed and h.state.fence_detail.startswith("killed")
+    h.decide()
+    assert len(tries) == 3 and h.state.state == lease.FENCED  # confirmed: not fenced again
