@@ -209,8 +209,9 @@ def fence(run: Run) -> dict:
 
 
 def claim_epoch(run: Run) -> claims.Claim:
-    """The run's epoch claimed over every site's store (the journal's run id is the claimant, so
-    a resumed run wins its own claim again); a lost or undecided claim stops the run here."""
+    """The run's epoch claimed over every site's and witness's store (lease.stores; the journal's
+    run id is the claimant, so a resumed run wins its own claim again); a lost or undecided claim
+    stops the run here."""
     stores = lease.stores(run.inventory)
     try:
         return claims.claim_epoch(stores, run.epoch, claims.Claimant(run.target, run.run_id or f"epoch-{run.epoch}"),
