@@ -72,6 +72,8 @@ def local_up(
     = localvms.DEFAULT_PREFIX,
     storage: Annotated[str, typer.Option(help="posix: each site's store is a directory mounted in every VM.")]
     = "posix",
+    witnesses: Annotated[int, typer.Option(help="Witness stores (directories mounted in every VM, dropped with no "
+                                                "site) that count in the lease's majority.")] = 0,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Start N protected sites as Debian VMs on loopback (needs root): PostgreSQL with a warm replica
@@ -83,7 +85,7 @@ def local_up(
     if storage != "posix":
         raise cliutil.FailoverError(f"--storage {storage!r}: the VM cloud has posix stores only so far "
                                     "(emulated object stores are not wired into the VMs yet); use --storage posix")
-    summary = VmCloud(workdir_path(workdir), progress).up(load_spec(project), sites, prefix, seed_mb)
+    summary = VmCloud(workdir_path(workdir), progress).up(load_spec(project), sites, prefix, seed_mb, witnesses)
     emit(summary, as_json, lambda s: progress(
         f"{len(s['sites'])} sites up in {s['seconds']['total']} s: " +
         ", ".join(f"{x['name']} ({x['role']}, {x['address']})" for x in s["sites"]) + f"; Inventory in {s['inventory']}"))
@@ -158,6 +160,21 @@ def _render_status(report: dict) -> None:
     out.print(f"replication: {commits.get('mode')}; commits wait for [{colour}]{waits}[/{colour}]"
               + (f" (synchronous_standby_names = {commits['synchronous_standby_names']})"
                  if commits.get("synchronous_standby_names") else ""))
+    out.print(_lease_line(report.get("lease") or {}))
+    commit = (report.get("lease") or {}).get("commit") or {}
+    if commit.get("mode") == "asynchronous":
+        out.print(f"commit: [yellow]ASYNCHRONOUS[/yellow]: {commit.get('reason')}")
+
+
+def _lease_line(lease: dict) -> str:
+    """One line on the primary's lease: who holds it, or that it fenced itself and why."""
+    if not lease.get("holder"):
+        return "lease: none in any store (no protector has renewed one)"
+    where = f"{lease['holder']} at epoch {lease['epoch']}"
+    if lease.get("fenced"):
+        return f"lease: [red]{where} is FENCED[/red]: {lease.get('why') or 'see its protector log'}"
+    age = f", renewed {lease['age_seconds']} s ago" if lease.get("age_seconds") is not None else ""
+    return f"lease: {where} {lease.get('state')} ({lease.get('length')} s{age})"
 
 
 @app.command("snapshot")

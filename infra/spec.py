@@ -52,6 +52,9 @@ class Database:
     port: int
     replication: str = "quorum"
     max_backup_age_hours: int = 26
+    # With no synchronous standby streaming for this long, the primary commits alone, but only
+    # while it holds its lease (infra/data/fallback.py, docs/lease.md).
+    async_after_seconds: int = 5
 
     @property
     def standbys_reply(self) -> bool:
@@ -211,7 +214,7 @@ def _app(data: Any, check: _Checker) -> App:
 
 def _database(data: Any, check: _Checker) -> Database:
     key = "config.database"
-    allowed = ("name", "version", "disk_gb", "port", "replication", "max_backup_age_hours")
+    allowed = ("name", "version", "disk_gb", "port", "replication", "max_backup_age_hours", "async_after_seconds")
     data = check.mapping(data, key, allowed, ("name", "version"))
     version = check.value(data, key, "version", int, 15)
     if version != 15:
@@ -223,6 +226,7 @@ def _database(data: Any, check: _Checker) -> Database:
         port=check.positive(data, key, "port", 5432, 65535),
         replication=check.value(data, key, "replication", str, "quorum", REPLICATION_MODES),
         max_backup_age_hours=check.positive(data, key, "max_backup_age_hours", 26),
+        async_after_seconds=check.positive(data, key, "async_after_seconds", 5, 3600),
     )
 
 

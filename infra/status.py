@@ -8,13 +8,17 @@ shows as unreachable from the sites that remain instead of being read behind the
 """
 from __future__ import annotations
 
+import json
+import time
 from datetime import datetime, timezone
 
+from infra.data import lease
 from infra.data import media as media_config
 from infra.data import protection
 from infra.data.storage import storage_for
 from infra.sites.contract import Inventory
 from infra.sites.fleet import Fleet
+from infra.sites.services import LEASE_STATE
 from infra.sites.site import PATHS, Site, SiteError
 from playbooks import media, pgbackrest
 
@@ -127,7 +131,32 @@ def collect(fleet: Fleet, check_media: bool = True, mode: str = "quorum") -> dic
     conf = protection.install_rclone(host.service(), inventory, PATHS) if host and check_media else None
     report = [_site(fleet, inventory, site, primary, host, conf) for site in fleet.sites()]
     commits = replication(primary, mode) if primary else {"mode": mode, "error": "no primary answers"}
-    return {"active": inventory.active, "epoch": inventory.epoch, "replication": commits, "sites": report}
+    return {"active": inventory.active, "epoch": inventory.epoch, "replication": commits, "sites": report,
+            "lease": lease_status(fleet, inventory)}
+
+
+def lease_status(fleet: Fleet, inventory: Inventory) -> dict:
+    """The primary's lease as the stores hold it (read from here: a partitioned primary's own
+    word, fenced and why, is in whichever store it could still write), and as its protector
+    last saw it on its host (over SSH, when the host answers)."""
+    seen = lease.summary(lease.read(lease.stores(inventory)))
+    host = None
+    if fleet.reachable(inventory.active):
+        result = fleet.site(inventory.active).service().run(f"cat {LEASE_STATE}", warn=True)
+        try:
+            host = json.loads(result.stdout) if result.ok else None
+        except ValueError:
+            host = None
+    if host and host.get("holder") == inventory.active:
+        seen["host"] = {k: host.get(k) for k in ("state", "reason", "why", "renewed", "stores", "fence",
+                                                  "held_for", "round_seconds", "commit")}
+        seen["commit"] = host.get("commit") or {}
+    fenced = (host or {}).get("state") == lease.FENCED or seen["state"] == lease.FENCED
+    seen["fenced"] = fenced
+    seen["why"] = ((host or {}).get("reason") if (host or {}).get("state") == lease.FENCED else seen["reason"]) or ""
+    if seen["renewed_at"] is not None:
+        seen["age_seconds"] = round(time.time() - seen["renewed_at"], 1)  # this host's clock against the holder's
+    return seen
 
 
 def _site(fleet: Fleet, inventory: Inventory, site: Site, primary: Site | None, host: Site | None,

@@ -151,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
         if row is None:
             return self._send(409, {"error": "epoch mismatch: this site is not the current primary",
                                     "epoch": config["epoch"]})
-        self._send(201, {"id": row[0], "site": config["site"], "media_key": media_key})
+        self._send(201, {"id": row[0], "site": config["site"], "media_key": media_key, "epoch": config["epoch"]})
 
     def _get_post(self, post_id: str):
         row = self._db().execute("SELECT id, user_id, body, media_key, canary_seq FROM posts WHERE id = %s",

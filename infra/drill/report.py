@@ -45,12 +45,25 @@ def markdown(scenarios: list[ScenarioResult]) -> str:
     for s in scenarios:
         lines += ["", f"## {s.name}: {s.description}", "",
                   f"Cut-off at {s.cut_off}; the command ran {s.command_seconds:.1f}s; epoch now {s.epoch}. "
-                  f"Integrity: {s.integrity['summary']}.", "", f"![timeline](timeline-{s.name}.png)", "",
+                  f"Integrity: {s.integrity['summary']}.", "", lease_cost(s), "",
+                  f"![timeline](timeline-{s.name}.png)", "",
                   "| step | status | seconds |", "|---|---|---|"]
         lines += [f"| {st['step']} | {st['status']} | {_secs(st['seconds'])} |" for st in s.steps]
         if s.missed:
             lines += ["", "Missed targets:", *[f"- {m}" for m in s.missed]]
     return "\n".join(lines) + "\n"
+
+
+def lease_cost(s: ScenarioResult) -> str:
+    """What the old primary's lease cost this scenario's RTO (docs/lease.md)."""
+    if s.lease_wait_seconds is None:
+        return "Lease: not measured (take_writes did not run)."
+    if s.fenced_directly:
+        return (f"Lease: {s.source} was fenced directly over SSH, so no lease was waited for "
+                f"({s.lease_wait_seconds:.2f}s).")
+    return (f"Lease: {s.source} could not be fenced directly, so take_writes waited {s.lease_wait_seconds:.2f}s "
+            "for its lease to run out (lease length + margin after the claim, less the promotion and DNS steps "
+            "it overlapped): that much of the RTO is the lease's.")
 
 
 def _secs(value) -> str:

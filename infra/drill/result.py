@@ -47,6 +47,10 @@ class ScenarioResult:
     canary: list[Write] = field(default_factory=list)
     cut_off_ts: float = 0.0
     command_started_ts: float = 0.0
+    # What the old primary's lease cost (infra/data/lease.py): take_writes' wait for it to run
+    # out, 0 when the fence step reached the old primary and fenced it directly.
+    lease_wait_seconds: float | None = None
+    fenced_directly: bool | None = None
 
     def to_dict(self) -> dict:
         entry = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rto_limit_seconds"}

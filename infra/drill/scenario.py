@@ -186,6 +186,8 @@ def _result(scenario, targets, fleet, spec, source, target, writes: list[Write],
         epoch=journal.epoch if journal else None,
         steps=journal.timings() if journal else [], integrity=integrity_report,
         canary=list(writes), cut_off_ts=cut_off, command_started_ts=command_started,
+        lease_wait_seconds=_step_detail(journal, "take_writes").get("lease_wait_seconds"),
+        fenced_directly=_step_detail(journal, "fence").get("fenced_directly"),
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from infra.data import claims
+from infra.data import claims, lease
 from infra.data.storage import Store
 from infra.errors import FailoverError
 from infra.sites.contract import Inventory
@@ -120,9 +120,10 @@ def fix_for_lost(error: claims.ClaimError, command: str) -> str:
 # ---------------------------------------------------------------- the step
 
 def stores(inventory: Inventory) -> list[Store]:
-    """Every site's store, the dropped one's included: an unreachable store counts for nobody,
-    and every claimer must count majorities over the same set."""
-    return [Store(s) for s in inventory.sites]
+    """Every site's store and every witness's, the dropped ones included: an unreachable store
+    counts for nobody, and every claimer and the lease's holder count majorities over this same
+    set (lease.stores)."""
+    return lease.stores(inventory)
 
 
 def claim(run: "Run") -> dict:

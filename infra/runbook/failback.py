@@ -38,6 +38,7 @@ from infra.runbook import claim as claim_step
 from infra.runbook import steps
 from infra.runbook.steps import Run
 from infra.sites.processes import wait_for
+from infra.sites import services
 from infra.sites.protect import clone_replica
 from infra.sites.site import PATHS, Site
 from playbooks import media
@@ -151,6 +152,9 @@ def stop_writes(run: Run) -> dict:
     if inventory.active == run.target:
         return {"epoch": run.epoch, "writes": "already switched"}
     clock = time.monotonic()
+    # A planned switchover: the old primary's protector stops renewing its lease (it would fence
+    # its database on the next claim, before the final LSN is read) and stops copying media.
+    services.stop_protector(primary)
     config = primary.app_config()
     if config and not config.get("fenced"):
         primary.write_app_config({**config, "fenced": True})

@@ -21,6 +21,7 @@ from typing import Callable
 
 from infra.clouds import automation
 from infra.data import claims
+from infra.data import lease
 from infra.data.storage import Store
 from infra.errors import FailoverError
 from infra.dns.site import dns_config
@@ -82,7 +83,8 @@ def plan(fleet: Fleet, spec: Spec, project: Path, target: str, source: str | Non
     claimed, claim_note = _epoch_to_claim(inventory, epoch, f"failover run --to {target}")
     data = _data_source(fleet, spec, inventory, target)
     notes = {CLAIM: claim_note, **failover_notes(inventory.site(target), spec, project, pulumi,
-                                                 inventory.site(inventory.active))}
+                                                 inventory.site(inventory.active)),
+             "take_writes": lease_note(inventory.active, fleet.reachable(inventory.active))}
     return Plan(kind, inventory.active, target, claimed, data, list(steps_mod.STEP_NAMES), [], None,
                 sorted(fleet.unreachable()), notes), None
 
@@ -93,7 +95,7 @@ def _resumed(fleet: Fleet, journal: Journal, target: str, epoch: int | None) -> 
     if problems:
         raise FailoverError("; ".join(problems))
     data = steps_mod.DataSource(**journal.plan["data"])
-    names = [s.site for s in fleet.inventory().sites]
+    names = [s.name for s in claim_mod.stores(fleet.inventory())]
     notes = {**journal.plan.get("notes", {}),
              CLAIM: claim_mod.plan_note(journal.epoch, names, [], journal.run_id, False)}
     return Plan(journal.kind, journal.source, target, journal.epoch, data, journal.steps,
@@ -122,6 +124,17 @@ def failover_notes(target: SiteOutputs, spec: Spec, project: Path, pulumi: autom
     and gives the old primary's stack the target's role in its config."""
     note = automation.plan_note(target, spec.app, pulumi or automation.PulumiProject.of(project), old_primary)
     return {"capacity": note} if note else {}
+
+
+def lease_note(source: str, reachable: bool) -> str:
+    """What the old primary's lease costs this run's RTO, for the plan."""
+    wait = lease.LENGTH + lease.WAIT_MARGIN
+    if reachable:
+        return (f"{source} answers SSH: `fence` stops it directly, so take_writes waits for no lease (if it stops "
+                f"answering meanwhile, up to {wait:.1f} s after the claim)")
+    return (f"{source} does not answer SSH: take_writes waits for its lease to run out, {wait:.1f} s after `fence` "
+            f"claims the epoch (lease {lease.LENGTH:.0f} s + {lease.WAIT_MARGIN} s margin), overlapped with the "
+            "promotion or restore and the DNS shift: it adds to RTO only what those steps take less")
 
 
 def spec_for_run(project: Path, workdir: Path) -> Spec:
@@ -216,6 +229,7 @@ def execute(fleet: Fleet, spec: Spec, project: Path, the_plan: Plan, journal: Jo
             _crash_point(CLAIM)
     elif claiming:
         _claim_again(run, journal, claiming[0][1], save, store)
+    run.fenced = fence_record(journal)
     fence_returning(fleet, spec, project, journal.target)
     done = journal.completed()
     for stage in stages[1:] if claiming else stages:
@@ -271,6 +285,11 @@ def _claim_again(run: steps_mod.Run, journal: Journal, step: Callable[[steps_mod
         save()
     run.progress(f"{CLAIM}: epoch {run.epoch} is still this run's own, held in {', '.join(detail['held'])}"
                  + (" (recognised by its run id)" if detail["recognised"] else ""))
+def fence_record(journal: Journal) -> dict:
+    """What a finished `fence` step of this journal recorded (a resumed run's lease wait reads it)."""
+    done = [e for e in journal.events if e.step == "fence" and e.status == DONE]
+    detail = done[-1].detail if done else {}
+    return {k: detail[k] for k in ("claimed_at", "fenced_directly") if k in detail}
 
 
 def _run_stage(run: steps_mod.Run, stage: list[steps_mod.Step], journal: Journal, save: Callable[[], None]) -> None:

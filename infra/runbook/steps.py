@@ -18,7 +18,11 @@ Fencing, the guarantee that an old primary that comes back cannot take writes, h
    epoch (infra/app/server.py PeerWatch, checked before it serves anything), so a site that
    was unreachable during the failover and is restarted behind the runbook's back, with its
    stale config and database, still refuses writes;
-4. DNS no longer names it, so clients that respect the TTL stop reaching it within one TTL.
+4. DNS no longer names it, so clients that respect the TTL stop reaching it within one TTL;
+5. the lease (infra/data/lease.py, docs/lease.md): `fence` claims the run's epoch in a majority
+   of the stores, which makes an old primary that is alive but cut off fence itself (it stops
+   its PostgreSQL); `take_writes` waits for the old lease to run out, lease.LENGTH + WAIT_MARGIN
+   after the claim, unless `fence` reached the old primary over SSH and fenced it directly.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from typing import Callable
 from infra import events, secrets
 from infra.clouds import automation
 from infra.errors import FailoverError
-from infra.data import protection, quorum
+from infra.data import lease, protection, quorum
 from infra.data.restore import restore_database
 from infra.dns.site import apply_site, dns_config, failed, plan_site, verify_site
 from infra.runbook import claim as claim_step
@@ -152,6 +156,9 @@ class Run:
     pulumi: automation.PulumiProject | None = None
     run_id: str = ""  # the journal's id, which the run claims its epoch with
     kind: str = "failover"  # failover | failback
+    # The fence step's record (a resumed run reads it from the journal): when its wait for the
+    # old primary's lease began and whether the old primary was fenced directly (take_writes).
+    fenced: dict = field(default_factory=dict)
 
     @property
     def inventory(self) -> Inventory:
@@ -215,10 +222,18 @@ def clock_offset(site: Site) -> clocks.Offset:
 
 def fence(run: Run) -> dict:
     """Raise the epoch in the inventory (always) and fence the old primary where it can be
-    reached, with a receipt from its WAL: its last commit, and no commit after the fence point."""
+    reached, with a receipt from its WAL: its last commit, and no commit after the fence point.
+    An old primary that cannot be reached fences itself once it loses its lease or sees this
+    run's claim (won in the claim step, before this one), so take_writes waits out its lease,
+    counted from here (after the claim: later than needed, never earlier)."""
+    wait_from = time.time()
     raise_epoch(run)
     fenced = fence_site(run, run.source)
-    detail = {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced}
+    direct = not fenced.startswith("unreachable")
+    run.fenced = {"claimed_at": wait_from, "fenced_directly": direct}
+    detail = {"epoch": run.epoch, "old_primary": run.source, "fenced": fenced, "fenced_directly": direct,
+              "claimed_at": wait_from,
+              "lease_wait_until": None if direct else wait_from + lease.LENGTH + lease.WAIT_MARGIN}
     if run.reachable(run.source):
         detail["receipt"] = fence_receipt(run, run.fleet.site(run.source))
     return detail
@@ -246,6 +261,15 @@ def take_receipt(site: Site) -> receipt.Receipt | str:
         return result.ok, result.stdout + result.stderr
 
     return receipt.take(site.name, site.db_host, on_host)
+
+
+def lease_wait(run: Run) -> float:
+    """Seconds `take_writes` still waits for the old primary's lease (0 when `fence` fenced it
+    directly). A run resumed in another process measures from the claim's time in the journal,
+    on this host's clock (docs/lease.md, Clocks)."""
+    if not run.fenced or run.fenced.get("fenced_directly"):
+        return 0.0
+    return lease.wait_seconds(float(run.fenced["claimed_at"]), time.time())
 
 
 def raise_epoch(run: Run) -> None:
@@ -378,6 +402,13 @@ def take_writes(run: Run) -> dict:
     site = run.site
     wait_for(lambda: site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
     waited = round(time.monotonic() - clock, 3)
+    lease_clock = time.monotonic()
+    pending = lease_wait(run)
+    if pending:
+        run.progress(f"take_writes: waiting {pending:.1f} s more for {run.source}'s lease to run out "
+                     "(it was not fenced directly)")
+        time.sleep(pending)
+    lease_waited = round(time.monotonic() - lease_clock, 3)
     # PostgreSQL keeps pg_last_xact_replay_timestamp() after recovery: how far the archive (or
     # the stream) reached, from which the drill measures the archive lag. Belt and braces for a
     # target configured synchronous: commits must not wait for a dead standby.
@@ -394,7 +425,7 @@ def take_writes(run: Run) -> dict:
     inventory = run.inventory
     inventory.active = run.target
     run.fleet.publish(inventory)
-    return {"epoch": run.epoch, "replay_wait_seconds": waited,
+    return {"epoch": run.epoch, "replay_wait_seconds": waited, "lease_wait_seconds": lease_waited,
             "recovered_to": float(recovered_to) if recovered_to else None}
 
 
@@ -497,7 +528,7 @@ def protect_again(run: Run) -> dict:
     broken = [f"{r.repo} ({r.site}): {r.error}" for r in backups if not r.ok]
     if broken:
         raise FailoverError("protecting the new primary failed: " + "; ".join(broken))
-    services.start_protector(run.site, inventory)
+    services.start_protector(run.site, inventory, run.spec.database.async_after_seconds)
     return {"repositories": [f"{r.repo} ({r.site})" for r in backups], "skipped": sorted(skip),
             "backup_seconds": {r.repo: r.seconds for r in backups}, "did": report.sites,
             "protect_seconds": report.seconds}

@@ -84,6 +84,11 @@ class Inventory:
     active: str
     epoch: int = 1
     updated: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    # Witness stores: buckets at further providers that run no site. They count in the lease's
+    # and the claims' majorities (infra/data/lease.py stores) and hold nothing else. Each is a
+    # SiteOutputs with role "witness", of which only the name, repository (its storage type),
+    # media_remote (where objects go) and writer_credentials are used.
+    witnesses: list[SiteOutputs] = field(default_factory=list)
 
     def site(self, name: str) -> SiteOutputs:
         for site in self.sites:
@@ -102,6 +107,8 @@ class Inventory:
     def to_json(self) -> str:
         data = {"active": self.active, "epoch": self.epoch, "updated": self.updated,
                 "sites": [s.to_dict() for s in self.sites]}
+        if self.witnesses:  # an Inventory without witnesses reads as before
+            data["witnesses"] = [w.to_dict() for w in self.witnesses]
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
@@ -111,7 +118,9 @@ class Inventory:
         except json.JSONDecodeError as error:
             raise ValueError(f"{where}: not valid JSON ({error})") from None
         sites = [SiteOutputs.from_dict(s, where) for s in data.get("sites", [])]
-        return cls(sites=sites, active=data["active"], epoch=int(data.get("epoch", 1)), updated=data.get("updated", ""))
+        witnesses = [SiteOutputs.from_dict(w, f"{where} witnesses") for w in data.get("witnesses", [])]
+        return cls(sites=sites, active=data["active"], epoch=int(data.get("epoch", 1)), updated=data.get("updated", ""),
+                   witnesses=witnesses)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

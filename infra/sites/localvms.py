@@ -98,8 +98,10 @@ class LocalVms:
 
     # -------------------------------------------------------- up
 
-    def up(self, spec: Spec, count: int, prefix: str = DEFAULT_PREFIX, progress=lambda m: None) -> Inventory:
-        """Creates and boots one VM per site, mounts every store in every VM, writes the Inventory."""
+    def up(self, spec: Spec, count: int, prefix: str = DEFAULT_PREFIX, progress=lambda m: None,
+           witnesses: int = 0) -> Inventory:
+        """Creates and boots one VM per site, mounts every store (and `witnesses` witness stores,
+        stores/witness-N) in every VM, writes the Inventory."""
         planned = plan(spec, count, prefix)
         if self.exists:
             raise VmError(f"{self.directory} already holds a VM cloud; run `failover vms down` first")
@@ -112,7 +114,7 @@ class LocalVms:
             for vm in vms:
                 progress(f"{vm.site}: creating its VM on {vm.address} (overlay over {image.name})")
                 vm.create(image, identity)
-            self._mount_stores(vms)
+            self._mount_stores(vms, [f"witness-{i}" for i in range(1, witnesses + 1)])
             identity.known_hosts.write_text("".join(vm.host_key_line() + "\n" for vm in vms))
             for vm in vms:
                 progress(f"{vm.site}: booting ({vm.role}) with infra/clouds/bootstrap.sh")
@@ -120,15 +122,17 @@ class LocalVms:
         except BaseException:
             self.down()
             raise
-        inventory = Inventory([outputs(s, spec, self.store(s.site)) for s in planned], active=spec.primary.name)
+        inventory = Inventory([outputs(s, spec, self.store(s.site)) for s in planned], active=spec.primary.name,
+                              witnesses=[witness(f"witness-{i}", self.store(f"witness-{i}"))
+                                         for i in range(1, witnesses + 1)])
         inventory.save(self.inventory_file)
         return inventory
 
-    def _mount_stores(self, vms: list[Vm]) -> None:
-        """Every site's store, owned by the VMs' postgres user, mounted in every VM."""
+    def _mount_stores(self, vms: list[Vm], witnesses: list[str] = ()) -> None:
+        """Every site's store (and each witness store), owned by the VMs' postgres user, mounted in every VM."""
         uid, gid = _postgres_ids(vms[0])
-        for site in vms:
-            store = self.store(site.site)
+        for name in [vm.site for vm in vms] + list(witnesses):
+            store = self.store(name)
             for part in (store, store / "pgbackrest", store / "media"):
                 part.mkdir(parents=True, exist_ok=True)
                 shutil.chown(part, uid, gid)
@@ -203,6 +207,14 @@ def outputs(site: VmSite, spec: Spec, store: Path) -> SiteOutputs:
         repository=Repository(type="posix", options={"path": str(store / "pgbackrest")}),
         media_remote=MediaRemote(type="local", options={}, path=str(store / "media")),
     )
+
+
+def witness(name: str, store: Path) -> SiteOutputs:
+    """A witness store of the local cloud: a directory like a site's store, with no site."""
+    return SiteOutputs(site=name, cloud="local", region="loopback", role="witness", public_addresses=(), ssh_hosts=(),
+                       ssh_user="", db_host="", db_port=0,
+                       repository=Repository(type="posix", options={"path": str(store / "pgbackrest")}),
+                       media_remote=MediaRemote(type="local", options={}, path=str(store / "media")))
 
 
 def sites_digest(inventory_text: str) -> str:

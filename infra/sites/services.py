@@ -33,6 +33,7 @@ VERSION_FILE = f"{TOOLKIT_DIR}/.version"
 INVENTORY_FILE = "/etc/failover/inventory.json"  # the protector's Inventory, rewritten by the runbook
 PROGRAM_DIR = "/etc/supervisor/conf.d"
 LOG_DIR = "/var/log/supervisor"
+LEASE_STATE = f"{PATHS.pgbackrest_dir}/lease-state.json"  # the protector's lease state (infra/data/replicator.py)
 
 
 # ---------------------------------------------------------------- the toolkit's code
@@ -185,23 +186,27 @@ def write_inventory(site: Site, inventory: Inventory) -> None:
     site.write(INVENTORY_FILE, inventory.to_json(), mode="640")
 
 
-def protector_command(site_name: str) -> str:
-    """The protector's command line: the Inventory, the site it protects from, this host's layout."""
+def protector_command(site_name: str, async_after: int | None = None) -> str:
+    """The protector's command line: the Inventory, the site it protects from, this host's layout,
+    and the spec's database.async_after_seconds when given."""
+    extra = ["--async-after", str(async_after)] if async_after is not None else []
     return shlex.join(["python3", "-m", "infra.data.replicator", INVENTORY_FILE, site_name,
                        "--pgdata", PATHS.pgdata, "--socket-dir", PATHS.socket_dir,
-                       "--pgbackrest-dir", PATHS.pgbackrest_dir])
+                       "--pgbackrest-dir", PATHS.pgbackrest_dir, *extra])
 
 
-def start_protector(site: Site, inventory: Inventory) -> None:
+def start_protector(site: Site, inventory: Inventory, async_after: int | None = None) -> None:
     """The protector on the primary's database host, reading `inventory` (written there first)."""
     if inventory.active != site.name:
         raise SiteError(f"site {site.name}: the protector runs on the active site's host, and the inventory "
                         f"names {inventory.active} active; start it there (or write the inventory first)")
     write_inventory(site, inventory)
     protection.install_host_secrets(site.service(), inventory, PATHS)
+    # The engine starts it on purpose: a fenced state left by an earlier run is not carried on.
+    site.service().run(f"rm -f {LEASE_STATE}")
     # Not started by supervisord on its own: an old primary given back after a failover still has
     # an inventory naming itself active, and would copy its stale bucket over the others' objects.
-    run_program(site, PROTECTOR_PROGRAM, protector_command(site.name), autostart=False)
+    run_program(site, PROTECTOR_PROGRAM, protector_command(site.name, async_after), autostart=False)
 
 
 def stop_protector(site: Site) -> None:
@@ -234,7 +239,7 @@ def start_services(inventory: Inventory, sites: dict[str, Site], spec: Spec) -> 
         protection.install_rclone(site.service(), inventory, PATHS)  # the app's mirrors go through it
         start_app(site, configs[site.name])
         if site.name == inventory.active:
-            start_protector(site, inventory)
+            start_protector(site, inventory, spec.database.async_after_seconds)
 
     on_each([sites[name] for name in names], start)
     wait_writable(sites[inventory.active], spec)

@@ -66,7 +66,7 @@ class VmCloud:
 
     # -------------------------------------------------------- up
 
-    def up(self, spec: Spec, count: int, prefix: str, seed_mb: int) -> dict:
+    def up(self, spec: Spec, count: int, prefix: str, seed_mb: int, witnesses: int = 0) -> dict:
         started = time.monotonic()
         self._refuse_foreign_inventory()
         resuming = self.vms.exists
@@ -78,7 +78,7 @@ class VmCloud:
         what = "already up, completing them" if resuming else f"{count} sites on {prefix}.x"
         with self._step("vms", f"VMs: {what}"):
             inventory = Inventory.load(self.vms.inventory_file) if resuming else \
-                self.vms.up(spec, count, prefix, self.progress)
+                self.vms.up(spec, count, prefix, self.progress, witnesses)
         sites = self.sites(inventory, spec)
         try:
             summary = self._protect_and_start(inventory, sites, spec, prefix, seed_mb)

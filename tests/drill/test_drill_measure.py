@@ -137,7 +137,8 @@ REPORT_KEYS = ["name", "description", "source", "target", "dns_ttl", "targets", 
                "command_ended", "command_seconds", "rto_seconds", "rto_from_command_seconds", "rpo_seconds",
                "archive_lag_seconds", "recovered_to", "newest_segment_age_seconds", "writes_acked", "writes_lost",
                "lost_seqs", "writes_failed_after_cut_off", "writes_attempted", "passed", "missed", "error", "epoch",
-               "steps", "integrity", "canary", "cut_off_ts", "command_started_ts"]
+               "steps", "integrity", "canary", "cut_off_ts", "command_started_ts", "lease_wait_seconds",
+               "fenced_directly"]
 
 
 def test_report_json_keeps_its_keys_and_the_canary_apart(tmp_path):
@@ -146,7 +147,18 @@ def test_report_json_keeps_its_keys_and_the_canary_apart(tmp_path):
     report.write(tmp_path, [scenario("warm", True)])
     written = json.loads((tmp_path / "report.json").read_text())
     assert list(written) == ["passed", "scenarios", "canary"]
-    assert list(written["scenarios"][0]) == [k for k in REPORT_KEYS if k not in ("canary", "cut_off_ts", "command_started_ts")]
+    assert list(written["scenarios"][0]) == [k for k in REPORT_KEYS if k not in ("canary", "cut_off_ts",
+                                                                                  "command_started_ts")]
     assert written["scenarios"][0]["targets"]["rto_limit_seconds"] == 35.0 and "rto_margin_seconds" in written["scenarios"][0]["targets"]
     assert list(scenario("warm", True).to_dict()) == REPORT_KEYS
     assert written["canary"]["warm"][0]["site"] == "gcp"
+
+
+def test_the_report_says_what_the_old_primarys_lease_cost():
+    waited = scenario("warm", True)
+    waited.lease_wait_seconds, waited.fenced_directly = 6.41, False
+    direct = scenario("warm", True)
+    direct.lease_wait_seconds, direct.fenced_directly = 0.0, True
+    assert "waited 6.41s for its lease to run out" in report.markdown([waited])
+    assert "fenced directly over SSH, so no lease was waited for" in report.markdown([direct])
+    assert "Lease: not measured" in report.markdown([scenario("warm", True)])
