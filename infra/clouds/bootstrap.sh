@@ -27,6 +27,12 @@ start_supervisor() {
 }
 
 start_database() {
+  # Once `failover sites protect` has set the cluster to manual, a boot leaves it to the rejoin
+  # agent (a supervisor program): it starts only as the active primary, or as a standby of it.
+  if grep -qs '^manual' "/etc/postgresql/$DB_VERSION/main/start.conf"; then
+    echo "failover-bootstrap: PostgreSQL is left to failover-rejoin (it follows the newest Inventory)"
+    return 0
+  fi
   if [ -e /etc/failover/no-data-disk ]; then  # written by cloud-init's bootcmd (cloud VMs only)
     echo "failover-bootstrap: $(cat /etc/failover/no-data-disk); not starting PostgreSQL on the root disk:" \
          "attach the data disk and reboot" >&2

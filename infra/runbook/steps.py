@@ -391,15 +391,21 @@ def _at_least_one(results, failed_names: list[str], what: str, errors: dict[str,
 
 
 def protect_again(run: Run) -> dict:
-    """`sites protect` with the target as the primary, a fresh backup in every remaining
-    repository, and the protector on the new primary's host.
+    """Re-protection, followers first: every remaining secondary follows the target (the warm
+    replica rewound or re-cloned, the pilot-light's WAL receiver restarted towards it) before
+    anything else, so the new primary's commits reach another site within seconds instead of
+    after the backups; then `sites protect` with the target as the primary, a fresh backup in
+    every remaining repository, and the protector on the new primary's host.
 
     Protect is idempotent: the new primary gets the primary's settings (a restored one is
-    restarted once for archive_mode), the stanza where a repository lacks it; other warm sites
-    are re-cloned from it and the pilot-light's WAL receiver follows it.
+    restarted once for archive_mode), the stanza where a repository lacks it; the followers
+    are found streaming already.
     """
     inventory = run.inventory
     sites = {s.name: s for s in run.fleet.sites()}
+    clock = time.monotonic()
+    followed = site_protect.follow(inventory, sites, run.spec, run.unreachable(), run.progress)
+    follow_seconds = round(time.monotonic() - clock, 3)
     # take_writes emptied synchronous_standby_names in postgresql.auto.conf, which would
     # override the settings protect writes: the spec's mode comes back from those.
     run.site.psql(["ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()"])
@@ -413,7 +419,8 @@ def protect_again(run: Run) -> dict:
     if broken:
         raise FailoverError("protecting the new primary failed: " + "; ".join(broken))
     services.start_protector(run.site, inventory)
-    return {"repositories": [f"{r.repo} ({r.site})" for r in backups], "skipped": sorted(skip),
+    return {"followed": followed, "follow_seconds": follow_seconds,
+            "repositories": [f"{r.repo} ({r.site})" for r in backups], "skipped": sorted(skip),
             "backup_seconds": {r.repo: r.seconds for r in backups}, "did": report.sites,
             "protect_seconds": report.seconds}
 

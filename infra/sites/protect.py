@@ -24,27 +24,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from invoke.exceptions import UnexpectedExit
+
 from infra import secrets
 from infra.app import seed as app_seed
 from infra.data import pgbackrest as pgbr_config
-from infra.data import protection
+from infra.data import protection, standby
 from infra.data.pgbackrest import STANZA
+from infra.data.standby import PASSFILE, REPLICATION_USER, TLS_DIR, TLS_SETTINGS  # noqa: F401 - protect's names
 from infra.sites import services
 from infra.sites.contract import Inventory
 from infra.sites.processes import wait_for
+from infra.sites.layout import SETTINGS_FILE, WALSTREAM_PROGRAM
 from infra.sites.site import CONF_DIR, DB_VERSION, PATHS, Site, SiteError
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
 from playbooks import pgbackrest, postgres
 from playbooks.host import ensure_dir
 
-REPLICATION_USER = "replicator"
 PASSWORD_REF = "env/FAILOVER_REPLICATION_PASSWORD"
-TLS_DIR = f"{PATHS.pgbackrest_dir}/tls"
-PASSFILE = f"{PATHS.pgbackrest_dir}/pgpass"
 PRESTAGED = f"{PATHS.pgbackrest_dir}/prestaged"  # the backup label the pilot-light's data directory holds
-SETTINGS_FILE = f"{CONF_DIR}/conf.d/50-failover.conf"
-WALSTREAM_PROGRAM = "failover-walstream"
 SCHEMA = Path(app_seed.__file__).with_name("schema.sql")
 
 
@@ -89,14 +88,9 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored)}:{b64(server)}"
 
 
-def conninfo(primary: Site, application: str) -> str:
-    """How a peer connects to the primary: TLS verified against the toolkit's CA, a passfile."""
-    return (f"host={primary.outputs.db_host} port={primary.outputs.db_port} user={REPLICATION_USER} "
-            f"passfile={PASSFILE} sslmode=verify-full sslrootcert={TLS_DIR}/ca.crt application_name={application}")
-
-
-TLS_SETTINGS = {"ssl": "on", "ssl_cert_file": f"{TLS_DIR}/server.crt", "ssl_key_file": f"{TLS_DIR}/server.key",
-                "ssl_ca_file": f"{TLS_DIR}/ca.crt", "password_encryption": "scram-sha-256"}
+def conninfo(primary: Site, application: str, database: str | None = None) -> str:
+    """How a peer connects to the primary (infra.data.standby.conninfo)."""
+    return standby.conninfo(primary.outputs.db_host, primary.outputs.db_port, application, database)
 
 
 def site_settings(site: Site, primary: Site, sync_standby: str | None, sync: bool) -> dict[str, str]:
@@ -157,8 +151,35 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
     if sync and standbys:
         _configure(primary, site_settings(primary, primary, standbys[0], sync), [p for p in peers if p is not primary],
                    report)
+    for site in peers:  # a host that boots again rejoins by itself (infra/data/rejoin.py)
+        services.install_rejoin(site, inventory)
     report.seconds = round(time.monotonic() - started, 2)
     return report
+
+
+def follow(inventory: Inventory, sites: dict[str, Site], spec: Spec, skip: set[str],
+           progress=lambda m: None) -> dict[str, str]:
+    """Re-protection's first part (after a failover, before any backup): every reachable
+    secondary follows the active primary, a warm site as its replica (rewound, else re-cloned,
+    unless it streams already), a pilot-light's WAL receiver by streaming from it. It relies on
+    what the first `sites protect` left on every host (certificates, passfile, pg_hba, the
+    role); `protect` then completes the rest. Returns what each site did."""
+    primary = sites[inventory.active]
+    sync = spec.database.replication == "sync"
+    done: dict[str, str] = {}
+    for name in inventory.names:
+        site = sites[name]
+        if site is primary or site.role not in ("warm", "pilot-light") or name in skip:
+            continue
+        site.write(SETTINGS_FILE, postgres.render_settings(site_settings(site, primary, None, sync)))
+        progress(f"{site.name}: following {primary.name}")
+        if site.role == "warm":
+            done[name] = _replica(site, primary)
+        else:
+            if site.db_running():
+                site.cluster("stop")
+            done[name] = _wal_stream(site, primary)
+    return done
 
 
 def _password(optional: bool) -> str | None:
@@ -239,6 +260,7 @@ def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str | No
     elif primary.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{REPLICATION_USER}'").stdout.strip() != "1":
         raise SiteError(f"site {primary.name}: no replication role {REPLICATION_USER} and {PASSWORD_REF} is not "
                         "set here: set it and run again")
+    primary.psql(standby.rewind_grants())
     db = spec.database.name
     if primary.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").stdout.strip() != "1":
         primary.psql(f"CREATE DATABASE {db}")
@@ -293,13 +315,32 @@ def _replica(site: Site, primary: Site, fresh: bool = False) -> str:
     if site.db_running():
         site.cluster("stop")
     c = site.service()
-    c.run(f"rm -rf {PATHS.pgdata} && mkdir -m 700 {PATHS.pgdata}")
-    c.run(shlex.join(["pg_basebackup", "-D", PATHS.pgdata, "-X", "stream", "-c", "fast",
-                      "-d", conninfo(primary, site.name)]), timeout=3600)
-    c.run(f"touch {PATHS.pgdata}/standby.signal")
+    if not fresh and _rewound(site, primary):
+        return "replica: rewound (pg_rewind), streaming"
+    standby.clone(c, conninfo(primary, site.name))
+    standby.mark_standby(c)
     site.cluster("start")
     wait_for(lambda: streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}", 0.3)
     return "replica: cloned over TLS, streaming"
+
+
+def _rewound(site: Site, primary: Site) -> bool:
+    """The stopped cluster rewound onto the primary and streaming from it; False (stopped again)
+    when pg_rewind cannot (no data directory, WAL it needs is gone) or it does not stream."""
+    c = site.service()
+    if not c.run(f"test -s {PATHS.pgdata}/global/pg_control", warn=True).ok:
+        return False
+    if not standby.rewind(c, conninfo(primary, site.name, "postgres")).ok:
+        return False
+    standby.mark_standby(c)
+    try:
+        site.cluster("start")
+        wait_for(lambda: streams_to(primary, site.name), 30, f"{site.name} to stream from {primary.name}", 0.3)
+        return True
+    except (SiteError, TimeoutError, UnexpectedExit):
+        if site.db_running():
+            site.cluster("stop", "fast")
+        return False
 
 
 def _prestage(site: Site, inventory: Inventory, skip: set[str]) -> str:

@@ -209,8 +209,9 @@ def test_restarted_old_primary_refuses_writes(cloud):
     writes before anything fences it; `failover fence` then stops its database over SSH."""
     from infra.sites import services
 
-    failover(cloud, "local", "restore-site", "--site", "aws")
+    failover(cloud, "local", "restore-site", "--site", "aws", "--sshd-only")
     aws = fleet(cloud).site("aws")
+    aws.root().run("rm -f /etc/supervisor/conf.d/failover-rejoin.conf")  # a host without the rejoin agent
     aws.cluster("start")
     services.start_app(aws, aws.app_config())  # its old config (epoch 1), as it booted with
     status, deadline = None, time.monotonic() + 15
