@@ -73,5 +73,11 @@ def mark_standby(c) -> None:
 
 
 def walstream_command(slot: str, source: str) -> str:
-    """pg_receivewal into the pilot-light's stream directory, from `source`, on its slot."""
-    return shlex.join([f"{BIN}/pg_receivewal", "-D", PATHS.wal_stream, "-S", slot, "-w", "-d", source])
+    """pg_receivewal into the pilot-light's stream directory, from `source`, on its slot.
+
+    `--synchronous`: it fsyncs what it receives at once and reports it flushed. Without it, it
+    fsyncs only a complete segment, and under steady writes what the primary flushed last
+    is never on the pilot-light's disk: after a warm failover (the pilot-light is then the only
+    follower) the exposure window would never close."""
+    return shlex.join([f"{BIN}/pg_receivewal", "-D", PATHS.wal_stream, "-S", slot, "-w", "--synchronous",
+                       "-d", source])

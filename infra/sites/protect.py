@@ -36,7 +36,7 @@ from infra.sites import services
 from infra.sites.contract import Inventory
 from infra.sites.processes import wait_for
 from infra.sites.layout import SETTINGS_FILE, WALSTREAM_PROGRAM
-from infra.sites.site import CONF_DIR, DB_VERSION, PATHS, Site, SiteError
+from infra.sites.site import CONF_DIR, PATHS, Site, SiteError
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
 from playbooks import pgbackrest, postgres
@@ -368,8 +368,7 @@ def _wal_stream(site: Site, primary: Site) -> str:
     primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
                  f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
     ensure_dir(site.service(), PATHS.wal_stream)
-    command = shlex.join([f"/usr/lib/postgresql/{DB_VERSION}/bin/pg_receivewal", "-D", PATHS.wal_stream, "-S", slot,
-                          "-w", "-d", conninfo(primary, site.name)])
+    command = standby.walstream_command(slot, conninfo(primary, site.name))
     # The toolkit's code may not be on the host yet (protect comes first): it runs from the stream's directory.
     services.run_program(site, WALSTREAM_PROGRAM, command, directory=PATHS.wal_stream)
     wait_for(lambda: streams_to(primary, site.name), 60,

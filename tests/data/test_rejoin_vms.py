@@ -148,7 +148,7 @@ def test_the_dropped_warm_site_given_back_streams_again_with_no_command_run(clou
         assert 200 not in statuses[:-1], statuses
         log = agent_log(fleet, "gcp")
         assert "rejoins: following aws" in log and "follows the Inventory of epoch 1" in log, log
-        assert app_status(GCP) == 200
+        wait_until(lambda: app_status(GCP) == 200, 30, "gcp's app to answer ready (a replica's reads)")
     finally:
         fleet.close()
 
