@@ -54,9 +54,29 @@ start_database() {
   fi
 }
 
+start_rejoin() {
+  # Every boot of a protected host: the rejoin agent (installed by `sites protect`, not
+  # autostarted) makes the database follow the active primary, or starts it if this site is
+  # active. Under systemd a unit does the same on later boots (cloud-init runs this file once).
+  [ -e /etc/supervisor/conf.d/failover-rejoin.conf ] || return 0
+  if has_systemd && [ ! -e /etc/systemd/system/failover-rejoin.service ]; then
+    printf '%s\n' '[Unit]' 'After=supervisor.service' 'Requires=supervisor.service' '[Service]' 'Type=oneshot' \
+      'ExecStart=/bin/sh -c "for i in $(seq 40); do supervisorctl start failover-rejoin && exit 0; sleep 0.5; done; exit 1"' \
+      '[Install]' 'WantedBy=multi-user.target' > /etc/systemd/system/failover-rejoin.service
+    systemctl daemon-reload && systemctl enable failover-rejoin.service
+  fi
+  for i in $(seq 40); do
+    supervisorctl start failover-rejoin >/dev/null 2>&1 && return 0
+    sleep 0.5  # supervisord is still starting
+  done
+  echo "failover-bootstrap: could not start failover-rejoin" >&2
+  return 1
+}
+
 start_supervisor
 if has_tier db; then
   start_database
+  start_rejoin
 fi
 if has_tier app && [ -n "${APP_IMAGE:-}" ] && command -v podman >/dev/null; then
   podman run -d --replace --name social-app --restart=always -p 80:"$APP_PORT" "$APP_IMAGE"

@@ -199,13 +199,14 @@ def install_rejoin(site: Site, inventory: Inventory) -> None:
     """The rejoin agent (infra/data/rejoin.py) as a boot-time program of the site's host, and
     the database left to it at boot: Debian's start.conf `manual` (neither the bootstrap nor
     systemd starts the cluster with what the disk holds). It reads `inventory` (written here)
-    for the stores to ask. Nothing starts now: supervisord starts it at the host's next boot
-    (or at the next `supervisorctl update`, where it finds the site following and exits)."""
+    for the stores to ask. It is not autostarted: supervisord would also start it whenever a
+    `supervisorctl update` loads it, in the middle of a runbook; the boot starts it
+    (infra/clouds/bootstrap.sh), and only the boot."""
     write_inventory(site, inventory)
     site.write(START_CONF, "manual\n", mode="644")
     site.write(f"{PROGRAM_DIR}/{REJOIN_PROGRAM}.conf",
-               program(REJOIN_PROGRAM, f"python3 -m infra.data.rejoin {site.name}", user="root", once=True),
-               owner="root", mode="644")
+               program(REJOIN_PROGRAM, f"python3 -m infra.data.rejoin {site.name}", autostart=False, user="root",
+                       once=True), owner="root", mode="644")
 
 
 def stop_protector(site: Site) -> None:
