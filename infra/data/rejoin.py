@@ -41,6 +41,7 @@ from playbooks.host import write_file
 
 INTERVAL = 2.0
 STREAM_WAIT = 60.0  # seconds for a follower to stream before the next way is tried
+BEHIND_WAIT = 30.0  # the same for a standby started as it is (a diverged one never streams)
 WAIT, START, DONE, REPLICA, WALSTREAM = "wait", "start", "done", "replica", "walstream"
 
 
@@ -195,36 +196,45 @@ def hold_app(host: Host, epoch: int | None = None) -> None:
 # ---------------------------------------------------------------- following the primary
 
 def follow_as_replica(host: Host, me: SiteOutputs, primary: SiteOutputs) -> str:
-    """Rewind onto the primary (a no-op when only behind), else a fresh clone; then stream."""
-    local = host.local()
-    if local.db_running:
+    """A standby that was only behind streams again as it is (PostgreSQL follows the primary's
+    new timeline when it forked after the standby's position); one whose timeline diverged
+    (an old primary, or a standby ahead of the fork) is rewound with pg_rewind; a fresh clone
+    when neither works. The cluster starts only as a standby of `primary`."""
+    if host.local().db_running:
         host.cluster("stop", "fast")
     settings = standby.follower_settings("warm", me.db_host, me.db_port, primary.db_host, primary.db_port, me.site,
                                          synchronous(host.read(SETTINGS_FILE)))
     write_file(host.c, SETTINGS_FILE, postgres.render_settings(settings), mode="644")
     source = standby.conninfo(primary.db_host, primary.db_port, me.site)
     has_data = host.service.run(f"test -s {PATHS.pgdata}/global/pg_control", warn=True).ok
+    was_standby = host.service.run(f"test -e {PATHS.pgdata}/standby.signal", warn=True).ok
+    if has_data and was_standby:
+        if _started_streaming(host, primary, BEHIND_WAIT):
+            return f"streaming from {primary.site} (it was only behind)"
+        host.stop_database()  # a clean shutdown in recovery: pg_rewind needs no crash recovery then
     if has_data:
+        # A crashed primary is crash-recovered by pg_rewind itself (single-user mode, which a
+        # standby.signal would refuse: the rewind's own signal comes after).
         rewound = standby.rewind(host.service, standby.conninfo(primary.db_host, primary.db_port, me.site, "postgres"))
         log(f"pg_rewind onto {primary.site}: " + ("done" if rewound.ok else
                                                    f"failed ({_tail(rewound.stderr)}); cloning instead"))
-        if rewound.ok and _started_streaming(host, primary):
+        if rewound.ok and _started_streaming(host, primary, STREAM_WAIT):
             return f"rewound onto {primary.site}, streaming"
         host.stop_database()
     standby.clone(host.service, source)
-    if _started_streaming(host, primary):
+    if _started_streaming(host, primary, STREAM_WAIT):
         return f"cloned from {primary.site}, streaming"
     raise RuntimeError(f"cloned from {primary.site} but it does not stream")
 
 
-def _started_streaming(host: Host, primary: SiteOutputs) -> bool:
+def _started_streaming(host: Host, primary: SiteOutputs, seconds: float) -> bool:
     standby.mark_standby(host.service)
     try:
         host.cluster("start")
     except UnexpectedExit as failure:  # it cannot start as a standby of this primary
         log(f"the standby did not start: {_tail(failure.result.stderr or failure.result.stdout)}")
         return False
-    deadline = time.monotonic() + STREAM_WAIT
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if host.local().upstream == primary.db_host:
             return True
