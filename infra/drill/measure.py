@@ -146,15 +146,18 @@ def lsn(text: str) -> int | None:
 
 
 def exposure(samples: list[LsnSample], written: bool = False) -> Exposure:
-    """The exposure window from the samples (in time order), opened by the first sample out of
-    recovery (no write is acknowledged before the promotion). `written`: measured on what
+    """The exposure window from the samples (in time order), opened by the last sample still in
+    recovery before the first one out of it (no write is acknowledged before the promotion). `written`: measured on what
     another site has received (written, maybe not yet fsynced) instead of flushed."""
     primary = [s for s in samples if not s.in_recovery and s.current is not None]
     gaps = [b.at - a.at for a, b in zip(samples, samples[1:])]
     interval = round(max(gaps), 3) if gaps else 0.0
     if not primary:
         return Exposure(None, None, None, interval)
-    start = primary[0].at
+    # The promotion came after the last look that found it in recovery: the window opens there
+    # (an upper bound, by at most one sampling interval).
+    before = [s.at for s in samples if s.in_recovery and s.at < primary[0].at]
+    start = before[-1] if before else primary[0].at
     for before, sample in zip(primary, primary[1:]):
         reached = sample.written if written else sample.flushed
         if reached is not None and reached >= before.current:

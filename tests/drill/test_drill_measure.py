@@ -165,14 +165,15 @@ def lsns(*rows):
 
 
 def test_the_exposure_window_runs_from_the_promotion_until_another_site_flushed_the_sample_before():
+    """It opens at the last look in recovery (the promotion came after it: an upper bound)."""
     samples = lsns((10.0, True, None, None, None),
                    (10.2, False, 100, None, None),   # promoted: writes may be acknowledged from here
                    (10.4, False, 150, None, None),
                    (10.6, False, 200, 120, 150),     # a follower streams, behind the sample before
                    (10.8, False, 260, 200, 260))     # it flushed what was there at 10.6
     window = measure.exposure(samples)
-    assert (window.started_at, window.ended_at, window.seconds) == (10.2, 10.8, 0.6)
-    assert measure.exposure(samples, written=True).seconds == 0.4  # received 150 >= 150 at 10.6
+    assert (window.started_at, window.ended_at, window.seconds) == (10.0, 10.8, 0.8)
+    assert measure.exposure(samples, written=True).seconds == 0.6  # received 150 >= 150 at 10.6
     assert window.interval_seconds == 0.2
 
 
