@@ -390,6 +390,28 @@ def _at_least_one(results, failed_names: list[str], what: str, errors: dict[str,
                     "when it is back")
 
 
+def follow(run: Run) -> dict:
+    """Re-protection comes first: as soon as the target is a primary (beside `take_writes`),
+    every remaining reachable secondary follows it, the warm replica rewound or re-cloned, the
+    pilot-light's pg_receivewal restarted towards it, before any backup. Until one streams,
+    acknowledged writes live at the target only (the drill's exposure window). A follower that
+    fails is reported, not fatal: `protect` tries it again."""
+    clock = time.monotonic()
+    wait_for(lambda: run.site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
+    sites = {s.name: s for s in run.fleet.sites()}
+    followed: dict[str, str] = {}
+    for name in run.inventory.names:
+        if name == run.target or name in run.unreachable():
+            continue
+        try:
+            followed |= site_protect.follow(run.inventory, sites, run.spec, run.unreachable() | (set(sites) - {name}),
+                                            run.progress, run.target)
+        except Exception as error:  # noqa: BLE001 - reported; protect follows it again
+            followed[name] = f"failed: {secrets.redact(str(error))[-300:]}"
+            events.warn(f"{name} does not follow {run.target} yet ({followed[name]}); `protect` tries again")
+    return {"followed": followed, "seconds": round(time.monotonic() - clock, 3)}
+
+
 def protect_again(run: Run) -> dict:
     """Re-protection, followers first: every remaining secondary follows the target (the warm
     replica rewound or re-cloned, the pilot-light's WAL receiver restarted towards it) before
@@ -404,7 +426,7 @@ def protect_again(run: Run) -> dict:
     inventory = run.inventory
     sites = {s.name: s for s in run.fleet.sites()}
     clock = time.monotonic()
-    followed = site_protect.follow(inventory, sites, run.spec, run.unreachable(), run.progress)
+    followed = site_protect.follow(inventory, sites, run.spec, run.unreachable(), run.progress, run.target)
     follow_seconds = round(time.monotonic() - clock, 3)
     # take_writes emptied synchronous_standby_names in postgresql.auto.conf, which would
     # override the settings protect writes: the spec's mode comes back from those.
@@ -440,7 +462,7 @@ FAILOVER_STAGES: list[list[Step]] = [
     [("promote", promote_or_restore), ("media", catch_up_media), ("start_app", start_app),
      ("prepare_dns", prepare_dns)],
     [("shift_dns", shift_dns)],
-    [("take_writes", take_writes), ("verify_dns", verify_dns)],
+    [("take_writes", take_writes), ("verify_dns", verify_dns), ("follow", follow)],
     [("verify_app", verify_app)],
     [("protect", protect_again)],
 ]

@@ -158,13 +158,15 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
 
 
 def follow(inventory: Inventory, sites: dict[str, Site], spec: Spec, skip: set[str],
-           progress=lambda m: None) -> dict[str, str]:
+           progress=lambda m: None, primary_name: str | None = None) -> dict[str, str]:
     """Re-protection's first part (after a failover, before any backup): every reachable
     secondary follows the active primary, a warm site as its replica (rewound, else re-cloned,
     unless it streams already), a pilot-light's WAL receiver by streaming from it. It relies on
     what the first `sites protect` left on every host (certificates, passfile, pg_hba, the
-    role); `protect` then completes the rest. Returns what each site did."""
-    primary = sites[inventory.active]
+    role); `protect` then completes the rest. `primary_name`: the primary to follow when the
+    Inventory does not name it active yet (the runbook's `follow` runs beside `take_writes`).
+    Returns what each site did."""
+    primary = sites[primary_name or inventory.active]
     sync = spec.database.replication == "sync"
     done: dict[str, str] = {}
     for name in inventory.names:

@@ -166,11 +166,13 @@ def test_a_warm_failover_re_protects_first_and_reports_the_exposure_window(cloud
         samples = sampler.stop()
         flushed, written = measure.exposure(samples), measure.exposure(samples, written=True)
         journal = json.loads(failover(cloud, "journal", "--json").stdout)
-        protect = next(e for e in journal["events"] if e["step"] == "protect" and e["status"] == "done")["detail"]
+        done = {e["step"]: e["detail"] for e in journal["events"] if e["status"] == "done"}
+        follow, protect = done["follow"], done["protect"]
         print(f"exposure window after a warm failover: {flushed.seconds} s flushed, {written.seconds} s written "
-              f"(sampled every {flushed.interval_seconds} s); followers first in {protect['follow_seconds']} s, "
-              f"backups {protect['backup_seconds']}")
-        assert "streaming" in protect["followed"]["azure"], protect["followed"]
+              f"(sampled every {flushed.interval_seconds} s at most); follow step {follow['seconds']} s, "
+              f"then backups {protect['backup_seconds']}")
+        assert "streaming over TLS" in follow["followed"]["azure"], follow  # it followed in `follow`, before protect
+        assert "already streaming" in protect["followed"]["azure"], protect
         assert flushed.seconds is not None and written.seconds is not None
         assert written.seconds <= flushed.seconds
         assert streams(fleet, "gcp", "azure")

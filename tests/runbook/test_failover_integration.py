@@ -83,7 +83,7 @@ def test_bad_inputs_fail_clearly_before_anything_changes(cloud):
 
 
 STEPS = ["preflight", "fence", "capacity", "promote", "media", "start_app", "prepare_dns", "shift_dns",
-         "take_writes", "verify_dns", "verify_app", "protect"]
+         "take_writes", "verify_dns", "follow", "verify_app", "protect"]
 STAGE_OF = {name: index for index, stage in enumerate(steps_mod.FAILOVER_STAGES) for name, _ in stage}
 
 
