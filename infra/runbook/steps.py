@@ -409,7 +409,7 @@ def follow(run: Run) -> dict:
         except Exception as error:  # noqa: BLE001 - reported; protect follows it again
             followed[name] = f"failed: {secrets.redact(str(error))[-300:]}"
             events.warn(f"{name} does not follow {run.target} yet ({followed[name]}); `protect` tries again")
-    return {"followed": followed, "seconds": round(time.monotonic() - clock, 3)}
+    return {"followed": followed, "follow_seconds": round(time.monotonic() - clock, 3)}
 
 
 def protect_again(run: Run) -> dict:

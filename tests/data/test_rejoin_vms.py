@@ -169,7 +169,7 @@ def test_a_warm_failover_re_protects_first_and_reports_the_exposure_window(cloud
         done = {e["step"]: e["detail"] for e in journal["events"] if e["status"] == "done"}
         follow, protect = done["follow"], done["protect"]
         print(f"exposure window after a warm failover: {flushed.seconds} s flushed, {written.seconds} s written "
-              f"(sampled every {flushed.interval_seconds} s at most); follow step {follow['seconds']} s, "
+              f"(sampled every {flushed.interval_seconds} s at most); follow step {follow['follow_seconds']} s, "
               f"then backups {protect['backup_seconds']}")
         assert "streaming over TLS" in follow["followed"]["azure"], follow  # it followed in `follow`, before protect
         assert "already streaming" in protect["followed"]["azure"], protect
