@@ -173,13 +173,11 @@ def follow(inventory: Inventory, sites: dict[str, Site], spec: Spec, skip: set[s
         site = sites[name]
         if site is primary or site.role not in ("warm", "pilot-light") or name in skip:
             continue
-        site.write(SETTINGS_FILE, postgres.render_settings(site_settings(site, primary, None, sync)))
         progress(f"{site.name}: following {primary.name}")
         if site.role == "warm":
+            site.write(SETTINGS_FILE, postgres.render_settings(site_settings(site, primary, None, sync)))
             done[name] = _replica(site, primary)
-        else:
-            if site.db_running():
-                site.cluster("stop")
+        else:  # its settings name no primary, and it runs no database (protect sees to both)
             done[name] = _wal_stream(site, primary)
     return done
 
