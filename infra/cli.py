@@ -118,12 +118,16 @@ def local_drop(
 @command
 def local_restore_site(
     site: Annotated[str, typer.Option(help="The dropped site to give back.")],
+    sshd_only: Annotated[bool, typer.Option(
+        help="Start only its sshd, not its boot-time services: a host without the rejoin agent.")] = False,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False,
 ):
-    """Give a dropped site back: its store is reachable again and its sshd runs; its database is not
-    started (fencing decides), and its data is stale until `failover back` re-seeds it."""
-    result = VmCloud(workdir_path(workdir), progress).restore_site(site)
-    emit(result, as_json, lambda r: progress(f"{site} is reachable again (sshd, store); its database stays down"))
+    """Give a dropped site back as a provider does: its store is reachable again and its VM boots
+    (sshd and its boot-time services: supervisord, the app held not-ready, and the rejoin agent,
+    which makes its database follow the active primary with no command run; its stale data
+    never serves). `--sshd-only`: only sshd, and its database stays down."""
+    result = VmCloud(workdir_path(workdir), progress).restore_site(site, boot=not sshd_only)
+    emit(result, as_json, lambda r: progress(f"{site} is reachable again ({', '.join(r['started'])}, store)"))
 
 
 @app.command("status")

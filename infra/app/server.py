@@ -103,7 +103,18 @@ class Handler(BaseHTTPRequestHandler):
             self.local.conn = None
             self._send(503, {"error": f"database unavailable: {error.__class__.__name__}"})
 
+    def _rejoining(self) -> bool:
+        """While the rejoin agent makes this site's database follow the primary (infra/data/
+        rejoin.py), nothing is served: its data may be stale."""
+        if self.config.get().get("rejoining"):
+            self._send(503, {"error": "not ready: this site is rejoining the active primary", "ready": False,
+                             "site": self.config.get()["site"], "writable": False})
+            return True
+        return False
+
     def do_GET(self):
+        if self._rejoining():
+            return
         if self.path == "/healthz":
             return self._guarded(self._health)
         if self.path.startswith("/posts/"):
@@ -113,6 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(404, {"error": "not found"})
 
     def do_POST(self):
+        if self._rejoining():
+            return
         if self.path == "/posts":
             return self._guarded(self._create_post)
         self._send(404, {"error": "not found"})

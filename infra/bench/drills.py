@@ -31,6 +31,7 @@ def row(scenario: str, size_gb: float, seed_mb: int, parsed: dict | None, error:
     return {**base, "result": "pass" if s.get("passed") else "FAIL", "dns_ttl": s.get("dns_ttl", 0),
             "rto_seconds": s.get("rto_seconds"), "rto_from_command_seconds": s.get("rto_from_command_seconds"),
             "rpo_seconds": s.get("rpo_seconds"), "writes_lost": s.get("writes_lost"),
+            "exposure_seconds": s.get("exposure_seconds"), "exposure_written_seconds": s.get("exposure_written_seconds"),
             "writes_acked": s.get("writes_acked"), "missed": s.get("missed", []),
             "cut_off": s.get("cut_off"), "command_started": s.get("command_started"),
             "steps": [{key: st.get(key) for key in ("step", "status", "seconds", "started", "ended")}

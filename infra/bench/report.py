@@ -43,7 +43,7 @@ def restore_rows(rows: list[dict]) -> list[list[str]]:
 
 
 DRILL_HEADER = ["scenario", "seed", "result", "RTO cut-off", "RTO - TTL", "runbook to reads", "runbook to writes",
-                "command to writes", "net RTO", "acked", "lost", "RPO window"]
+                "command to writes", "net RTO", "acked", "lost", "RPO window", "exposure window"]
 
 
 def drill_rows(drills: list[dict]) -> list[list[str]]:
@@ -54,7 +54,8 @@ def drill_rows(drills: list[dict]) -> list[list[str]]:
                     _f(None if rto is None else rto - d["dns_ttl"], 2, " s"), _f(stats.until_reads(d.get("steps", [])), 2, " s"),
                     _f(stats.until_writable(d.get("steps", [])), 2, " s"), _f(stats.command_until_writable(d), 2, " s"),
                     _f(stats.net_rto(d), 2, " s"),
-                    str(d.get("writes_acked", "-")), str(d.get("writes_lost", "-")), _f(d.get("rpo_seconds"), 2, " s")])
+                    str(d.get("writes_acked", "-")), str(d.get("writes_lost", "-")), _f(d.get("rpo_seconds"), 2, " s"),
+                    _f(d.get("exposure_seconds"), 2, " s")])
     return out
 
 

@@ -142,6 +142,7 @@ def net_rto(drill: dict) -> float | None:
 
 WARM_NET_RTO = 1.0  # issue 9: a warm failover takes writes within 1 s beyond the TTL
 PILOT_NET_RTO = 5.0  # issue 9: a pilot-light failover (a restore) within 5 s beyond the TTL, at 1 GB
+EXPOSURE = 2.0  # issue 15: acknowledged writes live at one site only for at most this long after a failover
 
 
 def drill_checks(drills: list[dict]) -> list[Check]:
@@ -174,6 +175,18 @@ def drill_checks(drills: list[dict]) -> list[Check]:
         checks.append(Check(f"pilot-light RPO window <= 1 s at {d['size_gb']:g} GB",
                             f"{_fmt(d['rpo_seconds'], ' s')} ({d.get('writes_lost')} acked writes lost)",
                             d["rpo_seconds"] <= 1.0))
+    return checks + exposure_checks(drills)
+
+
+def exposure_checks(drills: list[dict]) -> list[Check]:
+    """Issue 15 item 6: after a warm and a pilot-light failover, another site has flushed the new
+    primary's WAL within 2 s (a window that never closed while the drill sampled fails)."""
+    checks = []
+    for d in (d for d in drills if d.get("rto_seconds") is not None):
+        seconds = d.get("exposure_seconds")
+        checks.append(Check(f"{d['scenario']}: exposure window <= {EXPOSURE:g} s at {d['size_gb']:g} GB",
+                            "never closed" if seconds is None else _fmt(seconds, " s"),
+                            seconds is not None and seconds <= EXPOSURE))
     return checks
 
 

@@ -27,6 +27,12 @@ start_supervisor() {
 }
 
 start_database() {
+  # Once `failover sites protect` has set the cluster to manual, a boot leaves it to the rejoin
+  # agent (a supervisor program): it starts only as the active primary, or as a standby of it.
+  if grep -qs '^manual' "/etc/postgresql/$DB_VERSION/main/start.conf"; then
+    echo "failover-bootstrap: PostgreSQL is left to failover-rejoin (it follows the newest Inventory)"
+    return 0
+  fi
   if [ -e /etc/failover/no-data-disk ]; then  # written by cloud-init's bootcmd (cloud VMs only)
     echo "failover-bootstrap: $(cat /etc/failover/no-data-disk); not starting PostgreSQL on the root disk:" \
          "attach the data disk and reboot" >&2
@@ -48,9 +54,29 @@ start_database() {
   fi
 }
 
+start_rejoin() {
+  # Every boot of a protected host: the rejoin agent (installed by `sites protect`, not
+  # autostarted) makes the database follow the active primary, or starts it if this site is
+  # active. Under systemd a unit does the same on later boots (cloud-init runs this file once).
+  [ -e /etc/supervisor/conf.d/failover-rejoin.conf ] || return 0
+  if has_systemd && [ ! -e /etc/systemd/system/failover-rejoin.service ]; then
+    printf '%s\n' '[Unit]' 'After=supervisor.service' 'Requires=supervisor.service' '[Service]' 'Type=oneshot' \
+      'ExecStart=/bin/sh -c "for i in $(seq 40); do supervisorctl start failover-rejoin && exit 0; sleep 0.5; done; exit 1"' \
+      '[Install]' 'WantedBy=multi-user.target' > /etc/systemd/system/failover-rejoin.service
+    systemctl daemon-reload && systemctl enable failover-rejoin.service
+  fi
+  for i in $(seq 40); do
+    supervisorctl start failover-rejoin >/dev/null 2>&1 && return 0
+    sleep 0.5  # supervisord is still starting
+  done
+  echo "failover-bootstrap: could not start failover-rejoin" >&2
+  return 1
+}
+
 start_supervisor
 if has_tier db; then
   start_database
+  start_rejoin
 fi
 if has_tier app && [ -n "${APP_IMAGE:-}" ] && command -v podman >/dev/null; then
   podman run -d --replace --name social-app --restart=always -p 80:"$APP_PORT" "$APP_IMAGE"

@@ -71,6 +71,9 @@ def pg_settings(address: str, port: int, paths: HostPaths, standbys: str = "") -
         "port": str(port),
         "unix_socket_directories": paths.socket_dir,
         "wal_level": "replica",
+        # pg_rewind needs it (the clusters have no data checksums): a secondary whose timeline
+        # diverged rejoins by rewinding the blocks it changed instead of a whole new clone.
+        "wal_log_hints": "on",
         "max_wal_senders": "10",
         "max_replication_slots": "10",
         # A WAL stream whose receiver is gone must not fill the primary's disk.

@@ -108,3 +108,58 @@ def judge(targets: Targets, ttl: int, rto_cutoff: float | None, lost: Rpo,
         elif lost.window_seconds > lag:
             missed.append(f"RPO window {lost.window_seconds:.2f}s exceeds the WAL archive lag {lag:.2f}s")
     return missed
+
+
+# ---------------------------------------------------------------- the exposure window
+
+@dataclass(frozen=True)
+class LsnSample:
+    """One look at the new primary: when, whether it was still in recovery, how far it has
+    flushed its own WAL (an acknowledged commit is at most there) and the furthest position
+    another site has flushed, and written, by pg_stat_replication; LSNs as integers."""
+
+    at: float
+    in_recovery: bool
+    current: int | None
+    flushed: int | None
+    written: int | None = None
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """From the new primary's first moment as a primary to the first sample at which another
+    site had flushed everything written up to the sample before: while it lasts, acknowledged
+    writes live at one site only. `seconds` is None when no site caught up while sampled."""
+
+    started_at: float | None
+    ended_at: float | None
+    seconds: float | None
+    interval_seconds: float
+
+
+def lsn(text: str) -> int | None:
+    """'16/B374D848' -> its byte position; None for an empty field."""
+    if not text:
+        return None
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def exposure(samples: list[LsnSample], written: bool = False) -> Exposure:
+    """The exposure window from the samples (in time order), opened by the last sample still in
+    recovery before the first one out of it (no write is acknowledged before the promotion). `written`: measured on what
+    another site has received (written, maybe not yet fsynced) instead of flushed."""
+    primary = [s for s in samples if not s.in_recovery and s.current is not None]
+    gaps = [b.at - a.at for a, b in zip(samples, samples[1:])]
+    interval = round(max(gaps), 3) if gaps else 0.0
+    if not primary:
+        return Exposure(None, None, None, interval)
+    # The promotion came after the last look that found it in recovery: the window opens there
+    # (an upper bound, by at most one sampling interval).
+    before = [s.at for s in samples if s.in_recovery and s.at < primary[0].at]
+    start = before[-1] if before else primary[0].at
+    for before, sample in zip(primary, primary[1:]):
+        reached = sample.written if written else sample.flushed
+        if reached is not None and reached >= before.current:
+            return Exposure(start, sample.at, round(sample.at - start, 3), interval)
+    return Exposure(start, None, None, interval)

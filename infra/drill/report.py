@@ -34,18 +34,20 @@ def write(report_dir: Path, scenarios: list[ScenarioResult]) -> dict:
 def markdown(scenarios: list[ScenarioResult]) -> str:
     lines = ["# Failover drill", "", f"**{'PASSED' if passed(scenarios) else 'FAILED'}**", "",
              "| scenario | from → to | RTO from cut-off | RTO from command | limit | writes acked | lost | RPO window "
-             "| WAL archive lag | result |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| WAL archive lag | exposure window | result |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in scenarios:
         lines.append(f"| {s.name} | {s.source} → {s.target} | {_secs(s.rto_seconds)} | "
                      f"{_secs(s.rto_from_command_seconds)} | {s.rto_limit_seconds:.0f}s (TTL {s.dns_ttl}s) | "
                      f"{s.writes_acked} | {s.writes_lost} | {s.rpo_seconds:.2f}s | "
-                     f"{_secs(s.archive_lag_seconds)} | "
+                     f"{_secs(s.archive_lag_seconds)} | {_secs(s.exposure_seconds)} | "
                      f"{'pass' if s.passed else 'FAIL'} |")
     for s in scenarios:
         lines += ["", f"## {s.name}: {s.description}", "",
                   f"Cut-off at {s.cut_off}; the command ran {s.command_seconds:.1f}s; epoch now {s.epoch}. "
-                  f"Integrity: {s.integrity['summary']}.", "", lease_cost(s), "",
+                  f"Integrity: {s.integrity['summary']}. Exposure window (acknowledged writes at one site "
+                  f"only): {_secs(s.exposure_seconds)} until another site flushed them, "
+                  f"{_secs(s.exposure_written_seconds)} until one had received them.", "", lease_cost(s), "",
                   f"![timeline](timeline-{s.name}.png)", "",
                   "| step | status | seconds |", "|---|---|---|"]
         lines += [f"| {st['step']} | {st['status']} | {_secs(st['seconds'])} |" for st in s.steps]

@@ -44,6 +44,10 @@ class ScenarioResult:
     epoch: int | None
     steps: list[dict]  # the journal's timings (infra.runbook.journal.Journal.timings)
     integrity: dict
+    # From take_writes until another site had flushed (written) the new primary's WAL: the time
+    # acknowledged writes lived at one site only (infra.drill.measure.exposure); None: never closed.
+    exposure_seconds: float | None = None
+    exposure_written_seconds: float | None = None
     canary: list[Write] = field(default_factory=list)
     cut_off_ts: float = 0.0
     command_started_ts: float = 0.0

@@ -19,6 +19,7 @@ from infra.data import claims, integrity, protection
 from infra.dns.local import local_providers
 from infra.drill import measure
 from infra.drill.canary import Canary, Write, dns_servers, read_back
+from infra.drill.exposure import ExposureSampler
 from infra.drill.result import ScenarioResult
 from infra.runbook import runner
 from infra.runbook.claim import stores as claim_stores
@@ -33,6 +34,7 @@ from infra.spec import Spec
 Progress = Callable[[str], None]
 WARMUP_ACKS = 20
 SETTLE_SECONDS = 2.0
+EXPOSURE_WAIT = 60.0  # seconds after the runbook for another site to catch up with the new primary
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> Sc
         progress(f"[{scenario.name}] failover run --to {target.name}")
         error, journal = "", None
         runbook_fleet = Fleet(options.workdir, app_port=spec.app.port)  # what a new `failover run` would see
+        sampling_fleet = Fleet(options.workdir, app_port=spec.app.port)  # its own SSH connection
+        sampler = ExposureSampler(sampling_fleet.site(target.name)).start()
         try:
             journal = runner.run_failover(runbook_fleet, spec, options.project, target.name, None, progress)
         except Exception as failure:  # the report says what failed; the drill still measures
@@ -137,18 +141,23 @@ def run_scenario(scenario: Scenario, options: Options, progress: Progress) -> Sc
         command_ended = time.time()
         limit = targets.rto_limit(spec.dns.ttl) + 30
         _wait(lambda: canary.acked_on(target.name), max(0.0, cut_off + limit - time.time()), "", quiet=True)
+        # From the first sample out of recovery: no write is acknowledged before the promotion.
+        _wait(sampler.closed, EXPOSURE_WAIT, "", quiet=True)  # the canary writes on meanwhile
         time.sleep(SETTLE_SECONDS)
     finally:
         writes = canary.stop()
+        samples = sampler.stop()
+        sampling_fleet.close()
+    window = (measure.exposure(samples), measure.exposure(samples, written=True))
     try:
         return _result(scenario, targets, fleet, spec, source, target, writes, cut_off, command_started,
-                       command_ended, journal, error, before)
+                       command_ended, journal, error, before, window)
     finally:
         fleet.close()
 
 
 def _result(scenario, targets, fleet, spec, source, target, writes: list[Write], cut_off, command_started,
-            command_ended, journal, error, before) -> ScenarioResult:
+            command_ended, journal, error, before, window) -> ScenarioResult:
 
     acks = [measure.Ack(w.seq, w.sent, w.answered, w.acked, w.site) for w in writes]
     present, readback_error = set(), ""
@@ -185,6 +194,7 @@ def _result(scenario, targets, fleet, spec, source, target, writes: list[Write],
         passed=not missed, missed=missed, error=error or None,
         epoch=journal.epoch if journal else None,
         steps=journal.timings() if journal else [], integrity=integrity_report,
+        exposure_seconds=window[0].seconds, exposure_written_seconds=window[1].seconds,
         canary=list(writes), cut_off_ts=cut_off, command_started_ts=command_started,
         lease_wait_seconds=_step_detail(journal, "take_writes").get("lease_wait_seconds"),
         fenced_directly=_step_detail(journal, "fence").get("fenced_directly"),

@@ -506,16 +506,44 @@ def _at_least_one(results, failed_names: list[str], what: str, errors: dict[str,
                     "when it is back")
 
 
+def follow(run: Run) -> dict:
+    """Re-protection comes first: as soon as the target is a primary (beside `take_writes`),
+    every remaining reachable secondary follows it, the warm replica rewound or re-cloned, the
+    pilot-light's pg_receivewal restarted towards it, before any backup. Until one streams,
+    acknowledged writes live at the target only (the drill's exposure window). A follower that
+    fails is reported, not fatal: `protect` tries it again."""
+    clock = time.monotonic()
+    wait_for(lambda: run.site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
+    sites = {s.name: s for s in run.fleet.sites()}
+    followed: dict[str, str] = {}
+    for name in run.inventory.names:
+        if name == run.target or name in run.unreachable():
+            continue
+        try:
+            followed |= site_protect.follow(run.inventory, sites, run.spec, run.unreachable() | (set(sites) - {name}),
+                                            run.progress, run.target)
+        except Exception as error:  # noqa: BLE001 - reported; protect follows it again
+            followed[name] = f"failed: {secrets.redact(str(error))[-300:]}"
+            events.warn(f"{name} does not follow {run.target} yet ({followed[name]}); `protect` tries again")
+    return {"followed": followed, "follow_seconds": round(time.monotonic() - clock, 3)}
+
+
 def protect_again(run: Run) -> dict:
-    """`sites protect` with the target as the primary, a fresh backup in every remaining
-    repository, and the protector on the new primary's host.
+    """Re-protection, followers first: every remaining secondary follows the target (the warm
+    replica rewound or re-cloned, the pilot-light's WAL receiver restarted towards it) before
+    anything else, so the new primary's commits reach another site within seconds instead of
+    after the backups; then `sites protect` with the target as the primary, a fresh backup in
+    every remaining repository, and the protector on the new primary's host.
 
     Protect is idempotent: the new primary gets the primary's settings (a restored one is
-    restarted once for archive_mode), the stanza where a repository lacks it; other warm sites
-    are re-cloned from it and the pilot-light's WAL receiver follows it.
+    restarted once for archive_mode), the stanza where a repository lacks it; the followers
+    are found streaming already.
     """
     inventory = run.inventory
     sites = {s.name: s for s in run.fleet.sites()}
+    clock = time.monotonic()
+    followed = site_protect.follow(inventory, sites, run.spec, run.unreachable(), run.progress, run.target)
+    follow_seconds = round(time.monotonic() - clock, 3)
     # take_writes emptied synchronous_standby_names in postgresql.auto.conf, which would
     # override the settings protect writes: the spec's mode comes back from those.
     run.site.psql(["ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()"])
@@ -529,7 +557,8 @@ def protect_again(run: Run) -> dict:
     if broken:
         raise FailoverError("protecting the new primary failed: " + "; ".join(broken))
     services.start_protector(run.site, inventory, run.spec.database.async_after_seconds)
-    return {"repositories": [f"{r.repo} ({r.site})" for r in backups], "skipped": sorted(skip),
+    return {"followed": followed, "follow_seconds": follow_seconds,
+            "repositories": [f"{r.repo} ({r.site})" for r in backups], "skipped": sorted(skip),
             "backup_seconds": {r.repo: r.seconds for r in backups}, "did": report.sites,
             "protect_seconds": report.seconds}
 
@@ -550,7 +579,7 @@ FAILOVER_STAGES: list[list[Step]] = [
     [("promote", promote_or_restore), ("media", catch_up_media), ("start_app", start_app),
      ("prepare_dns", prepare_dns)],
     [("shift_dns", shift_dns)],
-    [("take_writes", take_writes), ("verify_dns", verify_dns)],
+    [("take_writes", take_writes), ("verify_dns", verify_dns), ("follow", follow)],
     [("verify_app", verify_app)],
     [("protect", protect_again)],
 ]

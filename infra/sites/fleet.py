@@ -17,9 +17,9 @@ from infra import secrets
 from infra.data.storage import Store, StoreError, put_all
 from infra.errors import FailoverError
 from infra.sites.contract import Inventory
+from infra.sites.layout import INVENTORY_COPY  # noqa: F401 - the Fleet's name for it
 from infra.sites.site import Site, SshSettings
 
-INVENTORY_COPY = ".failover/inventory.json"  # in every site's store (beside its media)
 VM_SSH_DIR = "vms/ssh"  # where `failover local up` keeps the toolkit's key and known_hosts
 # Secrets files in a workdir: `inventory pull`'s writer credentials and `local up`'s own secrets.
 SECRET_FILES = ("secrets.env", "vms/secrets.env")

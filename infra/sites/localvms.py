@@ -152,9 +152,10 @@ class LocalVms:
             self.store(name).rename(self.dropped_store(name))
         return killed
 
-    def restore(self, name: str) -> bool:
+    def restore(self, name: str, boot: bool = True) -> bool:
         """The provider gives the site back: its store at its path again and mounted in every VM,
-        and its sshd started. Nothing else starts (the engine decides about its database).
+        and the VM booted as a cloud VM boots (`Vm.reboot`: sshd and the boot-time services; the
+        rejoin agent among them decides about its database), or with `boot=False` its sshd only.
         Returns whether the site was dropped."""
         site = self._site(name)
         was_dropped = self.dropped_store(name).exists()
@@ -162,7 +163,10 @@ class LocalVms:
             self.dropped_store(name).rename(self.store(name))
         for vm in self.vms():
             vm.mount_store(self.store(name))
-        self.vm(site).start_sshd()
+        if boot:
+            self.vm(site).reboot()
+        else:
+            self.vm(site).start_sshd()
         return was_dropped
 
     def down(self) -> list[str]:

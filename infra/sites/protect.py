@@ -24,27 +24,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from invoke.exceptions import UnexpectedExit
+
 from infra import secrets
 from infra.app import seed as app_seed
 from infra.data import pgbackrest as pgbr_config
-from infra.data import protection, walstream
+from infra.data import protection, standby, walstream
 from infra.data.pgbackrest import STANZA
+from infra.data.standby import PASSFILE, REPLICATION_USER, TLS_DIR, TLS_SETTINGS  # noqa: F401 - protect's names
 from infra.sites import services
 from infra.sites.contract import Inventory
 from infra.sites.processes import wait_for
-from infra.sites.site import CONF_DIR, DB_VERSION, PATHS, Site, SiteError
+from infra.sites.layout import SETTINGS_FILE, WALSTREAM_PROGRAM
+from infra.sites.site import CONF_DIR, PATHS, Site, SiteError
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
 from playbooks import pgbackrest, postgres
 from playbooks.host import ensure_dir
 
-REPLICATION_USER = "replicator"
 PASSWORD_REF = "env/FAILOVER_REPLICATION_PASSWORD"
-TLS_DIR = f"{PATHS.pgbackrest_dir}/tls"
-PASSFILE = f"{PATHS.pgbackrest_dir}/pgpass"
 PRESTAGED = f"{PATHS.pgbackrest_dir}/prestaged"  # the backup label the pilot-light's data directory holds
-SETTINGS_FILE = f"{CONF_DIR}/conf.d/50-failover.conf"
-WALSTREAM_PROGRAM = "failover-walstream"
 # Protect's own writes commit on the primary's disk alone: a secondary it is still setting up
 # (or one that is gone) must not hold them, whatever synchronous_standby_names says meanwhile.
 LOCAL_COMMIT = "SET synchronous_commit = local"
@@ -92,14 +91,9 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored)}:{b64(server)}"
 
 
-def conninfo(primary: Site, application: str) -> str:
-    """How a peer connects to the primary: TLS verified against the toolkit's CA, a passfile."""
-    return (f"host={primary.outputs.db_host} port={primary.outputs.db_port} user={REPLICATION_USER} "
-            f"passfile={PASSFILE} sslmode=verify-full sslrootcert={TLS_DIR}/ca.crt application_name={application}")
-
-
-TLS_SETTINGS = {"ssl": "on", "ssl_cert_file": f"{TLS_DIR}/server.crt", "ssl_key_file": f"{TLS_DIR}/server.key",
-                "ssl_ca_file": f"{TLS_DIR}/ca.crt", "password_encryption": "scram-sha-256"}
+def conninfo(primary: Site, application: str, database: str | None = None) -> str:
+    """How a peer connects to the primary (infra.data.standby.conninfo)."""
+    return standby.conninfo(primary.outputs.db_host, primary.outputs.db_port, application, database)
 
 
 def site_settings(site: Site, primary: Site, standbys: str, replies: bool) -> dict[str, str]:
@@ -160,7 +154,7 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
             report.did(site.name, _replica(site, primary))
         elif site.role == "pilot-light":
             progress(f"{site.name}: WAL stream from {primary.name}, data directory prestaged")
-            report.did(site.name, _wal_stream(site, primary, synchronous=mode == "quorum"))
+            report.did(site.name, _wal_stream(site, primary))
             report.did(site.name, _prestage(site, inventory, skip))
     # The secondaries set up here; one that was unreachable counts once protect has run again.
     standbys = protection.standby_names(mode, [n for n in warm if n in reachable],
@@ -169,6 +163,8 @@ def protect(inventory: Inventory, sites: dict[str, Site], spec: Spec, ca: Certif
         _configure(primary, site_settings(primary, primary, standbys, replies), [p for p in peers if p is not primary],
                    report)
         report.did(primary.name, f"synchronous_standby_names = {standbys}")
+    for site in peers:  # a host that boots again rejoins by itself (infra/data/rejoin.py)
+        services.install_rejoin(site, inventory)
     report.seconds = round(time.monotonic() - started, 2)
     return report
 
@@ -184,6 +180,31 @@ def streaming_standbys(primary: Site) -> set[str]:
     result = primary.psql("SELECT r.application_name FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
                           "WHERE s.ssl AND r.state = 'streaming'", warn=True)
     return set(result.stdout.split()) if result.ok else set()
+
+
+def follow(inventory: Inventory, sites: dict[str, Site], spec: Spec, skip: set[str],
+           progress=lambda m: None, primary_name: str | None = None) -> dict[str, str]:
+    """Re-protection's first part (after a failover, before any backup): every reachable
+    secondary follows the active primary, a warm site as its replica (rewound, else re-cloned,
+    unless it streams already), a pilot-light's WAL receiver by streaming from it. It relies on
+    what the first `sites protect` left on every host (certificates, passfile, pg_hba, the
+    role); `protect` then completes the rest. `primary_name`: the primary to follow when the
+    Inventory does not name it active yet (the runbook's `follow` runs beside `take_writes`).
+    Returns what each site did."""
+    primary = sites[primary_name or inventory.active]
+    replies = spec.database.standbys_reply
+    done: dict[str, str] = {}
+    for name in inventory.names:
+        site = sites[name]
+        if site is primary or site.role not in ("warm", "pilot-light") or name in skip:
+            continue
+        progress(f"{site.name}: following {primary.name}")
+        if site.role == "warm":
+            site.write(SETTINGS_FILE, postgres.render_settings(site_settings(site, primary, "", replies)))
+            done[name] = _replica(site, primary)
+        else:  # its settings name no primary, and it runs no database (protect sees to both)
+            done[name] = _wal_stream(site, primary)
+    return done
 
 
 def _password(optional: bool) -> str | None:
@@ -264,6 +285,7 @@ def _primary(primary: Site, inventory: Inventory, spec: Spec, password: str | No
     elif primary.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{REPLICATION_USER}'").stdout.strip() != "1":
         raise SiteError(f"site {primary.name}: no replication role {REPLICATION_USER} and {PASSWORD_REF} is not "
                         "set here: set it and run again")
+    primary.psql(standby.rewind_grants())
     db = spec.database.name
     if primary.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").stdout.strip() != "1":
         primary.psql([LOCAL_COMMIT, f"CREATE DATABASE {db}"])
@@ -318,13 +340,32 @@ def _replica(site: Site, primary: Site, fresh: bool = False) -> str:
     if site.db_running():
         site.cluster("stop")
     c = site.service()
-    c.run(f"rm -rf {PATHS.pgdata} && mkdir -m 700 {PATHS.pgdata}")
-    c.run(shlex.join(["pg_basebackup", "-D", PATHS.pgdata, "-X", "stream", "-c", "fast",
-                      "-d", conninfo(primary, site.name)]), timeout=3600)
-    c.run(f"touch {PATHS.pgdata}/standby.signal")
+    if not fresh and _rewound(site, primary):
+        return "replica: rewound (pg_rewind), streaming"
+    standby.clone(c, conninfo(primary, site.name))
+    standby.mark_standby(c)
     site.cluster("start")
     wait_for(lambda: streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}", 0.3)
     return "replica: cloned over TLS, streaming"
+
+
+def _rewound(site: Site, primary: Site) -> bool:
+    """The stopped cluster rewound onto the primary and streaming from it; False (stopped again)
+    when pg_rewind cannot (no data directory, WAL it needs is gone) or it does not stream."""
+    c = site.service()
+    if not c.run(f"test -s {PATHS.pgdata}/global/pg_control", warn=True).ok:
+        return False
+    if not standby.rewind(c, conninfo(primary, site.name, "postgres")).ok:
+        return False
+    standby.mark_standby(c)
+    try:
+        site.cluster("start")
+        wait_for(lambda: streams_to(primary, site.name), 30, f"{site.name} to stream from {primary.name}", 0.3)
+        return True
+    except (SiteError, TimeoutError, UnexpectedExit):
+        if site.db_running():
+            site.cluster("stop", "fast")
+        return False
 
 
 def _prestage(site: Site, inventory: Inventory, skip: set[str]) -> str:
@@ -344,19 +385,17 @@ def _prestage(site: Site, inventory: Inventory, skip: set[str]) -> str:
     return f"prestaged from repo{index} ({label}) in {result.seconds:.1f}s"
 
 
-def _wal_stream(site: Site, primary: Site, synchronous: bool = False) -> str:
+def _wal_stream(site: Site, primary: Site) -> str:
     """pg_receivewal on the pilot-light host, supervised; its cluster stays stopped (see protect).
 
-    `synchronous` (quorum commit): it flushes and reports every write at once, so the primary may
-    count it among the standbys a commit waits for. Before it starts on a primary it does not
+    It is always `--synchronous` (standby.walstream_command): it flushes and reports every write
+    at once, so the primary may count it among the standbys a commit waits for. Before it starts on a primary it does not
     stream from yet, its directory is set for that primary's timeline history (infra.data.walstream)."""
-    command = shlex.join([f"/usr/lib/postgresql/{DB_VERSION}/bin/pg_receivewal", "-D", PATHS.wal_stream, "-S",
-                          protection.stream_slot(site.name), "-w", *(["--synchronous"] if synchronous else []),
-                          "-d", conninfo(primary, site.name)])
+    slot = protection.stream_slot(site.name)
+    command = standby.walstream_command(slot, conninfo(primary, site.name))
     program_file = f"{services.PROGRAM_DIR}/{WALSTREAM_PROGRAM}.conf"
     if streams_to(primary, site.name) and command in site.root().run(f"cat {program_file}", warn=True).stdout:
         return "WAL stream: already streaming"
-    slot = protection.stream_slot(site.name)
     primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
                  f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
     ensure_dir(site.service(), PATHS.wal_stream)

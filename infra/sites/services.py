@@ -23,6 +23,8 @@ from infra.data import protection
 from infra.sites.contract import Inventory, SiteOutputs
 from infra.sites.site import (APP_CONFIG, APP_PROGRAM, PATHS, PROTECTOR_PROGRAM, SERVICE_USER, TOOLKIT_DIR, Site,
                               SiteError)
+from infra.sites.layout import (INVENTORY_FILE, LOG_DIR, PROGRAM_DIR, REJOIN_PROGRAM,  # noqa: F401 - named here before
+                                START_CONF, program)
 from infra.sites.processes import wait_for
 from infra.spec import Spec
 
@@ -30,9 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("infra", "playbooks")
 SOURCE_SUFFIXES = (".py", ".sql", ".sh", ".yaml")
 VERSION_FILE = f"{TOOLKIT_DIR}/.version"
-INVENTORY_FILE = "/etc/failover/inventory.json"  # the protector's Inventory, rewritten by the runbook
-PROGRAM_DIR = "/etc/supervisor/conf.d"
-LOG_DIR = "/var/log/supervisor"
 LEASE_STATE = f"{PATHS.pgbackrest_dir}/lease-state.json"  # the protector's lease state (infra/data/replicator.py)
 
 
@@ -95,16 +94,6 @@ def run_toolkit(site: Site, module: str, *args: str, timeout: float = 600):
 
 
 # ---------------------------------------------------------------- supervisor programs
-
-def program(name: str, command: str, autostart: bool = True, directory: str = TOOLKIT_DIR) -> str:
-    """A supervisor program running `command` in `directory` as the service user, restarted
-    whenever it exits (the app and the protector must outlive their own bugs and the database's).
-    `autostart=False`: it starts only when the engine says so, not whenever supervisord starts."""
-    return (f"[program:{name}]\ncommand={command}\ndirectory={directory}\nuser={SERVICE_USER}\n"
-            f"environment=HOME=\"/var/lib/postgresql\",PYTHONDONTWRITEBYTECODE=\"1\"\n"
-            f"autostart={str(autostart).lower()}\nautorestart=true\nstartsecs=1\nstartretries=1000\nstopasgroup=true\n"
-            f"redirect_stderr=true\nstdout_logfile={LOG_DIR}/{name}.log\n")
-
 
 # supervisord itself: a VM given back after a drop has a stale socket and no daemon. Its pid
 # file is read rather than asking supervisorctl (a Python start-up: 0.3 s on the failover path).
@@ -207,6 +196,22 @@ def start_protector(site: Site, inventory: Inventory, async_after: int | None = 
     # Not started by supervisord on its own: an old primary given back after a failover still has
     # an inventory naming itself active, and would copy its stale bucket over the others' objects.
     run_program(site, PROTECTOR_PROGRAM, protector_command(site.name, async_after), autostart=False)
+
+
+# ---------------------------------------------------------------- the rejoin agent
+
+def install_rejoin(site: Site, inventory: Inventory) -> None:
+    """The rejoin agent (infra/data/rejoin.py) as a boot-time program of the site's host, and
+    the database left to it at boot: Debian's start.conf `manual` (neither the bootstrap nor
+    systemd starts the cluster with what the disk holds). It reads `inventory` (written here)
+    for the stores to ask. It is not autostarted: supervisord would also start it whenever a
+    `supervisorctl update` loads it, in the middle of a runbook; the boot starts it
+    (infra/clouds/bootstrap.sh), and only the boot."""
+    write_inventory(site, inventory)
+    site.write(START_CONF, "manual\n", mode="644")
+    site.write(f"{PROGRAM_DIR}/{REJOIN_PROGRAM}.conf",
+               program(REJOIN_PROGRAM, f"python3 -m infra.data.rejoin {site.name}", autostart=False, user="root",
+                       once=True), owner="root", mode="644")
 
 
 def stop_protector(site: Site) -> None:

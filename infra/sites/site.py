@@ -33,20 +33,12 @@ from infra.data.pgbackrest import HostPaths
 from infra.errors import FailoverError
 from infra.data.storage import Store
 from infra.sites.contract import SiteOutputs
+from infra.sites.layout import (APP_CONFIG, APP_PROGRAM, CONF_DIR, DB_VERSION, PATHS,  # noqa: F401 - the Site seam's names
+                                 PROTECTOR_PROGRAM, SERVICE_USER, SETTINGS_FILE, TOOLKIT_DIR)
 from infra.sites.shell import HostShell, ShellDied, ShellError, SudoRefused
 
 KNOWN_HOSTS_ENV, KEY_ENV = "FAILOVER_SSH_KNOWN_HOSTS", "FAILOVER_SSH_KEY"
 PULLED_KNOWN_HOSTS = "known_hosts"  # in the work directory: the stacks' host keys, from `failover inventory pull`
-SERVICE_USER = "postgres"
-DB_VERSION = "15"
-# Debian's layout on every database host: configs the toolkit renders live beside the data.
-PATHS = HostPaths(pgdata=f"/var/lib/postgresql/{DB_VERSION}/main", socket_dir="/var/run/postgresql",
-                  pgbackrest_dir="/var/lib/postgresql/failover")
-CONF_DIR = f"/etc/postgresql/{DB_VERSION}/main"
-SETTINGS_FILE = f"{CONF_DIR}/conf.d/50-failover.conf"  # what the engine sets (bootstrap's file is 00-)
-TOOLKIT_DIR = "/opt/failover"  # the toolkit's code on the host, for the services below
-APP_CONFIG = "/etc/failover/app.json"
-APP_PROGRAM, PROTECTOR_PROGRAM = "failover-app", "failover-protector"
 
 
 class SiteError(FailoverError):

@@ -217,6 +217,22 @@ class Vm:
                           f"{result.returncode}: {result.stdout.strip()[-400:]}")
         self.start_sshd()
 
+    def reboot(self) -> None:
+        """Boots a VM whose processes are gone (dropped, given back): /run empty again, as a
+        reboot leaves it, sshd, and the boot-time services (the bootstrap: supervisord and the
+        programs it autostarts). Nothing is started that a rebooting cloud VM would not start."""
+        if self.pids():  # it was never dropped: it runs already
+            self.start_sshd()
+            return
+        if _mounted(self.root / "run"):
+            _umount(self.root / "run")
+        self._mount_kernel_dirs()
+        self.start_sshd()
+        result = self.chroot(["/usr/local/sbin/failover-bootstrap"], check=False)
+        if result.returncode != 0:
+            raise VmError(f"site {self.site}: its boot-time services failed, exit {result.returncode}: "
+                          f"{result.stdout.strip()[-400:]}")
+
     def start_sshd(self) -> None:
         if self.sshd_pid() is not None:
             return

@@ -205,10 +205,12 @@ class VmCloud:
         killed = self.vms.drop(name)
         return {"site": name, "killed": len(killed), "storage": "unreachable"}
 
-    def restore_site(self, name: str) -> dict:
-        """The provider gives the site back: store and sshd; its database stays down (fencing decides)."""
-        was_dropped = self.vms.restore(name)
-        return {"site": name, "was_dropped": was_dropped, "storage": "reachable", "started": ["sshd"]}
+    def restore_site(self, name: str, boot: bool = True) -> dict:
+        """The provider gives the site back: its store, and its VM booted (sshd and the boot-time
+        services, whose rejoin agent decides about its database); `boot=False`: sshd only."""
+        was_dropped = self.vms.restore(name, boot)
+        started = ["sshd", "boot-time services (bootstrap, supervisord)"] if boot else ["sshd"]
+        return {"site": name, "was_dropped": was_dropped, "storage": "reachable", "started": started}
 
 
 # ---------------------------------------------------------------- the steps on the hosts

@@ -279,3 +279,15 @@ def test_the_page_sets_each_figure_beside_its_in_process_one():
     text = report.markdown({**result, "started": "x", "environment": {}})
     assert "## Over SSH (VMs) vs in-process (before #9)" in text
     assert "### Drills (in-process, before #9)" in text and "| warm | 1 GB | pass | 16.66 s |" in text
+
+
+def test_the_exposure_window_is_checked_after_each_failover_and_an_unclosed_one_fails():
+    from infra.bench import stats
+
+    drills_ = [{"scenario": "warm", "size_gb": 1.0, "rto_seconds": 30.5, "exposure_seconds": 0.8},
+               {"scenario": "pilot-light", "size_gb": 1.0, "rto_seconds": 33.0, "exposure_seconds": None},
+               {"scenario": "warm", "size_gb": 4.0, "rto_seconds": None}]  # a drill that failed: no figure to judge
+    checks = stats.exposure_checks(drills_)
+    assert [(c.target, c.measured, c.passed) for c in checks] == [
+        ("warm: exposure window <= 2 s at 1 GB", "0.80 s", True),
+        ("pilot-light: exposure window <= 2 s at 1 GB", "never closed", False)]

@@ -126,19 +126,26 @@ def test_judge_fails_a_window_beyond_the_archive_lag_or_an_unmeasured_lag():
     assert measure.judge(Targets(max_writes_lost=None), 30, 24.0, lost, None) == []  # warm: not asked
 
 
+def test_report_md_shows_the_exposure_window():
+    warm = scenario("warm", True, exposure_seconds=0.73, exposure_written_seconds=0.41)
+    text = report.markdown([warm])
+    assert "| exposure window |" in text and "| 0.73s |" in text and "0.41s until one had received them" in text
+
+
 def test_report_md_shows_the_archive_lag(tmp_path):
     pilot = scenario("pilot-light", True, archive_lag_seconds=0.51)
     assert "| WAL archive lag |" in report.markdown([pilot])
     assert "| 0.51s |" in report.markdown([pilot])
 
 
-# The keys of a scenario in report.json before the result was a dataclass: the report keeps its form.
+# The keys of a scenario in report.json before the result was a dataclass: the report keeps its form
+# (the exposure window's two fields were added after integrity).
 REPORT_KEYS = ["name", "description", "source", "target", "dns_ttl", "targets", "cut_off", "command_started",
                "command_ended", "command_seconds", "rto_seconds", "rto_from_command_seconds", "rpo_seconds",
                "archive_lag_seconds", "recovered_to", "newest_segment_age_seconds", "writes_acked", "writes_lost",
                "lost_seqs", "writes_failed_after_cut_off", "writes_attempted", "passed", "missed", "error", "epoch",
-               "steps", "integrity", "canary", "cut_off_ts", "command_started_ts", "lease_wait_seconds",
-               "fenced_directly"]
+               "steps", "integrity", "exposure_seconds", "exposure_written_seconds", "canary", "cut_off_ts",
+               "command_started_ts", "lease_wait_seconds", "fenced_directly"]
 
 
 def test_report_json_keeps_its_keys_and_the_canary_apart(tmp_path):
@@ -162,3 +169,31 @@ def test_the_report_says_what_the_old_primarys_lease_cost():
     assert "waited 6.41s for its lease to run out" in report.markdown([waited])
     assert "fenced directly over SSH, so no lease was waited for" in report.markdown([direct])
     assert "Lease: not measured" in report.markdown([scenario("warm", True)])
+
+
+def lsns(*rows):
+    """(at, in_recovery, current, flushed, written) rows as samples."""
+    return [measure.LsnSample(at, rec, cur, fl, wr) for at, rec, cur, fl, wr in rows]
+
+
+def test_the_exposure_window_runs_from_the_promotion_until_another_site_flushed_the_sample_before():
+    """It opens at the last look in recovery (the promotion came after it: an upper bound)."""
+    samples = lsns((10.0, True, None, None, None),
+                   (10.2, False, 100, None, None),   # promoted: writes may be acknowledged from here
+                   (10.4, False, 150, None, None),
+                   (10.6, False, 200, 120, 150),     # a follower streams, behind the sample before
+                   (10.8, False, 260, 200, 260))     # it flushed what was there at 10.6
+    window = measure.exposure(samples)
+    assert (window.started_at, window.ended_at, window.seconds) == (10.0, 10.8, 0.8)
+    assert measure.exposure(samples, written=True).seconds == 0.6  # received 150 >= 150 at 10.6
+    assert window.interval_seconds == 0.2
+
+
+def test_an_exposure_window_that_never_closes_has_no_length():
+    samples = lsns((1.0, False, 100, None, None), (1.5, False, 200, 90, 90))
+    assert measure.exposure(samples).seconds is None and measure.exposure(samples).started_at == 1.0
+    assert measure.exposure(lsns((1.0, True, None, None, None))).started_at is None
+
+
+def test_lsns_are_byte_positions():
+    assert measure.lsn("16/B374D848") == (0x16 << 32) + 0xB374D848 and measure.lsn("") is None

@@ -58,7 +58,7 @@ def test_failback_is_refused_while_the_site_is_still_dropped(cloud):
 def test_failback_to_the_repaired_site_loses_no_acknowledged_write(cloud):
     from infra.drill.canary import Canary, read_back
 
-    failover("local", "restore-site", "--site", "aws", workdir=cloud)
+    failover("local", "restore-site", "--site", "aws", "--sshd-only", workdir=cloud)  # failback re-seeds it
     planned = failover_json("back", "--to", "aws", workdir=cloud)
     assert not planned["executed"] and planned["plan"]["kind"] == "failback"
     assert planned["plan"]["steps"][:6] == ["claim", "preflight", "reseed", "sync", "stop_writes", "switch"]

@@ -83,7 +83,7 @@ def test_bad_inputs_fail_clearly_before_anything_changes(cloud):
 
 
 STEPS = ["claim", "preflight", "fence", "capacity", "promote", "media", "start_app", "prepare_dns", "shift_dns",
-         "take_writes", "verify_dns", "verify_app", "protect"]
+         "take_writes", "verify_dns", "follow", "verify_app", "protect"]
 STAGE_OF = {name: index for index, stage in enumerate(steps_mod.FAILOVER_STAGES) for name, _ in stage}
 
 
@@ -209,8 +209,9 @@ def test_restarted_old_primary_refuses_writes(cloud):
     writes before anything fences it; `failover fence` then stops its database over SSH."""
     from infra.sites import services
 
-    failover(cloud, "local", "restore-site", "--site", "aws")
+    failover(cloud, "local", "restore-site", "--site", "aws", "--sshd-only")
     aws = fleet(cloud).site("aws")
+    aws.root().run("rm -f /etc/supervisor/conf.d/failover-rejoin.conf")  # a host without the rejoin agent
     aws.cluster("start")
     services.start_app(aws, aws.app_config())  # its old config (epoch 1), as it booted with
     status, deadline = None, time.monotonic() + 15

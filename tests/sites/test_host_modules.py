@@ -9,7 +9,7 @@ import sys
 
 from tests.conftest import ROOT
 
-HOST_PROGRAMS = ("infra.data.replicator", "infra.app.server", "infra.app.seed")
+HOST_PROGRAMS = ("infra.data.replicator", "infra.data.rejoin", "infra.app.server", "infra.app.seed")
 OPERATOR_ONLY = ("requests", "botocore", "boto3", "cryptography", "pulumi", "typer", "rich", "octodns")
 
 

@@ -126,7 +126,7 @@ def test_run_and_back_as_the_operator(cloud, operator):
     copy = json.loads((cloud / "vms" / "stores" / "azure" / "media" / ".failover" / "inventory.json").read_text())
     assert copy["active"] == "gcp" and copy["epoch"] == 2
 
-    failover("local", "restore-site", "--site", "aws", workdir=cloud)
+    failover("local", "restore-site", "--site", "aws", "--sshd-only", workdir=cloud)  # failback re-seeds it
     as_operator(operator, "back", "--to", "aws", "--yes")
     state = health(AWS)
     assert state["writable"] and state["epoch"] == 3
