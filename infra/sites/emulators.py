@@ -82,8 +82,10 @@ def ensure_tls(directory: Path, host: str | None = None) -> Tls:
     """The test CA plus a server certificate for `localhost` (and 127.0.0.1); idempotent.
 
     With `host` (another loopback address) the certificate is `server-<host>.crt`, naming
-    that address only, as both common name and IP subjectAltName: pgBackRest matches the
-    common name when a certificate has no DNS names, other clients match the IP.
+    that address only: as common name, as IP subjectAltName (which rclone, requests and
+    OpenSSL clients match for an address) and as a DNS subjectAltName spelling the address,
+    because pgBackRest compares the host text with DNS names only, and with the common name
+    only when the certificate has no subjectAltName at all.
     """
     import ipaddress
 
@@ -102,7 +104,7 @@ def ensure_tls(directory: Path, host: str | None = None) -> Tls:
     ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
     if host:
-        common_name, names = host, [x509.IPAddress(ipaddress.ip_address(host))]
+        common_name, names = host, [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address(host))]
     else:
         common_name, names = "localhost", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
     cert = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), ca.subject, key.public_key())
