@@ -122,6 +122,11 @@ def test_warm_failover_with_aws_and_its_store_dropped_loses_no_acknowledged_writ
     assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:10]}"
     journal = json.loads(stores(workdir)["gcp"].get(REMOTE_PATH))
     assert journal["finished"] and journal["target"] == "gcp"
+    # The promotion did not wait for a look-up retrying aws's dead store (pg_ctl gives up after 60 s).
+    shown = failover_json("journal", workdir=workdir)
+    promote = next(step for step in shown["steps"] if step["step"] == "promote")
+    print("runbook steps (s):", {step["step"]: step["seconds"] for step in shown["steps"]})
+    assert promote["status"] == "done" and promote["attempts"] == 1, promote
 
     report = {s["name"]: s for s in failover_json("status", workdir=workdir)["sites"]}
     assert report["gcp"]["role"] == "primary" and report["gcp"]["repositories"][0]["last_backup"]
