@@ -7,7 +7,8 @@ the engine on the operator's side. The tests run in order: the Inventory names t
 cloud's does (credentials by reference only, their values in vms/secrets.env and nowhere else);
 a backup and the Inventory's copy are in every store; `local drop --site aws` stops aws's emulator
 by PID and a warm failover to gcp loses no acknowledged write while status names the dead store;
-`local restore-site` serves the same data again; `local down` stops every emulator.
+`local restore-site` serves the same data again, and `failover back --to aws` loses nothing either;
+`local down` stops every emulator.
 """
 from __future__ import annotations
 
@@ -142,6 +143,31 @@ def test_restore_site_serves_the_dropped_stores_data_again(cloud):
     # The copy aws's store held when it was dropped: its data came back with it.
     copy = Inventory.from_json(stores(workdir)["aws"].get(INVENTORY_COPY).decode())
     assert copy.active == "aws" and copy.epoch == 1
+
+
+def test_failback_to_aws_through_its_restored_store_loses_no_acknowledged_write(cloud):
+    workdir, _ = cloud
+    canary = Canary(SPEC.dns.zone, APP_PORT, dns(workdir)).start()
+    try:
+        deadline = time.monotonic() + 30
+        while sum(w.acked and w.site == "gcp" for w in canary.writes) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        failover("back", "--to", "aws", "--yes", workdir=workdir)
+        deadline = time.monotonic() + 45  # clients keep the old answer for the TTL
+        while not canary.acked_on("aws") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+    finally:
+        writes = canary.stop()
+    acked = [w for w in writes if w.acked]
+    assert any(w.site == "gcp" for w in acked) and any(w.site == "aws" for w in acked)
+    present = read_back(AWS, APP_PORT)
+    lost = [w.seq for w in acked if w.seq not in present]
+    assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+    report = failover_json("status", workdir=workdir)
+    assert report["active"] == "aws"
+    for site in report["sites"]:
+        assert site["reachable"] and site["repositories"][0]["last_backup"], site
 
 
 def test_local_down_stops_every_emulator_by_pid(cloud):
