@@ -159,6 +159,8 @@ def test_failback_to_aws_through_its_restored_store_loses_no_acknowledged_write(
         time.sleep(1)
     finally:
         writes = canary.stop()
+    shown = failover_json("journal", workdir=workdir)
+    print("failback steps (s):", {step["step"]: step["seconds"] for step in shown["steps"]})
     acked = [w for w in writes if w.acked]
     assert any(w.site == "gcp" for w in acked) and any(w.site == "aws" for w in acked)
     present = read_back(AWS, APP_PORT)
