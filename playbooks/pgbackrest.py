@@ -52,6 +52,14 @@ def info(c, config: str, repo: int) -> tuple[dict | None, str]:
     return (stanzas[0] if stanzas else None), ""
 
 
+def list_files(c, config: str, repo: int, path: str) -> dict[str, dict] | None:
+    """Every file below `path` in the repository (`repo-ls --recurse --output=json`: name -> type,
+    size, time), whatever its storage type; None when it cannot be listed."""
+    result = run(c, ["pgbackrest", f"--config={config}", f"--repo={repo}", "repo-ls", "--recurse", "--output=json",
+                     path], warn=True, timeout=120)
+    return json.loads(result.stdout or "{}") if result.ok else None
+
+
 def restore(c, config: str, repo: int, target_time: str | None = None, archive_off: bool = True,
             process_max: int = 2, restore_command: str | None = None, pg_path: str | None = None):
     """Restores the stanza into pg1-path, or `pg_path` instead (delta: reuses what is already there).
