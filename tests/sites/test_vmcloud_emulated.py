@@ -99,35 +99,55 @@ def test_every_emulator_holds_a_backup_the_inventory_and_the_manifest(cloud):
         assert json.loads(store.get(integrity.MANIFEST))["site"] == "aws", name
 
 
-def test_warm_failover_with_aws_and_its_store_dropped_loses_no_acknowledged_write(cloud):
-    workdir, _ = cloud
-    table = ProcessTable(workdir / "vms")
+def acknowledged_across(workdir: Path, first: str, change, then: str) -> list:
+    """The canary's acknowledged writes through DNS: some on `first`, then `change()` (the runbook),
+    until `then` acknowledges one (clients keep the old answer for the TTL)."""
     canary = Canary(SPEC.dns.zone, APP_PORT, dns(workdir)).start()
     try:
-        deadline = time.monotonic() + 30
-        while sum(w.acked for w in canary.writes) < 10 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        failover("local", "drop", "--site", "aws", workdir=workdir)
-        assert not port_answers(AWS, 19000) and not table.running("emulator-aws-tls")
-        failover("run", "--to", "gcp", "--yes", workdir=workdir)
-        deadline = time.monotonic() + 45  # clients keep the old answer for the TTL
-        while not canary.acked_on("gcp") and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: sum(w.acked and w.site == first for w in canary.writes) >= 5, 30)
+        change()
+        wait_until(lambda: canary.acked_on(then), 45)
         time.sleep(1)
     finally:
         writes = canary.stop()
     acked = [w for w in writes if w.acked]
-    present = read_back(GCP, APP_PORT)
-    assert any(w.site == "aws" for w in acked) and any(w.site == "gcp" for w in acked)
-    lost = [w.seq for w in acked if w.seq not in present]
+    assert any(w.site == first for w in acked) and any(w.site == then for w in acked)
+    return acked
+
+
+def wait_until(check, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def lost_writes(acked: list, address: str) -> list[int]:
+    present = read_back(address, APP_PORT)
+    return [w.seq for w in acked if w.seq not in present]
+
+
+def step_times(workdir: Path) -> dict:
+    shown = failover_json("journal", workdir=workdir)
+    return {step["step"]: step for step in shown["steps"]}
+
+
+def test_warm_failover_with_aws_and_its_store_dropped_loses_no_acknowledged_write(cloud):
+    workdir, _ = cloud
+    table = ProcessTable(workdir / "vms")
+
+    def drop_and_fail_over() -> None:
+        failover("local", "drop", "--site", "aws", workdir=workdir)
+        assert not port_answers(AWS, 19000) and not table.running("emulator-aws-tls")
+        failover("run", "--to", "gcp", "--yes", workdir=workdir)
+
+    lost = lost_writes(acknowledged_across(workdir, "aws", drop_and_fail_over, "gcp"), GCP)
     assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:10]}"
     journal = json.loads(stores(workdir)["gcp"].get(REMOTE_PATH))
     assert journal["finished"] and journal["target"] == "gcp"
     # The promotion did not wait for a look-up retrying aws's dead store (pg_ctl gives up after 60 s).
-    shown = failover_json("journal", workdir=workdir)
-    promote = next(step for step in shown["steps"] if step["step"] == "promote")
-    print("runbook steps (s):", {step["step"]: step["seconds"] for step in shown["steps"]})
-    assert promote["status"] == "done" and promote["attempts"] == 1, promote
+    steps = step_times(workdir)
+    print("failover steps (s):", {name: step["seconds"] for name, step in steps.items()})
+    assert steps["promote"]["status"] == "done" and steps["promote"]["attempts"] == 1, steps["promote"]
 
     report = {s["name"]: s for s in failover_json("status", workdir=workdir)["sites"]}
     assert report["gcp"]["role"] == "primary" and report["gcp"]["repositories"][0]["last_backup"]
@@ -147,24 +167,10 @@ def test_restore_site_serves_the_dropped_stores_data_again(cloud):
 
 def test_failback_to_aws_through_its_restored_store_loses_no_acknowledged_write(cloud):
     workdir, _ = cloud
-    canary = Canary(SPEC.dns.zone, APP_PORT, dns(workdir)).start()
-    try:
-        deadline = time.monotonic() + 30
-        while sum(w.acked and w.site == "gcp" for w in canary.writes) < 5 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        failover("back", "--to", "aws", "--yes", workdir=workdir)
-        deadline = time.monotonic() + 45  # clients keep the old answer for the TTL
-        while not canary.acked_on("aws") and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)
-    finally:
-        writes = canary.stop()
-    shown = failover_json("journal", workdir=workdir)
-    print("failback steps (s):", {step["step"]: step["seconds"] for step in shown["steps"]})
-    acked = [w for w in writes if w.acked]
-    assert any(w.site == "gcp" for w in acked) and any(w.site == "aws" for w in acked)
-    present = read_back(AWS, APP_PORT)
-    lost = [w.seq for w in acked if w.seq not in present]
+    acked = acknowledged_across(workdir, "gcp", lambda: failover("back", "--to", "aws", "--yes", workdir=workdir),
+                                "aws")
+    print("failback steps (s):", {name: step["seconds"] for name, step in step_times(workdir).items()})
+    lost = lost_writes(acked, AWS)
     assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:10]}"
     report = failover_json("status", workdir=workdir)
     assert report["active"] == "aws"
