@@ -18,6 +18,7 @@ from infra.cliutil import (DEFAULT_PROJECT, DEFAULT_WORKDIR, AsJson, ProjectFile
                             workdir_path)
 from infra.sites import cli as sites_cli
 from infra.sites import localvms
+from infra.sites.localstores import STORAGE_TYPES
 from infra.sites.vmcloud import VmCloud
 from infra.spec import load_spec
 
@@ -70,7 +71,9 @@ def local_up(
     seed_mb: Annotated[int, typer.Option(help="About how many MB of users, posts, follows and media to seed.")] = 20,
     prefix: Annotated[str, typer.Option(help="Loopback prefix: site i's VM gets PREFIX.i, DNS PREFIX.53/.54.")]
     = localvms.DEFAULT_PREFIX,
-    storage: Annotated[str, typer.Option(help="posix: each site's store is a directory mounted in every VM.")]
+    storage: Annotated[str, typer.Option(help="posix: each site's store is a directory mounted in every VM; "
+                                              "emulated: each site's cloud's object-store emulator (moto, "
+                                              "fake-gcs-server, Azurite) on the site's own address, over TLS.")]
     = "posix",
     witnesses: Annotated[int, typer.Option(help="Witness stores (directories mounted in every VM, dropped with no "
                                                 "site) that count in the lease's majority.")] = 0,
@@ -82,10 +85,10 @@ def local_up(
     Refuses an inventory.json it did not write. Run again, it completes a cloud that stopped half-way."""
     if not prefix.startswith("127."):
         raise cliutil.FailoverError(f"--prefix {prefix!r} must be inside 127.0.0.0/8: the local cloud stays on loopback")
-    if storage != "posix":
-        raise cliutil.FailoverError(f"--storage {storage!r}: the VM cloud has posix stores only so far "
-                                    "(emulated object stores are not wired into the VMs yet); use --storage posix")
-    summary = VmCloud(workdir_path(workdir), progress).up(load_spec(project), sites, prefix, seed_mb, witnesses)
+    if storage not in STORAGE_TYPES:
+        raise cliutil.FailoverError(f"--storage {storage!r} must be one of: {', '.join(STORAGE_TYPES)}")
+    summary = VmCloud(workdir_path(workdir), progress).up(load_spec(project), sites, prefix, seed_mb, storage,
+                                                          witnesses)
     emit(summary, as_json, lambda s: progress(
         f"{len(s['sites'])} sites up in {s['seconds']['total']} s: " +
         ", ".join(f"{x['name']} ({x['role']}, {x['address']})" for x in s["sites"]) + f"; Inventory in {s['inventory']}"))

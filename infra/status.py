@@ -189,6 +189,11 @@ def _media(host: Site, conf: str, inventory: Inventory, name: str) -> dict:
     """The site's bucket against the active site's, compared on `host` (rclone check --one-way,
     through their crypt remotes: names and sizes, as two crypt remotes share no hash)."""
     c, active = host.service(), inventory.active
+    outputs = inventory.site(name)
+    storage = storage_for(outputs.repository.type)
+    if not storage.reachable(c, outputs.repository):  # rclone check counts a dead store as a difference
+        return {"in_sync": False, "missing": None,
+                "error": f"unreachable: {storage.media_where(outputs.media_remote)} does not answer from {host.name}"}
     try:
         if name == active:
             objects = media.count(c, conf, media_config.bucket(inventory, name))

@@ -52,6 +52,14 @@ def info(c, config: str, repo: int) -> tuple[dict | None, str]:
     return (stanzas[0] if stanzas else None), ""
 
 
+def list_files(c, config: str, repo: int, path: str) -> dict[str, dict] | None:
+    """Every file below `path` in the repository (`repo-ls --recurse --output=json`: name -> type,
+    size, time), whatever its storage type; None when it cannot be listed."""
+    result = run(c, ["pgbackrest", f"--config={config}", f"--repo={repo}", "repo-ls", "--recurse", "--output=json",
+                     path], warn=True, timeout=120)
+    return json.loads(result.stdout or "{}") if result.ok else None
+
+
 def restore(c, config: str, repo: int, target_time: str | None = None, archive_off: bool = True,
             process_max: int = 2, restore_command: str | None = None, pg_path: str | None = None):
     """Restores the stanza into pg1-path, or `pg_path` instead (delta: reuses what is already there).
@@ -77,16 +85,21 @@ def check(c, config: str):
     return run(c, _argv(config, "check"), warn=True, timeout=120)
 
 
-def interrupt_archiving(c, config: str) -> list[int]:
-    """Ends the archive-push processes started with `config` (an async archive-push stuck retrying
-    a dead repository holds the archive lock for minutes); PostgreSQL retries its archive_command,
-    which starts new ones that read the current config. Returns the PIDs signalled.
+def interrupt_archiving(c, config: str, command: str = "archive-push") -> list[int]:
+    """Ends the `command` processes (archive-push, or archive-get) started with `config`: one stuck
+    retrying a dead object store holds the archive lock, or a standby's recovery, for a minute or
+    more (a refused connection is retried); PostgreSQL runs its archive_command or restore_command
+    again, and the new ones read the current config. Returns the PIDs signalled.
 
-    Only archive-push: a backup or restore of the stanza keeps running (`pgbackrest stop --force`
-    would end those too, and a runbook's backup right after a failover would fail).
+    Only that command: a backup or restore of the stanza keeps running (`pgbackrest stop --force`
+    would end those too, and a runbook's backup right after a failover would fail). Killing the
+    restore_command's pgbackrest, not its shell, fails only the look-up: recovery goes on.
     """
-    # `archive-pus[h]` matches the processes but not this shell's own command line.
-    script = (f'for p in $(pgrep -f "archive-pus[h]"); do '
+    # `archive-pus[h]` matches the processes but not this shell's own command line; only pgbackrest
+    # itself is signalled, never the shell PostgreSQL runs it in (a restore_command's shell ended
+    # by SIGTERM would end the startup process).
+    pattern = f"{command[:-1]}[{command[-1]}]"
+    script = (f'for p in $(pgrep -f "{pattern}"); do [ "$(cat /proc/$p/comm 2>/dev/null)" = pgbackrest ] && '
               f'tr "\\0" " " < /proc/$p/cmdline 2>/dev/null | grep -qF -- {shlex.quote(f"--config={config} ")} '
               f'&& kill "$p" 2>/dev/null && echo "$p"; done; true')
     result = run(c, ["sh", "-c", script], warn=True, timeout=60)

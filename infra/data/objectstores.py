@@ -169,8 +169,8 @@ class ObjectStore(Storage):
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # breaks rclone 1.60's S3
         env.update({f"RCLONE_CONFIG_STORE_{k.upper().replace('-', '_')}": v for k, v in section.items()})
         try:
-            result = subprocess.run(["rclone", *RCLONE_FLAGS, *args], input=data, capture_output=True, env=env,
-                                    timeout=120)
+            result = subprocess.run(["rclone", *RCLONE_FLAGS, *self.ca_flags(site.repository), *args], input=data,
+                                    capture_output=True, env=env, timeout=120)
         except subprocess.TimeoutExpired:
             raise self.store_error(site, action, "rclone gave no answer within 120 s",
                                    "check the store's endpoint and network") from None
@@ -181,6 +181,13 @@ class ObjectStore(Storage):
             message = storage_errors.media_error(site.site, self.type, site.media_remote, output, self.where(site))
             raise StoreError(f"{message} (could not {action})")
         return result.stdout
+
+    @staticmethod
+    def ca_flags(repo: Repository) -> list[str]:
+        """The store's CA (the repository's storage-ca-file, which pgBackRest and the HTTP API use)
+        for rclone too, which takes no CA per remote: only a private CA's store (an emulator) has one."""
+        ca = repo.options.get("storage-ca-file")
+        return [f"--ca-cert={ca}"] if ca else []
 
     def endpoint(self, repo: Repository) -> tuple[str, int]:
         endpoint = repo.options.get(self.endpoint_option) or self.default_endpoint

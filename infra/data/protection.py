@@ -139,7 +139,9 @@ def install_rclone(c, inventory: Inventory, paths: HostPaths) -> str:
     return path
 
 
-def _location(inventory: Inventory, site: str) -> str:
+def location(inventory: Inventory, site: str) -> str:
+    """Where a site's repository lives, for results and messages: its type and its store's
+    description (a path, or bucket and endpoint)."""
     repo = inventory.site(site).repository
     return f"{repo.type}:{storage_for(repo.type).describe(repo)}"
 
@@ -151,7 +153,7 @@ def _each_repo(inventory: Inventory, exclude: set[str], action) -> list[RepoResu
         result = action(index)
         repo = inventory.site(site).repository
         error = "" if result.ok else storage_for(repo.type).explain(site, repo, result.stderr or result.stdout, index)
-        results.append(RepoResult(f"repo{index}", site, _location(inventory, site), result.ok,
+        results.append(RepoResult(f"repo{index}", site, location(inventory, site), result.ok,
                                   round(time.monotonic() - started, 3), error))
     return results
 
@@ -214,7 +216,7 @@ def prestage(c, inventory: Inventory, site: str, paths: HostPaths, db_port: int,
     except UnexpectedExit as failure:
         repo = inventory.site(site).repository
         error = storage_for(repo.type).explain(site, repo, failure.result.stderr, index)
-    return RepoResult(f"prestage repo{index}", site, _location(inventory, site), not error,
+    return RepoResult(f"prestage repo{index}", site, location(inventory, site), not error,
                       round(time.monotonic() - started, 3), error)
 
 

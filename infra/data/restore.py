@@ -52,7 +52,7 @@ def snapshot(fleet: Fleet, spec: Spec, kind: str, progress) -> dict:
     results += protection.sync_media(c, protection.install_rclone(c, inventory, PATHS), inventory,
                                      media_config.bucket(inventory, active.name), targets)
     skipped = [{"repo": f"repo{inventory.repo_index(n)}", "site": n,
-                "location": inventory.site(n).repository.options.get("path", ""), "ok": False, "seconds": 0,
+                "location": protection.location(inventory, n), "ok": False, "seconds": 0,
                 "error": f"site unreachable: host {fleet.site(n).db_host} does not answer SSH"} for n in sorted(skip)]
     entries = [r.__dict__ for r in results] + skipped
     return {"ok": all(e["ok"] for e in entries), "results": entries}
@@ -70,7 +70,7 @@ def choose_repo(c, config: str, inventory, target: str, wanted: str | None, skip
                                 + ", ".join(f"repo{inventory.repo_index(n)} ({n})" for n in inventory.names))
         if name in skip:
             raise FailoverError(f"--repo {wanted!r}: repo{inventory.repo_index(name)} of site {name} "
-                                f"({inventory.site(name).repository.options.get('path')}) is unreachable (the site "
+                                f"({protection.location(inventory, name)}) is unreachable (the site "
                                 "does not answer); choose another with --repo, or leave it out to use the newest reachable")
         entry = repository(c, config, inventory.repo_index(name), inventory, name)
         if not entry["last_backup"]:

@@ -15,6 +15,7 @@ from infra.drill import report
 from infra.drill import scenario as scenario_mod
 from infra.drill.result import ScenarioResult
 from infra.sites.vmcloud import VmCloud
+from infra.sites.localstores import STORAGE_TYPES
 from infra.sites.localvms import DEFAULT_PREFIX
 from infra.spec import load_spec
 
@@ -31,6 +32,9 @@ def drill(
     seed_mb: Annotated[int, typer.Option(help="Seed size when the drill brings the local cloud up.")] = 20,
     keep: Annotated[bool, typer.Option(help="Leave the local cloud running afterwards.")] = False,
     prefix: Annotated[str, typer.Option(help="Loopback prefix for the local cloud.")] = DEFAULT_PREFIX,
+    storage: Annotated[str, typer.Option(help="The local cloud's stores: posix (directories mounted in every VM) "
+                                              "or emulated (each site's cloud's object-store emulator on its "
+                                              "address); see `failover local up --help`.")] = "posix",
     rto_seconds: Annotated[Optional[float], typer.Option(help="RTO target from cut-off (default: DNS TTL + margin).")] = None,
     max_writes_lost: Annotated[Optional[int], typer.Option(help="Acked writes that may be lost (default per scenario).")] = None,
     rpo_window_seconds: Annotated[Optional[float], typer.Option(help="Largest RPO window allowed.")] = None,
@@ -39,11 +43,13 @@ def drill(
     """Run drill scenarios and write report.json, report.md, timeline PNGs and junit.xml. Exit 1 if a target is missed."""
     if not prefix.startswith("127."):
         raise cliutil.FailoverError(f"--prefix {prefix!r} must be inside 127.0.0.0/8")
+    if storage not in STORAGE_TYPES:
+        raise cliutil.FailoverError(f"--storage {storage!r} must be one of: {', '.join(STORAGE_TYPES)}")
     chosen = scenario_mod.selected(scenario)
     overrides = {k: v for k, v in (("rto_seconds", rto_seconds), ("max_writes_lost", max_writes_lost),
                                    ("rpo_window_seconds", rpo_window_seconds)) if v is not None}
     work = workdir_path(workdir)
-    options = scenario_mod.Options(work, load_spec(project), project, seed_mb, prefix, overrides)
+    options = scenario_mod.Options(work, load_spec(project), project, seed_mb, prefix, overrides, storage)
     directory = report_dir or work / "reports" / datetime.now().strftime("%Y%m%d-%H%M%S")
     results = []
     try:

@@ -28,7 +28,7 @@ from infra.sites.vmcloud import VmCloud
 from infra.sites.fleet import Fleet
 from infra.sites.site import PATHS, Site
 from infra.data import media as media_config
-from playbooks import media
+from playbooks import media, pgbackrest
 from infra.spec import Spec
 
 Progress = Callable[[str], None]
@@ -74,15 +74,18 @@ class Options:
     seed_mb: int
     prefix: str
     overrides: dict = field(default_factory=dict)  # Targets fields set on the command line
+    storage: str = "posix"  # the local cloud's stores (`local up --storage`)
 
 
 def iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def pristine(fleet: Fleet, spec: Spec) -> bool:
-    """Up, every site answering SSH, the spec's primary active at epoch 1: ready for a drill."""
-    if not fleet.exists or not VmCloud(fleet.workdir).vms.exists:
+def pristine(fleet: Fleet, spec: Spec, storage: str = "posix") -> bool:
+    """Up with `storage` stores, every site answering SSH, the spec's primary active at epoch 1:
+    ready for a drill."""
+    vms = VmCloud(fleet.workdir).vms
+    if not fleet.exists or not vms.exists or vms.storage != storage:
         return False
     inventory = fleet.inventory()
     return (inventory.active == spec.primary.name and inventory.epoch == 1
@@ -93,13 +96,14 @@ def pristine(fleet: Fleet, spec: Spec) -> bool:
 
 def fresh_cloud(options: Options, progress: Progress) -> Fleet:
     fleet = Fleet(options.workdir, app_port=options.spec.app.port)
-    if not pristine(fleet, options.spec):
+    if not pristine(fleet, options.spec, options.storage):
         cloud = VmCloud(options.workdir, progress)
         if cloud.vms.exists:
             progress("resetting the local cloud (a previous drill changed it)")
             cloud.down()
-        progress(f"bringing the local cloud up ({options.seed_mb} MB seed, {options.prefix}.x)")
-        cloud.up(options.spec, min(3, len(options.spec.sites)), options.prefix, options.seed_mb)
+        progress(f"bringing the local cloud up ({options.seed_mb} MB seed, {options.prefix}.x, "
+                 f"{options.storage} stores)")
+        cloud.up(options.spec, min(3, len(options.spec.sites)), options.prefix, options.seed_mb, options.storage)
         fleet.close()
         fleet = Fleet(options.workdir, app_port=options.spec.app.port)
     JournalStore(options.workdir).abandon()  # a journal of an earlier cloud has no say here
@@ -188,7 +192,7 @@ def _result(scenario, targets, fleet, spec, source, target, writes: list[Write],
         command_seconds=round(command_ended - command_started, 3),
         rto_seconds=rto_cut, rto_from_command_seconds=rto_cmd,
         rpo_seconds=lost.window_seconds, archive_lag_seconds=lag, recovered_to=iso(recovered_to),
-        newest_segment_age_seconds=_newest_segment_age(fleet, journal, cut_off),
+        newest_segment_age_seconds=_newest_segment_age(fleet, journal, target, cut_off),
         writes_acked=sum(a.acked for a in acks), writes_lost=lost.lost,
         lost_seqs=list(lost.lost_seqs)[:50], writes_failed_after_cut_off=failed, writes_attempted=len(acks),
         passed=not missed, missed=missed, error=error or None,
@@ -206,18 +210,20 @@ def _step_detail(journal, step: str) -> dict:
     return next((r["detail"] for r in rows if r["step"] == step), {}) or {}
 
 
-def _newest_segment_age(fleet: Fleet, journal, cut_off: float) -> float | None:
+def _newest_segment_age(fleet: Fleet, journal, target: Site, cut_off: float) -> float | None:
     """Age at cut-off of the newest WAL file in the repository a restore used (None for a promotion,
-    or a repository that is not a directory the drill can read).
+    or a repository the target's pgBackRest cannot list).
 
     A second view of the archive lag, from the repository's side: how long before the cut-off
-    the last segment landed there."""
+    the last segment landed there, as pgBackRest on the target lists it (any storage type; to
+    the second)."""
     site = (journal.plan.get("data") or {}).get("repo_site") if journal else None
-    repo = fleet.inventory().site(site).repository if site else None
-    if repo is None or repo.type != "posix":
+    if not site:
         return None
-    archive = Path(repo.options["path"]) / "archive"
-    times = [p.stat().st_mtime for p in archive.rglob("0000*") if p.is_file() and p.stat().st_mtime <= cut_off]
+    files = pgbackrest.list_files(target.service(), PATHS.config, fleet.inventory().repo_index(site),
+                                  f"archive/{pgbackrest.STANZA}")
+    times = [f["time"] for name, f in (files or {}).items()
+             if f.get("type") == "file" and Path(name).name.startswith("0000") and f["time"] <= cut_off]
     return round(cut_off - max(times), 3) if times else None
 
 

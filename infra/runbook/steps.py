@@ -49,6 +49,7 @@ from infra.sites.site import PATHS, Site
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
 from infra.status import newest_repository
+from playbooks import pgbackrest
 
 PROMOTE, RESTORE = "promote", "restore"
 SSH_AFTER_SCALE = 600  # seconds for a resized database VM to boot and answer SSH again
@@ -361,6 +362,9 @@ def promote_or_restore(run: Run) -> dict:
             c.run(f"touch {PATHS.archive_off}")
         else:  # a secondary that did not answer may have held commits the archive still has
             c.run(f"rm -f {PATHS.archive_off}")
+        # A look-up that started before (the replica asks the archive once its stream breaks) may be
+        # retrying the dead site's object store for a minute, and the promotion waits for it.
+        pgbackrest.interrupt_archiving(c, PATHS.config, "archive-get")
         site.cluster("promote")
         how = f"promoted in {time.monotonic() - clock:.2f}s"
     else:

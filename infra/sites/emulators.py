@@ -82,8 +82,10 @@ def ensure_tls(directory: Path, host: str | None = None) -> Tls:
     """The test CA plus a server certificate for `localhost` (and 127.0.0.1); idempotent.
 
     With `host` (another loopback address) the certificate is `server-<host>.crt`, naming
-    that address only, as both common name and IP subjectAltName: pgBackRest matches the
-    common name when a certificate has no DNS names, other clients match the IP.
+    that address only: as common name, as IP subjectAltName (which rclone, requests and
+    OpenSSL clients match for an address) and as a DNS subjectAltName spelling the address,
+    because pgBackRest compares the host text with DNS names only, and with the common name
+    only when the certificate has no subjectAltName at all.
     """
     import ipaddress
 
@@ -102,7 +104,7 @@ def ensure_tls(directory: Path, host: str | None = None) -> Tls:
     ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
     if host:
-        common_name, names = host, [x509.IPAddress(ipaddress.ip_address(host))]
+        common_name, names = host, [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address(host))]
     else:
         common_name, names = "localhost", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
     cert = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), ca.subject, key.public_key())
@@ -256,6 +258,11 @@ class Emulator:
         stopped = [table.stop(name) for name in (f"{self.process}-tls", self.process)]
         return any(stopped)
 
+    def cut_off(self) -> bool:
+        """Stops serving, by PID, as a provider that drops the site would, keeping the data for
+        `start` to serve again: an emulator that keeps it on disk just stops. True if it ran."""
+        return self.stop()
+
     def running(self) -> bool:
         return ProcessTable(self.workdir).running(self.process)
 
@@ -303,8 +310,16 @@ class S3Emulator(Emulator):
     def _credentials(self, ref: dict[str, str]) -> dict[str, str]:
         return {"s3-key": ref["s3_key"], "s3-key-secret": ref["s3_key_secret"]}
 
+    def cut_off(self) -> bool:
+        """moto keeps its buckets and keys in its memory: its TLS endpoint (stunnel) stops and moto
+        itself is paused (SIGSTOP), so nothing answers until `start` resumes both."""
+        table = ProcessTable(self.workdir)
+        return any([table.stop(f"{self.process}-tls"), table.pause(self.process)])
+
     def _start(self, table: ProcessTable, tls: Tls) -> None:
-        if not table.running(self.process):
+        if table.running(self.process):
+            table.resume(self.process)  # cut off earlier: the same memory, the same keys
+        else:
             self.secrets_file.unlink(missing_ok=True)  # a new moto has none of the old keys
             env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self._BOOTSTRAP_ACTIONS)}
             table.start(self.process, [_tool("moto_server"), "-H", self.host, "-p", str(self.backend_port)],
@@ -413,7 +428,9 @@ class AzureEmulator(Emulator):
     def _setup(self, tls: Tls) -> None:
         key = self._key()
         # An IP host: the SDK in rclone reads the account from the path only for IP endpoints.
-        sas_url = f"https://{self.host}:{self.port}/{AZURE_ACCOUNT}?{account_sas(AZURE_ACCOUNT, key)}"
+        # A restarted Azurite keeps the key, so the SAS made before stays valid: kept, not replaced.
+        sas_url = (self.secrets().get(self.refs()["azure_sas_url"])
+                   or f"https://{self.host}:{self.port}/{AZURE_ACCOUNT}?{account_sas(AZURE_ACCOUNT, key)}")
         env = {**{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}, "RCLONE_CA_CERT": str(tls.ca),
                "RCLONE_CONFIG_EMU_TYPE": "azureblob", "RCLONE_CONFIG_EMU_SAS_URL": sas_url}
         result = subprocess.run(["rclone", "--config=/dev/null", "--contimeout=5s", "--retries=1",
@@ -454,6 +471,20 @@ def emulator(workdir: Path, site_index: int, site_name: str, base_port: int = BA
     """The emulator of the site at `site_index` (0: S3, 1: GCS, 2: Azure, then again)."""
     kind = KINDS[site_index % len(KINDS)]
     return EMULATORS[kind](site_name, Path(workdir), base_port + site_index * PORTS_PER_SITE, host)
+
+
+def for_storage(workdir: Path, kind: str, site_name: str, host: str, port: int = BASE_PORT) -> Emulator:
+    """The emulator of storage type `kind` (s3, gcs, azure: a spec site's `storage`) for one site,
+    listening on `host` (each its own address, so the same port serves them all)."""
+    try:
+        return EMULATORS[kind](site_name, Path(workdir), port, host)
+    except KeyError:
+        raise KeyError(f"site {site_name}: no emulator for storage {kind!r}; emulated: {', '.join(KINDS)}") from None
+
+
+def secret_env(workdir: Path) -> dict[str, str]:
+    """The values behind the emulated sites' credential references (emulator_env without the CA)."""
+    return {name: value for name, value in emulator_env(workdir).items() if name != "RCLONE_CA_CERT"}
 
 
 def emulated_outputs(workdir: Path, site_index: int, site_name: str, base_port: int = BASE_PORT,

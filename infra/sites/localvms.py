@@ -2,13 +2,17 @@
 
 The layout under its directory (by default <workdir>/vms):
 
-    cloud.json          the sites, their roles and addresses, and the sha256 of the sites' outputs in
-                        the Inventory that `local up` wrote (a dropped VM is one without processes)
+    cloud.json          the sites, their roles and addresses, the stores' type (and each site's
+                        storage), and the sha256 of the sites' outputs in the Inventory that
+                        `local up` wrote (a dropped VM is one without processes)
     inventory.json      the sites' SiteOutputs, exactly what Pulumi stacks export
     ssh/                the toolkit's key and the known_hosts it owns (host keys known ahead)
-    stores/<site>/      each site's object store: pgbackrest/ (repository) and media/ (bucket);
-                        a dropped site's is renamed to stores/.<site>.dropped until it is given back
+    stores/<site>/      posix: each site's object store, pgbackrest/ (repository) and media/ (bucket)
+    emulators/, pids/   emulated: each site's object-store emulator, its data and its PID
     <site>/             the VM: upper/, work/, root/ (the overlay) and its sshd host key
+
+The stores are infra/sites/localstores.py's: directories mounted in every VM, or emulators on
+the sites' own addresses.
 
 Only what this module created is ever removed: a pulled Inventory elsewhere is never touched,
 and `down` refuses a directory whose cloud.json it did not write.
@@ -21,7 +25,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from infra.sites.contract import Inventory, MediaRemote, Repository, SiteOutputs
+from infra.sites.contract import Inventory, SiteOutputs
+from infra.sites.localstores import LocalStores, PosixStores, StoreOutputs, stores_for
 from infra.sites.processes import port_answers
 from infra.sites.vm import USER, SshIdentity, Vm, VmError, ensure_identity, ensure_image
 from infra.spec import Spec
@@ -66,12 +71,19 @@ class LocalVms:
     def vms(self) -> list[Vm]:
         return [self.vm(s) for s in self.sites()]
 
-    def store(self, name: str) -> Path:
-        return self.directory / "stores" / name
+    @property
+    def storage(self) -> str:
+        """posix or emulated: the stores' type (a cloud.json from before emulated stores is posix)."""
+        return self.state().get("storage", "posix")
 
-    def dropped_store(self, name: str) -> Path:
-        """Where a dropped site's store waits: not at the Inventory's path, so nobody reaches it."""
-        return self.directory / "stores" / f".{name}.dropped"
+    @property
+    def stores(self) -> LocalStores:
+        state = self.state()
+        return stores_for(state.get("storage", "posix"), self.directory, state.get("kinds", {}))
+
+    def store(self, name: str) -> Path:
+        """A posix store's directory."""
+        return PosixStores(self.directory, {}).store(name)
 
     # -------------------------------------------------------- the Inventory written beside the VMs
 
@@ -99,22 +111,29 @@ class LocalVms:
     # -------------------------------------------------------- up
 
     def up(self, spec: Spec, count: int, prefix: str = DEFAULT_PREFIX, progress=lambda m: None,
-           witnesses: int = 0) -> Inventory:
-        """Creates and boots one VM per site, mounts every store (and `witnesses` witness stores,
-        stores/witness-N) in every VM, writes the Inventory."""
+           storage: str = "posix", witnesses: int = 0) -> Inventory:
+        """Creates and boots one VM per site, makes every site's store reachable from every VM
+        (`storage`: posix or emulated, infra/sites/localstores.py) and mounts `witnesses` witness
+        stores (directories, stores/witness-N) in every VM, writes the Inventory."""
         planned = plan(spec, count, prefix)
         if self.exists:
             raise VmError(f"{self.directory} already holds a VM cloud; run `failover vms down` first")
-        _refuse_busy(planned, spec.database.port)
+        kinds = storage_kinds(spec, planned)
+        stores = stores_for(storage, self.directory, kinds)
+        _refuse_busy(planned, spec.database.port, stores)
         image = ensure_image(progress)
         identity = ensure_identity(self.directory / "ssh")
-        self.state_file.write_text(json.dumps({"kind": KIND, "sites": [asdict(s) for s in planned]}, indent=2))
+        self.state_file.write_text(json.dumps({"kind": KIND, "sites": [asdict(s) for s in planned],
+                                               "storage": storage, "kinds": kinds}, indent=2))
         try:
             vms = [self.vm(s) for s in planned]
             for vm in vms:
                 progress(f"{vm.site}: creating its VM on {vm.address} (overlay over {image.name})")
                 vm.create(image, identity)
-            self._mount_stores(vms, [f"witness-{i}" for i in range(1, witnesses + 1)])
+            if storage != "posix":
+                progress("stores: " + ", ".join(f"{vm.site}'s {kinds[vm.site]} emulator on {vm.address}" for vm in vms))
+            stores.create(vms, _postgres_ids(vms[0]))
+            self._mount_witnesses(vms, witnesses)
             identity.known_hosts.write_text("".join(vm.host_key_line() + "\n" for vm in vms))
             for vm in vms:
                 progress(f"{vm.site}: booting ({vm.role}) with infra/clouds/bootstrap.sh")
@@ -122,22 +141,30 @@ class LocalVms:
         except BaseException:
             self.down()
             raise
-        inventory = Inventory([outputs(s, spec, self.store(s.site)) for s in planned], active=spec.primary.name,
-                              witnesses=[witness(f"witness-{i}", self.store(f"witness-{i}"))
-                                         for i in range(1, witnesses + 1)])
+        inventory = Inventory([outputs(s, spec, stores.outputs(s.site, s.address)) for s in planned],
+                              active=spec.primary.name,
+                              witnesses=[witness(name, self.store(name)) for name in witness_names(witnesses)])
         inventory.save(self.inventory_file)
         return inventory
 
-    def _mount_stores(self, vms: list[Vm], witnesses: list[str] = ()) -> None:
-        """Every site's store (and each witness store), owned by the VMs' postgres user, mounted in every VM."""
+    def _mount_witnesses(self, vms: list[Vm], count: int) -> None:
+        """Each witness store, owned by the VMs' postgres user, mounted in every VM (posix
+        directories whatever the sites' stores are: a bucket at a further provider)."""
         uid, gid = _postgres_ids(vms[0])
-        for name in [vm.site for vm in vms] + list(witnesses):
+        for name in witness_names(count):
             store = self.store(name)
             for part in (store, store / "pgbackrest", store / "media"):
                 part.mkdir(parents=True, exist_ok=True)
                 shutil.chown(part, uid, gid)
             for vm in vms:
                 vm.mount_store(store)
+
+    def start_stores(self) -> None:
+        """Every store that is not dropped serves (a cloud completed after a stop half-way)."""
+        vms = self.vms()
+        live = [vm for vm in vms if vm.sshd_pid() is not None]
+        if live:
+            self.stores.create(live, _postgres_ids(vms[0]))
 
     # -------------------------------------------------------- drop and down
 
@@ -146,10 +173,7 @@ class LocalVms:
         everywhere and moved away from its path, so the operator cannot reach it either."""
         site = self._site(name)
         killed = self.vm(site).kill()
-        for vm in self.vms():
-            vm.unmount_store(self.store(name))
-        if self.store(name).exists():
-            self.store(name).rename(self.dropped_store(name))
+        self.stores.drop(name, self.vms())
         return killed
 
     def restore(self, name: str, boot: bool = True) -> bool:
@@ -158,11 +182,7 @@ class LocalVms:
         rejoin agent among them decides about its database), or with `boot=False` its sshd only.
         Returns whether the site was dropped."""
         site = self._site(name)
-        was_dropped = self.dropped_store(name).exists()
-        if was_dropped:
-            self.dropped_store(name).rename(self.store(name))
-        for vm in self.vms():
-            vm.mount_store(self.store(name))
+        was_dropped = self.stores.restore(name, self.vms())
         if boot:
             self.vm(site).reboot()
         else:
@@ -179,10 +199,12 @@ class LocalVms:
                 vm.stop()
                 stopped.append(vm.site)
             vm.unmount()
+        self.stores.down()
         for vm in self.vms():
             shutil.rmtree(vm.directory, ignore_errors=True)
-        shutil.rmtree(self.directory / "stores", ignore_errors=True)
         shutil.rmtree(self.directory / "ssh", ignore_errors=True)
+        if (self.directory / "pids").is_dir() and not any((self.directory / "pids").iterdir()):
+            (self.directory / "pids").rmdir()
         self.inventory_file.unlink(missing_ok=True)
         self.state_file.unlink()
         return stopped
@@ -202,15 +224,26 @@ def plan(spec: Spec, count: int, prefix: str) -> list[VmSite]:
     return [VmSite(s.name, s.role, f"{prefix}.{i + 1}") for i, s in enumerate(spec.sites[:count])]
 
 
-def outputs(site: VmSite, spec: Spec, store: Path) -> SiteOutputs:
-    """The VM site's SiteOutputs: the contract a Pulumi stack exports, with a posix (NFS-like) store."""
+def storage_kinds(spec: Spec, sites: list[VmSite]) -> dict[str, str]:
+    """site -> its storage type in the spec (s3, gcs, azure): the emulator its store runs."""
+    by_name = {s.name: s.storage for s in spec.sites}
+    return {s.site: by_name[s.site] for s in sites}
+
+
+def outputs(site: VmSite, spec: Spec, store: StoreOutputs) -> SiteOutputs:
+    """The VM site's SiteOutputs: the contract a Pulumi stack exports, with its store's
+    repository, media remote and writer credentials (references) from infra/sites/localstores.py."""
+    repository, media_remote, credentials = store
     return SiteOutputs(
         site=site.site, cloud="local", region="loopback", role=site.role,
         public_addresses=(site.address,), ssh_hosts=(site.address,), ssh_user=USER,
         db_host=site.address, db_port=spec.database.port,
-        repository=Repository(type="posix", options={"path": str(store / "pgbackrest")}),
-        media_remote=MediaRemote(type="local", options={}, path=str(store / "media")),
+        repository=repository, media_remote=media_remote, writer_credentials=credentials,
     )
+
+
+def witness_names(count: int) -> list[str]:
+    return [f"witness-{i}" for i in range(1, count + 1)]
 
 
 def witness(name: str, store: Path) -> SiteOutputs:
@@ -227,10 +260,12 @@ def sites_digest(inventory_text: str) -> str:
     return hashlib.sha256(json.dumps(sites, sort_keys=True).encode()).hexdigest()
 
 
-def _refuse_busy(sites: list[VmSite], db_port: int) -> None:
-    """Nothing may answer on a VM's SSH or database address yet (another cloud, a kept drill)."""
+def _refuse_busy(sites: list[VmSite], db_port: int, stores: LocalStores) -> None:
+    """Nothing may answer on a VM's SSH, database or store address yet (another cloud, a kept drill)."""
     for site in sites:
-        for port, what in ((22, "SSH"), (db_port, "PostgreSQL")):
+        ports = [(22, "SSH"), (db_port, "PostgreSQL")] + [(p, "its store") for p in stores.endpoints(site.site,
+                                                                                                      site.address)]
+        for port, what in ports:
             if port_answers(site.address, port, 0.3):
                 raise VmError(f"{site.address}:{port} already answers ({what}): site {site.site}'s address is "
                               "taken; choose another --prefix or stop what runs there")

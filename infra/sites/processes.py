@@ -75,6 +75,21 @@ class ProcessTable:
             wait_for(lambda: not _alive(pid), 5, f"{name} (PID {pid}) to exit after SIGKILL")
         return True
 
+    def pause(self, name: str) -> bool:
+        """SIGSTOP to the group it started: it keeps its memory and answers nothing. True if it ran."""
+        return self._signal(name, signal.SIGSTOP)
+
+    def resume(self, name: str) -> bool:
+        """SIGCONT: a paused server goes on where it stopped (harmless on one that runs)."""
+        return self._signal(name, signal.SIGCONT)
+
+    def _signal(self, name: str, sig: int) -> bool:
+        pid = self.pid(name)
+        if pid is None:
+            return False
+        _signal_group(pid, sig)
+        return True
+
     def kill(self, name: str) -> bool:
         """SIGKILL at once: how a drill cuts a site off."""
         pid = self.pid(name)

@@ -39,6 +39,7 @@ PACKAGES = ("postgresql-15", "postgresql-contrib", "pgbackrest", "rclone", "open
 IMAGE_CACHE_ENV = "FAILOVER_IMAGE_CACHE"
 DEFAULT_IMAGE_CACHE = Path("/var/cache/failover/images")
 USER = "failover"
+TRUSTED_CA = "failover-stores.crt"  # the emulated stores' CA in a VM's system trust
 
 
 class VmError(FailoverError):
@@ -266,6 +267,18 @@ class Vm:
             return
         point.chmod(0o000)  # unmounted, the point refuses writes instead of filling the VM's disk
         _mount(["--bind", str(directory), str(point)], self.site)
+
+    def trust_ca(self, certificate: Path) -> None:
+        """A private CA (the object-store emulators'): at the same path inside as on the host, where
+        a repository's storage-ca-file names it for pgBackRest, and in the system trust, which rclone
+        reads (as cloud-init's ca_certs gives a cloud VM); the certificate only, never a key."""
+        inside = self.root / str(certificate).lstrip("/")
+        for parent in reversed(inside.relative_to(self.root).parents[:-1]):
+            (self.root / parent).mkdir(mode=0o755, exist_ok=True)
+        shutil.copyfile(certificate, inside)
+        inside.chmod(0o644)
+        shutil.copyfile(certificate, self.root / "usr/local/share/ca-certificates" / TRUSTED_CA)
+        self.chroot(["update-ca-certificates"])
 
     def unmount_store(self, directory: Path) -> None:
         point = self.root / str(directory).lstrip("/")

@@ -5,7 +5,10 @@
    addresses that something already answers on; the replication password and the backup and
    media keys that are not set are generated into W/vms/secrets.env (mode 600), which the
    engine's commands load from that workdir;
-2. boots one VM per site (infra/sites/localvms.py) and protects them (infra/sites/protect.py);
+2. boots one VM per site (infra/sites/localvms.py) with its store (infra/sites/localstores.py:
+   `--storage posix`, a directory mounted in every VM, or `emulated`, its cloud's object-store
+   emulator on the site's own address, whose credentials join W/vms/secrets.env), and protects
+   them (infra/sites/protect.py);
 3. ships the toolkit to every host, seeds the primary on its host, puts the checksum manifest
    into every store and checks that the seed's WAL and a backup are in every repository;
 4. starts the app on the primary and the warm site, the protector on the primary, and two Knot
@@ -66,19 +69,24 @@ class VmCloud:
 
     # -------------------------------------------------------- up
 
-    def up(self, spec: Spec, count: int, prefix: str, seed_mb: int, witnesses: int = 0) -> dict:
+    def up(self, spec: Spec, count: int, prefix: str, seed_mb: int, storage: str = "posix",
+           witnesses: int = 0) -> dict:
         started = time.monotonic()
         self._refuse_foreign_inventory()
         resuming = self.vms.exists
         if resuming:
-            self._refuse_other_cloud(spec, count, prefix)
+            self._refuse_other_cloud(spec, count, prefix, storage)
         else:
             _refuse_taken(spec, count, prefix)
         self._local_secrets()
-        what = "already up, completing them" if resuming else f"{count} sites on {prefix}.x"
+        what = "already up, completing them" if resuming else f"{count} sites on {prefix}.x, {storage} stores"
         with self._step("vms", f"VMs: {what}"):
-            inventory = Inventory.load(self.vms.inventory_file) if resuming else \
-                self.vms.up(spec, count, prefix, self.progress, witnesses)
+            if resuming:
+                self.vms.start_stores()
+                inventory = Inventory.load(self.vms.inventory_file)
+            else:
+                inventory = self.vms.up(spec, count, prefix, self.progress, storage, witnesses)
+            self._store_secrets()
         sites = self.sites(inventory, spec)
         try:
             summary = self._protect_and_start(inventory, sites, spec, prefix, seed_mb)
@@ -143,14 +151,15 @@ class VmCloud:
                                 "Inventory of cloud sites?); it is never reused or removed: use another --workdir "
                                 "(or FAILOVER_WORKDIR) for the local cloud, or move that file away yourself")
 
-    def _refuse_other_cloud(self, spec: Spec, count: int, prefix: str) -> None:
+    def _refuse_other_cloud(self, spec: Spec, count: int, prefix: str, storage: str) -> None:
         """Completing a cloud half-way up: only the same one, not failed over, every VM up."""
         existing = self.vms.sites()
         wanted = plan(spec, count, prefix)
-        if [(s.site, s.address) for s in existing] != [(s.site, s.address) for s in wanted]:
+        if [(s.site, s.address) for s in existing] != [(s.site, s.address) for s in wanted] or \
+                self.vms.storage != storage:
             raise FailoverError(f"{self.workdir} already holds a local cloud of {len(existing)} sites on "
-                                f"{existing[0].address.rsplit('.', 1)[0]}.x; run `failover local down` first "
-                                "to change --sites or --prefix")
+                                f"{existing[0].address.rsplit('.', 1)[0]}.x with {self.vms.storage} stores; run "
+                                "`failover local down` first to change --sites, --prefix or --storage")
         if self.inventory_file.exists() and Inventory.load(self.inventory_file).active != spec.primary.name:
             active = Inventory.load(self.inventory_file).active
             raise FailoverError(f"{self.workdir} has failed over to {active}; `local up` only builds the initial "
@@ -168,13 +177,23 @@ class VmCloud:
         names = [secrets.REF.match(ref).group(1) for ref in LOCAL_SECRETS]
         made = {name: token.token_urlsafe(36) for name in names if not os.environ.get(name) and name not in kept}
         if made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w") as out:
-                out.write(secrets.render_env(kept | made))
+            _write_secrets(path, kept | made)
             self.progress(f"{', '.join(sorted(made))} not set: generated into {path} (mode 600); the engine's "
                           "commands load it from this workdir (elsewhere: `set -a; . that file; set +a`)")
         secrets.load_env_file(path)
+
+    def _store_secrets(self) -> None:
+        """The values behind the stores' credential references (the emulators'; none for posix
+        stores) into W/vms/secrets.env beside the generated secrets, and into the environment:
+        the emulators' own values win (a new moto has new keys)."""
+        values = self.vms.stores.secrets()
+        path = self.vms.directory / SECRETS_FILE
+        kept = secrets.parse_env(path.read_text()) if path.exists() else {}
+        if values and kept | values != kept:
+            _write_secrets(path, kept | values)
+        for name, value in values.items():
+            secrets.remember(value)
+            os.environ[name] = value
 
     # -------------------------------------------------------- down, drop, restore-site
 
@@ -209,8 +228,16 @@ class VmCloud:
         """The provider gives the site back: its store, and its VM booted (sshd and the boot-time
         services, whose rejoin agent decides about its database); `boot=False`: sshd only."""
         was_dropped = self.vms.restore(name, boot)
+        self._store_secrets()
         started = ["sshd", "boot-time services (bootstrap, supervisord)"] if boot else ["sshd"]
         return {"site": name, "was_dropped": was_dropped, "storage": "reachable", "started": started}
+
+
+def _write_secrets(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(secrets.render_env(values))
 
 
 # ---------------------------------------------------------------- the steps on the hosts

@@ -22,4 +22,4 @@ def free_block(hosts: list[str], first: int, last: int) -> int:
 
 def secret_values(workdir: Path) -> list[str]:
     """The emulators' credentials (not the CA path): none may appear in an error."""
-    return [v for k, v in emulators.emulator_env(workdir).items() if k != "RCLONE_CA_CERT"]
+    return list(emulators.secret_env(workdir).values())
