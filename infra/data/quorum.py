@@ -138,11 +138,17 @@ def replica_segment(replica: Site, size: int) -> Segment | None:
 
 def copy_segments(source: Site, source_dir: str, target: Site, target_dir: str, segments: list[Segment],
                   size: int) -> tuple[str, ...]:
-    """Each segment from `source` into `target` under its plain name, over SFTP through both Sites."""
+    """Each segment from `source` into `target` under its plain name, over SFTP through both Sites.
+
+    Written over the target's file in place (the same inode), not beside it: a startup process
+    that holds the segment open then reads the new records at once instead of after reopening it."""
     copied = []
     for segment in segments:
         plain = Segment(segment.segno, segment.tli).name(size)
-        target.write(f"{target_dir}/{plain}", source.read(f"{source_dir}/{segment.name(size)}"))
+        path, staged = f"{target_dir}/{plain}", f"{target_dir}/.{plain}.failover"
+        target.write(staged, source.read(f"{source_dir}/{segment.name(size)}"))
+        target.service().run(f"dd if={staged} of={path} bs=1M conv=notrunc,fsync status=none && chmod 600 {path} "
+                             f"&& rm -f {staged}")
         copied.append(plain)
     return tuple(copied)
 
@@ -167,13 +173,15 @@ def into_replica(replica: Site, receiver: Site, reachable: bool) -> Taken:
     # walreceiver on a half-open connection would hold it until wal_receiver_timeout. The archive
     # is skipped meanwhile (each look-up asks every repository): with the receiver's WAL the
     # replica holds every acknowledged commit. The promote step keeps or removes the file.
+    # Its retries come every 100 ms instead of 5 s while it waits.
     replica.service().run(f"touch {PATHS.archive_off}")
-    replica.psql(["ALTER SYSTEM SET primary_conninfo = ''", "SELECT pg_reload_conf()"])
+    replica.psql(["ALTER SYSTEM SET primary_conninfo = ''", "ALTER SYSTEM SET wal_retrieve_retry_interval = '100ms'",
+                  "SELECT pg_reload_conf()"])
     try:
         wait_for(lambda: _replayed_past(replica, their_last), REPLAY_SECONDS,
                  f"{replica.name} to replay {receiver.name}'s WAL up to {walstream.lsn_text(their_last)}", 0.1)
-    finally:
-        replica.psql("ALTER SYSTEM RESET primary_conninfo")  # the site's settings file names it again
+    finally:  # the site's settings file names them again
+        replica.psql(["ALTER SYSTEM RESET primary_conninfo", "ALTER SYSTEM RESET wal_retrieve_retry_interval"])
     taken.note = f"replayed up to {walstream.lsn_text(their_last)}"
     return taken
 
