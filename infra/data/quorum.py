@@ -129,7 +129,7 @@ def replica_segment(replica: Site, size: int) -> Segment | None:
     names = listing(replica, PG_WAL)
     if "/" not in position:
         return None
-    segno = walstream.lsn(position) // size
+    segno = max(walstream.lsn(position) - 1, 0) // size  # the segment of its last byte: a boundary ends one
     on_it = [s for s in (Segment.parse(n, size) for n in names) if s and s.segno == segno and not s.partial]
     return max(on_it, key=lambda s: s.tli, default=None)
 
