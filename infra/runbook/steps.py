@@ -290,8 +290,9 @@ def promote_or_restore(run: Run) -> dict:
             c.run(f"touch {PATHS.archive_off}")
         else:  # a secondary that did not answer may have held commits the archive still has
             c.run(f"rm -f {PATHS.archive_off}")
+        promoting = time.monotonic()
         site.cluster("promote")
-        how = f"promoted in {time.monotonic() - clock:.2f}s"
+        how = f"promoted in {time.monotonic() - promoting:.2f}s"
     else:
         taken = take_quorum_wal(run)
         restore_database(site, run.inventory, run.data.repo_index, run.unreachable(), None, wait=False)
