@@ -365,8 +365,9 @@ def promote_or_restore(run: Run) -> dict:
         # A look-up that started before (the replica asks the archive once its stream breaks) may be
         # retrying the dead site's object store for a minute, and the promotion waits for it.
         pgbackrest.interrupt_archiving(c, PATHS.config, "archive-get")
+        promoting = time.monotonic()
         site.cluster("promote")
-        how = f"promoted in {time.monotonic() - clock:.2f}s"
+        how = f"promoted in {time.monotonic() - promoting:.2f}s"
     else:
         taken = take_quorum_wal(run)
         restore_database(site, run.inventory, run.data.repo_index, run.unreachable(), None, wait=False)

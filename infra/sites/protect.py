@@ -11,7 +11,11 @@ local cloud's Debian VMs), idempotently, in this order:
    travels), the epoch schema, pgBackRest with every repository, the stanza and a first full
    backup in every repository that has none;
 4. the warm replica (cloned over TLS at verify-full unless it already streams) and the
-   pilot-light's WAL receiver (pg_receivewal as a supervisor program).
+   pilot-light's WAL receiver (pg_receivewal as a supervisor program, `--synchronous` under
+   quorum commit, its start set for the primary's timeline history: infra/data/walstream.py);
+5. the primary's synchronous_standby_names for the spec's mode (docs/quorum.md): under quorum
+   ANY 1 of the warm replica and the receiver. Until then commits wait only for the secondaries
+   that already streamed when protect began, and protect's own writes for none.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from infra.data import walstream
 from infra.sites.fleet import Fleet
 from infra.sites.processes import wait_for
 from infra.sites.protect import WALSTREAM_PROGRAM, streaming_standbys
-from infra.sites.site import KEY_ENV, KNOWN_HOSTS_ENV
+from infra.sites.site import KEY_ENV, KNOWN_HOSTS_ENV, PATHS
 from infra.spec import load_spec
 from tests.appclient import post
 from tests.conftest import ROOT, failover, failover_json, processes_rooted_under, remove_unmounted
@@ -47,6 +47,7 @@ PASSWORD_ENV = "FAILOVER_REPLICATION_PASSWORD"
 SETTLE_SECONDS = 3  # the first writes after a drop are left out of the figures
 WRITE_SECONDS = 12
 SEGMENT = 16 << 20
+LONG_PAGE_HEADER = 40
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +144,19 @@ def rows_present(workdir: Path, site: str, ids: list[int]) -> int:
     return int(sql(workdir, site, f"SELECT count(*) FROM posts WHERE id IN ({', '.join(map(str, ids))})"))
 
 
-def switch_last(primary) -> str:
-    """A segment switch as the primary's last record, received by azure: switched again while a
-    background record (a standby snapshot, every 15 s after activity) followed it."""
+def switch_last(primary, receiver) -> str:
+    """A segment switch as the primary's last record, the switched segment whole in the
+    receiver's directory: switched again while a background record (a standby snapshot, every
+    15 s after activity) followed it."""
     for _ in range(5):
-        switched = primary.psql(["SELECT pg_switch_wal()", "SELECT pg_current_wal_insert_lsn()"]).stdout.split()[-1]
-        wait_for(lambda: primary.psql(f"SELECT flush_lsn >= '{switched}'::pg_lsn FROM pg_stat_replication "
-                                      "WHERE application_name = 'azure'").stdout.strip() == "t", 10,
-                 "azure to receive the segment switch")
-        if walstream.lsn(switched) % SEGMENT == 0 and \
+        out = primary.psql(["SELECT pg_switch_wal()", "SELECT pg_current_wal_insert_lsn()",
+                            "SELECT pg_walfile_name(pg_current_wal_insert_lsn())"]).stdout.split()
+        switched, timeline = out[-2], int(out[-1][:8], 16)
+        whole = walstream.Segment(walstream.lsn(switched) // SEGMENT - 1, timeline).name(SEGMENT)
+        wait_for(lambda: receiver.service().run(f"test -e {PATHS.wal_stream}/{whole}", warn=True).ok, 10,
+                 f"azure's receiver to complete {whole}")
+        # Right after a switch the insert position is past the next segment's long page header.
+        if walstream.lsn(switched) % SEGMENT <= LONG_PAGE_HEADER and \
                 primary.psql("SELECT pg_current_wal_insert_lsn()").stdout.strip() == switched:
             return switched
         time.sleep(0.5)
@@ -236,7 +241,7 @@ def test_commits_only_the_receiver_acknowledged_are_in_a_warm_failover_even_at_a
         wait_for(lambda: "gcp" not in streaming_standbys(aws), 10, "gcp's walreceiver to stop")
         ids = acknowledged_posts(ADDRESS["aws"], 5, 4000)
         assert rows_present(cloud, "gcp", ids) == 0
-        switched = switch_last(aws)
+        switched = switch_last(aws, with_fleet.site("azure"))
     finally:
         with_fleet.close()
     failover("local", "drop", "--site", "aws", workdir=cloud)
