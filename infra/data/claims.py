@@ -312,10 +312,17 @@ def highest(stores: Iterable[Store]) -> int:
             keys = store.list(PREFIX)
         except (StoreError, secrets.MissingSecret):
             continue
-        for name in keys:
-            stem = name.rpartition("/")[2]
-            if stem.startswith("epoch-") and stem.endswith(".json") and stem[6:-5].isdigit():
-                top = max(top, int(stem[6:-5]))
+        top = max(top, highest_in(keys))
+    return top
+
+
+def highest_in(keys: Iterable[str]) -> int:
+    """The highest epoch among claim object keys (`key()`), 0 if none: one store's listing."""
+    top = 0
+    for name in keys:
+        stem = name.rpartition("/")[2]
+        if stem.startswith("epoch-") and stem.endswith(".json") and stem[6:-5].isdigit():
+            top = max(top, int(stem[6:-5]))
     return top
 
 

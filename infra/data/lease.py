@@ -119,16 +119,6 @@ def stores(inventory) -> list[Store]:
     return [Store(s) for s in [*inventory.sites, *inventory.witnesses]]
 
 
-def highest_claim(keys: Iterable[str]) -> int:
-    """The highest epoch among claim object keys (claims.key), 0 if none."""
-    top = 0
-    for name in keys:
-        stem = name.rpartition("/")[2]
-        if stem.startswith("epoch-") and stem.endswith(".json") and stem[6:-5].isdigit():
-            top = max(top, int(stem[6:-5]))
-    return top
-
-
 def expires(last_held: float | None, started: float, length: float = LENGTH, guard: float = GUARD) -> float:
     """When the holder must be fenced (monotonic): GUARD before the end of its last held round;
     a holder that has not held yet counts from its own start (see docs/lease.md, Restarts)."""
@@ -253,7 +243,7 @@ class Lane:
         clock = time.monotonic()
         try:
             self.store.put(KEY, lease.to_bytes())
-            claimed = highest_claim(self.store.list(claims.PREFIX))
+            claimed = claims.highest_in(self.store.list(claims.PREFIX))
             pending.finish(Answer(self.store.name, True, claimed, seconds=round(time.monotonic() - clock, 4)))
         except (StoreError, secrets.MissingSecret, OSError) as error:
             pending.finish(Answer(self.store.name, error=secrets.redact(str(error))[:300]))

@@ -68,7 +68,7 @@ def test_the_wait_outlasts_every_holder_that_did_not_see_the_claim():
 
 def test_claim_keys_give_the_highest_epoch():
     keys = [claims.key(3), claims.key(12), ".failover/claims/.epoch-000099.json.x.tmp", ".failover/claims/other"]
-    assert lease.highest_claim(keys) == 12 and lease.highest_claim([]) == 0
+    assert claims.highest_in(keys) == 12 and claims.highest_in([]) == 0
 
 
 def test_a_lease_object_round_trips_and_the_summary_names_a_fenced_holder():
