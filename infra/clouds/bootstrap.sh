@@ -57,14 +57,9 @@ start_database() {
 start_rejoin() {
   # Every boot of a protected host: the rejoin agent (installed by `sites protect`, not
   # autostarted) makes the database follow the active primary, or starts it if this site is
-  # active. Under systemd a unit does the same on later boots (cloud-init runs this file once).
+  # active. Cloud VMs run this file once; later boots start it through the systemd unit that
+  # `sites protect` installs beside it (infra/sites/services.install_rejoin).
   [ -e /etc/supervisor/conf.d/failover-rejoin.conf ] || return 0
-  if has_systemd && [ ! -e /etc/systemd/system/failover-rejoin.service ]; then
-    printf '%s\n' '[Unit]' 'After=supervisor.service' 'Requires=supervisor.service' '[Service]' 'Type=oneshot' \
-      'ExecStart=/bin/sh -c "for i in $(seq 40); do supervisorctl start failover-rejoin && exit 0; sleep 0.5; done; exit 1"' \
-      '[Install]' 'WantedBy=multi-user.target' > /etc/systemd/system/failover-rejoin.service
-    systemctl daemon-reload && systemctl enable failover-rejoin.service
-  fi
   for i in $(seq 40); do
     supervisorctl start failover-rejoin >/dev/null 2>&1 && return 0
     sleep 0.5  # supervisord is still starting

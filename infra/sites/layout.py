@@ -37,3 +37,16 @@ def program(name: str, command: str, autostart: bool = True, directory: str = TO
             f"autostart={str(autostart).lower()}\nautorestart={restart}\nexitcodes=0\nstartsecs={startsecs}\n"
             f"startretries=1000\nstopasgroup=true\n"
             f"redirect_stderr=true\nstdout_logfile={LOG_DIR}/{name}.log\n")
+
+
+REJOIN_UNIT = "/etc/systemd/system/failover-rejoin.service"
+
+
+def rejoin_unit() -> str:
+    """Where systemd runs (cloud VMs, whose bootstrap runs on the first boot only): a unit that
+    starts the rejoin agent under supervisor on every boot, once supervisord answers (`$$` is
+    systemd's literal `$`)."""
+    start = (f"for i in $$(seq 40); do supervisorctl start {REJOIN_PROGRAM} && exit 0; sleep 0.5; done; exit 1")
+    return ("[Unit]\nDescription=failover: the rejoin agent decides about the database at boot\n"
+            "After=supervisor.service\nRequires=supervisor.service\n\n"
+            f"[Service]\nType=oneshot\nExecStart=/bin/sh -c '{start}'\n\n[Install]\nWantedBy=multi-user.target\n")

@@ -24,7 +24,7 @@ from infra.sites.contract import Inventory, SiteOutputs
 from infra.sites.site import (APP_CONFIG, APP_PROGRAM, PATHS, PROTECTOR_PROGRAM, SERVICE_USER, TOOLKIT_DIR, Site,
                               SiteError)
 from infra.sites.layout import (INVENTORY_FILE, LOG_DIR, PROGRAM_DIR, REJOIN_PROGRAM,  # noqa: F401 - named here before
-                                START_CONF, program)
+                                REJOIN_UNIT, START_CONF, program, rejoin_unit)
 from infra.sites.processes import wait_for
 from infra.spec import Spec
 
@@ -212,6 +212,9 @@ def install_rejoin(site: Site, inventory: Inventory) -> None:
     site.write(f"{PROGRAM_DIR}/{REJOIN_PROGRAM}.conf",
                program(REJOIN_PROGRAM, f"python3 -m infra.data.rejoin {site.name}", autostart=False, user="root",
                        once=True), owner="root", mode="644")
+    if site.root().run("test -d /run/systemd/system", warn=True).ok:  # later boots run no bootstrap there
+        site.write(REJOIN_UNIT, rejoin_unit(), owner="root", mode="644")
+        site.root().run("systemctl daemon-reload && systemctl enable failover-rejoin.service")
 
 
 def stop_protector(site: Site) -> None:
