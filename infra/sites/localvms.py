@@ -154,24 +154,25 @@ class LocalVms:
     # -------------------------------------------------------- drop and down
 
     def drop(self, name: str) -> list[int]:
-        """The provider pulls the plug: the VM's processes are killed, its store is unmounted
-        everywhere and moved away from its path, so the operator cannot reach it either."""
+        """The provider pulls the plug: the VM's processes are killed and its store is cut off for
+        everyone, the operator included (unmounted and moved away, or its emulator stopped by PID)."""
         site = self._site(name)
         killed = self.vm(site).kill()
         self.stores.drop(name, self.vms())
         return killed
 
     def restore(self, name: str) -> bool:
-        """The provider gives the site back: its store at its path again and mounted in every VM,
-        and its sshd started. Nothing else starts (the engine decides about its database).
-        Returns whether the site was dropped."""
+        """The provider gives the site back: its store with its data (mounted in every VM again, or
+        its emulator serving again), and its sshd started. Nothing else starts (the engine decides
+        about its database). Returns whether the site was dropped."""
         site = self._site(name)
         was_dropped = self.stores.restore(name, self.vms())
         self.vm(site).start_sshd()
         return was_dropped
 
     def down(self) -> list[str]:
-        """Stops every VM, unmounts everything, removes the VMs and stores (only what `up` made)."""
+        """Stops every VM and emulator (by PID), unmounts everything, removes the VMs and stores
+        (only what `up` made)."""
         if not self.exists:
             return []
         stopped = []
