@@ -169,18 +169,18 @@ class LocalVms:
     # -------------------------------------------------------- drop and down
 
     def drop(self, name: str) -> list[int]:
-        """The provider pulls the plug: the VM's processes are killed, its store is unmounted
-        everywhere and moved away from its path, so the operator cannot reach it either."""
+        """The provider pulls the plug: the VM's processes are killed and its store is cut off for
+        everyone, the operator included (unmounted and moved away, or its emulator stopped by PID)."""
         site = self._site(name)
         killed = self.vm(site).kill()
         self.stores.drop(name, self.vms())
         return killed
 
     def restore(self, name: str, boot: bool = True) -> bool:
-        """The provider gives the site back: its store at its path again and mounted in every VM,
-        and the VM booted as a cloud VM boots (`Vm.reboot`: sshd and the boot-time services; the
-        rejoin agent among them decides about its database), or with `boot=False` its sshd only.
-        Returns whether the site was dropped."""
+        """The provider gives the site back: its store with its data (mounted in every VM again, or
+        its emulator serving again), and the VM booted as a cloud VM boots (`Vm.reboot`: sshd and
+        the boot-time services; the rejoin agent among them decides about its database), or with
+        `boot=False` its sshd only. Returns whether the site was dropped."""
         site = self._site(name)
         was_dropped = self.stores.restore(name, self.vms())
         if boot:
@@ -190,7 +190,8 @@ class LocalVms:
         return was_dropped
 
     def down(self) -> list[str]:
-        """Stops every VM, unmounts everything, removes the VMs and stores (only what `up` made)."""
+        """Stops every VM and emulator (by PID), unmounts everything, removes the VMs and stores
+        (only what `up` made)."""
         if not self.exists:
             return []
         stopped = []
