@@ -143,7 +143,8 @@ class LocalVms:
             raise
         inventory = Inventory([outputs(s, spec, stores.outputs(s.site, s.address)) for s in planned],
                               active=spec.primary.name,
-                              witnesses=[witness(name, self.store(name)) for name in witness_names(witnesses)])
+                              witnesses=[witness(name, PosixStores(self.directory, {}).outputs(name, ""))
+                                         for name in witness_names(witnesses)])
         inventory.save(self.inventory_file)
         return inventory
 
@@ -247,12 +248,11 @@ def witness_names(count: int) -> list[str]:
     return [f"witness-{i}" for i in range(1, count + 1)]
 
 
-def witness(name: str, store: Path) -> SiteOutputs:
-    """A witness store of the local cloud: a directory like a site's store, with no site."""
+def witness(name: str, store: StoreOutputs) -> SiteOutputs:
+    """A witness store of the local cloud: a directory like a posix site's store, with no site."""
+    repository, media_remote, _ = store
     return SiteOutputs(site=name, cloud="local", region="loopback", role="witness", public_addresses=(), ssh_hosts=(),
-                       ssh_user="", db_host="", db_port=0,
-                       repository=Repository(type="posix", options={"path": str(store / "pgbackrest")}),
-                       media_remote=MediaRemote(type="local", options={}, path=str(store / "media")))
+                       ssh_user="", db_host="", db_port=0, repository=repository, media_remote=media_remote)
 
 
 def sites_digest(inventory_text: str) -> str:
