@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -163,6 +164,19 @@ def switch_last(primary, receiver) -> str:
     return switched
 
 
+def freeze(workdir: Path, site: str) -> list[int]:
+    """SIGSTOP, by PID, every PostgreSQL process of the site's VM (those whose root is the VM's)."""
+    root, frozen = str(workdir / "vms" / site / "root"), []
+    for pid in processes_rooted_under(Path(root)):
+        try:
+            if b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+        except OSError:
+            continue  # ended meanwhile
+    return frozen
+
+
 def acknowledged_posts(address: str, count: int, first_seq: int) -> list[int]:
     ids = []
     for seq in range(first_seq, first_seq + count):
@@ -242,9 +256,11 @@ def test_commits_only_the_receiver_acknowledged_are_in_a_warm_failover_even_at_a
         ids = acknowledged_posts(ADDRESS["aws"], 5, 4000)
         assert rows_present(cloud, "gcp", ids) == 0
         switched = switch_last(aws, with_fleet.site("azure"))
+        frozen = freeze(cloud, "aws")  # at once: a background record must not follow the switch
     finally:
         with_fleet.close()
-    failover("local", "drop", "--site", "aws", workdir=cloud)
+    failover("local", "drop", "--site", "aws", workdir=cloud)  # SIGKILL ends stopped processes too
+    assert frozen
     journal = failover_json("run", "--to", "gcp", "--yes", workdir=cloud)
     detail = promote_detail(journal)
     print(f"\nfailover to gcp took from azure: {detail['quorum']} ({detail['how']})")
