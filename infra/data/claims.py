@@ -45,6 +45,9 @@ class Claimant:
     target: str
     run_id: str
     host: str = field(default_factory=socket.gethostname)
+    # A failback (a planned switchover) names the primary it switches away from: that primary
+    # keeps serving until the run itself stops its writes, so its lease ignores this claim.
+    switchover_from: str = ""
 
     def __str__(self) -> str:
         return f"run {self.run_id} (target {self.target}, host {self.host})"
@@ -183,6 +186,7 @@ class _Round:
         self.holdings = {name: Holding(name, unread=True) for name in self.names}
         self.body = json.dumps({"version": VERSION, "epoch": self.epoch, "target": self.claimant.target,
                                 "run_id": self.claimant.run_id, "host": self.claimant.host, "stores": self.store_set,
+                                "switchover_from": self.claimant.switchover_from,
                                 "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")},
                                indent=1).encode()
 
@@ -314,6 +318,14 @@ def highest(stores: Iterable[Store]) -> int:
             continue
         top = max(top, highest_in(keys))
     return top
+
+
+def switchover_from(data: bytes) -> str:
+    """The primary a claim object's run switches away from by plan (a failback), or ""."""
+    try:
+        return str(json.loads(data).get("switchover_from") or "")
+    except (ValueError, AttributeError):
+        return ""
 
 
 def highest_in(keys: Iterable[str]) -> int:

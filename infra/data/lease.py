@@ -224,9 +224,22 @@ class Lane:
     """One store's worker: at most one write-and-list in flight, so a store that hangs holds
     one thread and misses its rounds, and never delays the others or the watchdog."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, holder: str = ""):
+        self.store, self.holder = store, holder
         self._busy = threading.Lock()
+        self._planned: dict[int, bool] = {}  # claim epoch -> a planned switchover away from the holder
+
+    def highest_claim(self) -> int:
+        """The highest claim this store lists, passing over a failback's claim that switches away
+        from the holder (read once per epoch): that run stops the holder's writes itself."""
+        listed = sorted({claims.highest_in([k]) for k in self.store.list(claims.PREFIX)} - {0}, reverse=True)
+        for epoch in listed:
+            if epoch not in self._planned:
+                data = self.store.get(claims.key(epoch))
+                self._planned[epoch] = bool(self.holder) and claims.switchover_from(data) == self.holder
+            if not self._planned[epoch]:
+                return epoch
+        return 0
 
     def start(self, lease: Lease, timeout: float, wait: float = 0.0) -> "_Pending":
         """Writes `lease` and lists the claims, on a thread of its own; with `wait`, waits that
@@ -243,7 +256,7 @@ class Lane:
         clock = time.monotonic()
         try:
             self.store.put(KEY, lease.to_bytes())
-            claimed = claims.highest_in(self.store.list(claims.PREFIX))
+            claimed = self.highest_claim()
             pending.finish(Answer(self.store.name, True, claimed, seconds=round(time.monotonic() - clock, 4)))
         except (StoreError, secrets.MissingSecret, OSError) as error:
             pending.finish(Answer(self.store.name, error=secrets.redact(str(error))[:300]))
@@ -306,7 +319,7 @@ class Holder:
                  log: Callable[[str], None] = print, length: float = LENGTH, guard: float = GUARD,
                  every: float = RENEW_EVERY, round_timeout: float = ROUND_TIMEOUT,
                  clock: Callable[[], float] = time.monotonic, on_change: Callable[[HolderState], None] = lambda s: None):
-        self.lanes = [Lane(s) for s in stores]
+        self.lanes = [Lane(s, holder) for s in stores]
         self.fence, self.log, self.clock, self.on_change = fence, log, clock, on_change
         self.length, self.guard, self.every, self.round_timeout = length, guard, every, round_timeout
         self.state = HolderState(holder, epoch, clock())

@@ -132,7 +132,8 @@ def claim(run: "Run") -> dict:
     `run.epoch` becomes the won epoch (higher than asked only after epochs that split)."""
     if not run.run_id:
         raise ValueError("a claim needs the run's id (the journal's)")
-    me = claims.Claimant(run.target, run.run_id)
+    # A failback's source keeps serving until stop_writes fences it: its lease ignores this claim.
+    me = claims.Claimant(run.target, run.run_id, switchover_from=run.source if run.kind == "failback" else "")
     command = f"failover {'back' if run.kind == 'failback' else 'run'} --to {run.target}"
     try:
         won = claims.claim_epoch(stores(run.inventory), run.epoch, me)

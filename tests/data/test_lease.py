@@ -195,6 +195,23 @@ def test_a_claim_for_a_higher_epoch_fences_at_the_next_round(tmp_path):
     assert h.renew_once() and h.state.state == lease.FENCED  # a later round changes nothing
 
 
+def test_a_failbacks_claim_away_from_the_holder_does_not_fence_it_but_any_other_claim_does(tmp_path):
+    """A failback (planned switchover) stops its source's writes itself, after reseeding from
+    it: the source's lease must not fence it at the claim. A claim that names another source,
+    or none (a failover), still fences at once."""
+    fences = []
+    stores = [posix_store(tmp_path, n) for n in ("aws", "gcp", "azure")]
+    h = holder(stores, fences)  # aws holds epoch 1
+    planned = claims.Claimant("gcp", "run-b", "ops", switchover_from="aws")
+    claims.claim_epoch(stores, 2, planned)
+    h.renew_once()
+    assert not h.decide().fence and h.state.latest.renewed == ["aws", "gcp", "azure"]
+    claims.claim_epoch(stores, 3, claims.Claimant("azure", "run-c", "ops", switchover_from="gcp"))
+    h.renew_once()
+    verdict = h.decide()
+    assert verdict.fence and verdict.why == "claim" and "epoch 3" in verdict.reason
+
+
 def test_a_fence_that_fails_is_recorded_and_tried_again_until_it_is_confirmed(tmp_path, monkeypatch):
     tries = []
 
