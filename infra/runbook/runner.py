@@ -131,9 +131,9 @@ def lease_note(source: str, reachable: bool) -> str:
     wait = lease.LENGTH + lease.WAIT_MARGIN
     if reachable:
         return (f"{source} answers SSH: `fence` stops it directly, so take_writes waits for no lease (if it stops "
-                f"answering meanwhile, up to {wait:.1f} s after the claim)")
+                f"answering meanwhile, up to {wait:.1f} s after `fence` starts)")
     return (f"{source} does not answer SSH: take_writes waits for its lease to run out, {wait:.1f} s after `fence` "
-            f"claims the epoch (lease {lease.LENGTH:.0f} s + {lease.WAIT_MARGIN} s margin), overlapped with the "
+            f"starts, which follows the won claim (lease {lease.LENGTH:.0f} s + {lease.WAIT_MARGIN} s margin), overlapped with the "
             "promotion or restore and the DNS shift: it adds to RTO only what those steps take less")
 
 
