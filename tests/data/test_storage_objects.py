@@ -19,7 +19,7 @@ from infra.data.storage import MissingKey, Store, StoreError, put_all
 from infra.runbook.journal import REMOTE_PATH, Journal, JournalStore, from_stores
 from infra.sites import emulators
 from infra.sites.contract import MediaRemote, Repository, SiteOutputs
-from infra.sites.processes import ProcessTable
+from infra.sites.processes import ProcessTable, port_answers, wait_for
 from tests.conftest import service_dir
 from tests.data.emulated import free_block, secret_values
 
@@ -205,6 +205,9 @@ def test_a_stopped_store_is_named_fast(cloud, index):
     store = cloud.store(index)
     store.put(".failover/before.json", b"1")
     assert emu.stop()
+    # Stopped means its port refuses: the errors below must come fast from then on (in two full
+    # CI runs a gcs case once took rclone's whole 120 s, as if something still accepted there).
+    wait_for(lambda: not port_answers(emu.host, emu.port), 10, f"the {emu.kind} emulator's port to close", 0.1)
     try:
         for action in (lambda: store.put(".failover/x.json", b"1"), lambda: store.get(".failover/before.json"),
                        lambda: store.list("")):
