@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from infra.data import walstream
+
 
 @dataclass(frozen=True)
 class Ack:
@@ -139,10 +141,7 @@ class Exposure:
 
 def lsn(text: str) -> int | None:
     """'16/B374D848' -> its byte position; None for an empty field."""
-    if not text:
-        return None
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
+    return walstream.lsn(text) if text else None
 
 
 def exposure(samples: list[LsnSample], written: bool = False) -> Exposure:

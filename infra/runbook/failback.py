@@ -40,7 +40,6 @@ from infra.runbook.steps import Run
 from infra.sites.processes import wait_for
 from infra.sites import services
 from infra.sites.protect import clone_replica
-from infra.sites.layout import REJOIN_PROGRAM
 from infra.sites.site import PATHS, Site
 from playbooks import media
 
@@ -112,9 +111,6 @@ def preflight(run: Run) -> dict:
 def reseed(run: Run) -> dict:
     """P as a streaming replica of the current primary, from a fresh data directory (over TLS)."""
     site, primary, inventory = run.site, _primary_site(run), run.inventory
-    # A host given back boots its rejoin agent, which may be cloning this very data directory:
-    # the runbook takes over (seen: `rm -rf` of the data directory failed under the agent's clone).
-    site.supervise(REJOIN_PROGRAM, "stop")
     if run.inventory.active == run.target or _streaming(run):
         return {"replica": "already streaming"}
     started = time.monotonic()

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from infra.data.walstream import lsn, lsn_text  # one LSN arithmetic for the toolkit
 from infra.errors import FailoverError
 from infra.sites.site import DB_VERSION, PATHS
 
@@ -28,15 +29,6 @@ BACK_SEGMENTS = 8  # how far back the last commit is looked for: 128 MB of WAL a
 LSN = r"[0-9A-F]+/[0-9A-F]+"
 RECORD = re.compile(rf"^rmgr: (\S+)\s+len \(rec/tot\):\s*\d+/\s*\d+, tx:\s*(\d+), lsn: ({LSN}), prev \S+, desc: (.*)$")
 CLEAN = "shut down"
-
-
-def lsn_value(text: str) -> int:
-    high, low = text.split("/")
-    return int(high, 16) << 32 | int(low, 16)
-
-
-def lsn_text(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True)
@@ -69,8 +61,8 @@ def parse_records(text: str) -> list[Record]:
     for line in text.splitlines():
         found = RECORD.match(line.strip())
         if found:
-            rmgr, xid, lsn, desc = found.groups()
-            records.append(Record(lsn_text(lsn_value(lsn)), rmgr, int(xid), desc))
+            rmgr, xid, position, desc = found.groups()
+            records.append(Record(lsn_text(lsn(position)), rmgr, int(xid), desc))
     return records
 
 
@@ -102,8 +94,8 @@ class Receipt:
 
     @property
     def commits_after(self) -> list[Record]:
-        fence = lsn_value(self.fence_lsn)
-        return [r for r in self.after if r.commit and lsn_value(r.lsn) >= fence]
+        fence = lsn(self.fence_lsn)
+        return [r for r in self.after if r.commit and lsn(r.lsn) >= fence]
 
     @property
     def clean(self) -> bool:
@@ -180,7 +172,7 @@ def _last_commit(run: Callable[[str], tuple[bool, str]], dump: str, before: str,
                  segment: int) -> tuple[Record | None, str]:
     """The last COMMIT record before `before`, looked for a segment at a time, back to
     BACK_SEGMENTS segments or the oldest segment kept."""
-    end = lsn_value(before)
+    end = lsn(before)
     start = (end - 1) - (end - 1) % segment  # the segment that holds the record just before `before`
     searched = before
     for _ in range(BACK_SEGMENTS):

@@ -39,7 +39,7 @@ from infra.data.standby import PASSFILE, REPLICATION_USER, TLS_DIR, TLS_SETTINGS
 from infra.sites import services
 from infra.sites.contract import Inventory
 from infra.sites.processes import wait_for
-from infra.sites.layout import SETTINGS_FILE, WALSTREAM_PROGRAM
+from infra.sites.layout import REJOIN_PROGRAM, SETTINGS_FILE, WALSTREAM_PROGRAM
 from infra.sites.site import CONF_DIR, PATHS, Site, SiteError
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
@@ -328,7 +328,10 @@ def streams_to(primary: Site, application: str) -> bool:
 
 def clone_replica(site: Site, primary: Site, synchronous: bool) -> str:
     """`site` streams from `primary` from a fresh clone (its own data is never reused: it may have
-    diverged), whatever its role: a failback re-seeds the old primary this way."""
+    diverged), whatever its role: a failback re-seeds the old primary this way. A host given back
+    boots its rejoin agent, which may be cloning the same data directory: the engine takes over
+    (seen: `rm -rf` of the data directory failed under the agent's clone)."""
+    site.supervise(REJOIN_PROGRAM, "stop")
     values = {**protection.replica_settings(site.address, site.port, PATHS, synchronous),
               "primary_conninfo": conninfo(primary, site.name), **TLS_SETTINGS}
     site.write(SETTINGS_FILE, postgres.render_settings(values))
