@@ -118,10 +118,7 @@ class LocalVms:
         stores (directories, stores/<name>: the spec's witnesses' names, then witness-N) in every
         VM, writes the Inventory. `witnesses` None: as many as the spec declares."""
         planned = plan(spec, count, prefix)
-        # The spec's witnesses are buckets at further providers, which the local cloud does not
-        # reach: directories stand in for them, so its majorities are the ones the sites would count.
-        witnessing = witness_names(len(spec.witnesses) if witnesses is None else witnesses,
-                                   [w.name for w in spec.witnesses])
+        witnessing = witness_names(spec, witnesses)
         if self.exists:
             raise VmError(f"{self.directory} already holds a VM cloud; run `failover vms down` first")
         kinds = storage_kinds(spec, planned)
@@ -250,11 +247,16 @@ def outputs(site: VmSite, spec: Spec, store: StoreOutputs) -> SiteOutputs:
     )
 
 
-def witness_names(count: int, spec_names: list[str] = ()) -> list[str]:
-    """`count` local witness stores: they stand in for the spec's witnesses (config.witnesses),
-    under their names, and any beyond those are witness-1, witness-2..."""
-    spare = (f"witness-{i}" for i in range(1, 2 * count + 1) if f"witness-{i}" not in spec_names)
-    return [*spec_names[:count], *(next(spare) for _ in range(count - len(spec_names[:count])))]
+def witness_names(spec: Spec, count: int | None = None) -> list[str]:
+    """The local cloud's witness stores: `count` of them, or as many as the spec declares (None).
+
+    The spec's witnesses are buckets at further providers, which the local cloud does not reach:
+    directories stand in for them under their names, so its majorities are the ones the real
+    sites would count. Any beyond those are witness-1, witness-2..."""
+    declared = [w.name for w in spec.witnesses]
+    count = len(declared) if count is None else count
+    spare = (f"witness-{i}" for i in range(1, 2 * count + 1) if f"witness-{i}" not in declared)
+    return [*declared[:count], *(next(spare) for _ in range(count - len(declared[:count])))]
 
 
 def witness(name: str, store: StoreOutputs) -> SiteOutputs:
