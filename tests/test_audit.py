@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from infra import audit
 from infra.audit_cli import app
 from infra.spec import SpecError
+from tests.witnesses import B2 as WITNESS
 
 ROOT = Path(__file__).resolve().parent.parent
 ECR_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/social-app:1.0"
@@ -143,11 +144,6 @@ def test_invalid_vendors_exit_2_naming_file_and_key(project):
         audit.load_estate(project)
     assert "config.vendors.sms.provider" in str(error.value)
     assert run_cli("--project", str(project)).exit_code == 2
-
-
-WITNESS = {"provider": "backblaze", "storage": "s3", "bucket": "social-witness", "region": "us-west-004",
-           "endpoint": "s3.us-west-004.backblazeb2.com",
-           "credentials": {"s3-key": "env/WITNESS_KEY", "s3-key-secret": "env/WITNESS_KEY_SECRET"}}
 
 
 def witnesses(project: Path, **named) -> None:

@@ -1,7 +1,6 @@
 """The Inventory from recorded `pulumi stack output --json --show-secrets` outputs."""
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -21,6 +20,7 @@ from infra.data.storage import Store
 from infra.sites.contract import Inventory, MediaRemote, Repository
 from infra.sites.fleet import INVENTORY_COPY
 from infra.spec import load_witnesses
+from tests.witnesses import VALUES, WITNESSES
 
 OUTPUTS = Path(__file__).parent / "fixtures" / "pulumi" / "outputs"
 STACKS = ("aws", "gcp", "azure")
@@ -171,19 +171,6 @@ def test_cli_pull_keeps_what_the_workdirs_inventory_says(tmp_path):
 # ---- witness stores from the spec (config.witnesses) ----------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
-WITNESSES = {
-    "b2": {"provider": "backblaze", "storage": "s3", "bucket": "social-witness", "region": "us-west-004",
-           "endpoint": "s3.us-west-004.backblazeb2.com", "uri_style": "path",
-           "credentials": {"s3-key": "env/T_WITNESS_B2_KEY", "s3-key-secret": "env/T_WITNESS_B2_SECRET"}},
-    "gstore": {"provider": "google", "storage": "gcs", "bucket": "social-witness-g",
-               "credentials": {"gcs-key-json-base64": "env/T_WITNESS_G_KEY"}},
-    "blob": {"provider": "microsoft", "storage": "azure", "account": "socialwitness", "container": "witness",
-             "credentials": {"media-sas": "env/T_WITNESS_BLOB_SAS"}},
-}
-VALUES = {"T_WITNESS_B2_KEY": "b2-key-id-0001", "T_WITNESS_B2_SECRET": "b2-secret-value-0001",
-          "T_WITNESS_G_KEY": base64.b64encode(json.dumps({"type": "service_account", "client_email": "w@p.iam",
-                                                          "private_key": "-----BEGIN KEY-----"}).encode()).decode(),
-          "T_WITNESS_BLOB_SAS": "sv=2022-11-02&sig=witnessSASvalue0001"}
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from infra.spec import WITNESS_TYPES, SpecError, load_spec, load_witnesses
+from tests import witnesses
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,13 +139,7 @@ def test_each_replication_mode_loads_and_quorum_is_the_default(project, mode):
 # ---- witness stores (config.witnesses) --------------------------------------------------------
 
 WITNESSES = {
-    "b2": {"provider": "backblaze", "storage": "s3", "bucket": "social-witness", "region": "us-west-004",
-           "endpoint": "s3.us-west-004.backblazeb2.com", "uri_style": "path",
-           "credentials": {"s3-key": "env/WITNESS_B2_KEY", "s3-key-secret": "env/WITNESS_B2_KEY_SECRET"}},
-    "gcs-witness": {"provider": "google", "storage": "gcs", "bucket": "social-witness-gcs",
-                    "credentials": {"gcs-key-json-base64": "env/WITNESS_GCS_KEY"}},
-    "blob": {"provider": "microsoft", "storage": "azure", "account": "socialwitness", "container": "witness",
-             "credentials": {"media-sas": "env/WITNESS_BLOB_SAS"}},
+    **witnesses.WITNESSES,
     "minio": {"provider": "office", "storage": "s3", "bucket": "witness", "region": "us-east-1",
               "endpoint": "minio.example.net:9000", "ca_file": "/etc/failover/minio-ca.crt",
               "credentials": {"s3-key": "env/M_KEY", "s3-key-secret": "env/M_SECRET", "s3-token": "env/M_TOKEN"}},
@@ -158,11 +153,12 @@ def with_witnesses(project: Path, witnesses) -> None:
 def test_witnesses_load_with_their_storage_and_references(project):
     with_witnesses(project, WITNESSES)
     spec = load_spec(project / "Pulumi.yaml")
-    assert [w.name for w in spec.witnesses] == ["b2", "blob", "gcs-witness", "minio"]  # the file's order (edit sorts)
-    b2, blob, gcs, minio = spec.witnesses
+    assert [w.name for w in spec.witnesses] == ["b2", "blob", "gstore", "minio"]  # the file's order (edit sorts)
+    b2, blob, gstore, minio = spec.witnesses
     assert (b2.storage, b2.bucket, b2.region, b2.endpoint, b2.uri_style) == (
         "s3", "social-witness", "us-west-004", "s3.us-west-004.backblazeb2.com", "path")
-    assert b2.credentials == {"s3-key": "env/WITNESS_B2_KEY", "s3-key-secret": "env/WITNESS_B2_KEY_SECRET"}
+    assert b2.credentials == {"s3-key": "env/T_WITNESS_B2_KEY", "s3-key-secret": "env/T_WITNESS_B2_SECRET"}
+    assert (gstore.storage, gstore.bucket, gstore.region) == ("gcs", "social-witness-g", "")
     assert (blob.account, blob.bucket) == ("socialwitness", "witness")  # the container is the witness's bucket
     assert minio.ca_file == "/etc/failover/minio-ca.crt" and "s3-token" in minio.credentials
     assert load_witnesses(project / "Pulumi.yaml") == spec.witnesses
@@ -182,8 +178,8 @@ BAD_WITNESSES = {
                   ["config.witnesses.no-region.region", "is required"]),
     "no-account": ({k: v for k, v in WITNESSES["blob"].items() if k != "account"},
                    ["config.witnesses.no-account.account", "is required"]),
-    "typo": ({**WITNESSES["gcs-witness"], "regoin": "x"}, ["config.witnesses.typo.regoin", "unknown key", "valid keys"]),
-    "gcs-region": ({**WITNESSES["gcs-witness"], "region": "eu"}, ["config.witnesses.gcs-region.region", "unknown key"]),
+    "typo": ({**WITNESSES["gstore"], "regoin": "x"}, ["config.witnesses.typo.regoin", "unknown key", "valid keys"]),
+    "gcs-region": ({**WITNESSES["gstore"], "region": "eu"}, ["config.witnesses.gcs-region.region", "unknown key"]),
     "scheme": ({**WITNESSES["b2"], "endpoint": "https://s3.example.com"},
                ["config.witnesses.scheme.endpoint", "without a scheme"]),
     "bucket": ({**WITNESSES["b2"], "bucket": "Bad_Bucket"}, ["config.witnesses.bucket.bucket", "'Bad_Bucket'"]),

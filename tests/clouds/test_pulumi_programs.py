@@ -19,6 +19,7 @@ from mock_run import run_stacks  # noqa: E402
 from infra.clouds import base, hostkey  # noqa: E402
 from infra.sites.contract import EXPORTED_KEYS, SiteOutputs  # noqa: E402
 from infra.spec import load_spec  # noqa: E402
+from tests.witnesses import WITNESSES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec(ROOT / "Pulumi.yaml")
@@ -66,16 +67,6 @@ CHANGED = {"aws-as-warm": ("aws", lambda: _as("aws", "warm")),
            "gcp-as-primary": ("gcp", lambda: _as("gcp", "primary")),
            "azure-as-warm": ("azure", lambda: _as("azure", "warm")),
            "azure-as-primary": ("azure", lambda: PILOT_AS_PRIMARY)}  # the pilot-light's failover
-
-
-# Project config as Pulumi.yaml would declare two witness stores (docs/lease.md).
-WITNESSES = {
-    "b2": {"provider": "backblaze", "storage": "s3", "bucket": "social-witness", "region": "us-west-004",
-           "endpoint": "s3.us-west-004.backblazeb2.com",
-           "credentials": {"s3-key": "env/WITNESS_B2_KEY", "s3-key-secret": "env/WITNESS_B2_KEY_SECRET"}},
-    "blob": {"provider": "microsoft", "storage": "azure", "account": "socialwitness", "container": "witness",
-             "credentials": {"media-sas": "env/WITNESS_BLOB_SAS"}},
-}
 
 
 @pytest.fixture(scope="module")
@@ -339,4 +330,4 @@ def test_witness_stores_in_the_spec_leave_every_sites_stack_as_it_was(runs, stac
     data["config"]["witnesses"] = {"value": WITNESSES}
     (tmp_path / "Pulumi.yaml").write_text(yaml.safe_dump(data))
     spec = load_spec(tmp_path / "Pulumi.yaml", ROOT / "stacks")
-    assert [w.name for w in spec.witnesses] == ["b2", "blob"] and spec.sites == SPEC.sites
+    assert [w.name for w in spec.witnesses] == sorted(WITNESSES) and spec.sites == SPEC.sites
