@@ -7,6 +7,10 @@ the inventory, one line per ssh_host, which the engine trusts (infra/sites/site.
 put into every site's store, where the engine reads it (`.failover/inventory.json` beside the
 media), so a failover needs neither the dropped cloud nor the Pulumi state backend. Parsing
 and planning are pure; the CLI and the stores are thin calls.
+
+The spec's witness stores (config.witnesses: buckets at further providers, which no stack
+creates) join the Inventory as `witnesses`; their credentials stay the spec's env/NAME
+references, and their values, read from the environment, go into the same secrets.env.
 """
 from __future__ import annotations
 
@@ -22,10 +26,10 @@ from collections.abc import Mapping
 
 from infra.clouds import hostkey, stores
 from infra.data.storage import MissingKey, Store, StoreError, put_all
+from infra.secrets import REF
 from infra.sites import contract
 from infra.sites.contract import EXPORTED_KEYS, Inventory, MediaRemote, Repository, SiteOutputs
 from infra.sites.fleet import INVENTORY_COPY
-from infra.secrets import REF
 from infra.spec import ROLES, Witness
 
 

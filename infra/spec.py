@@ -385,7 +385,7 @@ def _witness(name: str, data: Any, key: str, check: _Checker) -> Witness | None:
     fields_ = kind.required + kind.optional if kind else tuple({f: 0 for t in WITNESS_TYPES.values()
                                                                 for f in t.required + t.optional})
     data = check.mapping(data, key, WITNESS_COMMON + fields_, ("provider", "credentials") + (kind.required if kind else ()))
-    values = {name: check.value(data, key, name, str, "") for name in ("provider", "ca_file") + fields_}
+    values = {field_: check.value(data, key, field_, str, "") for field_ in ("provider", "ca_file") + fields_}
     _check_witness_values(values, key, check)
     credentials = _witness_credentials(data.get("credentials", {}), f"{key}.credentials", kind, check)
     if not kind:
@@ -435,7 +435,7 @@ def _witness_credentials(data: Any, key: str, kind: WitnessType | None, check: _
 def _site(path: Path, problems: list[str]) -> Site | None:
     check = _Checker(str(path))
     raw = _read_yaml(path, check)
-    name = path.name[len("Pulumi."):-len(".yaml")]
+    name = _stack_name(path)
     if raw and not NAME.match(name):
         check.problem("-", f"stack name {name!r} must be lower-case letters, digits and '-'")
     site = _site_from(raw, name, str(path), check)
@@ -530,8 +530,13 @@ def _stacks_dir(project_file: Path, raw: dict, stacks_dir: str | Path | None = N
     return Path(stacks_dir) if stacks_dir else project_file.parent / (raw.get("stackConfigDir") or ".")
 
 
+def _stack_name(path: Path) -> str:
+    """The site a stack file describes: Pulumi.<site>.yaml."""
+    return path.name[len("Pulumi."):-len(".yaml")]
+
+
 def _stack_names(files: list[Path]) -> dict[str, Path]:
-    return {f.name[len("Pulumi."):-len(".yaml")]: f for f in files}
+    return {_stack_name(f): f for f in files}
 
 
 def load_witnesses(project_file: str | Path = "Pulumi.yaml") -> tuple[Witness, ...]:
