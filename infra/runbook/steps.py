@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from invoke.exceptions import UnexpectedExit
+
 from infra import events, secrets
 from infra.clouds import automation
 from infra.errors import FailoverError
@@ -297,7 +299,13 @@ def fence_site(run: Run, name: str) -> str:
     stopped = False
     # A running cluster that is not a standby is stopped, whether it answers or not.
     if site.db_running() and site.recovery_state() is not True:
-        site.cluster("stop", "fast", timeout=60)
+        try:
+            site.cluster("stop", "fast", timeout=60)
+        except UnexpectedExit:
+            # Its protector may stop it at the same moment: it fences itself once it sees this
+            # run's claim ("Cluster is not running"). Stopped either way; still running is an error.
+            if site.db_running():
+                raise
         stopped = True
     return "app fenced" + (", PostgreSQL stopped" if stopped else "")
 
@@ -368,6 +376,7 @@ def promote_or_restore(run: Run) -> dict:
         # A look-up that started before (the replica asks the archive once its stream breaks) may be
         # retrying the dead site's object store for a minute, and the promotion waits for it.
         pgbackrest.interrupt_archiving(c, PATHS.config, "archive-get")
+        start_holding(run)  # its lease holds while the promotion and the rest of this stage run
         promoting = time.monotonic()
         site.cluster("promote")
         how = f"promoted in {time.monotonic() - promoting:.2f}s"
@@ -447,17 +456,26 @@ def take_writes(run: Run) -> dict:
             "lease_hold_wait_seconds": hold_waited}
 
 
-def hold_lease(run: Run) -> dict:
-    """The target's protector started with an Inventory that names it active at the run's epoch
-    (only on its host: the stores learn it once the epoch is stored), and waited for until its
-    lease holds there. A resumed run finds it running. Its other rounds (WAL, media, the commit
-    mode) find nothing to change before `protect`, which starts it again with the same command."""
-    clock = time.monotonic()
+def start_holding(run: Run) -> None:
+    """The target's protector started, not waited for, with an Inventory that names it active at
+    the run's epoch (only on its host: the stores learn it once `take_writes` stored the epoch).
+    Its lease then holds at the new epoch; its other rounds (WAL, media, the commit mode) find
+    little to do before `protect`, which starts it again with the same command. Started again,
+    it changes nothing: the promotions start it before they promote, `take_writes` (and a resumed
+    run) again before it waits for the lease."""
     inventory = run.inventory
     inventory.active = run.target
-    services.start_protector(run.site, inventory, run.spec.database.async_after_seconds, wait=False)
+    services.start_protector(run.site, inventory, run.spec.database.async_after_seconds, wait=False, fresh=False)
+
+
+def hold_lease(run: Run) -> dict:
+    """The target's protector started (if it is not yet) and waited for until its lease holds at
+    the run's epoch."""
+    clock = time.monotonic()
+    start_holding(run)
+    started = time.monotonic()
     state = services.wait_lease_held(run.site, run.epoch)
-    return {"held_seconds": round(time.monotonic() - clock, 3),
+    return {"held_seconds": round(time.monotonic() - clock, 3), "start_seconds": round(started - clock, 3),
             "stores": f"{len(state.get('renewed') or [])} of {state.get('stores')}"}
 
 

@@ -113,15 +113,15 @@ def start_script(name: str, seconds: int = 15, wait: bool = True) -> str:
     """One root shell script (one SSH round trip instead of six): supervisord up, the program's
     config loaded (`update` restarts a program whose config changed), the program started, and
     RUNNING within `seconds` (a program `update` just added stays STARTING for startsecs), else
-    the tail of its log and exit 1. `wait=False`: started in the background, not waited for
-    (`supervisorctl start` itself waits startsecs); the caller watches for what it needs."""
-    start = f"supervisorctl start {name} >/dev/null" if wait else f"(supervisorctl start {name} >/dev/null 2>&1 &)"
-    script = (f"{ENSURE_SUPERVISOR}; supervisorctl update >/dev/null; "
-              f"case $(supervisorctl status {name}) in *RUNNING*) exit 0;; *STARTING*|*BACKOFF*) ;; "
-              f"*) {start};; esac")
+    the tail of its log and exit 1. `wait=False`: supervisord up, then `update` and `start` in the
+    background (each supervisorctl is a Python start, and `start` waits startsecs); the caller
+    watches for what it needs (`start` of a running program changes nothing)."""
     if not wait:
-        return script
-    return (f"{script}; for i in $(seq {seconds * 4}); do supervisorctl status {name} | grep -q RUNNING && exit 0; "
+        return f"{ENSURE_SUPERVISOR}; (supervisorctl update; supervisorctl start {name}) </dev/null >/dev/null 2>&1 &"
+    return (f"{ENSURE_SUPERVISOR}; supervisorctl update >/dev/null; "
+            f"case $(supervisorctl status {name}) in *RUNNING*) exit 0;; *STARTING*|*BACKOFF*) ;; "
+            f"*) supervisorctl start {name} >/dev/null;; esac; "
+            f"for i in $(seq {seconds * 4}); do supervisorctl status {name} | grep -q RUNNING && exit 0; "
             f"sleep 0.25; done; tail -n 5 {LOG_DIR}/{name}.log; exit 1")
 
 
@@ -196,16 +196,19 @@ def protector_command(site_name: str, async_after: int | None = None) -> str:
                        "--pgbackrest-dir", PATHS.pgbackrest_dir, *extra])
 
 
-def start_protector(site: Site, inventory: Inventory, async_after: int | None = None, wait: bool = True) -> None:
+def start_protector(site: Site, inventory: Inventory, async_after: int | None = None, wait: bool = True,
+                    fresh: bool = True) -> None:
     """The protector on the primary's database host, reading `inventory` (written there first).
-    `wait=False`: not waited for; the runbook waits for its lease instead (`wait_lease_held`)."""
+    `wait=False`: not waited for; the runbook waits for its lease instead (`wait_lease_held`).
+    `fresh=False`: a state the protector saved at this epoch is kept (the runbook's start of a
+    new primary: only its own run can have saved one, and a fenced one must stay fenced)."""
     if inventory.active != site.name:
         raise SiteError(f"site {site.name}: the protector runs on the active site's host, and the inventory "
                         f"names {inventory.active} active; start it there (or write the inventory first)")
     write_inventory(site, inventory)
     protection.install_host_secrets(site.service(), inventory, PATHS)
-    # The engine starts it on purpose: a fenced state left by an earlier run is not carried on.
-    site.service().run(f"rm -f {LEASE_STATE}")
+    if fresh:  # `sites protect` starts it on purpose: a fenced state left by an earlier run is not carried on
+        site.service().run(f"rm -f {LEASE_STATE}")
     # Not started by supervisord on its own: an old primary given back after a failover still has
     # an inventory naming itself active, and would copy its stale bucket over the others' objects.
     run_program(site, PROTECTOR_PROGRAM, protector_command(site.name, async_after), autostart=False, wait=wait)
@@ -231,13 +234,14 @@ def wait_lease_held(site: Site, epoch: int, seconds: float = HOLD_WITHIN) -> dic
     deadline = time.monotonic() + seconds
     while True:
         state = lease_state(site)
-        if lease_held(state, site.name, epoch):
-            return state
-        if state.get("state") == lease.FENCED or time.monotonic() > deadline:
+        ours = state.get("holder") == site.name and state.get("epoch") == epoch  # not a state left at another epoch
+        if ours and state.get("state") in (lease.HELD, lease.FENCED) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    found = (f"it fenced itself: {state.get('reason')}" if state.get("state") == lease.FENCED else
-             f"its state after {seconds:.0f} s: {state.get('state') or 'none'} (last round: "
+    if lease_held(state, site.name, epoch):
+        return state
+    found = (f"it fenced itself: {state.get('reason')}" if ours and state.get("state") == lease.FENCED else
+             f"its state after {seconds:.0f} s: {state.get('state') or 'none'} at epoch {state.get('epoch')} (last round: "
              f"{state.get('last_round') or 'none'})")
     raise SiteError(f"site {site.name}: host {site.db_host}: the protector does not hold the lease at epoch {epoch}, "
                     f"so {site.name} takes no writes; {found}; see {LOG_DIR}/{PROTECTOR_PROGRAM}.log there")

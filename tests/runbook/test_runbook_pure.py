@@ -235,13 +235,16 @@ def test_the_new_primary_holds_its_lease_at_the_new_epoch_before_it_stores_the_e
     started: list = []
     monkeypatch.setattr(steps.lease, "wait_seconds", lambda claimed_at, now: 0.2)
     monkeypatch.setattr(steps.services, "start_protector",
-                        lambda site, inventory, after, wait=True: started.append((inventory.active, inventory.epoch))
+                        lambda site, inventory, after, wait=True, fresh=True:
+                        started.append((inventory.active, inventory.epoch, wait, fresh))
                         or recorder.events.append("protector started"))
     monkeypatch.setattr(steps.services, "wait_lease_held",
                         lambda site, epoch: recorder.events.append(f"lease held at epoch {epoch}")
                         or {"renewed": ["gcp", "azure"], "stores": 3})
     detail = steps.take_writes(_take_writes_run(recorder, fenced))
-    assert started == [("gcp", 2)]  # its host's Inventory names it active, at the new epoch
+    # Its host's Inventory names it active at the new epoch; the runbook waits for the lease, not
+    # for supervisor, and keeps what the protector saved at this epoch (a fenced one stays fenced).
+    assert started == [("gcp", 2, False, False)]
     assert recorder.events.index("lease held at epoch 2") < recorder.events.index("INSERT")
     assert recorder.events.index("INSERT") < recorder.events.index("publish gcp")
     assert detail["lease"]["stores"] == "2 of 3"
