@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from infra.data.lease import majority
 from infra.spec import Site, Spec, SpecError, load_spec
 
 STORAGE_HOMES = {"s3": "aws", "gcs": "gcp", "azure": "azure"}  # posix lives with the site's own cloud
@@ -40,7 +41,7 @@ REGISTRY_HOMES = (  # (host suffix, provider); first match wins
 class Breach:
     """One dependency the recovery from `provider`'s exit would lack."""
 
-    check: str       # stable id: dns, registrar, repository, backups, wal, media, standby, state, secrets, image, inventory, vendor, keys
+    check: str       # stable id: dns, registrar, repository, backups, wal, media, standby, state, secrets, image, inventory, vendor, keys, quorum
     dependency: str  # what, in words an operator knows
     lives_at: str    # where it lives now
     why: str         # why that is a breach when `provider` drops us
@@ -86,6 +87,13 @@ def storage_home(site: Site) -> str:
     return STORAGE_HOMES.get(site.storage, site.cloud)
 
 
+def store_homes(spec: Spec) -> list[tuple[str, str]]:
+    """(store, provider) of every store the epoch claims and the primary's lease count over
+    (infra/data/lease.py `stores`): each site's, then each witness's (config.witnesses)."""
+    return ([(f"site {s.name}", storage_home(s)) for s in spec.sites]
+            + [(f"witness {w.name}", w.provider) for w in spec.witnesses])
+
+
 def backend_home(url: str) -> str:
     # No url: the Pulumi CLI's default backend is Pulumi Cloud.
     parsed = urlparse(url or "https://api.pulumi.com")
@@ -123,7 +131,7 @@ def images(spec: Spec) -> tuple[str, ...]:
 def providers(estate: Estate) -> list[str]:
     """Every provider that holds something: the candidates for `--drop`."""
     spec = estate.spec
-    found = {s.cloud for s in spec.sites} | {storage_home(s) for s in spec.sites}
+    found = {s.cloud for s in spec.sites} | {home for _, home in store_homes(spec)}
     found |= set().union(*(dns_homes(p) for p in spec.dns.providers)) if spec.dns.providers else set()
     found |= {registry_home(i) for i in images(spec)} | {backend_home(estate.backend)}
     found |= {kms_home(sp, estate.backend) for sp in estate.secrets_providers.values()} - {None}
@@ -141,6 +149,7 @@ def holdings(estate: Estate, x: str) -> list[str]:
     """What `x` holds besides the registration, in words, for the registrar's message."""
     spec = estate.spec
     held = [f"site {s.name}" for s in spec.sites if x in (s.cloud, storage_home(s))]
+    held += [f"witness store {w.name}" for w in spec.witnesses if w.provider == x]
     held += [f"DNS provider {p.name}" for p in spec.dns.providers if x in dns_homes(p)]
     held += [f"image {i}" for i in images(spec) if registry_home(i) == x]
     held += ["the Pulumi state"] if backend_home(estate.backend) == x else []
@@ -322,6 +331,22 @@ def check_vendors(estate: Estate, x: str, live: Live | None) -> list[Breach]:
             for v in estate.vendors if v.provider == x and all(f == x for f in v.fallbacks)]
 
 
+def check_quorum(estate: Estate, x: str, live: Live | None) -> list[Breach]:
+    """A failover claims its epoch at a majority of the stores before anything else (docs/claims.md):
+    when x holds so many of them that the rest are no majority, no failover away from x can run."""
+    homes = store_homes(estate.spec)
+    left, need = [store for store, home in homes if home != x], majority(len(homes))
+    if len(left) >= need:
+        return []
+    where = ", ".join(f"{store} ({home})" for store, home in homes) or "no store"
+    return [Breach("quorum", "a majority of the stores, for a failover's epoch claim and the primary's lease", where,
+                   f"{len(homes) - len(left)} of the {len(homes)} stores are at {x}: without it {len(left)} remain, and "
+                   f"a failover must claim its epoch at {need}, so none can run (and the primary fences itself)",
+                   "keep most stores away from any one provider: give a site storage at another provider, or add "
+                   f"witness stores at further providers under config.witnesses in {estate.project_file} "
+                   "(docs/lease.md)", x)]
+
+
 KEYS_HELD_APART = 2  # copies of the encryption keys at none of the sites' providers
 
 
@@ -349,7 +374,7 @@ def check_keys(estate: Estate, x: str, live: Live | None) -> list[Breach]:
 
 CHECKS: tuple[Check, ...] = (check_dns, check_registrar, check_repository, check_backups, check_wal, check_media,
                              check_standby, check_state, check_secrets, check_image, check_inventory, check_vendors,
-                             check_keys)
+                             check_keys, check_quorum)
 
 
 def audit(estate: Estate, drop: str | None = None, live: Live | None = None) -> list[Breach]:

@@ -75,8 +75,10 @@ def local_up(
                                               "emulated: each site's cloud's object-store emulator (moto, "
                                               "fake-gcs-server, Azurite) on the site's own address, over TLS.")]
     = "posix",
-    witnesses: Annotated[int, typer.Option(help="Witness stores (directories mounted in every VM, dropped with no "
-                                                "site) that count in the lease's majority.")] = 0,
+    witnesses: Annotated[Optional[int], typer.Option(
+        help="Witness stores (directories mounted in every VM, dropped with no site) that count in the lease's "
+             "majority. Default: as many as the spec declares (config.witnesses), standing in for them under their "
+             "names; 0 for none.", show_default=False)] = None,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Start N protected sites as Debian VMs on loopback (needs root): PostgreSQL with a warm replica
@@ -87,6 +89,8 @@ def local_up(
         raise cliutil.FailoverError(f"--prefix {prefix!r} must be inside 127.0.0.0/8: the local cloud stays on loopback")
     if storage not in STORAGE_TYPES:
         raise cliutil.FailoverError(f"--storage {storage!r} must be one of: {', '.join(STORAGE_TYPES)}")
+    if witnesses is not None and witnesses < 0:
+        raise cliutil.FailoverError(f"--witnesses must be 0 or more, got {witnesses}")
     summary = VmCloud(workdir_path(workdir), progress).up(load_spec(project), sites, prefix, seed_mb, storage,
                                                           witnesses)
     emit(summary, as_json, lambda s: progress(

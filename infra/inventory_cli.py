@@ -21,9 +21,11 @@ from rich.table import Table
 from infra import inventory_pull as pull_
 from infra import secrets
 from infra.clouds import hostkey
-from infra.cliutil import ROOT, AsJson, FailoverError, Workdir, command, console, emit, workdir_path
+from infra.cliutil import (DEFAULT_PROJECT, ROOT, AsJson, FailoverError, ProjectFile, Workdir, command, console, emit,
+                           workdir_path)
 from infra.sites.contract import Inventory
 from infra.sites.site import PULLED_KNOWN_HOSTS
+from infra.spec import load_witnesses
 
 app = typer.Typer(help="The Inventory of all sites, built from Pulumi stack outputs and copied to every site.")
 
@@ -36,16 +38,20 @@ Doit = Annotated[bool, typer.Option("--doit", help="Really copy to every site's 
 @app.command()
 @command
 def pull(stacks: Stacks = "aws,gcp,azure", workdir: Workdir = None, as_json: AsJson = False,
-         from_dir: FromDir = None, doit: Doit = False) -> None:
-    """Build the Inventory from `pulumi stack output --json --show-secrets` of each stack."""
+         from_dir: FromDir = None, doit: Doit = False, project: ProjectFile = DEFAULT_PROJECT) -> None:
+    """Build the Inventory from `pulumi stack output --json --show-secrets` of each stack, with the
+    witness stores of the spec (config.witnesses in Pulumi.yaml; their credentials from the environment)."""
     names = [s.strip() for s in stacks.split(",") if s.strip()]
     if not names:
         raise FailoverError("--stacks: name at least one stack, e.g. --stacks aws,gcp,azure")
+    witnesses = load_witnesses(project)
     texts = {name: _read(name, from_dir) for name in names}
     try:
-        inventory, found = pull_.build_inventory(texts)
+        witness_found = pull_.witness_secrets(witnesses, os.environ, str(project))
+        inventory, found = pull_.build_inventory(texts, tuple(pull_.witness_outputs(w) for w in witnesses))
     except pull_.PullError as error:
         raise FailoverError(str(error)) from None
+    found |= witness_found
     for value in found.values():
         secrets.remember(value)
     where = workdir_path(workdir)
@@ -72,7 +78,7 @@ def pull(stacks: Stacks = "aws,gcp,azure", workdir: Workdir = None, as_json: AsJ
     result = {"inventory": str(where / "inventory.json"), "secrets": str(where / "secrets.env"),
               "known_hosts": str(where / PULLED_KNOWN_HOSTS), "no_host_key": lacking,
               "active": inventory.active, "epoch": inventory.epoch, "sites": inventory.names,
-              "kept_from": len(known), "copies": copies}
+              "witnesses": [w.site for w in inventory.witnesses], "kept_from": len(known), "copies": copies}
     emit(result, as_json, _render)
 
 
@@ -90,6 +96,9 @@ def _render(result: dict) -> None:
     console.print(f"inventory: {result['inventory']} (active: {result['active']}, epoch {result['epoch']}{kept})")
     console.print(f"secrets:   {result['secrets']} (0600; the inventory holds env/NAME references)")
     console.print(f"known_hosts: {result['known_hosts']} (the engine trusts these host keys)")
+    if result["witnesses"]:
+        console.print(f"witnesses: {', '.join(result['witnesses'])} (from the spec; they count in the lease's and "
+                      "the claims' majorities)")
     for stack in result["no_host_key"]:
         console.print(f"[yellow]stack {stack} exports no {hostkey.OUTPUT}: its hosts will be refused; run "
                       f"`failover inventory hostkeys --stacks {stack} --doit`, `pulumi up -s {stack}`, then pull again[/yellow]")

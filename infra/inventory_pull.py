@@ -7,6 +7,10 @@ the inventory, one line per ssh_host, which the engine trusts (infra/sites/site.
 put into every site's store, where the engine reads it (`.failover/inventory.json` beside the
 media), so a failover needs neither the dropped cloud nor the Pulumi state backend. Parsing
 and planning are pure; the CLI and the stores are thin calls.
+
+The spec's witness stores (config.witnesses: buckets at further providers, which no stack
+creates) join the Inventory as `witnesses`; their credentials stay the spec's env/NAME
+references, and their values, read from the environment, go into the same secrets.env.
 """
 from __future__ import annotations
 
@@ -18,11 +22,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from infra.clouds import hostkey
+from collections.abc import Mapping
+
+from infra.clouds import hostkey, stores
 from infra.data.storage import MissingKey, Store, StoreError, put_all
-from infra.sites.contract import EXPORTED_KEYS, Inventory, SiteOutputs
+from infra.secrets import REF
+from infra.sites import contract
+from infra.sites.contract import EXPORTED_KEYS, Inventory, MediaRemote, Repository, SiteOutputs
 from infra.sites.fleet import INVENTORY_COPY
-from infra.spec import ROLES
+from infra.spec import ROLES, Witness
 
 
 class PullError(ValueError):
@@ -58,8 +66,37 @@ def parse_stack_outputs(stack: str, text: str) -> tuple[SiteOutputs, dict[str, s
         raise PullError(f"stack {stack}: outputs do not match SiteOutputs ({error})") from None
 
 
-def build_inventory(outputs: dict[str, str]) -> tuple[Inventory, dict[str, str]]:
-    """{stack: output JSON} -> (Inventory in spec order, primary active; all secrets)."""
+def witness_outputs(witness: Witness) -> SiteOutputs:
+    """A witness store of the spec (config.witnesses) as the Inventory lists it: its storage
+    type's repository and media remote (infra/clouds/stores.py, as a site's store of that type),
+    and its credentials as the spec's env/NAME references."""
+    repository, remote = stores.witness(witness)
+    return contract.witness(witness.name, witness.provider, witness.region, Repository(**repository),
+                            MediaRemote(**remote), witness.credentials)
+
+
+def witness_secrets(witnesses: tuple[Witness, ...], environ: Mapping[str, str],
+                    project_file: str = "Pulumi.yaml") -> dict[str, str]:
+    """NAME -> value behind every witness credential, from `environ`. PullError names each one
+    that is not set (witness, key and variable, never a value), all at once."""
+    found, missing = {}, []
+    for witness in witnesses:
+        for key, ref in witness.credentials.items():
+            name = match.group(1) if (match := REF.match(ref)) else ""
+            if name and environ.get(name):
+                found[name] = environ[name]
+            else:
+                missing.append(f"witness {witness.name}: {project_file}: config.witnesses.{witness.name}.credentials."
+                               f"{key} is {ref}, but {name or ref} is not set")
+    if missing:
+        raise PullError("; ".join(missing) + ": export each before `failover inventory pull` (its value goes into "
+                        "secrets.env, 0600, for the lease on the primary and the claims)")
+    return found
+
+
+def build_inventory(outputs: dict[str, str], witnesses: tuple[SiteOutputs, ...] = ()) -> tuple[Inventory, dict[str, str]]:
+    """{stack: output JSON} -> (Inventory in spec order, primary active, with `witnesses`; the
+    sites' secrets)."""
     sites, secrets = [], {}
     for stack, text in outputs.items():
         site, site_secrets = parse_stack_outputs(stack, text)
@@ -72,7 +109,7 @@ def build_inventory(outputs: dict[str, str]) -> tuple[Inventory, dict[str, str]]
                         f"primaries: {primaries or 'none'}, unknown roles at: {unknown or 'none'}")
     # The same order as load_spec, so pgBackRest repo numbers agree with the spec's.
     sites.sort(key=lambda s: (ROLES.index(s.role), s.site))
-    return Inventory(sites=sites, active=primaries[0]), secrets
+    return Inventory(sites=sites, active=primaries[0], witnesses=list(witnesses)), secrets
 
 
 def known_hosts(outputs: dict[str, str]) -> tuple[str, list[str]]:
@@ -108,8 +145,9 @@ def keep_known(pulled: Inventory, known: list[Inventory]) -> Inventory:
                         f"every stack (--stacks {','.join(newest.names + [n for n in pulled.names if n not in newest.names])})"
                         "; removing a site would renumber the repositories of the sites after it")
     order = newest.names + [name for name in pulled.names if name not in newest.names]
+    # The witnesses are the spec's, as pulled: changing them changes every majority (docs/lease.md).
     return Inventory(sites=[pulled.site(name) for name in order], active=newest.active,
-                     epoch=max(inv.epoch for inv in known))
+                     epoch=max(inv.epoch for inv in known), witnesses=pulled.witnesses)
 
 
 def read_copies(inventory: Inventory) -> tuple[list[Inventory], dict[str, str]]:

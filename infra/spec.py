@@ -26,6 +26,10 @@ REPLICATION_MODES = ("quorum", "sync", "async")
 SECRET_REF = re.compile(r"^env/[A-Za-z_][A-Za-z0-9_]*$")
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 NS_NAME = re.compile(r"^[A-Za-z0-9*_-]+(\.[A-Za-z0-9*_-]+)*\.?$")
+ENDPOINT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$")  # host or host:port, no scheme
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")  # S3's and GCS's common rules
+CONTAINER = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 
 
 class SpecError(ValueError):
@@ -104,6 +108,47 @@ class Site:
 
 
 @dataclass(frozen=True)
+class WitnessType:
+    """What a witness store of one storage type declares (config.witnesses.<name>): the keys it
+    needs and may have, and its credentials by their writer-credential names (the ones the
+    Inventory keeps and infra/data/objectstores.py maps to rclone's and the HTTP API's options).
+    The credentials must be one of `credentials`' alternatives, whole, plus any `optional_credentials`."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    credentials: tuple[tuple[str, ...], ...]
+    optional_credentials: tuple[str, ...] = ()
+
+
+WITNESS_COMMON = ("provider", "storage", "credentials", "ca_file")
+WITNESS_TYPES = {
+    "s3": WitnessType(("bucket", "region"), ("endpoint", "uri_style"), (("s3-key", "s3-key-secret"),), ("s3-token",)),
+    "gcs": WitnessType(("bucket",), ("endpoint",), (("gcs-key-json-base64",),)),
+    # media-sas: a container SAS token (at <account>.blob.core.windows.net); media-sas-url: a whole
+    # SAS URL, which an `endpoint` other than Azure's needs.
+    "azure": WitnessType(("account", "container"), ("endpoint",), (("media-sas",), ("media-sas-url",))),
+}
+
+
+@dataclass(frozen=True)
+class Witness:
+    """A witness store (config.witnesses.<name>): a bucket at a further provider that runs no
+    site. It counts in the lease's and the claims' majorities and holds nothing else
+    (docs/lease.md). `credentials` maps writer-credential names to env/NAME references."""
+
+    name: str
+    provider: str  # who runs the bucket, for `failover audit` (backblaze, cloudflare, wasabi...)
+    storage: str  # s3 | gcs | azure
+    bucket: str  # the bucket; Azure: the container
+    credentials: dict[str, str]
+    region: str = ""
+    endpoint: str = ""  # host[:port]; "" for the storage type's public endpoint
+    account: str = ""  # Azure's storage account
+    uri_style: str = ""  # S3: host | path ("" = host)
+    ca_file: str = ""  # a private CA's certificate, at this path on the operator's machine and every host
+
+
+@dataclass(frozen=True)
 class Spec:
     project: str
     app: App
@@ -111,6 +156,7 @@ class Spec:
     media: Media
     dns: Dns
     sites: tuple[Site, ...]
+    witnesses: tuple[Witness, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def site(self, name: str) -> Site:
@@ -312,10 +358,84 @@ def _dns(data: Any, check: _Checker) -> Dns:
     )
 
 
+def _witnesses(data: Any, check: _Checker, stack_files: dict[str, Path]) -> tuple[Witness, ...]:
+    """config.witnesses: {name: {provider, storage, ...}}; every problem recorded. `stack_files`:
+    site name -> its stack file, whose names a witness must not take."""
+    if not isinstance(data, dict):
+        check.problem("config.witnesses", f"must be a mapping of name -> witness store, got {type(data).__name__}")
+        return ()
+    found = []
+    for name, entry in data.items():
+        key = f"config.witnesses.{name}"
+        if not isinstance(name, str) or not NAME.match(name):
+            check.problem(key, "a witness name must be lower-case letters, digits and '-', starting with a letter")
+        elif name in stack_files:
+            check.problem(key, f"clashes with site {name} ({stack_files[name]}): sites and witnesses share one set "
+                               "of store names; rename the witness")
+        found.append(_witness(str(name), entry, key, check))
+    return tuple(w for w in found if w)
+
+
+def _witness(name: str, data: Any, key: str, check: _Checker) -> Witness | None:
+    storage = check.value(data, key, "storage", str, "", tuple(WITNESS_TYPES)) if isinstance(data, dict) else ""
+    if isinstance(data, dict) and "storage" not in data:
+        check.problem(f"{key}.storage", f"is required: one of {', '.join(WITNESS_TYPES)}")
+    kind = WITNESS_TYPES.get(storage)
+    # Without a known type, any type's keys pass: the storage key's own problem says what is wrong.
+    fields_ = kind.required + kind.optional if kind else tuple({f: 0 for t in WITNESS_TYPES.values()
+                                                                for f in t.required + t.optional})
+    data = check.mapping(data, key, WITNESS_COMMON + fields_, ("provider", "credentials") + (kind.required if kind else ()))
+    values = {field_: check.value(data, key, field_, str, "") for field_ in ("provider", "ca_file") + fields_}
+    _check_witness_values(values, key, check)
+    credentials = _witness_credentials(data.get("credentials", {}), f"{key}.credentials", kind, check)
+    if not kind:
+        return None
+    if storage == "azure" and values["endpoint"] and "media-sas" in credentials:
+        check.problem(f"{key}.credentials.media-sas", "with an endpoint other than Azure's, give media-sas-url "
+                                                      "(the whole SAS URL) instead")
+    return Witness(name=name, provider=values["provider"], storage=storage,
+                   bucket=values.get("bucket") or values.get("container", ""), credentials=credentials,
+                   **{f: values.get(f, "") for f in ("region", "endpoint", "account", "uri_style", "ca_file")})
+
+
+def _check_witness_values(values: dict[str, str], key: str, check: _Checker) -> None:
+    rules = (("endpoint", ENDPOINT, "a host or host:port without a scheme, such as s3.us-west-004.backblazeb2.com"),
+             ("bucket", BUCKET, "a bucket name: lower-case letters, digits, '.', '-' and '_', 3 to 222 characters"),
+             ("container", CONTAINER, "a container name: lower-case letters, digits and single '-', 3 to 63 characters"),
+             ("account", ACCOUNT, "a storage account name: 3 to 24 lower-case letters and digits"))
+    for name, pattern, what in rules:
+        if values.get(name) and not pattern.match(values[name]):
+            check.problem(f"{key}.{name}", f"{values[name]!r} is not {what}")
+    if values.get("uri_style") and values["uri_style"] not in ("host", "path"):
+        check.problem(f"{key}.uri_style", f"{values['uri_style']!r} is not one of: host, path")
+    if values.get("ca_file") and not values["ca_file"].startswith("/"):
+        check.problem(f"{key}.ca_file", f"must be an absolute path, got {values['ca_file']!r}")
+
+
+def _witness_credentials(data: Any, key: str, kind: WitnessType | None, check: _Checker) -> dict[str, str]:
+    """{writer-credential name: env/NAME}: references only, and one whole alternative of the type's."""
+    if not isinstance(data, dict):
+        check.problem(key, "must be a mapping of credential name -> env/NAME")
+        return {}
+    for name, value in data.items():
+        if not (isinstance(value, str) and SECRET_REF.match(value)):
+            check.problem(f"{key}.{name}", "secrets must be references like env/NAME, never values")
+    if kind is None:
+        return {}
+    known = tuple(n for names in kind.credentials for n in names) + kind.optional_credentials
+    for name in data:
+        if name not in known:
+            check.problem(f"{key}.{name}", f"unknown credential; valid: {', '.join(known)}")
+    if not any(all(n in data for n in names) for names in kind.credentials):
+        needed = " or ".join(" and ".join(names) for names in kind.credentials)
+        check.problem(key, f"needs {needed}, each an env/NAME reference")
+    return {str(n): v for n, v in data.items() if isinstance(v, str) and SECRET_REF.match(v)}
+
+
 def _site(path: Path, problems: list[str]) -> Site | None:
     check = _Checker(str(path))
     raw = _read_yaml(path, check)
-    name = path.name[len("Pulumi."):-len(".yaml")]
+    name = _stack_name(path)
     if raw and not NAME.match(name):
         check.problem("-", f"stack name {name!r} must be lower-case letters, digits and '-'")
     site = _site_from(raw, name, str(path), check)
@@ -378,7 +498,7 @@ def load_spec(project_file: str | Path = "Pulumi.yaml", stacks_dir: str | Path |
     for name in ("app", "database", "media", "dns"):
         if raw and name not in config:
             check.problem(f"config.{name}", "is required")
-    known = ("app", "database", "media", "dns", "vendors", "encryption")
+    known = ("app", "database", "media", "dns", "vendors", "encryption", "witnesses")
     for name in config:
         if name not in known and ":" not in name:
             check.problem(f"config.{name}", f"unknown key; valid keys: {', '.join(known)}")
@@ -389,11 +509,12 @@ def load_spec(project_file: str | Path = "Pulumi.yaml", stacks_dir: str | Path |
     dns = _dns(config.get("dns", {}), check)
     problems = check.problems
 
-    stacks = Path(stacks_dir) if stacks_dir else project_file.parent / (raw.get("stackConfigDir") or ".")
+    stacks = _stacks_dir(project_file, raw, stacks_dir)
     files = sorted(stacks.glob("Pulumi.*.yaml"))
     if not files:
         problems.append(f"{stacks}: -: no stack files Pulumi.<site>.yaml found")
     sites = [s for s in (_site(f, problems) for f in files) if s]
+    witnesses = _witnesses(config.get("witnesses", {}), check, _stack_names(files))
     sites.sort(key=lambda s: (ROLES.index(s.role), s.name))  # primary first, then warm, then pilot-light
     if sites and len(sites) == len(files):
         _check_roles(sites, stacks, problems, roles_in_flux)
@@ -401,7 +522,36 @@ def load_spec(project_file: str | Path = "Pulumi.yaml", stacks_dir: str | Path |
         raise SpecError(problems)
     extra = {"vendors": config.get("vendors", {}), "encryption": config.get("encryption", {}),
              "backend": raw.get("backend", {})}
-    return Spec(project=PROJECT, app=app, database=database, media=media, dns=dns, sites=tuple(sites), extra=extra)
+    return Spec(project=PROJECT, app=app, database=database, media=media, dns=dns, sites=tuple(sites),
+                witnesses=witnesses, extra=extra)
+
+
+def _stacks_dir(project_file: Path, raw: dict, stacks_dir: str | Path | None = None) -> Path:
+    return Path(stacks_dir) if stacks_dir else project_file.parent / (raw.get("stackConfigDir") or ".")
+
+
+def _stack_name(path: Path) -> str:
+    """The site a stack file describes: Pulumi.<site>.yaml."""
+    return path.name[len("Pulumi."):-len(".yaml")]
+
+
+def _stack_names(files: list[Path]) -> dict[str, Path]:
+    return {_stack_name(f): f for f in files}
+
+
+def load_witnesses(project_file: str | Path = "Pulumi.yaml") -> tuple[Witness, ...]:
+    """The spec's witness stores alone (config.witnesses), validated, their names checked against
+    the stack files' names; raises SpecError. For `failover inventory pull`, which must not depend
+    on the stacks' roles, which an interrupted failover may be changing."""
+    project_file = Path(project_file)
+    check = _Checker(str(project_file))
+    raw = _read_yaml(project_file, check)
+    config = _project_config(raw, check)
+    files = sorted(_stacks_dir(project_file, raw).glob("Pulumi.*.yaml"))
+    witnesses = _witnesses(config.get("witnesses", {}), check, _stack_names(files))
+    if check.problems:
+        raise SpecError(check.problems)
+    return witnesses
 
 
 def spec_from_config(project_values: dict, site_name: str, site_values: dict, where: str = "pulumi config") -> Spec:

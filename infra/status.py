@@ -8,7 +8,6 @@ shows as unreachable from the sites that remain instead of being read behind the
 """
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 
@@ -18,7 +17,7 @@ from infra.data import protection
 from infra.data.storage import storage_for
 from infra.sites.contract import Inventory
 from infra.sites.fleet import Fleet
-from infra.sites.services import LEASE_STATE
+from infra.sites import services
 from infra.sites.site import PATHS, Site, SiteError
 from playbooks import media, pgbackrest
 
@@ -140,13 +139,7 @@ def lease_status(fleet: Fleet, inventory: Inventory) -> dict:
     word, fenced and why, is in whichever store it could still write), and as its protector
     last saw it on its host (over SSH, when the host answers)."""
     seen = lease.summary(lease.read(lease.stores(inventory)))
-    host = None
-    if fleet.reachable(inventory.active):
-        result = fleet.site(inventory.active).service().run(f"cat {LEASE_STATE}", warn=True)
-        try:
-            host = json.loads(result.stdout) if result.ok else None
-        except ValueError:
-            host = None
+    host = services.lease_state(fleet.site(inventory.active)) if fleet.reachable(inventory.active) else None
     if host and host.get("holder") == inventory.active:
         seen["host"] = {k: host.get(k) for k in ("state", "reason", "why", "renewed", "stores", "fence",
                                                   "held_for", "round_seconds", "commit")}

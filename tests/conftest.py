@@ -26,6 +26,12 @@ for _name in ENCRYPTION_KEYS:
     os.environ.setdefault(_name, __import__("secrets").token_urlsafe(36))
 
 
+def loopback_prefix(default: str) -> str:
+    """A VM test module's loopback prefix: its own default, or FAILOVER_TEST_PREFIX when several
+    clouds share the machine and each run is given a prefix of its own."""
+    return os.environ.get("FAILOVER_TEST_PREFIX") or default
+
+
 def service_dir(prefix: str) -> Path:
     """A temp dir the postgres user can traverse (pytest's tmp_path is mode 700)."""
     path = Path(tempfile.mkdtemp(prefix=f"failover-{prefix}-"))

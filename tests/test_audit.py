@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from infra import audit
 from infra.audit_cli import app
 from infra.spec import SpecError
+from tests.witnesses import B2 as WITNESS
 
 ROOT = Path(__file__).resolve().parent.parent
 ECR_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/social-app:1.0"
@@ -88,19 +89,21 @@ def test_awskms_secrets_provider(project):
 
 def test_only_repository_in_the_primarys_cloud(project):
     # The other sites keep their cloud but store on S3: backups, WAL, media and the inventory
-    # copy all live in a site's object store, so all four lose their copy outside AWS.
+    # copy all live in a site's object store, so all four lose their copy outside AWS, and no
+    # store outside AWS is left for a failover's epoch claim.
     site(project, "gcp", storage="s3")
     site(project, "azure", storage="s3")
-    assert found(project) == {("repository", "aws"), ("wal", "aws"), ("media", "aws"), ("inventory", "aws")}
+    assert found(project) == {("repository", "aws"), ("wal", "aws"), ("media", "aws"), ("inventory", "aws"),
+                              ("quorum", "aws")}
     result = run_cli("--project", str(project), "--drop", "aws", "--json")
     assert result.exit_code == 1
-    assert {b["check"] for b in json.loads(result.output)} == {"repository", "wal", "media", "inventory"}
+    assert {b["check"] for b in json.loads(result.output)} == {"repository", "wal", "media", "inventory", "quorum"}
 
 
 def test_only_one_stack_left(project):
     for stack in ("gcp", "azure"):
         (project.parent / "stacks" / f"Pulumi.{stack}.yaml").unlink()
-    assert found(project) == {(c, "aws") for c in ("repository", "wal", "media", "inventory", "standby")}
+    assert found(project) == {(c, "aws") for c in ("repository", "wal", "media", "inventory", "standby", "quorum")}
 
 
 def test_image_only_at_the_primarys_cloud(project):
@@ -141,6 +144,34 @@ def test_invalid_vendors_exit_2_naming_file_and_key(project):
         audit.load_estate(project)
     assert "config.vendors.sms.provider" in str(error.value)
     assert run_cli("--project", str(project)).exit_code == 2
+
+
+def witnesses(project: Path, **named) -> None:
+    edit(project, lambda d: d["config"].update(witnesses={"value": named}))
+
+
+def test_a_provider_holding_a_majority_of_the_stores_blocks_every_failover(project):
+    # gcp's site stores at S3: aws holds 2 of the 3 stores, so a failover away from aws finds 1,
+    # short of the claim's majority of 2. The repository, WAL and media still have a copy at azure.
+    site(project, "gcp", storage="s3")
+    assert found(project) == {("quorum", "aws")}
+    [breach] = audit.audit(audit.load_estate(project), "aws")
+    assert "2 of the 3 stores are at aws" in breach.why and "config.witnesses" in breach.fix
+    assert "site gcp (aws)" in breach.lives_at
+
+
+def test_witness_stores_count_in_the_quorum_and_are_audited(project):
+    site(project, "gcp", storage="s3")
+    witnesses(project, b2=WITNESS, r2={**WITNESS, "provider": "cloudflare", "endpoint": "example.r2.cloudflarestorage.com"})
+    assert found(project) == set()  # without aws: 3 of 5 stores (azure's and both witnesses)
+    estate = audit.load_estate(project)
+    assert {"backblaze", "cloudflare"} <= set(audit.providers(estate))
+    witnesses(project, b2=WITNESS, r2={**WITNESS, "provider": "aws"})  # a witness at the same provider helps nothing
+    assert found(project) == {("quorum", "aws")}
+    # The registrar check knows what a witness's provider holds.
+    edit(project, lambda d: d["config"]["dns"]["value"].update(registrar="backblaze"))
+    witnesses(project, b2=WITNESS)
+    assert ("registrar", "backblaze") in found(project)
 
 
 def keys(project: Path, copies) -> None:

@@ -3,17 +3,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from infra import inventory_pull as pull
+from infra import secrets
+from infra.data import lease, objecthttp, protection
 from infra.inventory_cli import app
 from infra.data.storage import Store
 from infra.sites.contract import Inventory, MediaRemote, Repository
 from infra.sites.fleet import INVENTORY_COPY
+from infra.spec import load_witnesses
+from tests.witnesses import VALUES, WITNESSES
 
 OUTPUTS = Path(__file__).parent / "fixtures" / "pulumi" / "outputs"
 STACKS = ("aws", "gcp", "azure")
@@ -159,3 +166,113 @@ def test_cli_pull_keeps_what_the_workdirs_inventory_says(tmp_path):
     assert report["active"] == "azure" and report["epoch"] == 7 and report["kept_from"] == 1
     saved = Inventory.load(tmp_path / "inventory.json")
     assert (saved.active, saved.epoch, saved.names) == ("azure", 7, ["aws", "gcp", "azure"])
+
+
+# ---- witness stores from the spec (config.witnesses) ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A copy of the shipped spec declaring three witness stores, one of each storage type."""
+    shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
+    data = yaml.safe_load((tmp_path / "Pulumi.yaml").read_text())
+    data["config"]["witnesses"] = {"value": WITNESSES}
+    (tmp_path / "Pulumi.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return tmp_path / "Pulumi.yaml"
+
+
+@pytest.fixture
+def witness_env(monkeypatch):
+    for name, value in VALUES.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_witnesses_become_stores_of_their_storage_type(project, witness_env):
+    b2, gstore, blob = (pull.witness_outputs(w) for w in load_witnesses(project))
+    assert {w.role for w in (b2, gstore, blob)} == {"witness"} and not (b2.ssh_hosts or b2.db_host)
+    assert (b2.site, b2.cloud, b2.region) == ("b2", "backblaze", "us-west-004")
+    assert b2.repository == Repository("s3", {"s3-bucket": "social-witness", "s3-endpoint": "s3.us-west-004.backblazeb2.com",
+                                              "s3-region": "us-west-004", "path": "/pgbackrest", "s3-uri-style": "path"})
+    assert b2.media_remote == MediaRemote("s3", {"provider": "Other", "endpoint": "https://s3.us-west-004.backblazeb2.com",
+                                                 "region": "us-west-004", "force_path_style": "true"}, "social-witness")
+    assert b2.writer_credentials == WITNESSES["b2"]["credentials"]  # references, as the spec wrote them
+    # The storage classes take them as they take a site's: rclone's options, the HTTP API's URLs.
+    section = Store(b2).storage.rclone_section(b2.media_remote, b2.site, b2.writer_credentials)
+    assert (section["access_key_id"], section["secret_access_key"]) == ("b2-key-id-0001", "b2-secret-value-0001")
+    request = objecthttp.S3Api().create_request(Store(b2).storage, b2, ".failover/claims/epoch-2.json", b"{}")
+    assert request.url == "https://s3.us-west-004.backblazeb2.com/social-witness/.failover/claims/epoch-2.json"
+    assert str(Store(b2)) == "site b2's bucket social-witness at s3.us-west-004.backblazeb2.com:443"
+    assert gstore.repository == Repository("gcs", {"gcs-bucket": "social-witness-g", "gcs-key-type": "service",
+                                                    "path": "/pgbackrest"})
+    gsection = Store(gstore).storage.rclone_section(gstore.media_remote, gstore.site, gstore.writer_credentials)
+    assert json.loads(gsection["service_account_credentials"])["client_email"] == "w@p.iam"
+    url = objecthttp.AzureApi()._url(Store(blob).storage, blob, ".failover/lease.json")
+    assert url == "https://socialwitness.blob.core.windows.net/witness/.failover/lease.json?" + VALUES["T_WITNESS_BLOB_SAS"]
+
+
+def test_a_pulled_inventory_lists_the_witnesses_and_the_lease_counts_them(project, witness_env):
+    witnesses = tuple(pull.witness_outputs(w) for w in load_witnesses(project))
+    inventory, _ = pull.build_inventory(recorded(*STACKS), witnesses)
+    assert [w.site for w in inventory.witnesses] == ["b2", "gstore", "blob"]
+    assert [s.name for s in lease.stores(inventory)] == ["aws", "gcp", "azure", "b2", "gstore", "blob"]
+    assert lease.majority(len(lease.stores(inventory))) == 4
+    again = Inventory.from_json(inventory.to_json())
+    assert again.witnesses == inventory.witnesses
+    # A later pull keeps the known active site and epoch; the witnesses are the spec's, as pulled.
+    kept = pull.keep_known(inventory, [Inventory(inventory.sites, active="gcp", epoch=4)])
+    assert (kept.active, kept.epoch, kept.witnesses) == ("gcp", 4, inventory.witnesses)
+    # The hosts get the witnesses' credentials too: the primary's protector renews its lease there.
+    host = protection.host_secrets(again)
+    assert {name: host[name] for name in VALUES} == VALUES
+
+
+def test_a_missing_witness_credential_names_witness_key_and_variable(project, witness_env, monkeypatch):
+    monkeypatch.delenv("T_WITNESS_B2_SECRET")
+    monkeypatch.setenv("T_WITNESS_BLOB_SAS", "")
+    with pytest.raises(pull.PullError) as error:
+        pull.witness_secrets(load_witnesses(project), os.environ, str(project))
+    message = str(error.value)
+    assert f"witness b2: {project}: config.witnesses.b2.credentials.s3-key-secret is env/T_WITNESS_B2_SECRET, " \
+           "but T_WITNESS_B2_SECRET is not set" in message
+    assert "config.witnesses.blob.credentials.media-sas is env/T_WITNESS_BLOB_SAS" in message
+    assert "s3-key is" not in message and "gstore" not in message  # only what is missing
+    assert all(value not in message for value in VALUES.values())
+
+
+def test_cli_pull_adds_the_specs_witnesses_with_references_and_their_values_apart(project, witness_env, tmp_path):
+    workdir = tmp_path / "work"
+    result = CliRunner().invoke(app, ["pull", "--stacks", "aws,gcp,azure", "--from", str(OUTPUTS), "--workdir",
+                                      str(workdir), "--project", str(project), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["witnesses"] == ["b2", "gstore", "blob"]
+    text = (workdir / "inventory.json").read_text()
+    inventory = Inventory.from_json(text)
+    assert inventory.witnesses[0].writer_credentials["s3-key-secret"] == "env/T_WITNESS_B2_SECRET"
+    assert all(value not in text for value in VALUES.values())
+    saved = secrets.parse_env((workdir / "secrets.env").read_text())
+    assert {name: saved[name] for name in VALUES} == VALUES  # the engine loads them from the workdir
+    assert stat.S_IMODE((workdir / "secrets.env").stat().st_mode) == 0o600
+
+
+def test_cli_pull_refuses_a_missing_witness_credential_without_writing(project, witness_env, tmp_path, monkeypatch):
+    monkeypatch.delenv("T_WITNESS_G_KEY")
+    result = CliRunner().invoke(app, ["pull", "--stacks", "aws,gcp,azure", "--from", str(OUTPUTS), "--workdir",
+                                      str(tmp_path / "work"), "--project", str(project)])
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())  # rich wraps lines
+    assert "config.witnesses.gstore.credentials.gcs-key-json-base64 is env/T_WITNESS_G_KEY" in output
+    assert "T_WITNESS_G_KEY is not set" in output
+    assert all(value not in result.output for value in VALUES.values())
+    assert not (tmp_path / "work" / "inventory.json").exists()
+
+
+def test_cli_pull_names_a_bad_witness_in_the_spec(project, witness_env, tmp_path):
+    data = yaml.safe_load(project.read_text())
+    data["config"]["witnesses"]["value"]["aws"] = data["config"]["witnesses"]["value"]["b2"]
+    project.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["pull", "--stacks", "aws,gcp,azure", "--from", str(OUTPUTS), "--workdir",
+                                      str(tmp_path / "work"), "--project", str(project)])
+    assert result.exit_code == 2 and "config.witnesses.aws" in result.output and "clashes with site aws" in result.output

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.spec import SpecError, load_spec
+from infra.spec import WITNESS_TYPES, SpecError, load_spec, load_witnesses
+from tests import witnesses
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,3 +134,106 @@ def test_each_replication_mode_loads_and_quorum_is_the_default(project, mode):
     assert database.replication == mode and database.standbys_reply == (mode != "async")
     edit(project / "Pulumi.yaml", lambda d: d["config"]["database"]["value"].pop("replication"))
     assert load_spec(project / "Pulumi.yaml").database.replication == "quorum"
+
+
+# ---- witness stores (config.witnesses) --------------------------------------------------------
+
+WITNESSES = {
+    **witnesses.WITNESSES,
+    "minio": {"provider": "office", "storage": "s3", "bucket": "witness", "region": "us-east-1",
+              "endpoint": "minio.example.net:9000", "ca_file": "/etc/failover/minio-ca.crt",
+              "credentials": {"s3-key": "env/M_KEY", "s3-key-secret": "env/M_SECRET", "s3-token": "env/M_TOKEN"}},
+}
+
+
+def with_witnesses(project: Path, witnesses) -> None:
+    edit(project / "Pulumi.yaml", lambda d: d["config"].update(witnesses={"value": witnesses}))
+
+
+def test_witnesses_load_with_their_storage_and_references(project):
+    with_witnesses(project, WITNESSES)
+    spec = load_spec(project / "Pulumi.yaml")
+    assert [w.name for w in spec.witnesses] == ["b2", "blob", "gstore", "minio"]  # the file's order (edit sorts)
+    b2, blob, gstore, minio = spec.witnesses
+    assert (b2.storage, b2.bucket, b2.region, b2.endpoint, b2.uri_style) == (
+        "s3", "social-witness", "us-west-004", "s3.us-west-004.backblazeb2.com", "path")
+    assert b2.credentials == {"s3-key": "env/T_WITNESS_B2_KEY", "s3-key-secret": "env/T_WITNESS_B2_SECRET"}
+    assert (gstore.storage, gstore.bucket, gstore.region) == ("gcs", "social-witness-g", "")
+    assert (blob.account, blob.bucket) == ("socialwitness", "witness")  # the container is the witness's bucket
+    assert minio.ca_file == "/etc/failover/minio-ca.crt" and "s3-token" in minio.credentials
+    assert load_witnesses(project / "Pulumi.yaml") == spec.witnesses
+    assert load_spec(ROOT / "Pulumi.yaml").witnesses == ()  # the shipped spec declares none
+
+
+# Each bad witness -> the key and the message fragments its problem must name.
+BAD_WITNESSES = {
+    "aws": ({**WITNESSES["b2"]}, ["config.witnesses.aws", "clashes with site aws", "Pulumi.aws.yaml"]),
+    "Bad_Name": ({**WITNESSES["b2"]}, ["config.witnesses.Bad_Name", "lower-case"]),
+    "no-storage": ({k: v for k, v in WITNESSES["b2"].items() if k != "storage"},
+                   ["config.witnesses.no-storage.storage", "is required: one of s3, gcs, azure"]),
+    "ftp": ({**WITNESSES["b2"], "storage": "ftp"}, ["config.witnesses.ftp.storage", "'ftp' is not one of: s3, gcs, azure"]),
+    "no-provider": ({k: v for k, v in WITNESSES["b2"].items() if k != "provider"},
+                    ["config.witnesses.no-provider.provider", "is required"]),
+    "no-region": ({k: v for k, v in WITNESSES["b2"].items() if k != "region"},
+                  ["config.witnesses.no-region.region", "is required"]),
+    "no-account": ({k: v for k, v in WITNESSES["blob"].items() if k != "account"},
+                   ["config.witnesses.no-account.account", "is required"]),
+    "typo": ({**WITNESSES["gstore"], "regoin": "x"}, ["config.witnesses.typo.regoin", "unknown key", "valid keys"]),
+    "gcs-region": ({**WITNESSES["gstore"], "region": "eu"}, ["config.witnesses.gcs-region.region", "unknown key"]),
+    "scheme": ({**WITNESSES["b2"], "endpoint": "https://s3.example.com"},
+               ["config.witnesses.scheme.endpoint", "without a scheme"]),
+    "bucket": ({**WITNESSES["b2"], "bucket": "Bad_Bucket"}, ["config.witnesses.bucket.bucket", "'Bad_Bucket'"]),
+    "container": ({**WITNESSES["blob"], "container": "a--b"}, ["config.witnesses.container.container", "'a--b'"]),
+    "style": ({**WITNESSES["b2"], "uri_style": "virtual"}, ["config.witnesses.style.uri_style", "host, path"]),
+    "ca": ({**WITNESSES["b2"], "ca_file": "ca.crt"}, ["config.witnesses.ca.ca_file", "absolute path"]),
+    "plain-secret": ({**WITNESSES["b2"], "credentials": {"s3-key": "AKIAEXAMPLE", "s3-key-secret": "env/S"}},
+                     ["config.witnesses.plain-secret.credentials.s3-key", "references like env/NAME, never values"]),
+    "half-pair": ({**WITNESSES["b2"], "credentials": {"s3-key": "env/K"}},
+                  ["config.witnesses.half-pair.credentials", "needs s3-key and s3-key-secret"]),
+    "no-credentials": ({k: v for k, v in WITNESSES["b2"].items() if k != "credentials"},
+                       ["config.witnesses.no-credentials.credentials", "is required"]),
+    "wrong-credential": ({**WITNESSES["blob"], "credentials": {"media-sas": "env/S", "azure-key": "env/K"}},
+                         ["config.witnesses.wrong-credential.credentials.azure-key", "unknown credential",
+                          "media-sas, media-sas-url"]),
+    "sas-elsewhere": ({**WITNESSES["blob"], "endpoint": "blob.example.net"},
+                      ["config.witnesses.sas-elsewhere.credentials.media-sas", "media-sas-url"]),
+    "not-a-mapping": ("s3://bucket", ["config.witnesses.not-a-mapping", "must be a mapping"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_WITNESSES))
+def test_a_bad_witness_names_file_and_key(project, name):
+    entry, fragments = BAD_WITNESSES[name]
+    with_witnesses(project, {"b2": WITNESSES["b2"], name: entry})
+    with pytest.raises(SpecError) as error:
+        load_spec(project / "Pulumi.yaml")
+    problems = error.value.problems
+    assert any(all(f in p for f in fragments) for p in problems), problems
+    assert all(p.startswith(str(project / "Pulumi.yaml")) for p in problems)
+    assert all("config.witnesses.b2" not in p for p in problems)  # the good witness beside it passes
+    assert "AKIAEXAMPLE" not in str(error.value)  # a credential written as a value is named, never shown
+    with pytest.raises(SpecError):
+        load_witnesses(project / "Pulumi.yaml")
+
+
+def test_every_witness_problem_is_reported_at_once(project):
+    with_witnesses(project, {name: entry for name, (entry, _) in BAD_WITNESSES.items()})
+    with pytest.raises(SpecError) as error:
+        load_spec(project / "Pulumi.yaml")
+    for name, (_, fragments) in BAD_WITNESSES.items():
+        assert any(all(f in p for f in fragments) for p in error.value.problems), (name, error.value.problems)
+    with_witnesses(project, ["b2"])
+    with pytest.raises(SpecError, match="config.witnesses: must be a mapping"):
+        load_spec(project / "Pulumi.yaml")
+
+
+def test_witness_credentials_are_names_the_storage_types_use():
+    """The spec's credential names are the writer-credential names the storage classes map."""
+    from infra.data.objectstores import GCS
+    from infra.data.storage import storage_for
+
+    for storage, kind in WITNESS_TYPES.items():
+        store = storage_for(storage)
+        used = {*store.repo_credential_names, *store.media_credential_names, GCS.SERVICE_KEY, "media-sas"}
+        names = {n for alternative in kind.credentials for n in alternative} | set(kind.optional_credentials)
+        assert names <= used, (storage, names - used)

@@ -14,7 +14,7 @@ import pulumi_aws.iam as iam
 import pulumi_aws.s3 as s3
 import pulumi_aws.vpc as vpc
 
-from infra.clouds import base, permissions
+from infra.clouds import base, permissions, stores
 from infra.clouds.base import SiteArgs, name
 
 DEBIAN_OWNER = "136693071363"  # Debian's official AWS account
@@ -33,14 +33,8 @@ class AwsSite(base.SiteComponent):
         self._machines(groups, subnet_ids, app_ips, db_ip, disk)
         media, backups = self._bucket("media"), self._bucket("backups", lock=True)
         credentials = self._writer([media, backups])
-        self.finish(
-            [ip.public_ip for ip in app_ips], db_ip.public_ip,
-            {"type": "s3", "options": {
-                "s3-bucket": backups.bucket, "s3-endpoint": f"s3.{args.region}.amazonaws.com",
-                "s3-region": args.region, "path": base.PGBACKREST_PATH}},
-            {"type": "s3", "options": {"provider": "AWS", "region": args.region}, "path": media.bucket},
-            credentials,
-        )
+        self.finish([ip.public_ip for ip in app_ips], db_ip.public_ip,
+                    *stores.s3(backups.bucket, media.bucket, args.region), credentials)
 
     def _network(self):
         args = self.args

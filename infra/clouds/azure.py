@@ -16,7 +16,7 @@ import pulumi_azure_native.network as network
 import pulumi_azure_native.resources as resources
 import pulumi_azure_native.storage as storage
 
-from infra.clouds import base, permissions
+from infra.clouds import base, permissions, stores
 from infra.clouds.base import SiteArgs, name
 
 DEBIAN_IMAGE: compute.ImageReferenceArgsDict = {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2",
@@ -58,13 +58,8 @@ class AzureSite(base.SiteComponent):
         self._machines(subnet_ids, app_ips, db_ip, disk)
         media, backups = self._bucket("media"), self._bucket("backups", immutable=True)
         credentials = self._writer(media, backups)
-        self.finish(
-            [ip.ip_address for ip in app_ips], db_ip.ip_address,
-            {"type": "azure", "options": {"azure-account": backups.name, "azure-container": "backups",
-                                          "azure-key-type": "sas", "path": base.PGBACKREST_PATH}},
-            {"type": "azureblob", "options": {"account": media.name}, "path": "media"},
-            credentials,
-        )
+        self.finish([ip.ip_address for ip in app_ips], db_ip.ip_address,
+                    *stores.azure(backups.name, "backups", media.name, "media"), credentials)
 
     def _network(self) -> dict:
         args, group = self.args, self.group

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pulumi
 
-from infra.clouds import hostkey
+from infra.clouds import hostkey, stores
 from infra.spec import App, Database
 
 WORLD = "0.0.0.0/0"
@@ -258,4 +258,4 @@ class SiteComponent(pulumi.ComponentResource):
         return {key: getattr(self, key) for key in keys}
 
 
-PGBACKREST_PATH = "/pgbackrest"
+PGBACKREST_PATH = stores.PGBACKREST_PATH

@@ -14,7 +14,7 @@ import pulumi_gcp.compute as compute
 import pulumi_gcp.serviceaccount as serviceaccount
 import pulumi_gcp.storage as storage
 
-from infra.clouds import base, permissions
+from infra.clouds import base, permissions, stores
 from infra.clouds.base import SiteArgs, name
 
 DEBIAN_IMAGE = "debian-cloud/debian-12"
@@ -35,13 +35,7 @@ class GcpSite(base.SiteComponent):
         self._machines(subnet_ids, app_ips, db_ip, disk)
         media, backups = self._bucket("media"), self._bucket("backups")
         credentials = self._writer([media, backups])
-        self.finish(
-            [ip.address for ip in app_ips], db_ip.address,
-            {"type": "gcs", "options": {"gcs-bucket": backups.name, "gcs-key-type": "service",
-                                        "path": base.PGBACKREST_PATH}},
-            {"type": "google cloud storage", "options": {"bucket_policy_only": "true"}, "path": media.name},
-            credentials,
-        )
+        self.finish([ip.address for ip in app_ips], db_ip.address, *stores.gcs(backups.name, media.name), credentials)
 
     def _network(self):
         args = self.args

@@ -113,10 +113,11 @@ def install_pgbackrest(c, inventory: Inventory, site: str, paths: HostPaths, db_
 
 
 def host_secrets(inventory: Inventory) -> dict[str, str]:
-    """NAME -> value of every env/NAME reference in the Inventory's stores and credentials, and of
-    the encryption keys: what a host needs to render pgBackRest's and rclone's configs itself."""
+    """NAME -> value of every env/NAME reference in the Inventory's stores and credentials (the
+    witnesses' too, which the primary's lease writes to), and of the encryption keys: what a host
+    needs to render pgBackRest's and rclone's configs itself."""
     names: dict[str, str] = {}
-    for outputs in inventory.sites:
+    for outputs in [*inventory.sites, *inventory.witnesses]:
         for value in (*outputs.repository.options.values(), *outputs.media_remote.options.values(),
                       *outputs.writer_credentials.values()):
             if secrets.is_ref(value):

@@ -234,6 +234,12 @@ class Protector:
         primary fenced itself)."""
         inventory = Inventory.load(self.inventory_file)
         load_host_secrets(self.paths)
+        if self.fenced and protecting(inventory, self.site) and inventory.epoch > self.holder.state.epoch:
+            # Fenced is final at its epoch only: the engine named this site active at a later one
+            # (a failover back to it), so it holds a new lease from a fresh start.
+            log(f"{self.site} is named active at epoch {inventory.epoch}: a new lease (it fenced itself at epoch "
+                f"{self.holder.state.epoch})")
+            self.holder, self.fallback = None, None
         active = protecting(inventory, self.site) and not self.fenced
         if not protecting(inventory, self.site) and self.holder is not None and not self.fenced:
             self.holder.stop()  # another site is active: this host holds no lease and fences nothing

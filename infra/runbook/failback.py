@@ -179,6 +179,7 @@ def switch(run: Run) -> dict:
         stopped = True
     clock = time.monotonic()
     if run.site.recovery_state() is not False:
+        steps.start_holding(run)  # its lease holds by the time take_writes waits for it
         run.site.cluster("promote")
     promoted = time.monotonic() - clock
     detail = steps.take_writes(run)

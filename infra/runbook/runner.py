@@ -130,11 +130,13 @@ def lease_note(source: str, reachable: bool) -> str:
     """What the old primary's lease costs this run's RTO, for the plan."""
     wait = lease.LENGTH + lease.WAIT_MARGIN
     if reachable:
-        return (f"{source} answers SSH: `fence` stops it directly, so take_writes waits for no lease (if it stops "
-                f"answering meanwhile, up to {wait:.1f} s after `fence` starts)")
+        return (f"{source} answers SSH: `fence` stops it directly, so take_writes does not wait for its lease (if it "
+                f"stops answering meanwhile, up to {wait:.1f} s after `fence` starts); it waits only for the new "
+                "primary's own lease to hold: its protector's start and first round, about a second")
     return (f"{source} does not answer SSH: take_writes waits for its lease to run out, {wait:.1f} s after `fence` "
             f"starts, which follows the won claim (lease {lease.LENGTH:.0f} s + {lease.WAIT_MARGIN} s margin), overlapped with the "
-            "promotion or restore and the DNS shift: it adds to RTO only what those steps take less")
+            "promotion or restore and the DNS shift (and the new primary's own lease is taken meanwhile): it adds to "
+            "RTO only what those steps take less")
 
 
 def spec_for_run(project: Path, workdir: Path) -> Spec:

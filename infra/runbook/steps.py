@@ -22,15 +22,20 @@ Fencing, the guarantee that an old primary that comes back cannot take writes, h
 5. the lease (infra/data/lease.py, docs/lease.md): `fence` claims the run's epoch in a majority
    of the stores, which makes an old primary that is alive but cut off fence itself (it stops
    its PostgreSQL); `take_writes` waits for the old lease to run out, lease.LENGTH + WAIT_MARGIN
-   after the claim, unless `fence` reached the old primary over SSH and fenced it directly.
+   after the claim, unless `fence` reached the old primary over SSH and fenced it directly;
+   and it stores the new epoch only once the new primary's own protector holds the lease at
+   that epoch (`hold_lease`), so a later failover finds a lease to wait out.
 """
 from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from invoke.exceptions import UnexpectedExit
 
 from infra import events, secrets
 from infra.clouds import automation
@@ -294,7 +299,13 @@ def fence_site(run: Run, name: str) -> str:
     stopped = False
     # A running cluster that is not a standby is stopped, whether it answers or not.
     if site.db_running() and site.recovery_state() is not True:
-        site.cluster("stop", "fast", timeout=60)
+        try:
+            site.cluster("stop", "fast", timeout=60)
+        except UnexpectedExit:
+            # Its protector may stop it at the same moment: it fences itself once it sees this
+            # run's claim ("Cluster is not running"). Stopped either way; still running is an error.
+            if site.db_running():
+                raise
         stopped = True
     return "app fenced" + (", PostgreSQL stopped" if stopped else "")
 
@@ -365,6 +376,7 @@ def promote_or_restore(run: Run) -> dict:
         # A look-up that started before (the replica asks the archive once its stream breaks) may be
         # retrying the dead site's object store for a minute, and the promotion waits for it.
         pgbackrest.interrupt_archiving(c, PATHS.config, "archive-get")
+        start_holding(run)  # its lease holds while the promotion and the rest of this stage run
         promoting = time.monotonic()
         site.cluster("promote")
         how = f"promoted in {time.monotonic() - promoting:.2f}s"
@@ -397,11 +409,16 @@ def take_quorum_wal(run: Run) -> list[quorum.Taken]:
 
 
 def take_writes(run: Run) -> dict:
-    """Once recovery has ended, store the new epoch with the data: from here the app takes writes.
+    """Once recovery has ended, and the target holds its own lease, store the new epoch with the
+    data: from here the app takes writes.
 
     Storing the epoch is the last thing, so no write is acknowledged before the database is the
-    new primary (fencing layer 1); the inventory then names the target active. One psql does the
-    SQL (each round-trip costs a command over SSH on the critical path).
+    new primary (fencing layer 1) and before its protector holds the lease at the new epoch
+    (layer 5: a later failover that cannot reach it waits that lease out, and it fences itself
+    when it sees that failover's claim); the inventory then names the target active. The
+    protector starts while the old primary's lease runs out, so it costs RTO only when there is
+    nothing to wait for. One psql does the SQL (each round-trip costs a command over SSH on the
+    critical path).
     """
     clock = time.monotonic()
     site = run.site
@@ -409,11 +426,15 @@ def take_writes(run: Run) -> dict:
     waited = round(time.monotonic() - clock, 3)
     lease_clock = time.monotonic()
     pending = lease_wait(run)
-    if pending:
-        run.progress(f"take_writes: waiting {pending:.1f} s more for {run.source}'s lease to run out "
-                     "(it was not fenced directly)")
-        time.sleep(pending)
-    lease_waited = round(time.monotonic() - lease_clock, 3)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        holding = pool.submit(hold_lease, run) if pending else None  # it starts while the old lease runs out
+        if pending:
+            run.progress(f"take_writes: waiting {pending:.1f} s more for {run.source}'s lease to run out "
+                         "(it was not fenced directly)")
+            time.sleep(pending)
+        lease_waited = round(time.monotonic() - lease_clock, 3)
+        held = holding.result() if holding else hold_lease(run)
+    hold_waited = round(time.monotonic() - lease_clock - lease_waited, 3)
     # PostgreSQL keeps pg_last_xact_replay_timestamp() after recovery: how far the archive (or
     # the stream) reached, from which the drill measures the archive lag. Belt and braces for a
     # target configured synchronous: commits must not wait for a dead standby.
@@ -431,7 +452,31 @@ def take_writes(run: Run) -> dict:
     inventory.active = run.target
     run.fleet.publish(inventory)
     return {"epoch": run.epoch, "replay_wait_seconds": waited, "lease_wait_seconds": lease_waited,
-            "recovered_to": float(recovered_to) if recovered_to else None}
+            "recovered_to": float(recovered_to) if recovered_to else None, "lease": held,
+            "lease_hold_wait_seconds": hold_waited}
+
+
+def start_holding(run: Run) -> None:
+    """The target's protector started, not waited for, with an Inventory that names it active at
+    the run's epoch (only on its host: the stores learn it once `take_writes` stored the epoch).
+    Its lease then holds at the new epoch; its other rounds (WAL, media, the commit mode) find
+    little to do before `protect`, which starts it again with the same command. Started again,
+    it changes nothing: the promotions start it before they promote, `take_writes` (and a resumed
+    run) again before it waits for the lease."""
+    inventory = run.inventory
+    inventory.active = run.target
+    services.start_protector(run.site, inventory, run.spec.database.async_after_seconds, wait=False, fresh=False)
+
+
+def hold_lease(run: Run) -> dict:
+    """The target's protector started (if it is not yet) and waited for until its lease holds at
+    the run's epoch."""
+    clock = time.monotonic()
+    start_holding(run)
+    started = time.monotonic()
+    state = services.wait_lease_held(run.site, run.epoch)
+    return {"held_seconds": round(time.monotonic() - clock, 3), "start_seconds": round(started - clock, 3),
+            "stores": f"{len(state.get('renewed') or [])} of {state.get('stores')}"}
 
 
 def catch_up_media(run: Run) -> dict:

@@ -76,6 +76,17 @@ class SiteOutputs:
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
+WITNESS = "witness"  # the role of a witness store's entry in Inventory.witnesses
+
+
+def witness(name: str, cloud: str, region: str, repository: Repository, media_remote: MediaRemote,
+            writer_credentials: dict[str, str] | None = None) -> SiteOutputs:
+    """A witness store as the Inventory lists it: a SiteOutputs with role witness and no hosts."""
+    return SiteOutputs(site=name, cloud=cloud, region=region, role=WITNESS, public_addresses=(), ssh_hosts=(),
+                       ssh_user="", db_host="", db_port=0, repository=repository, media_remote=media_remote,
+                       writer_credentials=dict(writer_credentials or {}))
+
+
 @dataclass
 class Inventory:
     """Every site's outputs, in spec order, plus which site is active and the epoch."""

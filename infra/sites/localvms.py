@@ -25,6 +25,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from infra.sites import contract
 from infra.sites.contract import Inventory, SiteOutputs
 from infra.sites.localstores import LocalStores, PosixStores, StoreOutputs, stores_for
 from infra.sites.processes import port_answers
@@ -111,11 +112,13 @@ class LocalVms:
     # -------------------------------------------------------- up
 
     def up(self, spec: Spec, count: int, prefix: str = DEFAULT_PREFIX, progress=lambda m: None,
-           storage: str = "posix", witnesses: int = 0) -> Inventory:
+           storage: str = "posix", witnesses: int | None = None) -> Inventory:
         """Creates and boots one VM per site, makes every site's store reachable from every VM
         (`storage`: posix or emulated, infra/sites/localstores.py) and mounts `witnesses` witness
-        stores (directories, stores/witness-N) in every VM, writes the Inventory."""
+        stores (directories, stores/<name>: the spec's witnesses' names, then witness-N) in every
+        VM, writes the Inventory. `witnesses` None: as many as the spec declares."""
         planned = plan(spec, count, prefix)
+        witnessing = witness_names(spec, witnesses)
         if self.exists:
             raise VmError(f"{self.directory} already holds a VM cloud; run `failover vms down` first")
         kinds = storage_kinds(spec, planned)
@@ -133,7 +136,7 @@ class LocalVms:
             if storage != "posix":
                 progress("stores: " + ", ".join(f"{vm.site}'s {kinds[vm.site]} emulator on {vm.address}" for vm in vms))
             stores.create(vms, _postgres_ids(vms[0]))
-            self._mount_witnesses(vms, witnesses)
+            self._mount_witnesses(vms, witnessing)
             identity.known_hosts.write_text("".join(vm.host_key_line() + "\n" for vm in vms))
             for vm in vms:
                 progress(f"{vm.site}: booting ({vm.role}) with infra/clouds/bootstrap.sh")
@@ -144,18 +147,18 @@ class LocalVms:
         inventory = Inventory([outputs(s, spec, stores.outputs(s.site, s.address)) for s in planned],
                               active=spec.primary.name,
                               witnesses=[witness(name, PosixStores(self.directory, {}).outputs(name, ""))
-                                         for name in witness_names(witnesses)])
+                                         for name in witnessing])
         inventory.save(self.inventory_file)
         return inventory
 
-    def _mount_witnesses(self, vms: list[Vm], count: int) -> None:
+    def _mount_witnesses(self, vms: list[Vm], names: list[str]) -> None:
         """Each witness store, owned by the VMs' postgres user and group, mounted in every VM (posix
         directories whatever the sites' stores are: a bucket at a further provider). Only the
         toolkit writes there (the lease and claims: group-writable objects in setgid folders,
         infra/data/storage.Posix), so the postgres group, whose GID every VM shares, may write it
         when each VM's postgres has a UID of its own (emulated stores)."""
         uid, gid = _postgres_ids(vms[0])
-        for name in witness_names(count):
+        for name in names:
             store = self.store(name)
             for part in (store, store / "pgbackrest", store / "media"):
                 part.mkdir(parents=True, exist_ok=True)
@@ -248,15 +251,22 @@ def outputs(site: VmSite, spec: Spec, store: StoreOutputs) -> SiteOutputs:
     )
 
 
-def witness_names(count: int) -> list[str]:
-    return [f"witness-{i}" for i in range(1, count + 1)]
+def witness_names(spec: Spec, count: int | None = None) -> list[str]:
+    """The local cloud's witness stores: `count` of them, or as many as the spec declares (None).
+
+    The spec's witnesses are buckets at further providers, which the local cloud does not reach:
+    directories stand in for them under their names, so its majorities are the ones the real
+    sites would count. Any beyond those are witness-1, witness-2..."""
+    declared = [w.name for w in spec.witnesses]
+    count = len(declared) if count is None else count
+    spare = (f"witness-{i}" for i in range(1, 2 * count + 1) if f"witness-{i}" not in declared)
+    return [*declared[:count], *(next(spare) for _ in range(count - len(declared[:count])))]
 
 
 def witness(name: str, store: StoreOutputs) -> SiteOutputs:
     """A witness store of the local cloud: a directory like a posix site's store, with no site."""
     repository, media_remote, _ = store
-    return SiteOutputs(site=name, cloud="local", region="loopback", role="witness", public_addresses=(), ssh_hosts=(),
-                       ssh_user="", db_host="", db_port=0, repository=repository, media_remote=media_remote)
+    return contract.witness(name, "local", "loopback", repository, media_remote)
 
 
 def sites_digest(inventory_text: str) -> str:

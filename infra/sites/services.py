@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shlex
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from infra.data import lease
 from infra.data import media as media_config
 from infra.data import protection
 from infra.sites.contract import Inventory, SiteOutputs
@@ -33,6 +36,9 @@ PACKAGES = ("infra", "playbooks")
 SOURCE_SUFFIXES = (".py", ".sql", ".sh", ".yaml")
 VERSION_FILE = f"{TOOLKIT_DIR}/.version"
 LEASE_STATE = f"{PATHS.pgbackrest_dir}/lease-state.json"  # the protector's lease state (infra/data/replicator.py)
+# Seconds for a protector the runbook starts to hold its lease: its Python start and a first
+# round (milliseconds on posix stores, up to ROUND_TIMEOUT through rclone), with room for load.
+HOLD_WITHIN = 30.0
 
 
 # ---------------------------------------------------------------- the toolkit's code
@@ -103,11 +109,15 @@ ENSURE_SUPERVISOR = ('{ p=$(cat /run/supervisord.pid 2>/dev/null) && grep -qs su
                      "/etc/supervisor/supervisord.conf; fi; sleep 0.5; }")
 
 
-def start_script(name: str, seconds: int = 15) -> str:
+def start_script(name: str, seconds: int = 15, wait: bool = True) -> str:
     """One root shell script (one SSH round trip instead of six): supervisord up, the program's
     config loaded (`update` restarts a program whose config changed), the program started, and
     RUNNING within `seconds` (a program `update` just added stays STARTING for startsecs), else
-    the tail of its log and exit 1."""
+    the tail of its log and exit 1. `wait=False`: supervisord up, then `update` and `start` in the
+    background (each supervisorctl is a Python start, and `start` waits startsecs); the caller
+    watches for what it needs (`start` of a running program changes nothing)."""
+    if not wait:
+        return f"{ENSURE_SUPERVISOR}; (supervisorctl update; supervisorctl start {name}) </dev/null >/dev/null 2>&1 &"
     return (f"{ENSURE_SUPERVISOR}; supervisorctl update >/dev/null; "
             f"case $(supervisorctl status {name}) in *RUNNING*) exit 0;; *STARTING*|*BACKOFF*) ;; "
             f"*) supervisorctl start {name} >/dev/null;; esac; "
@@ -115,10 +125,12 @@ def start_script(name: str, seconds: int = 15) -> str:
             f"sleep 0.25; done; tail -n 5 {LOG_DIR}/{name}.log; exit 1")
 
 
-def run_program(site: Site, name: str, command: str, autostart: bool = True, directory: str = TOOLKIT_DIR) -> None:
-    """Installs (or updates) the program and starts it unless it runs; a changed command restarts it."""
+def run_program(site: Site, name: str, command: str, autostart: bool = True, directory: str = TOOLKIT_DIR,
+                wait: bool = True) -> None:
+    """Installs (or updates) the program and starts it unless it runs; a changed command restarts
+    it. `wait=False`: its start is not waited for (see `start_script`)."""
     site.write(f"{PROGRAM_DIR}/{name}.conf", program(name, command, autostart, directory), owner="root", mode="644")
-    result = site.root().run(start_script(name), warn=True, timeout=120)
+    result = site.root().run(start_script(name, wait=wait), warn=True, timeout=120)
     if not result.ok:
         raise SiteError(f"site {site.name}: host {site.db_host}: {name} does not stay up: "
                         f"{(result.stdout + result.stderr).strip()[-400:]}; see {LOG_DIR}/{name}.log there")
@@ -184,18 +196,55 @@ def protector_command(site_name: str, async_after: int | None = None) -> str:
                        "--pgbackrest-dir", PATHS.pgbackrest_dir, *extra])
 
 
-def start_protector(site: Site, inventory: Inventory, async_after: int | None = None) -> None:
-    """The protector on the primary's database host, reading `inventory` (written there first)."""
+def start_protector(site: Site, inventory: Inventory, async_after: int | None = None, wait: bool = True,
+                    fresh: bool = True) -> None:
+    """The protector on the primary's database host, reading `inventory` (written there first).
+    `wait=False`: not waited for; the runbook waits for its lease instead (`wait_lease_held`).
+    `fresh=False`: a state the protector saved at this epoch is kept (the runbook's start of a
+    new primary: only its own run can have saved one, and a fenced one must stay fenced)."""
     if inventory.active != site.name:
         raise SiteError(f"site {site.name}: the protector runs on the active site's host, and the inventory "
                         f"names {inventory.active} active; start it there (or write the inventory first)")
     write_inventory(site, inventory)
     protection.install_host_secrets(site.service(), inventory, PATHS)
-    # The engine starts it on purpose: a fenced state left by an earlier run is not carried on.
-    site.service().run(f"rm -f {LEASE_STATE}")
+    if fresh:  # `sites protect` starts it on purpose: a fenced state left by an earlier run is not carried on
+        site.service().run(f"rm -f {LEASE_STATE}")
     # Not started by supervisord on its own: an old primary given back after a failover still has
     # an inventory naming itself active, and would copy its stale bucket over the others' objects.
-    run_program(site, PROTECTOR_PROGRAM, protector_command(site.name, async_after), autostart=False)
+    run_program(site, PROTECTOR_PROGRAM, protector_command(site.name, async_after), autostart=False, wait=wait)
+
+
+def lease_state(site: Site) -> dict:
+    """The protector's lease state on the site's host ({} when there is none, or it is unreadable)."""
+    result = site.service().run(f"cat {LEASE_STATE}", warn=True)
+    try:
+        return json.loads(result.stdout) if result.ok else {}
+    except ValueError:
+        return {}
+
+
+def lease_held(state: dict, site: str, epoch: int) -> bool:
+    return state.get("holder") == site and state.get("epoch") == epoch and state.get("state") == lease.HELD
+
+
+def wait_lease_held(site: Site, epoch: int, seconds: float = HOLD_WITHIN) -> dict:
+    """Waits until the protector on the site's host holds its lease at `epoch` (a renewal round
+    held at a majority of the stores); raises naming the site, host and why when it fenced
+    itself, or holds nothing within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        state = lease_state(site)
+        ours = state.get("holder") == site.name and state.get("epoch") == epoch  # not a state left at another epoch
+        if ours and state.get("state") in (lease.HELD, lease.FENCED) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if lease_held(state, site.name, epoch):
+        return state
+    found = (f"it fenced itself: {state.get('reason')}" if ours and state.get("state") == lease.FENCED else
+             f"its state after {seconds:.0f} s: {state.get('state') or 'none'} at epoch {state.get('epoch')} (last round: "
+             f"{state.get('last_round') or 'none'})")
+    raise SiteError(f"site {site.name}: host {site.db_host}: the protector does not hold the lease at epoch {epoch}, "
+                    f"so {site.name} takes no writes; {found}; see {LOG_DIR}/{PROTECTOR_PROGRAM}.log there")
 
 
 # ---------------------------------------------------------------- the rejoin agent

@@ -70,7 +70,7 @@ class VmCloud:
     # -------------------------------------------------------- up
 
     def up(self, spec: Spec, count: int, prefix: str, seed_mb: int, storage: str = "posix",
-           witnesses: int = 0) -> dict:
+           witnesses: int | None = None) -> dict:
         started = time.monotonic()
         self._refuse_foreign_inventory()
         resuming = self.vms.exists

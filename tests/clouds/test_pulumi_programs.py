@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "pulumi"))
 from mock_run import run_stacks  # noqa: E402
@@ -18,6 +19,7 @@ from mock_run import run_stacks  # noqa: E402
 from infra.clouds import base, hostkey  # noqa: E402
 from infra.sites.contract import EXPORTED_KEYS, SiteOutputs  # noqa: E402
 from infra.spec import load_spec  # noqa: E402
+from tests.witnesses import WITNESSES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec(ROOT / "Pulumi.yaml")
@@ -73,6 +75,7 @@ def runs():
     variants |= {label: (stack, make()) for label, (stack, make) in CHANGED.items()}
     variants |= {f"{stack}-pinned": (stack, {**(PILOT_AS_PRIMARY if stack == "azure" else {}), "failover:image": image})
                  for stack, image in PINNED.items()}  # azure as primary: its pilot-light runs no VM yet
+    variants |= {f"{stack}-with-witnesses": (stack, {"failover:witnesses": WITNESSES}) for stack in STACKS}
     return run_stacks(variants)
 
 
@@ -310,3 +313,21 @@ def test_cloud_init_is_the_same_file_everywhere(runs, stack):
     assert data.startswith("#cloud-config") and "pgbackrest" in data and "rclone" in data
     assert f"postgresql-{SPEC.database.version}" in data and "FAILOVER_TIERS=db" in data
     assert "{{" not in data
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_witness_stores_in_the_spec_leave_every_sites_stack_as_it_was(runs, stack, tmp_path):
+    """Witnesses are buckets at further providers: no site's stack creates, reads or exports them,
+    and the spec that declares them still loads with the real stack files."""
+    plain, witnessed = runs[stack], runs[f"{stack}-with-witnesses"]
+    def shape(run: dict) -> list[tuple[str, str, str]]:  # in any order: Pulumi registers concurrently
+        return sorted((r["type"], r["name"], json.dumps(r["inputs"], sort_keys=True)) for r in run["resources"])
+
+    assert shape(witnessed) == shape(plain)
+    assert witnessed["outputs"] == plain["outputs"] and witnessed["secrets"] == plain["secrets"]
+    assert not witnessed["warnings"] or witnessed["warnings"] == plain["warnings"]
+    data = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    data["config"]["witnesses"] = {"value": WITNESSES}
+    (tmp_path / "Pulumi.yaml").write_text(yaml.safe_dump(data))
+    spec = load_spec(tmp_path / "Pulumi.yaml", ROOT / "stacks")
+    assert [w.name for w in spec.witnesses] == sorted(WITNESSES) and spec.sites == SPEC.sites

@@ -1,12 +1,14 @@
 """A partitioned primary fences itself, and a failover elsewhere loses no acknowledged write.
 
-One `failover local up --prefix 127.0.131 --storage emulated` cloud for the module (aws primary,
-gcp warm, azure pilot-light): each site's store is its cloud's emulator on the site's own address,
-and each VM's service user has a UID of its own. The test measures the protector's renewal
-rounds, then cuts aws off from gcp and azure, their stores included (tests/partition.py: nftables
-on loopback, by the sending socket's owner), while a canary writes through DNS from the host, as
-clients of a partitioned primary still can:
-- aws stops acknowledging writes, and fences itself (PostgreSQL stopped) within the lease time;
+One `failover local up --prefix 127.0.131 --storage emulated` cloud for the module
+(FAILOVER_TEST_PREFIX overrides the prefix; aws primary, gcp warm, azure pilot-light): each
+site's store is its cloud's emulator on the site's own address, and each VM's service user has a
+UID of its own. The test measures the protector's renewal rounds, then cuts aws off from gcp and
+azure, their stores included (tests/partition.py: nftables on loopback, by the sending socket's
+owner), while a canary writes through DNS from the host, as clients of a partitioned primary
+still can:
+- aws acknowledges no write past the lease time, and fences itself (PostgreSQL stopped; the test
+  prints when, and when its protector's state said so);
 - `status` says it is fenced and why (lost the lease at 2 of 3 stores);
 - `failover run --to gcp` cannot reach aws over SSH, so it waits out the lease after its claim,
   then takes writes; every write acknowledged anywhere is in gcp's database afterwards;
@@ -31,10 +33,10 @@ from infra.sites.localvms import LocalVms
 from infra.sites.vm import USER, ensure_image
 from infra.spec import load_spec
 from tests.appclient import APP_PORT, dns
-from tests.conftest import ROOT, failover, failover_json, remove_unmounted
+from tests.conftest import ROOT, failover, failover_json, loopback_prefix, remove_unmounted
 from tests.partition import partition, service_uids, table_name, uid_of
 
-PREFIX = "127.0.131"
+PREFIX = loopback_prefix("127.0.131")
 AWS, GCP, AZURE = (f"{PREFIX}.{i}" for i in (1, 2, 3))
 STATE = "var/lib/postgresql/failover/lease-state.json"
 PGDATA = "var/lib/postgresql/15/main"

@@ -99,6 +99,30 @@ def test_the_protector_reads_the_inventory_each_round_and_stands_down_when_anoth
     assert "protecting from aws again" in capsys.readouterr().out
 
 
+def test_a_fenced_protector_named_active_at_a_later_epoch_holds_a_new_lease(monkeypatch, tmp_path, capsys):
+    """A failover back to a site whose protector fenced itself (and still runs) must not leave the
+    new primary without a lease: the runbook waits for one at its epoch before it takes writes."""
+    started = []
+
+    class Holder:
+        def __init__(self, epoch, state):
+            self.state = replicator.lease_mod.HolderState("aws", epoch, 0.0, state=state)
+
+        def start(self):
+            started.append(self.state.epoch)
+
+    protector = _protector(tmp_path, monkeypatch, {"aws", "gcp", "azure"})
+    monkeypatch.setattr(protector, "new_holder", lambda c, inv: Holder(inv.epoch, replicator.lease_mod.STARTING))
+    protector.holder = Holder(1, replicator.lease_mod.FENCED)
+    inventory("aws", 1).save(protector.inventory_file)
+    protector.lease_round(None, {})
+    assert protector.fenced and started == []  # fenced is final at its own epoch
+    inventory("aws", 3).save(protector.inventory_file)
+    protector.lease_round(None, {})
+    assert not protector.fenced and started == [3]
+    assert "aws is named active at epoch 3: a new lease (it fenced itself at epoch 1)" in capsys.readouterr().out
+
+
 def test_the_command_line_names_the_inventory_the_site_and_the_hosts_layout():
     args = replicator.parse(["/etc/failover/inventory.json", "aws", "--pgdata", PATHS.pgdata,
                              "--socket-dir", PATHS.socket_dir, "--pgbackrest-dir", PATHS.pgbackrest_dir])

@@ -26,9 +26,9 @@ from infra.runbook import steps
 from infra.sites.fleet import Fleet
 from infra.spec import load_spec
 from tests.appclient import APP_PORT, health, post, resolve
-from tests.conftest import FAILOVER, ROOT, failover, remove_unmounted, service_dir
+from tests.conftest import FAILOVER, ROOT, failover, loopback_prefix, remove_unmounted, service_dir
 
-PREFIX = "127.0.104"
+PREFIX = loopback_prefix("127.0.104")
 ADDRESS = {"aws": f"{PREFIX}.1", "gcp": f"{PREFIX}.2", "azure": f"{PREFIX}.3"}
 ROUNDS = int(os.environ.get("FAILOVER_CLAIMS_RACE_ROUNDS", "1"))
 LOSER = re.compile(r"this run (\w+) \(target (\w+), host ([^)]+)\) stops before changing anything")

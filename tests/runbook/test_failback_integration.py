@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.appclient import APP_PORT, dns, health, post, resolve
-from tests.conftest import FAILOVER, ROOT, remove_unmounted, failover, failover_json, service_dir
+from tests.conftest import FAILOVER, ROOT, failover, failover_json, loopback_prefix, remove_unmounted, service_dir
 
-PREFIX = "127.0.75"
+PREFIX = loopback_prefix("127.0.75")
 AWS, GCP, AZURE = f"{PREFIX}.1", f"{PREFIX}.2", f"{PREFIX}.3"
 PORT = APP_PORT
 

@@ -26,12 +26,14 @@ from pathlib import Path
 
 import pytest
 
+from infra.data import lease
 from infra.runbook import steps as steps_mod
+from infra.sites.contract import Inventory
 from tests.appclient import APP_PORT, dns, health, post, resolve
-from tests.conftest import FAILOVER, remove_unmounted
+from tests.conftest import FAILOVER, loopback_prefix, remove_unmounted
 
 ROOT = Path(__file__).resolve().parents[2]
-PREFIX = "127.0.74"
+PREFIX = loopback_prefix("127.0.74")
 GCP, AWS, AZURE = f"{PREFIX}.2", f"{PREFIX}.1", f"{PREFIX}.3"
 PORT = APP_PORT
 
@@ -153,6 +155,8 @@ def test_sigkill_after_each_step_then_the_rerun_resumes_and_loses_nothing(cloud)
             assert len(done) == len(set(done)), (step, done)  # none repeated
             stage_mates = {s for s in STEPS if STAGE_OF[s] == STAGE_OF[step]}
             assert set(STEPS[:index + 1]) <= set(done) <= set(STEPS[:index + 1]) | stage_mates, (step, done)
+            if step == "take_writes":  # gcp takes writes from here, and holds its lease (long before protect)
+                assert_lease_held_by(cloud, "gcp", 2)
 
         plan = failover(cloud, "run", "--to", "gcp", "--json")
         assert set(json.loads(plan.stdout)["plan"]["skip"]) == set(STEPS)
@@ -180,6 +184,22 @@ def test_sigkill_after_each_step_then_the_rerun_resumes_and_loses_nothing(cloud)
     # Exactly one site takes writes: only gcp reports writable, and a write through DNS lands there.
     assert [a for a in (AWS, GCP, AZURE) if writable(a)] == [GCP]
     assert post(resolve(cloud), 5)[1].get("site") == "gcp"
+
+
+def assert_lease_held_by(workdir: Path, site: str, epoch: int) -> None:
+    """A majority of all the stores hold `site`'s lease at `epoch`, renewed after this call began."""
+    began, inventory = time.time(), Inventory.load(workdir / "inventory.json")
+    stores = lease.stores(inventory)
+    deadline = time.monotonic() + 2 * lease.RENEW_EVERY + lease.ROUND_TIMEOUT
+    while True:
+        seen = lease.read(stores)
+        held = [s.site for s in seen if s.lease and (s.lease.holder, s.lease.epoch, s.lease.state) ==
+                (site, epoch, lease.HELD) and s.lease.renewed_at >= began]
+        if len(held) >= lease.majority(len(stores)):
+            return
+        assert time.monotonic() < deadline, f"{site}'s lease at epoch {epoch} is not renewed at a majority: " + \
+            "; ".join(f"{s.site}: {s.error or s.lease}" for s in seen)
+        time.sleep(0.2)
 
 
 def test_new_primary_takes_writes_through_dns_at_a_raised_epoch(cloud):

@@ -1,4 +1,6 @@
 """The runbook's decisions and its journal, tested with data (no processes)."""
+import types
+
 import pytest
 
 from infra.data.storage import Store
@@ -6,6 +8,7 @@ from infra.errors import FailoverError
 from infra.runbook import steps
 from infra.runbook.journal import DONE, FAILED, STARTED, Journal, JournalStore
 from infra.sites.contract import MediaRemote, Repository, SiteOutputs
+from infra.sites.site import SiteError
 from infra.spec import DnsProvider
 
 NAMES = ["aws", "gcp", "azure"]
@@ -191,3 +194,70 @@ def test_every_runbook_refuses_missing_dns_secrets_with_one_message(monkeypatch)
                        "providers.yaml")
     with pytest.raises(FailoverError, match=r"DNS secrets missing: knot-b.key_secret .* \(providers from providers.yaml\)"):
         steps.require_dns_secrets(config)
+
+
+class _Recorder:
+    """A target site and fleet that record, in order, what take_writes does to them."""
+
+    def __init__(self):
+        self.events: list[str] = []
+
+    def recovery_state(self):
+        return False
+
+    def psql(self, statements, db="postgres", warn=False):
+        self.events += [s.split()[0] for s in statements if s.startswith("INSERT INTO failover.epoch")]
+        return types.SimpleNamespace(stdout="1796400000.5\n")
+
+    def service(self):
+        return types.SimpleNamespace(run=lambda command, **_: self.events.append("archive back"))
+
+    def publish(self, inventory):
+        self.events.append(f"publish {inventory.active}")
+
+
+def _take_writes_run(recorder: _Recorder, fenced: dict) -> steps.Run:
+    run = types.SimpleNamespace(site=recorder, target="gcp", source="aws", epoch=2, fenced=fenced,
+                                progress=lambda m: None,
+                                spec=types.SimpleNamespace(database=types.SimpleNamespace(name="social",
+                                                                                          async_after_seconds=5)),
+                                fleet=recorder)
+    run.inventory = types.SimpleNamespace(active="aws", epoch=2)  # fresh per read in the real Run
+    return run
+
+
+@pytest.mark.parametrize("fenced", [{"fenced_directly": True, "claimed_at": 0.0},
+                                    {"fenced_directly": False, "claimed_at": 0.0}])
+def test_the_new_primary_holds_its_lease_at_the_new_epoch_before_it_stores_the_epoch(monkeypatch, fenced):
+    """No write is acknowledged before the target's protector holds the lease at the run's epoch:
+    a later failover that cannot reach it then waits the lease out (docs/lease.md)."""
+    recorder = _Recorder()
+    started: list = []
+    monkeypatch.setattr(steps.lease, "wait_seconds", lambda claimed_at, now: 0.2)
+    monkeypatch.setattr(steps.services, "start_protector",
+                        lambda site, inventory, after, wait=True, fresh=True:
+                        started.append((inventory.active, inventory.epoch, wait, fresh))
+                        or recorder.events.append("protector started"))
+    monkeypatch.setattr(steps.services, "wait_lease_held",
+                        lambda site, epoch: recorder.events.append(f"lease held at epoch {epoch}")
+                        or {"renewed": ["gcp", "azure"], "stores": 3})
+    detail = steps.take_writes(_take_writes_run(recorder, fenced))
+    # Its host's Inventory names it active at the new epoch; the runbook waits for the lease, not
+    # for supervisor, and keeps what the protector saved at this epoch (a fenced one stays fenced).
+    assert started == [("gcp", 2, False, False)]
+    assert recorder.events.index("lease held at epoch 2") < recorder.events.index("INSERT")
+    assert recorder.events.index("INSERT") < recorder.events.index("publish gcp")
+    assert detail["lease"]["stores"] == "2 of 3"
+
+
+def test_a_new_primary_that_cannot_hold_its_lease_takes_no_writes(monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(steps.services, "start_protector", lambda *a, **k: None)
+
+    def fenced(site, epoch):
+        raise SiteError("site gcp: host 127.0.10.2: the protector does not hold the lease at epoch 2")
+
+    monkeypatch.setattr(steps.services, "wait_lease_held", fenced)
+    with pytest.raises(SiteError, match="does not hold the lease at epoch 2"):
+        steps.take_writes(_take_writes_run(recorder, {"fenced_directly": True, "claimed_at": 0.0}))
+    assert "INSERT" not in recorder.events and not any(e.startswith("publish") for e in recorder.events)
