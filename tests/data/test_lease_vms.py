@@ -16,7 +16,6 @@ still can:
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -35,11 +34,10 @@ from infra.spec import load_spec
 from tests.appclient import APP_PORT, dns
 from tests.conftest import ROOT, failover, failover_json, loopback_prefix, remove_unmounted
 from tests.partition import partition, service_uids, table_name, uid_of
+from tests.vmlease import host_state, postmaster_alive, wait
 
 PREFIX = loopback_prefix("127.0.131")
 AWS, GCP, AZURE = (f"{PREFIX}.{i}" for i in (1, 2, 3))
-STATE = "var/lib/postgresql/failover/lease-state.json"
-PGDATA = "var/lib/postgresql/15/main"
 SPEC = load_spec(ROOT / "Pulumi.yaml")
 
 pytestmark = [pytest.mark.integration,
@@ -63,21 +61,6 @@ def vms(workdir: Path) -> dict:
     return {vm.site: vm for vm in LocalVms(workdir / "vms").vms()}
 
 
-def host_state(vm) -> dict:
-    try:
-        return json.loads((vm.root / STATE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def postmaster_alive(vm) -> bool:
-    try:
-        pid = int((vm.root / PGDATA / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    return Path(f"/proc/{pid}").exists() and os.readlink(f"/proc/{pid}/root") == str(vm.root)
-
-
 def fence_times(vm, seconds: float) -> tuple[float, float]:
     """When (wall clock) the VM's PostgreSQL was gone, and when its protector's state said fenced."""
     stopped = fenced = None
@@ -97,16 +80,6 @@ def process_uid(pid: int) -> int | None:
     except (OSError, StopIteration):
         return None  # gone meanwhile
     return int(line.split()[1])
-
-
-def wait(condition, seconds: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {seconds} s")
 
 
 def test_each_vm_runs_its_services_under_a_uid_of_its_own(cloud):
