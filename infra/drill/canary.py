@@ -4,7 +4,8 @@ A thread resolves the app's name with dnspython against the DNS providers' own s
 system resolver), keeps the answer for its TTL as any client would, and posts
 `{"canary_seq": n}` (every `media_every`-th with a small media object). Each attempt becomes
 a `Write`: when it was sent, when it was answered, the address it went to, and whether it was
-acknowledged (HTTP 201) and by which site. The measurements are computed from these records.
+acknowledged (HTTP 201), by which site and at which epoch. The measurements are computed from
+these records.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class Write:
     error: str = ""
     media: bool = False
     media_key: str | None = None
+    epoch: int | None = None  # the epoch the acknowledging site wrote at
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,7 +111,8 @@ class Canary:
             with urllib.request.urlopen(request, timeout=2) as reply:
                 answer = json.loads(reply.read())
                 return Write(seq, sent, time.time(), address, reply.status == 201, answer.get("site"),
-                             reply.status, media=with_media, media_key=answer.get("media_key"))
+                             reply.status, media=with_media, media_key=answer.get("media_key"),
+                             epoch=answer.get("epoch"))
         except urllib.error.HTTPError as error:
             return Write(seq, sent, time.time(), address, False, None, error.code, _short(error), with_media)
         except (OSError, ValueError) as error:

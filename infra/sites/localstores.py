@@ -36,6 +36,13 @@ class LocalStores:
     the spec's storage type, which only the emulated stores use). Implementors fill the hooks."""
 
     type: ClassVar[str]
+    # Directories that every VM writes (posix) need one owner UID in every VM, as an NFS share needs
+    # its clients to agree on UIDs: pgBackRest makes its files 0640 and its folders 0750, so a
+    # repository that aws's postgres wrote would refuse gcp's after a failover. Network stores
+    # check credentials, not UIDs, so each VM's service user gets a UID of its own
+    # (`Vm.own_service_uid`), which a partition needs (nftables' `meta skuid`). A packet filter
+    # does not see bind mounts anyway, so a partition has to use network stores.
+    shared_directories: ClassVar[bool]
 
     def __init__(self, directory: Path, kinds: dict[str, str]):
         self.directory = Path(directory)
@@ -72,6 +79,7 @@ class LocalStores:
 
 class PosixStores(LocalStores):
     type = "posix"
+    shared_directories = True
 
     def store(self, name: str) -> Path:
         return self.directory / "stores" / name
@@ -114,6 +122,7 @@ class PosixStores(LocalStores):
 
 class EmulatedStores(LocalStores):
     type = "emulated"
+    shared_directories = False
 
     def emulator(self, site: str, address: str) -> emulators.Emulator:
         return emulators.for_storage(self.directory, self.kinds[site], site, address)

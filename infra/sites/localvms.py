@@ -132,7 +132,7 @@ class LocalVms:
             vms = [self.vm(s) for s in planned]
             for vm in vms:
                 progress(f"{vm.site}: creating its VM on {vm.address} (overlay over {image.name})")
-                vm.create(image, identity)
+                vm.create(image, identity, own_uid=not stores.shared_directories)
             if storage != "posix":
                 progress("stores: " + ", ".join(f"{vm.site}'s {kinds[vm.site]} emulator on {vm.address}" for vm in vms))
             stores.create(vms, _postgres_ids(vms[0]))
@@ -152,14 +152,18 @@ class LocalVms:
         return inventory
 
     def _mount_witnesses(self, vms: list[Vm], names: list[str]) -> None:
-        """Each witness store, owned by the VMs' postgres user, mounted in every VM (posix
-        directories whatever the sites' stores are: a bucket at a further provider)."""
+        """Each witness store, owned by the VMs' postgres user and group, mounted in every VM (posix
+        directories whatever the sites' stores are: a bucket at a further provider). Only the
+        toolkit writes there (the lease and claims: group-writable objects in setgid folders,
+        infra/data/storage.Posix), so the postgres group, whose GID every VM shares, may write it
+        when each VM's postgres has a UID of its own (emulated stores)."""
         uid, gid = _postgres_ids(vms[0])
         for name in names:
             store = self.store(name)
             for part in (store, store / "pgbackrest", store / "media"):
                 part.mkdir(parents=True, exist_ok=True)
                 shutil.chown(part, uid, gid)
+                part.chmod(0o2775)
             for vm in vms:
                 vm.mount_store(store)
 
@@ -283,7 +287,8 @@ def _refuse_busy(sites: list[VmSite], db_port: int, stores: LocalStores) -> None
 
 
 def _postgres_ids(vm: Vm) -> tuple[int, int]:
-    """The VMs' postgres uid and gid (one image, so the same in every VM): owners of the stores."""
+    """The first VM's postgres uid and gid: owners of the stores. The GID is the same in every VM
+    (one image); the UID too, unless the VMs have their own (`LocalStores.shared_directories`)."""
     for line in (vm.root / "etc/passwd").read_text().splitlines():
         fields = line.split(":")
         if fields[0] == "postgres":

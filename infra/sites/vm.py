@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from infra.clouds.base import BOOTSTRAP
 from infra.errors import FailoverError
+from infra.sites.layout import SERVICE_USER
 from infra.spec import Database
 
 SUITE = "bookworm"
@@ -40,6 +42,10 @@ IMAGE_CACHE_ENV = "FAILOVER_IMAGE_CACHE"
 DEFAULT_IMAGE_CACHE = Path("/var/cache/failover/images")
 USER = "failover"
 TRUSTED_CA = "failover-stores.crt"  # the emulated stores' CA in a VM's system trust
+# A VM's own service UID (`Vm.create(own_uid=True)`) is this plus the low 16 bits of its address:
+# distinct for the VMs of one cloud (one /24) and of clouds on other 127.0.x prefixes, and above
+# every UID the host or the image hands out (Debian's UID_MAX is 60000, nobody is 65534).
+SERVICE_UID_BASE = 0x10000
 
 
 class VmError(FailoverError):
@@ -152,8 +158,9 @@ class Vm:
 
     # -------------------------------------------------------- create and boot
 
-    def create(self, image: Path, identity: SshIdentity) -> None:
-        """Mounts the overlay root and /proc, /dev, /run, adds the user and the host key (idempotent)."""
+    def create(self, image: Path, identity: SshIdentity, own_uid: bool = False) -> None:
+        """Mounts the overlay root and /proc, /dev, /run, adds the user and the host key (idempotent).
+        `own_uid`: the service user gets this VM's own UID (`own_service_uid`)."""
         for part in ("upper", "work", "root"):
             (self.directory / part).mkdir(parents=True, exist_ok=True)
         # A VM's files are its own, as a cloud VM's disk is: the operator reaches it over SSH only.
@@ -164,8 +171,30 @@ class Vm:
             _mount(["-t", "overlay", "overlay", "-o",
                     f"lowerdir={image},upperdir={self.directory / 'upper'},workdir={self.directory / 'work'}",
                     str(self.root)], self.site)
+        if own_uid:
+            self.own_service_uid()
         self._mount_kernel_dirs()
         self._configure(identity)
+
+    @property
+    def service_uid(self) -> int:
+        """The UID this VM's service user gets with `own_service_uid`."""
+        return SERVICE_UID_BASE + (int(ipaddress.ip_address(self.address)) & 0xFFFF)
+
+    def own_service_uid(self) -> None:
+        """Gives the service user (PostgreSQL, pg_receivewal, the protector, the app) this VM's own
+        UID, before anything runs as it, so that nftables' `meta skuid` tells this VM's sockets from
+        another's (every connection to a 127.x address leaves from 127.0.0.1, whoever sends it).
+        What the image's UID owned in this root (the cluster, /etc/postgresql, its logs and
+        spools) is handed over, copied up into the VM's own layer; the group keeps its GID, shared
+        by every VM. /run is mounted after this and made for the user by name. Idempotent."""
+        uid = self.service_uid
+        old = self.chroot(["id", "-u", SERVICE_USER]).stdout.strip()
+        if old == str(uid):
+            return
+        # usermod refuses a user with running processes, and `find -xdev` stays in the overlay root.
+        self.chroot(["usermod", "-u", str(uid), SERVICE_USER])
+        self.chroot(["find", "/", "-xdev", "-uid", old, "-exec", "chown", "-h", str(uid), "{}", "+"])
 
     def _mount_kernel_dirs(self) -> None:
         root = self.root

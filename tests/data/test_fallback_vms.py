@@ -31,8 +31,8 @@ from infra.data import fallback, lease
 from infra.sites.fleet import Fleet
 from infra.sites.localvms import LocalVms
 from tests.appclient import APP_PORT, post
-from tests.conftest import processes_rooted_under, remove_unmounted, loopback_prefix
-from tests.data.test_lease_vms import Canary, failover, host_state, postmaster_alive, wait
+from tests.conftest import failover, loopback_prefix, processes_rooted_under, remove_unmounted
+from tests.vmlease import Canary, host_state, postmaster_alive, wait
 
 PREFIX = loopback_prefix("127.0.106")
 AWS = f"{PREFIX}.1"
@@ -57,7 +57,7 @@ def cloud():
     os.chmod(workdir, 0o755)
     canary, fleet = None, None
     try:
-        failover(workdir, "local", "up", "--seed-mb", "5", "--prefix", PREFIX, "--witnesses", "2")
+        failover("local", "up", "--seed-mb", "5", "--prefix", PREFIX, "--witnesses", "2", workdir=workdir)
         fleet = Fleet(workdir, app_port=APP_PORT)
         quorum = standby_setting(fleet)
         assert fallback.standby_names(quorum) == {"gcp", "azure"}, quorum
@@ -68,7 +68,7 @@ def cloud():
             canary.stop()
         if fleet is not None:
             fleet.close()
-        failover(workdir, "local", "down", check=False)
+        failover("local", "down", check=False, workdir=workdir)
         remove_unmounted(workdir)
 
 
@@ -128,15 +128,15 @@ def test_with_witnesses_the_primary_commits_asynchronously_once_both_secondaries
     wait(lambda: host_state(aws).get("state") == lease.HELD, 60, "aws to hold its lease")
     assert host_state(aws)["stores"] == 5
     wait(lambda: len(canary.acks) >= 5, 30, "writes acknowledged by aws")
-    failover(workdir, "local", "drop", "--site", "gcp")
-    failover(workdir, "local", "drop", "--site", "azure")
+    failover("local", "drop", "--site", "gcp", workdir=workdir)
+    failover("local", "drop", "--site", "azure", workdir=workdir)
     dropped = time.monotonic()
     resumed = go_asynchronous(cloud, dropped)
     state = host_state(aws)
     print(f"\nasynchronous {resumed - dropped:.1f} s after both secondaries were dropped: "
           f"{state['commit']['reason']}; lease held at {len(state['renewed'])} of {state['stores']} stores")
     assert state["state"] == lease.HELD and len(state["renewed"]) == 3
-    status = json.loads(failover(workdir, "status", "--json", "--no-media").stdout)
+    status = json.loads(failover("status", "--json", "--no-media", workdir=workdir).stdout)
     assert status["lease"]["commit"]["mode"] == fallback.ASYNC, status["lease"]
     assert not status["lease"]["fenced"]
     metrics = (aws.root / "var/lib/postgresql/failover/metrics.prom").read_text()
@@ -148,7 +148,7 @@ def test_once_a_secondary_streams_again_the_primary_goes_back_to_quorum(cloud):
     aws = aws_vm(workdir)
     assert commit_mode(aws) == fallback.ASYNC, "the test before leaves aws committing asynchronously"
     given_back = time.monotonic()
-    failover(workdir, "local", "restore-site", "--site", "gcp")  # the VM boots; its rejoin agent does the rest
+    failover("local", "restore-site", "--site", "gcp", workdir=workdir)  # the VM boots; its rejoin agent does the rest
     streaming = wait(lambda: streams(fleet, "gcp") and time.monotonic(), RETURN_SECONDS, "gcp to stream from aws",
                      every=0.2)
     back = wait(lambda: commit_mode(aws) == fallback.SYNC and time.monotonic(), QUORUM_BACK + 30,
@@ -158,7 +158,7 @@ def test_once_a_secondary_streams_again_the_primary_goes_back_to_quorum(cloud):
           f"{back - streaming:.2f} s after gcp streams: {state['commit']['reason']}")
     assert back - streaming <= QUORUM_BACK, f"aws went back {back - streaming:.1f} s after gcp streamed"
     assert standby_setting(fleet) == cloud.quorum
-    status = json.loads(failover(workdir, "status", "--json", "--no-media").stdout)
+    status = json.loads(failover("status", "--json", "--no-media", workdir=workdir).stdout)
     assert status["lease"]["commit"]["mode"] == fallback.SYNC, status["lease"]
     assert status["replication"]["candidates"] == ["gcp"] and not status["replication"]["blocked"], \
         status["replication"]
@@ -192,7 +192,7 @@ def test_without_a_majority_of_stores_it_stops_committing_and_fences_itself(clou
     workdir, canary = cloud.workdir, cloud.canary
     aws = aws_vm(workdir)
     # Back to the state of the first test: both secondaries gone, committing on the witnesses' lease.
-    failover(workdir, "local", "drop", "--site", "gcp")
+    failover("local", "drop", "--site", "gcp", workdir=workdir)
     go_asynchronous(cloud, time.monotonic())
     for name in ("witness-1", "witness-2"):
         aws.unmount_store(LocalVms(workdir / "vms").store(name))
@@ -206,5 +206,5 @@ def test_without_a_majority_of_stores_it_stops_committing_and_fences_itself(clou
     assert not postmaster_alive(aws)
     late = [a for a in canary.acks if a["site"] == "aws" and a["acked"] > fenced]
     assert not late, f"aws acknowledged {len(late)} writes after it fenced itself"
-    status = json.loads(failover(workdir, "status", "--json", "--no-media").stdout)
+    status = json.loads(failover("status", "--json", "--no-media", workdir=workdir).stdout)
     assert status["lease"]["fenced"] and "lost the lease at 4 of 5 stores" in status["lease"]["why"], status["lease"]

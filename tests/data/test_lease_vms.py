@@ -1,10 +1,14 @@
 """A partitioned primary fences itself, and a failover elsewhere loses no acknowledged write.
 
-One `failover local up --prefix 127.0.105` cloud for the module (aws primary, gcp warm, azure
-pilot-light). The test measures the protector's renewal rounds on the VMs, then cuts aws off
-(tests/partition.py: nftables on loopback, the other sites' stores unmounted in aws's VM) while a
-canary writes to aws's app from the host, as clients of a partitioned primary still can:
-- aws stops acknowledging writes, and fences itself (PostgreSQL stopped) within the lease time;
+One `failover local up --prefix 127.0.131 --storage emulated` cloud for the module
+(FAILOVER_TEST_PREFIX overrides the prefix; aws primary, gcp warm, azure pilot-light): each
+site's store is its cloud's emulator on the site's own address, and each VM's service user has a
+UID of its own. The test measures the protector's renewal rounds, then cuts aws off from gcp and
+azure, their stores included (tests/partition.py: nftables on loopback, by the sending socket's
+owner), while a canary writes through DNS from the host, as clients of a partitioned primary
+still can:
+- aws acknowledges no write past the lease time, and fences itself (PostgreSQL stopped; the test
+  prints when, and when its protector's state said so);
 - `status` says it is fenced and why (lost the lease at 2 of 3 stores);
 - `failover run --to gcp` cannot reach aws over SSH, so it waits out the lease after its claim,
   then takes writes; every write acknowledged anywhere is in gcp's database afterwards;
@@ -12,53 +16,44 @@ canary writes to aws's app from the host, as clients of a partitioned primary st
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from infra.data import lease
+from infra.drill.canary import Canary, read_back
+from infra.sites.layout import SERVICE_USER
 from infra.sites.localvms import LocalVms
-from tests.appclient import APP_PORT
-from tests.conftest import FAILOVER, remove_unmounted
-from tests.partition import partition, table_name, uid_of
+from infra.sites.vm import USER, ensure_image
+from infra.spec import load_spec
+from tests.appclient import APP_PORT, dns
+from tests.conftest import ROOT, failover, failover_json, loopback_prefix, remove_unmounted
+from tests.partition import partition, service_uids, table_name, uid_of
+from tests.vmlease import host_state, postmaster_alive, wait
 
-ROOT = Path(__file__).resolve().parents[2]
-PREFIX = "127.0.105"
+PREFIX = loopback_prefix("127.0.131")
 AWS, GCP, AZURE = (f"{PREFIX}.{i}" for i in (1, 2, 3))
-STATE = "var/lib/postgresql/failover/lease-state.json"
-PGDATA = "var/lib/postgresql/15/main"
+SPEC = load_spec(ROOT / "Pulumi.yaml")
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the VMs' mounts and chroots, nftables)")]
 
 
-def failover(workdir: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([*FAILOVER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "FAILOVER_WORKDIR": str(workdir), "PYTHONPATH": str(ROOT)})
-    if check and result.returncode != 0:
-        raise AssertionError(f"failover {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}\n"
-                             f"{result.stdout[-2000:]}")
-    return result
-
-
 @pytest.fixture(scope="module")
 def cloud():
+    # The service user must reach the sites below it: mkdtemp makes a private (0700) directory.
     workdir = Path(tempfile.mkdtemp(prefix="failover-lease-", dir="/tmp"))
     os.chmod(workdir, 0o755)
     try:
-        failover(workdir, "local", "up", "--seed-mb", "5", "--prefix", PREFIX)
+        failover("local", "up", "--seed-mb", "5", "--prefix", PREFIX, "--storage", "emulated", workdir=workdir)
         yield workdir
     finally:
-        failover(workdir, "local", "down", check=False)
+        failover("local", "down", workdir=workdir, check=False)
         remove_unmounted(workdir)
 
 
@@ -66,69 +61,46 @@ def vms(workdir: Path) -> dict:
     return {vm.site: vm for vm in LocalVms(workdir / "vms").vms()}
 
 
-def host_state(vm) -> dict:
-    try:
-        return json.loads((vm.root / STATE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def postmaster_alive(vm) -> bool:
-    try:
-        pid = int((vm.root / PGDATA / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    return Path(f"/proc/{pid}").exists() and os.readlink(f"/proc/{pid}/root") == str(vm.root)
-
-
-def wait(condition, seconds: float, what: str, every: float = 0.1):
+def fence_times(vm, seconds: float) -> tuple[float, float]:
+    """When (wall clock) the VM's PostgreSQL was gone, and when its protector's state said fenced."""
+    stopped = fenced = None
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {seconds} s")
+    while (stopped is None or fenced is None) and time.monotonic() < deadline:
+        now = time.time()
+        stopped = stopped or (None if postmaster_alive(vm) else now)
+        fenced = fenced or (now if host_state(vm).get("state") == lease.FENCED else None)
+        time.sleep(0.05)
+    assert stopped and fenced, f"{vm.site} did not fence itself within {seconds} s: {host_state(vm)}"
+    return stopped, fenced
 
 
-class Canary:
-    """Numbered posts to one address at a time, from the host; every 201 is an acknowledged write."""
-
-    def __init__(self, address: str):
-        self.address, self.seq = address, 0
-        self.acks: list[dict] = []
-        self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> "Canary":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.seq += 1
-            sent = time.monotonic()
-            body = json.dumps({"canary_seq": self.seq, "body": "lease"}).encode()
-            request = urllib.request.Request(f"http://{self.address}:{APP_PORT}/posts", body,
-                                             {"Content-Type": "application/json"}, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=2) as reply:
-                    doc = json.loads(reply.read())
-                self.acks.append({"seq": self.seq, "site": doc["site"], "epoch": doc["epoch"], "sent": sent,
-                                  "acked": time.monotonic()})
-            except (urllib.error.URLError, OSError, ValueError):
-                self.failures += 1
-            time.sleep(0.05)
+def process_uid(pid: int) -> int | None:
+    try:
+        line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
+    except (OSError, StopIteration):
+        return None  # gone meanwhile
+    return int(line.split()[1])
 
 
-def canary_seqs(address: str) -> set[int]:
-    with urllib.request.urlopen(f"http://{address}:{APP_PORT}/canary", timeout=10) as reply:
-        return set(json.loads(reply.read())["seqs"])
+def test_each_vm_runs_its_services_under_a_uid_of_its_own(cloud):
+    image_uid = uid_of(ensure_image(), SERVICE_USER)
+    machines = vms(cloud)
+    uids = service_uids(machines.values())
+    assert len(set(uids.values())) == 3 and image_uid not in uids.values(), uids
+    for vm in machines.values():
+        assert uids[vm.address] == vm.service_uid, vm.site
+        # Nothing in the VM's root (the overlay, not /proc, /dev, /run) is left to the image's UID.
+        left = subprocess.run(["find", str(vm.root), "-xdev", "-uid", str(image_uid)], capture_output=True, text=True)
+        assert left.returncode == 0 and not left.stdout.strip(), f"{vm.site}: still owned by {image_uid}: " \
+                                                                 f"{left.stdout.splitlines()[:10]}"
+        running = {process_uid(pid) for pid in vm.pids()} - {None, 0, uid_of(vm.root, USER), uid_of(vm.root, "sshd")}
+        assert running == {vm.service_uid}, f"{vm.site}: its processes run as {running}"
+    # Under their new UIDs the databases run, and pgBackRest backed up into every store.
+    status = failover_json("status", "--no-media", workdir=cloud)
+    sites = {site["name"]: site for site in status["sites"]}
+    assert sites["aws"]["database"] == "up" and sites["gcp"]["database"] == "up", sites
+    assert all(site["repositories"][0]["last_backup"] for site in sites.values()), sites
+    assert status["lease"]["holder"] == "aws" and not status["lease"]["fenced"], status["lease"]
 
 
 def test_a_partitioned_primary_fences_itself_and_a_failover_loses_no_acknowledged_write(cloud):
@@ -137,57 +109,53 @@ def test_a_partitioned_primary_fences_itself_and_a_failover_loses_no_acknowledge
     wait(lambda: host_state(aws).get("state") == lease.HELD and len(host_state(aws).get("round_seconds", [])) >= 10,
          60, "aws's protector to hold its lease for 10 rounds")
     rounds = host_state(aws)["round_seconds"]
-    print(f"\nrenewal rounds on the VMs (3 posix stores, write + claim listing): n={len(rounds)} "
+    print(f"\nrenewal rounds on the VMs (3 emulated stores, write + claim listing): n={len(rounds)} "
           f"p50={statistics.median(rounds) * 1000:.1f} ms max={max(rounds) * 1000:.1f} ms")
 
-    canary = Canary(AWS).start()
+    canary = Canary(SPEC.dns.zone, APP_PORT, dns(cloud), media_every=0).start()
     try:
-        wait(lambda: len(canary.acks) >= 10, 30, "10 writes acknowledged by aws")
-        stores = [LocalVms(cloud / "vms").store(n) for n in ("gcp", "azure")]
-        with partition(table_name(), AWS, [GCP, AZURE], uid_of(aws.root, "postgres"), APP_PORT, aws, stores):
-            cut = time.monotonic()
-            fenced = wait(lambda: host_state(aws).get("state") == lease.FENCED and time.monotonic(), lease.LENGTH + 10,
-                          "aws to fence itself")
-            fence_seconds = fenced - cut
+        wait(lambda: sum(w.acked for w in canary.writes) >= 10, 30, "10 writes acknowledged by aws")
+        with partition(table_name(), AWS, [GCP, AZURE], service_uids(machines.values())):
+            cut = time.time()
+            stopped, fenced = fence_times(aws, lease.LENGTH + 15)
             state = host_state(aws)
-            print(f"aws fenced {fence_seconds:.2f} s after the partition: {state['reason']} ({state['fence']})")
-            assert fence_seconds <= lease.LENGTH, state
+            last_ack = max(w.answered for w in canary.writes if w.acked)
+            print(f"after the partition: aws's last acknowledged write {last_ack - cut:.2f} s, its PostgreSQL "
+                  f"stopped {stopped - cut:.2f} s, its protector's state fenced {fenced - cut:.2f} s: "
+                  f"{state['reason']} ({state['fence']})")
+            assert last_ack - cut <= lease.LENGTH and last_ack <= stopped, "aws acknowledged writes beyond its lease"
             assert state["why"] == "lease" and state["reason"].startswith("lost the lease at 2 of 3 stores"), state
-            assert not postmaster_alive(aws), "aws's PostgreSQL still runs after its fence"
-            last_aws_ack = max(a["acked"] for a in canary.acks if a["site"] == "aws")
-            assert last_aws_ack <= fenced, "aws acknowledged a write after it fenced itself"
-            acks_before = len(canary.acks)
+            acks_before = sum(w.acked for w in canary.writes)
             time.sleep(1.0)
-            assert len(canary.acks) == acks_before, "aws acknowledged writes while fenced"
+            assert sum(w.acked for w in canary.writes) == acks_before, "aws acknowledged writes while fenced"
 
-            status = json.loads(failover(cloud, "status", "--json", "--no-media").stdout)
+            status = failover_json("status", "--no-media", workdir=cloud)
             assert status["lease"]["fenced"] and status["lease"]["holder"] == "aws", status["lease"]
             assert "lost the lease at 2 of 3 stores" in status["lease"]["why"], status["lease"]
 
-            canary.address = GCP  # clients that moved on (DNS) write to gcp: refused until it takes writes
             started = time.monotonic()
-            plan = json.loads(failover(cloud, "run", "--to", "gcp", "--json").stdout)["plan"]
+            plan = failover_json("run", "--to", "gcp", workdir=cloud)["plan"]
             assert "waits for its lease to run out" in plan["notes"]["take_writes"], plan["notes"]
-            result = json.loads(failover(cloud, "run", "--to", "gcp", "--yes", "--json", timeout=900).stdout)
+            result = failover_json("run", "--to", "gcp", "--yes", workdir=cloud)
             run_seconds = time.monotonic() - started
             rows = {r["step"]: r for r in result["steps"]}
             take = rows["take_writes"]["detail"]
             assert take["lease_wait_seconds"] > 0 and not rows["fence"]["detail"]["fenced_directly"], rows["fence"]
-            print(f"failover to gcp: {run_seconds:.1f} s; take_writes waited {take.get('lease_wait_seconds')} s "
-                  f"for aws's lease; fence: {rows.get('fence', {}).get('detail', {}).get('fenced')}")
-            wait(lambda: any(a["site"] == "gcp" for a in canary.acks), 60, "gcp to acknowledge a write")
+            print(f"failover to gcp: {run_seconds:.1f} s; take_writes waited {take['lease_wait_seconds']} s "
+                  f"for aws's lease; steps (s): {({r['step']: r.get('seconds') for r in result['steps']})}")
+            wait(lambda: canary.acked_on("gcp"), 60, "gcp to acknowledge a write through DNS")
             time.sleep(2)
     finally:
         canary.stop()
 
-    acked = {a["seq"] for a in canary.acks}
-    lost = acked - canary_seqs(GCP)
-    print(f"acknowledged: {len(acked)} ({sum(a['site'] == 'aws' for a in canary.acks)} by aws, "
-          f"{sum(a['site'] == 'gcp' for a in canary.acks)} by gcp), lost: {len(lost)}, failed attempts: "
-          f"{canary.failures}")
-    assert not lost, f"acknowledged writes missing on gcp: {sorted(lost)[:20]}"
+    acked = [w for w in canary.writes if w.acked]
+    lost = sorted({w.seq for w in acked} - read_back(GCP, APP_PORT))
+    print(f"acknowledged: {len(acked)} ({sum(w.site == 'aws' for w in acked)} by aws, "
+          f"{sum(w.site == 'gcp' for w in acked)} by gcp), lost: {len(lost)}, not acknowledged: "
+          f"{len(canary.writes) - len(acked)}")
+    assert not lost, f"acknowledged writes missing on gcp: {lost[:20]}"
     by_epoch: dict[int, set[str]] = {}
-    for ack in canary.acks:
-        by_epoch.setdefault(ack["epoch"], set()).add(ack["site"])
+    for write in acked:
+        by_epoch.setdefault(write.epoch, set()).add(write.site)
     assert all(len(sites) == 1 for sites in by_epoch.values()), by_epoch
     assert by_epoch.get(1) == {"aws"} and by_epoch.get(2) == {"gcp"}, by_epoch

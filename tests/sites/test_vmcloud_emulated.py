@@ -1,6 +1,7 @@
 """The VM cloud with network stores: `failover local up --storage emulated`, through the real CLI.
 
-One cloud for the module (VMs on 127.0.111.1-3, DNS on .53/.54): each site's store is its cloud's
+One cloud for the module (VMs on 127.0.111.1-3, DNS on .53/.54; FAILOVER_TEST_PREFIX overrides the
+prefix): each site's store is its cloud's
 object-store emulator on the site's own address (moto for aws, fake-gcs-server for gcp, Azurite
 for azure), over TLS with the emulators' CA, reached by pgBackRest and rclone on the hosts and by
 the engine on the operator's side. The tests run in order: the Inventory names the stores as a
@@ -31,7 +32,7 @@ from infra.sites.fleet import INVENTORY_COPY
 from infra.sites.processes import ProcessTable, port_answers
 from infra.spec import load_spec
 from tests.appclient import APP_PORT, dns
-from tests.conftest import ROOT, failover, failover_json, process_running, remove_unmounted
+from tests.conftest import ROOT, failover, failover_json, loopback_prefix, process_running, remove_unmounted
 
 # Opt-in, not in the default run: in the final fresh-clone CI of 2026-12-04 three of its tests
 # failed (aws's media reported out of sync after local up; azure's Azurite at PREFIX.3:19000 not
@@ -42,7 +43,7 @@ OPT_IN = pytest.mark.skipif(os.environ.get("FAILOVER_TEST_EMULATED_VMS") != "1",
                             reason="emulated VM stores failed in CI (see the module): opt in with "
                                    "FAILOVER_TEST_EMULATED_VMS=1")
 
-PREFIX = "127.0.111"
+PREFIX = loopback_prefix("127.0.111")
 AWS, GCP = f"{PREFIX}.1", f"{PREFIX}.2"
 SPEC = load_spec(ROOT / "Pulumi.yaml")
 
