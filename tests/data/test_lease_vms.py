@@ -124,6 +124,7 @@ def test_a_partitioned_primary_fences_itself_and_a_failover_loses_no_acknowledge
                   f"stopped {stopped - cut:.2f} s, its protector's state fenced {fenced - cut:.2f} s: "
                   f"{state['reason']} ({state['fence']})")
             assert last_ack - cut <= lease.LENGTH and last_ack <= stopped, "aws acknowledged writes beyond its lease"
+            assert stopped - cut <= lease.LENGTH, f"aws's PostgreSQL still ran {stopped - cut:.2f} s after the cut"
             assert state["why"] == "lease" and state["reason"].startswith("lost the lease at 2 of 3 stores"), state
             acks_before = sum(w.acked for w in canary.writes)
             time.sleep(1.0)
