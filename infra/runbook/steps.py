@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -44,7 +45,7 @@ from infra.sites import protect as site_protect
 from infra.sites import services
 from infra.sites.contract import Inventory
 from infra.sites.fleet import Fleet
-from infra.sites.processes import wait_for
+from infra.sites.processes import Laps, wait_for
 from infra.sites.site import PATHS, Site
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
@@ -511,26 +512,58 @@ def _at_least_one(results, failed_names: list[str], what: str, errors: dict[str,
                     "when it is back")
 
 
+def ready_followers(run: Run) -> dict:
+    """Beside the promotion: what following the new primary needs and can do before it exists.
+    Each remaining pilot-light's WAL receiver is stopped (site_protect.hold_stream: its
+    supervisorctl then costs nothing inside the exposure window), and this thread's shells to the
+    followers and the target are opened, for `follow` to reuse. A warm follower keeps running:
+    under quorum commit the promote step may be reading its WAL."""
+    held = []
+    for name in followers(run):
+        site = run.fleet.site(name)
+        site.service().run("true")
+        site.root().run("true")
+        if site.role == "pilot-light":
+            site_protect.hold_stream(site)
+            held.append(name)
+    run.site.service().run("true")
+    run.notes["held"] = held
+    return {"held": held}
+
+
+def followers(run: Run) -> list[str]:
+    """The remaining reachable secondaries, which follow the target."""
+    return site_protect.followers(run.inventory, run.target, run.unreachable() | {run.source})
+
+
 def follow(run: Run) -> dict:
     """Re-protection comes first: as soon as the target is a primary (beside `take_writes`),
-    every remaining reachable secondary follows it, the warm replica rewound or re-cloned, the
-    pilot-light's pg_receivewal restarted towards it, before any backup. Until one streams,
-    acknowledged writes live at the target only (the drill's exposure window). A follower that
-    fails is reported, not fatal: `protect` tries it again."""
+    every remaining reachable secondary follows it, all at once, the warm replica rewound or
+    re-cloned, the pilot-light's pg_receivewal restarted towards it, before any backup. Until one
+    streams, acknowledged writes live at the target only (the drill's exposure window). A
+    follower that fails is reported, not fatal: `protect` tries it again. `laps`: where each
+    follower's time went, from the promotion on."""
     clock = time.monotonic()
     wait_for(lambda: run.site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
-    sites = {s.name: s for s in run.fleet.sites()}
-    followed: dict[str, str] = {}
-    for name in run.inventory.names:
-        if name == run.target or name in run.unreachable():
-            continue
-        try:
-            followed |= site_protect.follow(run.inventory, sites, run.spec, run.unreachable() | (set(sites) - {name}),
-                                            run.progress, run.target)
-        except Exception as error:  # noqa: BLE001 - reported; protect follows it again
-            followed[name] = f"failed: {secrets.redact(str(error))[-300:]}"
-            events.warn(f"{name} does not follow {run.target} yet ({followed[name]}); `protect` tries again")
-    return {"followed": followed, "follow_seconds": round(time.monotonic() - clock, 3)}
+    promoted = round(time.monotonic() - clock, 3)
+    names = followers(run)
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        results = list(pool.map(lambda name: follow_one(run, name), names))
+    return {"followed": {name: r[0] for name, r in zip(names, results)},
+            "laps": {name: r[1] for name, r in zip(names, results)},
+            "promoted_after": promoted, "follow_seconds": round(time.monotonic() - clock, 3)}
+
+
+def follow_one(run: Run, name: str) -> tuple[str, dict[str, float]]:
+    """One follower follows the target: what it did (or why it failed) and its laps."""
+    laps = Laps()
+    run.progress(f"{name}: following {run.target}")
+    try:
+        done = site_protect.follow_site(run.fleet.site(name), run.site, run.spec, name in run.notes.get("held", ()), laps)
+    except Exception as error:  # noqa: BLE001 - reported; protect follows it again
+        done = f"failed: {secrets.redact(str(error))[-300:]}"
+        events.warn(f"{name} does not follow {run.target} yet ({done}); `protect` tries again")
+    return done, laps.seconds
 
 
 def protect_again(run: Run) -> dict:
@@ -582,7 +615,7 @@ FAILOVER_STAGES: list[list[Step]] = [
     [("fence", fence)],
     [("capacity", capacity)],
     [("promote", promote_or_restore), ("media", catch_up_media), ("start_app", start_app),
-     ("prepare_dns", prepare_dns)],
+     ("prepare_dns", prepare_dns), ("ready_followers", ready_followers)],
     [("shift_dns", shift_dns)],
     [("take_writes", take_writes), ("verify_dns", verify_dns), ("follow", follow)],
     [("verify_app", verify_app)],
