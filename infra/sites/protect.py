@@ -54,6 +54,7 @@ LOCAL_COMMIT = "SET synchronous_commit = local"
 SCHEMA = Path(app_seed.__file__).with_name("schema.sql")
 POLL = 0.05  # seconds between looks at pg_stat_replication while a follower connects (one psql each)
 QUICK_START = 5.0  # seconds a restarted replica streams within before the archive is opened to it
+RELOAD_WAIT = 3.0  # seconds a running standby streams within after a reload, else it is restarted (rewound)
 
 
 @dataclass
@@ -342,9 +343,12 @@ def _repos_without_backup(primary: Site, inventory: Inventory, skip: set[str]) -
             if not (pgbackrest.info(primary.service(), PATHS.config, index)[0] or {}).get("backup")]
 
 
-def streams_to(primary: Site, application: str) -> bool:
+def streams_to(primary: Site, application: str, state: str | None = None) -> bool:
+    """`application` connects to the primary for WAL over TLS (in `state`, when given: a walsender
+    whose START_REPLICATION the primary refuses shows up for a moment as well)."""
+    where = f" AND r.state = '{state}'" if state else ""
     return primary.psql(f"SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
-                        f"WHERE r.application_name = '{application}' AND s.ssl", warn=True).stdout.strip() == "1"
+                        f"WHERE r.application_name = '{application}' AND s.ssl{where}", warn=True).stdout.strip() == "1"
 
 
 def clone_replica(site: Site, primary: Site, synchronous: bool) -> str:
@@ -364,6 +368,8 @@ def _replica(site: Site, primary: Site, fresh: bool = False, laps: Laps | None =
     laps = laps if laps is not None else Laps()
     if not fresh and streams_to(primary, site.name):
         return "replica: already streaming"
+    if not fresh and site.role == "warm" and _reloaded(site, primary, laps):
+        return "replica: follows after a reload of primary_conninfo (no restart), streaming"
     if site.role == "pilot-light":  # its WAL receiver would hold the slot's name and stream twice
         site.supervise(WALSTREAM_PROGRAM, "stop")
     if site.db_running():
@@ -378,6 +384,38 @@ def _replica(site: Site, primary: Site, fresh: bool = False, laps: Laps | None =
     _start_streaming(site, primary, 60)
     laps.lap("streaming")
     return "replica: cloned over TLS, streaming"
+
+
+def _reloaded(site: Site, primary: Site, laps: Laps) -> bool:
+    """A running standby that has not replayed past the point where the primary's history left
+    its timeline follows the primary without a restart (PostgreSQL 13 and later reload
+    primary_conninfo, which the site's settings file names already): its walreceiver connects
+    and the timeline switch comes with the stream (recovery_target_timeline 'latest'). Meanwhile
+    its restore_command finds nothing and it retries every 100 ms instead of 5 s. False when it
+    is not such a standby, or it does not stream within RELOAD_WAIT (PostgreSQL refuses a
+    timeline that forked before its replay position): then it is restarted, rewound first."""
+    if not site.db_running():
+        return False
+    row = site.psql("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), timeline_id FROM pg_control_checkpoint()",
+                    warn=True).stdout.strip().split("|")
+    if len(row) != 3 or row[0] != "t" or not row[1]:
+        return False
+    timelines, _, _ = server_timelines(primary)
+    tli, replayed = int(row[2]), walstream.lsn(row[1])
+    if not timelines.known(tli) or replayed > timelines.end(tli):
+        return False
+    c = site.service()
+    c.run(f"touch {PATHS.archive_off}")
+    pgbackrest.interrupt_archiving(c, PATHS.config, "archive-get")  # one may be retrying a dead store
+    try:
+        site.psql(["ALTER SYSTEM SET wal_retrieve_retry_interval = '100ms'", "SELECT pg_reload_conf()"])
+        laps.lap("reloaded")
+        following = wait_quietly(lambda: streams_to(primary, site.name, "streaming"), RELOAD_WAIT)
+    finally:
+        site.psql(["ALTER SYSTEM RESET wal_retrieve_retry_interval", "SELECT pg_reload_conf()"], warn=True)
+        c.run(f"rm -f {PATHS.archive_off}")
+    laps.lap("streaming" if following else "not streaming after the reload")
+    return following
 
 
 def _rewound(site: Site, primary: Site, laps: Laps) -> bool:
