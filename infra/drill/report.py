@@ -65,8 +65,7 @@ def follow_laps(s: ScenarioResult) -> str:
              for name, laps in (detail.get("laps") or {}).items()]
     if not parts:
         return ""
-    return (f"The follow step saw the promotion after {_secs(detail.get('promoted_after'))}, then "
-            + "; ".join(parts) + ".")
+    return "After the promotion, the followers: " + "; ".join(parts) + "."
 
 
 def lease_cost(s: ScenarioResult) -> str:

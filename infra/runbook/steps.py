@@ -27,6 +27,7 @@ Fencing, the guarantee that an old primary that comes back cannot take writes, h
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -513,22 +514,44 @@ def _at_least_one(results, failed_names: list[str], what: str, errors: dict[str,
 
 
 def ready_followers(run: Run) -> dict:
-    """Beside the promotion: what following the new primary needs and can do before it exists.
-    Each remaining pilot-light's WAL receiver is stopped (site_protect.hold_stream: its
-    supervisorctl then costs nothing inside the exposure window), and this thread's shells to the
-    followers and the target are opened, for `follow` to reuse. A warm follower keeps running:
-    under quorum commit the promote step may be reading its WAL."""
+    """Beside the promotion: following the new primary starts before it exists. Each remaining
+    pilot-light's WAL receiver is stopped (site_protect.hold_stream: that then costs nothing
+    inside the exposure window), and `follow_all` starts on a thread of its own (Following): it
+    waits for the promotion and follows at once, whatever the runbook does meanwhile (DNS moves
+    in the next stage: 0.05-0.9 s). The `follow` step journals what it did. A warm follower
+    keeps running: under quorum commit the promote step may be reading its WAL."""
     held = []
     for name in followers(run):
         site = run.fleet.site(name)
-        site.service().run("true")
-        site.root().run("true")
         if site.role == "pilot-light":
             site_protect.hold_stream(site)
             held.append(name)
-    run.site.service().run("true")
     run.notes["held"] = held
+    run.notes["following"] = Following(run)
     return {"held": held}
+
+
+class Following:
+    """`follow_all` on a daemon thread (a run that fails before the promotion does not wait for
+    it at exit); `join` gives its result or raises its error."""
+
+    def __init__(self, run: Run) -> None:
+        self.result: dict = {}
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._follow, args=(run,), daemon=True, name="follow")
+        self._thread.start()
+
+    def _follow(self, run: Run) -> None:
+        try:
+            self.result = follow_all(run)
+        except BaseException as error:  # noqa: BLE001 - handed to `join`
+            self.error = error
+
+    def join(self) -> dict:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 def followers(run: Run) -> list[str]:
@@ -537,21 +560,35 @@ def followers(run: Run) -> list[str]:
 
 
 def follow(run: Run) -> dict:
-    """Re-protection comes first: as soon as the target is a primary (beside `take_writes`),
-    every remaining reachable secondary follows it, all at once, the warm replica rewound or
-    re-cloned, the pilot-light's pg_receivewal restarted towards it, before any backup. Until one
-    streams, acknowledged writes live at the target only (the drill's exposure window). A
-    follower that fails is reported, not fatal: `protect` tries it again. `laps`: where each
-    follower's time went, from the promotion on."""
+    """Re-protection comes first: as soon as the target is a primary, every remaining reachable
+    secondary follows it, before any backup: what `ready_followers` started (a resumed run that
+    did not start it here follows now). Until one streams, acknowledged writes live at the
+    target only (the drill's exposure window)."""
+    following = run.notes.pop("following", None)
+    return following.join() if following else follow_all(run)
+
+
+def follow_all(run: Run) -> dict:
+    """Every follower follows the target once it is a primary, all at once (one inline: it reuses
+    this thread's shells, opened while the promotion is awaited), the warm replica by a reload
+    (else rewound or re-cloned), the pilot-light's pg_receivewal restarted towards it. A follower
+    that fails is reported, not fatal: `protect` tries it again. `laps`: where each follower's
+    time went after the promotion; `promotion_wait`: how long this waited for it."""
     clock = time.monotonic()
+    names = followers(run)
+    for name in names if len(names) == 1 else []:
+        run.fleet.site(name).service().run("true")
+        run.fleet.site(name).root().run("true")
     wait_for(lambda: run.site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
     promoted = round(time.monotonic() - clock, 3)
-    names = followers(run)
-    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-        results = list(pool.map(lambda name: follow_one(run, name), names))
+    if len(names) == 1:
+        results = [follow_one(run, names[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            results = list(pool.map(lambda name: follow_one(run, name), names))
     return {"followed": {name: r[0] for name, r in zip(names, results)},
             "laps": {name: r[1] for name, r in zip(names, results)},
-            "promoted_after": promoted, "follow_seconds": round(time.monotonic() - clock, 3)}
+            "promotion_wait": promoted, "follow_seconds": round(time.monotonic() - clock, 3)}
 
 
 def follow_one(run: Run, name: str) -> tuple[str, dict[str, float]]:

@@ -212,7 +212,7 @@ def test_the_drill_fails_an_exposure_window_over_its_target_or_one_that_never_cl
 
 def test_report_md_shows_the_exposure_target_and_where_the_follow_step_spent_its_time():
     steps = [{"step": "follow", "status": "done", "seconds": 1.2,
-              "detail": {"promoted_after": 0.05, "laps": {"azure": {"directory": 0.06, "launched": 0.41}}}}]
+              "detail": {"promotion_wait": 0.05, "laps": {"azure": {"directory": 0.06, "launched": 0.41}}}}]
     text = report.markdown([scenario("warm", True, exposure_seconds=0.73, steps=steps)])
     assert "(target 2.00s)" in text
-    assert "promotion after 0.05s, then azure: directory 0.06s, launched 0.41s." in text
+    assert "After the promotion, the followers: azure: directory 0.06s, launched 0.41s." in text
