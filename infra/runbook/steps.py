@@ -519,13 +519,19 @@ def ready_followers(run: Run) -> dict:
     inside the exposure window), and `follow_all` starts on a thread of its own (Following): it
     waits for the promotion and follows at once, whatever the runbook does meanwhile (DNS moves
     in the next stage: 0.05-0.9 s). The `follow` step journals what it did. A warm follower
-    keeps running: under quorum commit the promote step may be reading its WAL."""
+    keeps running: under quorum commit the promote step may be reading its WAL. Nothing here
+    stops the failover: a receiver that could not be stopped is stopped by `follow`."""
     held = []
     for name in followers(run):
         site = run.fleet.site(name)
-        if site.role == "pilot-light":
+        if site.role != "pilot-light":
+            continue
+        try:
             site_protect.hold_stream(site)
             held.append(name)
+        except Exception as error:  # noqa: BLE001 - reported; follow stops it itself
+            events.warn(f"{name}'s WAL receiver was not stopped before the promotion "
+                        f"({secrets.redact(str(error))[-300:]}); `follow` stops it")
     run.notes["held"] = held
     run.notes["following"] = Following(run)
     return {"held": held}
@@ -577,8 +583,7 @@ def follow_all(run: Run) -> dict:
     clock = time.monotonic()
     names = followers(run)
     for name in names if len(names) == 1 else []:
-        run.fleet.site(name).service().run("true")
-        run.fleet.site(name).root().run("true")
+        open_shells(run.fleet.site(name))
     wait_for(lambda: run.site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
     promoted = round(time.monotonic() - clock, 3)
     if len(names) == 1:
@@ -589,6 +594,16 @@ def follow_all(run: Run) -> dict:
     return {"followed": {name: r[0] for name, r in zip(names, results)},
             "laps": {name: r[1] for name, r in zip(names, results)},
             "promotion_wait": promoted, "follow_seconds": round(time.monotonic() - clock, 3)}
+
+
+def open_shells(site: Site) -> None:
+    """This thread's shells to the site, opened ahead (an SSH session and sudo each); a failure
+    is left to the follower's own commands to report."""
+    try:
+        site.service().run("true", warn=True)
+        site.root().run("true", warn=True)
+    except Exception:  # noqa: BLE001 - best effort, see above
+        pass
 
 
 def follow_one(run: Run, name: str) -> tuple[str, dict[str, float]]:
