@@ -38,6 +38,8 @@ def drill(
     rto_seconds: Annotated[Optional[float], typer.Option(help="RTO target from cut-off (default: DNS TTL + margin).")] = None,
     max_writes_lost: Annotated[Optional[int], typer.Option(help="Acked writes that may be lost (default per scenario).")] = None,
     rpo_window_seconds: Annotated[Optional[float], typer.Option(help="Largest RPO window allowed.")] = None,
+    exposure_seconds: Annotated[Optional[float], typer.Option(
+        help="Longest exposure window allowed: acknowledged writes at the new primary only (default 2).")] = None,
     workdir: Workdir = DEFAULT_WORKDIR, as_json: AsJson = False, project: ProjectFile = DEFAULT_PROJECT,
 ):
     """Run drill scenarios and write report.json, report.md, timeline PNGs and junit.xml. Exit 1 if a target is missed."""
@@ -47,7 +49,8 @@ def drill(
         raise cliutil.FailoverError(f"--storage {storage!r} must be one of: {', '.join(STORAGE_TYPES)}")
     chosen = scenario_mod.selected(scenario)
     overrides = {k: v for k, v in (("rto_seconds", rto_seconds), ("max_writes_lost", max_writes_lost),
-                                   ("rpo_window_seconds", rpo_window_seconds)) if v is not None}
+                                   ("rpo_window_seconds", rpo_window_seconds),
+                                   ("exposure_seconds", exposure_seconds)) if v is not None}
     work = workdir_path(workdir)
     options = scenario_mod.Options(work, load_spec(project), project, seed_mb, prefix, overrides, storage)
     directory = report_dir or work / "reports" / datetime.now().strftime("%Y%m%d-%H%M%S")

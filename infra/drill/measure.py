@@ -42,6 +42,8 @@ class Targets:
     rpo_window_seconds: float | None = None
     # Restores replay archived WAL only: the RPO window must fit inside the archive lag measured.
     rpo_within_archive_lag: bool = False
+    # Issue 15 item 6: after the promotion, another site holds the new primary's WAL within this.
+    exposure_seconds: float | None = 2.0
 
     def rto_limit(self, ttl: int) -> float:
         return self.rto_seconds if self.rto_seconds is not None else ttl + self.rto_margin_seconds
@@ -113,6 +115,20 @@ def judge(targets: Targets, ttl: int, rto_cutoff: float | None, lost: Rpo,
 
 
 # ---------------------------------------------------------------- the exposure window
+
+def judge_exposure(targets: Targets, window: "Exposure") -> list[str]:
+    """The exposure window's target, as a sentence when missed; a window that never closed while
+    the drill sampled misses it too."""
+    if targets.exposure_seconds is None:
+        return []
+    if window.seconds is None:
+        return [f"the exposure window never closed: no other site flushed the new primary's WAL while sampled "
+                f"(target {targets.exposure_seconds:.1f}s)"]
+    if window.seconds > targets.exposure_seconds:
+        return [f"exposure window {window.seconds:.2f}s exceeds {targets.exposure_seconds:.2f}s (acknowledged "
+                f"writes at the new primary only; sampled every {window.interval_seconds:.2f}s at most)"]
+    return []
+
 
 @dataclass(frozen=True)
 class LsnSample:

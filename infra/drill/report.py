@@ -46,14 +46,26 @@ def markdown(scenarios: list[ScenarioResult]) -> str:
         lines += ["", f"## {s.name}: {s.description}", "",
                   f"Cut-off at {s.cut_off}; the command ran {s.command_seconds:.1f}s; epoch now {s.epoch}. "
                   f"Integrity: {s.integrity['summary']}. Exposure window (acknowledged writes at one site "
-                  f"only): {_secs(s.exposure_seconds)} until another site flushed them, "
-                  f"{_secs(s.exposure_written_seconds)} until one had received them.", "", lease_cost(s), "",
+                  f"only, from the promotion on): {_secs(s.exposure_seconds)} until another site flushed them "
+                  f"(target {_secs(s.targets.exposure_seconds)}), "
+                  f"{_secs(s.exposure_written_seconds)} until one had received them. {follow_laps(s)}", "",
+                  lease_cost(s), "",
                   f"![timeline](timeline-{s.name}.png)", "",
                   "| step | status | seconds |", "|---|---|---|"]
         lines += [f"| {st['step']} | {st['status']} | {_secs(st['seconds'])} |" for st in s.steps]
         if s.missed:
             lines += ["", "Missed targets:", *[f"- {m}" for m in s.missed]]
     return "\n".join(lines) + "\n"
+
+
+def follow_laps(s: ScenarioResult) -> str:
+    """Where the follow step's time went, per follower (infra.runbook.steps.follow)."""
+    detail = next((st.get("detail") or {} for st in s.steps if st["step"] == "follow"), {})
+    parts = [f"{name}: " + ", ".join(f"{lap} {seconds:.2f}s" for lap, seconds in laps.items())
+             for name, laps in (detail.get("laps") or {}).items()]
+    if not parts:
+        return ""
+    return "After the promotion, the followers: " + "; ".join(parts) + "."
 
 
 def lease_cost(s: ScenarioResult) -> str:

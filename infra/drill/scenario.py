@@ -176,7 +176,7 @@ def _result(scenario, targets, fleet, spec, source, target, writes: list[Write],
     restored = bool(journal) and (journal.plan.get("data") or {}).get("kind") == "restore"
     # Only a restore is bounded by the archive; a promoted replica had every commit streamed.
     lag = measure.archive_lag(acks, source, cut_off, recovered_to) if restored else None
-    missed = measure.judge(targets, spec.dns.ttl, rto_cut, lost, lag)
+    missed = measure.judge(targets, spec.dns.ttl, rto_cut, lost, lag) + measure.judge_exposure(targets, window[0])
     if error:
         missed.append(f"the runbook failed: {error}")
     integrity_report = _integrity(fleet, spec, target, before, scenario, writes, present)

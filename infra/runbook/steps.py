@@ -29,6 +29,7 @@ Fencing, the guarantee that an old primary that comes back cannot take writes, h
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from infra.sites import protect as site_protect
 from infra.sites import services
 from infra.sites.contract import Inventory
 from infra.sites.fleet import Fleet
-from infra.sites.processes import wait_for
+from infra.sites.processes import Laps, wait_for
 from infra.sites.site import PATHS, Site
 from infra.sites.tls import CertificateAuthority
 from infra.spec import Spec
@@ -556,26 +557,109 @@ def _at_least_one(results, failed_names: list[str], what: str, errors: dict[str,
                     "when it is back")
 
 
-def follow(run: Run) -> dict:
-    """Re-protection comes first: as soon as the target is a primary (beside `take_writes`),
-    every remaining reachable secondary follows it, the warm replica rewound or re-cloned, the
-    pilot-light's pg_receivewal restarted towards it, before any backup. Until one streams,
-    acknowledged writes live at the target only (the drill's exposure window). A follower that
-    fails is reported, not fatal: `protect` tries it again."""
-    clock = time.monotonic()
-    wait_for(lambda: run.site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
-    sites = {s.name: s for s in run.fleet.sites()}
-    followed: dict[str, str] = {}
-    for name in run.inventory.names:
-        if name == run.target or name in run.unreachable():
+def ready_followers(run: Run) -> dict:
+    """Beside the promotion: following the new primary starts before it exists. Each remaining
+    pilot-light's WAL receiver is stopped (site_protect.hold_stream: that then costs nothing
+    inside the exposure window), and `follow_all` starts on a thread of its own (Following): it
+    waits for the promotion and follows at once, whatever the runbook does meanwhile (DNS moves
+    in the next stage: 0.05-0.9 s). The `follow` step journals what it did. A warm follower
+    keeps running: under quorum commit the promote step may be reading its WAL. Nothing here
+    stops the failover: a receiver that could not be stopped is stopped by `follow`."""
+    held = []
+    for name in followers(run):
+        site = run.fleet.site(name)
+        if site.role != "pilot-light":
             continue
         try:
-            followed |= site_protect.follow(run.inventory, sites, run.spec, run.unreachable() | (set(sites) - {name}),
-                                            run.progress, run.target)
-        except Exception as error:  # noqa: BLE001 - reported; protect follows it again
-            followed[name] = f"failed: {secrets.redact(str(error))[-300:]}"
-            events.warn(f"{name} does not follow {run.target} yet ({followed[name]}); `protect` tries again")
-    return {"followed": followed, "follow_seconds": round(time.monotonic() - clock, 3)}
+            site_protect.hold_stream(site)
+            held.append(name)
+        except Exception as error:  # noqa: BLE001 - reported; follow stops it itself
+            events.warn(f"{name}'s WAL receiver was not stopped before the promotion "
+                        f"({secrets.redact(str(error))[-300:]}); `follow` stops it")
+    run.notes["held"] = held
+    run.notes["following"] = Following(run)
+    return {"held": held}
+
+
+class Following:
+    """`follow_all` on a daemon thread (a run that fails before the promotion does not wait for
+    it at exit); `join` gives its result or raises its error."""
+
+    def __init__(self, run: Run) -> None:
+        self.result: dict = {}
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._follow, args=(run,), daemon=True, name="follow")
+        self._thread.start()
+
+    def _follow(self, run: Run) -> None:
+        try:
+            self.result = follow_all(run)
+        except BaseException as error:  # noqa: BLE001 - handed to `join`
+            self.error = error
+
+    def join(self) -> dict:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def followers(run: Run) -> list[str]:
+    """The remaining reachable secondaries, which follow the target."""
+    return site_protect.followers(run.inventory, run.target, run.unreachable() | {run.source})
+
+
+def follow(run: Run) -> dict:
+    """Re-protection comes first: as soon as the target is a primary, every remaining reachable
+    secondary follows it, before any backup: what `ready_followers` started (a resumed run that
+    did not start it here follows now). Until one streams, acknowledged writes live at the
+    target only (the drill's exposure window)."""
+    following = run.notes.pop("following", None)
+    return following.join() if following else follow_all(run)
+
+
+def follow_all(run: Run) -> dict:
+    """Every follower follows the target once it is a primary, all at once (one inline: it reuses
+    this thread's shells, opened while the promotion is awaited), the warm replica by a reload
+    (else rewound or re-cloned), the pilot-light's pg_receivewal restarted towards it. A follower
+    that fails is reported, not fatal: `protect` tries it again. `laps`: where each follower's
+    time went after the promotion; `promotion_wait`: how long this waited for it."""
+    clock = time.monotonic()
+    names = followers(run)
+    for name in names if len(names) == 1 else []:
+        open_shells(run.fleet.site(name))
+    wait_for(lambda: run.site.recovery_state() is False, 600, f"{run.target} to finish WAL replay and promote", 0.05)
+    promoted = round(time.monotonic() - clock, 3)
+    if len(names) == 1:
+        results = [follow_one(run, names[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            results = list(pool.map(lambda name: follow_one(run, name), names))
+    return {"followed": {name: r[0] for name, r in zip(names, results)},
+            "laps": {name: r[1] for name, r in zip(names, results)},
+            "promotion_wait": promoted, "follow_seconds": round(time.monotonic() - clock, 3)}
+
+
+def open_shells(site: Site) -> None:
+    """This thread's shells to the site, opened ahead (an SSH session and sudo each); a failure
+    is left to the follower's own commands to report."""
+    try:
+        site.service().run("true", warn=True)
+        site.root().run("true", warn=True)
+    except Exception:  # noqa: BLE001 - best effort, see above
+        pass
+
+
+def follow_one(run: Run, name: str) -> tuple[str, dict[str, float]]:
+    """One follower follows the target: what it did (or why it failed) and its laps."""
+    laps = Laps()
+    run.progress(f"{name}: following {run.target}")
+    try:
+        done = site_protect.follow_site(run.fleet.site(name), run.site, run.spec, name in run.notes.get("held", ()), laps)
+    except Exception as error:  # noqa: BLE001 - reported; protect follows it again
+        done = f"failed: {secrets.redact(str(error))[-300:]}"
+        events.warn(f"{name} does not follow {run.target} yet ({done}); `protect` tries again")
+    return done, laps.seconds
 
 
 def protect_again(run: Run) -> dict:
@@ -627,7 +711,7 @@ FAILOVER_STAGES: list[list[Step]] = [
     [("fence", fence)],
     [("capacity", capacity)],
     [("promote", promote_or_restore), ("media", catch_up_media), ("start_app", start_app),
-     ("prepare_dns", prepare_dns)],
+     ("prepare_dns", prepare_dns), ("ready_followers", ready_followers)],
     [("shift_dns", shift_dns)],
     [("take_writes", take_writes), ("verify_dns", verify_dns), ("follow", follow)],
     [("verify_app", verify_app)],

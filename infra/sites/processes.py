@@ -139,6 +139,20 @@ def port_answers(address: str, port: int, timeout: float = 0.5) -> bool:
         return probe.connect_ex((address, port)) == 0
 
 
+class Laps:
+    """Where a step's time went: seconds per named part, each from the end of the one before
+    (for the journal; the drill's exposure window is explained by the follow step's)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 def wait_for(check, timeout: float, what: str, interval: float = 0.05):
     """Polls check() until it returns a truthy value; raises TimeoutError naming `what`."""
     deadline = time.monotonic() + timeout

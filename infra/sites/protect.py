@@ -38,7 +38,7 @@ from infra.data.pgbackrest import STANZA
 from infra.data.standby import PASSFILE, REPLICATION_USER, TLS_DIR, TLS_SETTINGS  # noqa: F401 - protect's names
 from infra.sites import services
 from infra.sites.contract import Inventory
-from infra.sites.processes import wait_for
+from infra.sites.processes import Laps, wait_for
 from infra.sites.layout import REJOIN_PROGRAM, SETTINGS_FILE, WALSTREAM_PROGRAM
 from infra.sites.site import CONF_DIR, PATHS, Site, SiteError
 from infra.sites.tls import CertificateAuthority
@@ -52,6 +52,9 @@ PRESTAGED = f"{PATHS.pgbackrest_dir}/prestaged"  # the backup label the pilot-li
 # (or one that is gone) must not hold them, whatever synchronous_standby_names says meanwhile.
 LOCAL_COMMIT = "SET synchronous_commit = local"
 SCHEMA = Path(app_seed.__file__).with_name("schema.sql")
+POLL = 0.05  # seconds between looks at pg_stat_replication while a follower connects (one psql each)
+QUICK_START = 5.0  # seconds a restarted replica streams within before the archive is opened to it
+RELOAD_WAIT = 3.0  # seconds a running standby streams within after a reload, else it is restarted (rewound)
 
 
 @dataclass
@@ -189,26 +192,45 @@ def streaming_standbys(primary: Site) -> set[str]:
 def follow(inventory: Inventory, sites: dict[str, Site], spec: Spec, skip: set[str],
            progress=lambda m: None, primary_name: str | None = None) -> dict[str, str]:
     """Re-protection's first part (after a failover, before any backup): every reachable
-    secondary follows the active primary, a warm site as its replica (rewound, else re-cloned,
-    unless it streams already), a pilot-light's WAL receiver by streaming from it. It relies on
+    secondary follows the active primary (`follow_site`), one after the other. It relies on
     what the first `sites protect` left on every host (certificates, passfile, pg_hba, the
     role); `protect` then completes the rest. `primary_name`: the primary to follow when the
-    Inventory does not name it active yet (the runbook's `follow` runs beside `take_writes`).
-    Returns what each site did."""
+    Inventory does not name it active yet. Returns what each site did."""
     primary = sites[primary_name or inventory.active]
-    replies = spec.database.standbys_reply
     done: dict[str, str] = {}
-    for name in inventory.names:
-        site = sites[name]
-        if site is primary or site.role not in ("warm", "pilot-light") or name in skip:
-            continue
-        progress(f"{site.name}: following {primary.name}")
-        if site.role == "warm":
-            site.write(SETTINGS_FILE, postgres.render_settings(site_settings(site, primary, "", replies)))
-            done[name] = _replica(site, primary)
-        else:  # its settings name no primary, and it runs no database (protect sees to both)
-            done[name] = _wal_stream(site, primary)
+    for name in followers(inventory, primary.name, skip):
+        progress(f"{name}: following {primary.name}")
+        done[name] = follow_site(sites[name], primary, spec)
     return done
+
+
+def followers(inventory: Inventory, primary: str, skip: set[str]) -> list[str]:
+    """The secondaries (warm and pilot-light sites) that follow `primary`, in inventory order."""
+    return [s.site for s in inventory.sites
+            if s.site != primary and s.role in ("warm", "pilot-light") and s.site not in skip]
+
+
+def follow_site(site: Site, primary: Site, spec: Spec, held: bool = False, laps: Laps | None = None) -> str:
+    """One secondary follows `primary`: a warm site as its replica (rewound, else re-cloned,
+    unless it streams already), a pilot-light's WAL receiver by streaming from it. `held`: the
+    receiver was stopped before the promotion (`hold_stream`). `laps` gets where the time went."""
+    laps = laps if laps is not None else Laps()
+    if site.role == "warm":
+        site.write(SETTINGS_FILE, postgres.render_settings(site_settings(site, primary, "", spec.database.standbys_reply)))
+        laps.lap("settings")
+        return _replica(site, primary, laps=laps)
+    # Its settings name no primary, and it runs no database (protect sees to both).
+    return _wal_stream(site, primary, held, laps)
+
+
+def hold_stream(site: Site) -> str:
+    """Before a promotion: a pilot-light's WAL receiver stopped, so that the time this costs lies
+    before the exposure window instead of inside it. It receives nothing meanwhile (its primary
+    is cut off or fenced), and it must not write while `_wal_stream` sets its directory for the
+    new primary's timeline. Under quorum commit the promote step reads its WAL as it is:
+    stopped, it holds still."""
+    services.hold_program(site, WALSTREAM_PROGRAM)
+    return "WAL receiver stopped until it follows the new primary"
 
 
 def _password(optional: bool) -> str | None:
@@ -321,9 +343,12 @@ def _repos_without_backup(primary: Site, inventory: Inventory, skip: set[str]) -
             if not (pgbackrest.info(primary.service(), PATHS.config, index)[0] or {}).get("backup")]
 
 
-def streams_to(primary: Site, application: str) -> bool:
+def streams_to(primary: Site, application: str, state: str | None = None) -> bool:
+    """`application` connects to the primary for WAL over TLS (in `state`, when given: a walsender
+    whose START_REPLICATION the primary refuses shows up for a moment as well)."""
+    where = f" AND r.state = '{state}'" if state else ""
     return primary.psql(f"SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
-                        f"WHERE r.application_name = '{application}' AND s.ssl", warn=True).stdout.strip() == "1"
+                        f"WHERE r.application_name = '{application}' AND s.ssl{where}", warn=True).stdout.strip() == "1"
 
 
 def clone_replica(site: Site, primary: Site, synchronous: bool) -> str:
@@ -338,25 +363,62 @@ def clone_replica(site: Site, primary: Site, synchronous: bool) -> str:
     return _replica(site, primary, fresh=True)
 
 
-def _replica(site: Site, primary: Site, fresh: bool = False) -> str:
+def _replica(site: Site, primary: Site, fresh: bool = False, laps: Laps | None = None) -> str:
     """A warm site streams from the primary: cloned over TLS unless it already streams."""
+    laps = laps if laps is not None else Laps()
     if not fresh and streams_to(primary, site.name):
         return "replica: already streaming"
+    if not fresh and site.role == "warm" and _reloaded(site, primary, laps):
+        return "replica: follows after a reload of primary_conninfo (no restart), streaming"
     if site.role == "pilot-light":  # its WAL receiver would hold the slot's name and stream twice
         site.supervise(WALSTREAM_PROGRAM, "stop")
     if site.db_running():
         site.cluster("stop")
+    laps.lap("stopped")
     c = site.service()
-    if not fresh and _rewound(site, primary):
+    if not fresh and _rewound(site, primary, laps):
         return "replica: rewound (pg_rewind), streaming"
     standby.clone(c, conninfo(primary, site.name))
     standby.mark_standby(c)
-    site.cluster("start")
-    wait_for(lambda: streams_to(primary, site.name), 60, f"{site.name} to stream from {primary.name}", 0.3)
+    laps.lap("cloned")
+    _start_streaming(site, primary, 60)
+    laps.lap("streaming")
     return "replica: cloned over TLS, streaming"
 
 
-def _rewound(site: Site, primary: Site) -> bool:
+def _reloaded(site: Site, primary: Site, laps: Laps) -> bool:
+    """A running standby that has not replayed past the point where the primary's history left
+    its timeline follows the primary without a restart (PostgreSQL 13 and later reload
+    primary_conninfo, which the site's settings file names already): its walreceiver connects
+    and the timeline switch comes with the stream (recovery_target_timeline 'latest'). Meanwhile
+    its restore_command finds nothing and it retries every 100 ms instead of 5 s. False when it
+    is not such a standby, or it does not stream within RELOAD_WAIT (PostgreSQL refuses a
+    timeline that forked before its replay position): then it is restarted, rewound first."""
+    if not site.db_running():
+        return False
+    row = site.psql("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), timeline_id FROM pg_control_checkpoint()",
+                    warn=True).stdout.strip().split("|")
+    if len(row) != 3 or row[0] != "t" or not row[1]:
+        return False
+    timelines, _, _ = server_timelines(primary)
+    tli, replayed = int(row[2]), walstream.lsn(row[1])
+    if not timelines.known(tli) or replayed > timelines.end(tli):
+        return False
+    c = site.service()
+    c.run(f"touch {PATHS.archive_off}")
+    pgbackrest.interrupt_archiving(c, PATHS.config, "archive-get")  # one may be retrying a dead store
+    try:
+        site.psql(["ALTER SYSTEM SET wal_retrieve_retry_interval = '100ms'", "SELECT pg_reload_conf()"])
+        laps.lap("reloaded")
+        following = wait_quietly(lambda: streams_to(primary, site.name, "streaming"), RELOAD_WAIT)
+    finally:
+        site.psql(["ALTER SYSTEM RESET wal_retrieve_retry_interval", "SELECT pg_reload_conf()"], warn=True)
+        c.run(f"rm -f {PATHS.archive_off}")
+    laps.lap("streaming" if following else "not streaming after the reload")
+    return following
+
+
+def _rewound(site: Site, primary: Site, laps: Laps) -> bool:
     """The stopped cluster rewound onto the primary and streaming from it; False (stopped again)
     when pg_rewind cannot (no data directory, WAL it needs is gone) or it does not stream."""
     c = site.service()
@@ -365,13 +427,41 @@ def _rewound(site: Site, primary: Site) -> bool:
     if not standby.rewind(c, conninfo(primary, site.name, "postgres")).ok:
         return False
     standby.mark_standby(c)
+    laps.lap("rewound")
     try:
-        site.cluster("start")
-        wait_for(lambda: streams_to(primary, site.name), 30, f"{site.name} to stream from {primary.name}", 0.3)
+        _start_streaming(site, primary, 30)
+        laps.lap("streaming")
         return True
     except (SiteError, TimeoutError, UnexpectedExit):
         if site.db_running():
             site.cluster("stop", "fast")
+        return False
+
+
+def _start_streaming(site: Site, primary: Site, timeout: float) -> None:
+    """The stopped standby started, until it streams from the primary. For its first QUICK_START
+    seconds its restore_command finds nothing at once (PATHS.archive_off): the startup process
+    otherwise asks every repository, one pgBackRest process per file (the timelines' history
+    files, the next segment), before it turns to streaming; in a traced drill it streamed 0.8 s
+    after the start. A standby that needs WAL the primary no longer holds gets the archive after
+    that, and streams once it has caught up from it."""
+    c = site.service()
+    c.run(f"touch {PATHS.archive_off}")
+    try:
+        site.cluster("start")
+        streaming = lambda: streams_to(primary, site.name)  # noqa: E731
+        if wait_quietly(streaming, QUICK_START):
+            return
+    finally:
+        c.run(f"rm -f {PATHS.archive_off}")
+    wait_for(streaming, timeout, f"{site.name} to stream from {primary.name}", POLL)
+
+
+def wait_quietly(check, timeout: float) -> bool:
+    """wait_for at POLL, False instead of an error when it times out."""
+    try:
+        return bool(wait_for(check, timeout, "", POLL))
+    except TimeoutError:
         return False
 
 
@@ -392,48 +482,72 @@ def _prestage(site: Site, inventory: Inventory, skip: set[str]) -> str:
     return f"prestaged from repo{index} ({label}) in {result.seconds:.1f}s"
 
 
-def _wal_stream(site: Site, primary: Site) -> str:
+def _wal_stream(site: Site, primary: Site, held: bool = False, laps: Laps | None = None) -> str:
     """pg_receivewal on the pilot-light host, supervised; its cluster stays stopped (see protect).
 
     It is always `--synchronous` (standby.walstream_command): it flushes and reports every write
     at once, so the primary may count it among the standbys a commit waits for. Before it starts on a primary it does not
-    stream from yet, its directory is set for that primary's timeline history (infra.data.walstream)."""
+    stream from yet, its directory is set for that primary's timeline history (infra.data.walstream).
+    `held`: stopped already (`hold_stream`). On the way to streaming: one psql on the primary
+    (its slot and its timelines), a few commands and one call of supervisord's API on the
+    pilot-light (services.launch_program), then pg_stat_replication every POLL seconds."""
+    laps = laps if laps is not None else Laps()
     slot = protection.stream_slot(site.name)
     command = standby.walstream_command(slot, conninfo(primary, site.name))
     program_file = f"{services.PROGRAM_DIR}/{WALSTREAM_PROGRAM}.conf"
-    if streams_to(primary, site.name) and command in site.root().run(f"cat {program_file}", warn=True).stdout:
+    if command in site.root().run(f"cat {program_file}", warn=True).stdout and streams_to(primary, site.name):
         return "WAL stream: already streaming"
-    primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
-                 f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
-    ensure_dir(site.service(), PATHS.wal_stream)
-    site.supervise(WALSTREAM_PROGRAM, "stop")  # it must not write while its directory is set
-    start = _prepare_stream_dir(site, primary)
+    laps.lap("checked")
+    if not held:
+        services.hold_program(site, WALSTREAM_PROGRAM)  # it must not write while its directory is set
+        laps.lap("stopped")
+    start = _prepare_stream_dir(site, primary, slot)
+    laps.lap("directory")
     # The toolkit's code may not be on the host yet (protect comes first): it runs from the stream's directory.
-    services.run_program(site, WALSTREAM_PROGRAM, command, directory=PATHS.wal_stream)
+    services.launch_program(site, WALSTREAM_PROGRAM, command, directory=PATHS.wal_stream)
+    laps.lap("launched")
     wait_for(lambda: streams_to(primary, site.name), 60,
              f"{site.name}'s pg_receivewal to stream from {primary.name} (from {start.start or 'the server'}: "
-             f"{start.reason}; see {services.LOG_DIR}/{WALSTREAM_PROGRAM}.log there)", 0.3)
+             f"{start.reason}; see {services.LOG_DIR}/{WALSTREAM_PROGRAM}.log there)", POLL)
+    laps.lap("streaming")
     moved = f", {len(start.move_aside)} segment(s) past the fork moved to {walstream.DIVERGED_DIR}/" \
         if start.move_aside else ""
     return f"WAL stream: pg_receivewal streaming over TLS from {start.start or 'the server'}{moved}"
 
 
-def server_timelines(primary: Site) -> tuple[walstream.Timelines, int, int | None]:
-    """The primary's timeline history, its WAL segment size and the oldest segment in its pg_wal."""
-    out = primary.psql(["SELECT pg_walfile_name(pg_current_wal_lsn())",
-                        "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'",
-                        "SELECT min(substr(name, 9)) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'"]).stdout.split()
-    current, size = int(out[0][:8], 16), int(out[1])
-    oldest = walstream.Segment.parse(f"{current:08X}{out[2]}", size).segno if len(out) > 2 else None
-    history = ""
-    if current > 1:
-        history = primary.psql(f"SELECT pg_read_file('pg_wal/{current:08X}.history')").stdout
+# One row: the current WAL file, the segment size, the oldest segment in pg_wal (NULL: none) and
+# the current timeline's history file (NULL on timeline 1), which may span lines: it comes last.
+TIMELINES_SQL = ("SELECT w.file, (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), "
+                 "(SELECT min(substr(name, 9)) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'), "
+                 "pg_read_file('pg_wal/' || substr(w.file, 1, 8) || '.history', 0, 1048576, true) "
+                 "FROM (SELECT pg_walfile_name(pg_current_wal_lsn()) AS file) w")
+
+
+def slot_sql(slot: str) -> str:
+    return (f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
+            f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
+
+
+def parse_timelines(row: str) -> tuple[walstream.Timelines, int, int | None]:
+    """TIMELINES_SQL's row (psql -At): the timeline history, the segment size, the oldest segment."""
+    file, size_text, oldest_text, history = row.split("|", 3)
+    current, size = int(file[:8], 16), int(size_text)
+    oldest = walstream.Segment.parse(f"{current:08X}{oldest_text}", size).segno if oldest_text else None
     return walstream.Timelines(current, walstream.parse_history(history)), size, oldest
 
 
-def _prepare_stream_dir(site: Site, primary: Site) -> walstream.StreamStart:
-    timelines, size, oldest = server_timelines(primary)
+def server_timelines(primary: Site, slot: str | None = None) -> tuple[walstream.Timelines, int, int | None]:
+    """The primary's timeline history, its WAL segment size and the oldest segment in its pg_wal;
+    with `slot`, that physical slot created first where it is missing (the same round trip)."""
+    statements = ([f"SELECT count(*) FROM ({slot_sql(slot)}) created"] if slot else []) + [TIMELINES_SQL]
+    out = primary.psql(statements).stdout
+    return parse_timelines(out.split("\n", 1)[1] if slot else out)
+
+
+def _prepare_stream_dir(site: Site, primary: Site, slot: str) -> walstream.StreamStart:
+    timelines, size, oldest = server_timelines(primary, slot)
     c = site.service()
+    ensure_dir(c, PATHS.wal_stream)
     names = c.run(f"ls -1 {PATHS.wal_stream}").stdout.split()
     start = walstream.plan_start(names, timelines, size, oldest)
     if start.move_aside:

@@ -75,3 +75,16 @@ def test_streaming_on_the_current_timeline_changes_nothing():
     files = [name(2, 0xC), name(2, 0xD, True), "00000002.history"]
     start = plan_start(files, Timelines(2, {1: 0x0C000000}), MB16)
     assert start == walstream.StreamStart((), None, name(2, 0xD, True), start.reason)
+
+
+def test_the_primarys_timelines_come_in_one_row_whose_history_may_span_lines():
+    """protect.TIMELINES_SQL's row as psql -At prints it (infra.sites.protect.parse_timelines)."""
+    from infra.sites.protect import parse_timelines
+
+    row = "00000003000000000000000E|16777216|000000000000000A|1\t0/C000000\tno recovery target specified\n" \
+          "2\t0/D0000A0\tno recovery target specified\n\n"
+    timelines, size, oldest = parse_timelines(row)
+    assert (timelines.current, timelines.ends, size) == (3, {1: 0x0C000000, 2: 0x0D0000A0}, MB16)
+    assert oldest == 0x0A
+    first, _, none = parse_timelines("000000010000000000000003|16777216||\n")
+    assert (first.current, first.ends, none) == (1, {}, None)

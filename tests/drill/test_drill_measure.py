@@ -197,3 +197,22 @@ def test_an_exposure_window_that_never_closes_has_no_length():
 
 def test_lsns_are_byte_positions():
     assert measure.lsn("16/B374D848") == (0x16 << 32) + 0xB374D848 and measure.lsn("") is None
+
+
+def test_the_drill_fails_an_exposure_window_over_its_target_or_one_that_never_closed():
+    """Issue 15: <= 2 s after a warm and a pilot-light failover, the default for both scenarios."""
+    closed = measure.Exposure(10.0, 11.9, 1.9, 0.15)
+    assert Targets().exposure_seconds == 2.0 and measure.judge_exposure(Targets(), closed) == []
+    late = measure.judge_exposure(Targets(), measure.Exposure(10.0, 12.1, 2.1, 0.15))
+    assert late and "exposure window 2.10s exceeds 2.00s" in late[0]
+    never = measure.judge_exposure(Targets(), measure.Exposure(10.0, None, None, 0.15))
+    assert never and "never closed" in never[0]
+    assert measure.judge_exposure(Targets(exposure_seconds=None), measure.Exposure(10.0, None, None, 0.1)) == []
+
+
+def test_report_md_shows_the_exposure_target_and_where_the_follow_step_spent_its_time():
+    steps = [{"step": "follow", "status": "done", "seconds": 1.2,
+              "detail": {"promotion_wait": 0.05, "laps": {"azure": {"directory": 0.06, "launched": 0.41}}}}]
+    text = report.markdown([scenario("warm", True, exposure_seconds=0.73, steps=steps)])
+    assert "(target 2.00s)" in text
+    assert "After the promotion, the followers: azure: directory 0.06s, launched 0.41s." in text

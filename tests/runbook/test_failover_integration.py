@@ -84,8 +84,8 @@ def test_bad_inputs_fail_clearly_before_anything_changes(cloud):
     assert post(AWS, 1)[0] == 201
 
 
-STEPS = ["claim", "preflight", "fence", "capacity", "promote", "media", "start_app", "prepare_dns", "shift_dns",
-         "take_writes", "verify_dns", "follow", "verify_app", "protect"]
+STEPS = ["claim", "preflight", "fence", "capacity", "promote", "media", "start_app", "prepare_dns", "ready_followers",
+         "shift_dns", "take_writes", "verify_dns", "follow", "verify_app", "protect"]
 STAGE_OF = {name: index for index, stage in enumerate(steps_mod.FAILOVER_STAGES) for name, _ in stage}
 
 

@@ -117,12 +117,13 @@ def _posix_store(path) -> Store:
 
 def test_the_failover_steps_are_in_the_issue_order():
     assert steps.STEP_NAMES == ["claim", "preflight", "fence", "capacity", "promote", "media", "start_app", "prepare_dns",
-                                "shift_dns", "take_writes", "verify_dns", "follow", "verify_app", "protect"]
+                                "ready_followers", "shift_dns", "take_writes", "verify_dns", "follow", "verify_app", "protect"]
 
 
 def test_what_runs_at_once_media_app_and_dns_plan_with_the_promotion_dns_proof_with_the_replay():
     together = [[name for name, _ in stage] for stage in steps.FAILOVER_STAGES if len(stage) > 1]
-    assert together == [["promote", "media", "start_app", "prepare_dns"], ["take_writes", "verify_dns", "follow"]]
+    assert together == [["promote", "media", "start_app", "prepare_dns", "ready_followers"],
+                        ["take_writes", "verify_dns", "follow"]]
     # DNS moves once the data is readable; writes are verified only once the replay has ended.
     names = steps.STEP_NAMES
     assert names.index("promote") < names.index("shift_dns") < names.index("take_writes") < names.index("verify_app")

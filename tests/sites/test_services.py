@@ -8,10 +8,14 @@ import hashlib
 import json
 import os
 import shutil
+import socketserver
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
+import xmlrpc.client
+import xmlrpc.server
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,3 +317,65 @@ def test_the_toolkit_ships_sources_only_and_its_version_follows_their_content(tm
     assert services.toolkit_archive(tmp_path)[1] == version
     (tmp_path / "infra/app/seed.py").write_text("# changed\n")
     assert services.toolkit_archive(tmp_path)[1] != version
+
+
+class FakeSupervisor:
+    """supervisord's XML-RPC methods that the launch and stop scripts call, recorded."""
+
+    def __init__(self, reload: list, state: str = "STOPPED", fault: str | None = None):
+        self.reload, self.state, self.fault, self.calls = reload, state, fault, []
+
+    def _dispatch(self, method: str, params: tuple):
+        self.calls.append((method.removeprefix("supervisor."), *params))
+        if method == "supervisor.stopProcess" and self.fault:
+            raise xmlrpc.client.Fault(70, self.fault)
+        if method == "supervisor.reloadConfig":
+            return [self.reload]
+        return {"statename": self.state} if method == "supervisor.getProcessInfo" else True
+
+
+def run_rpc(tmp_path: Path, fake: FakeSupervisor, body: str) -> list:
+    """services.rpc_script's program against `fake` on a unix socket of its own."""
+    class Handler(xmlrpc.server.SimpleXMLRPCRequestHandler):
+        disable_nagle_algorithm = False  # a unix socket has no TCP options
+
+    class UnixServer(socketserver.UnixStreamServer, xmlrpc.server.SimpleXMLRPCDispatcher):
+        logRequests = False
+
+        def __init__(self, path: str):
+            xmlrpc.server.SimpleXMLRPCDispatcher.__init__(self, allow_none=True)
+            socketserver.UnixStreamServer.__init__(self, path, Handler)
+
+    path = str(tmp_path / "supervisor.sock")
+    server = UnixServer(path)
+    server.register_instance(fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        script = services.RPC_CLIENT.replace(services.SUPERVISOR_SOCKET, path) + body
+        done = subprocess.run(["python3", "-S", "-c", script, "failover-walstream"], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+        os.unlink(path)
+    return fake.calls
+
+
+def test_launching_restarts_a_changed_program_adds_a_new_one_and_starts_a_stopped_one(tmp_path):
+    name = "failover-walstream"
+    changed = run_rpc(tmp_path, FakeSupervisor([[], [name], []]), services.RPC_LAUNCH)
+    assert changed == [("reloadConfig",), ("stopProcessGroup", name), ("removeProcessGroup", name),
+                       ("addProcessGroup", name)]
+    assert run_rpc(tmp_path, FakeSupervisor([[name], [], []]), services.RPC_LAUNCH)[-1] == ("addProcessGroup", name)
+    same = run_rpc(tmp_path, FakeSupervisor([[], [], []]), services.RPC_LAUNCH)
+    assert same[-1] == ("startProcess", name, False)  # it does not wait out startsecs
+    running = run_rpc(tmp_path, FakeSupervisor([[], ["other"], []], state="RUNNING"), services.RPC_LAUNCH)
+    assert running == [("reloadConfig",), ("getProcessInfo", name)]  # another program's change is not applied
+
+
+def test_holding_a_program_that_is_not_running_is_done(tmp_path):
+    assert run_rpc(tmp_path, FakeSupervisor([], fault="NOT_RUNNING"), services.RPC_STOP) == [
+        ("stopProcess", "failover-walstream")]
+    with pytest.raises(AssertionError, match="SPAWN_ERROR"):
+        run_rpc(tmp_path, FakeSupervisor([], fault="SPAWN_ERROR: x"), services.RPC_STOP)
