@@ -18,7 +18,7 @@ from infra.sites import emulators
 from infra.sites.contract import SiteOutputs
 from infra.sites.processes import ProcessTable
 from tests.conftest import service_dir
-from tests.data.emulated import free_block
+from tests.data.emulated import free_block, require_tools
 
 pytestmark = pytest.mark.integration
 SITES = [(0, "aws"), (1, "gcp"), (2, "azure")]
@@ -28,9 +28,7 @@ ROUNDS = 20
 
 @pytest.fixture(scope="module")
 def stores():
-    for tool in ("rclone", "stunnel4"):
-        if not shutil.which(tool):
-            pytest.fail(f"{tool} is not installed: run scripts/setup")
+    require_tools()
     workdir = service_dir("lease-emulated")
     base = free_block(HOSTS, 19100, 19700)
     try:

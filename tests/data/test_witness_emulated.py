@@ -24,7 +24,7 @@ from infra.sites import emulators
 from infra.sites.processes import ProcessTable
 from infra.spec import load_spec
 from tests.conftest import service_dir
-from tests.data.emulated import free_block
+from tests.data.emulated import free_block, require_tools
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,9 +34,7 @@ WITNESSES = {"b2": ("s3", "127.0.141.11"), "blob": ("azure", "127.0.141.13")}
 @pytest.fixture(scope="module")
 def witnessed():
     """The emulators, and a copy of the spec declaring them as witnesses; yields the spec's file."""
-    for tool in ("rclone", "stunnel4"):
-        if not shutil.which(tool):
-            pytest.fail(f"{tool} is not installed: run scripts/setup")
+    require_tools()
     workdir = service_dir("witness-emulated")
     port = free_block([host for _, host in WITNESSES.values()], 19100, 19700)
     saved = dict(os.environ)
