@@ -26,6 +26,19 @@ for _name in ENCRYPTION_KEYS:
     os.environ.setdefault(_name, __import__("secrets").token_urlsafe(36))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _environment_per_module():
+    """Each test module gets the environment back as it found it. Emulator fixtures put their
+    credentials and their CA (RCLONE_CA_CERT, in a directory they delete) into os.environ; left
+    there, they reached a later module's `failover` subprocesses, whose Fleet keeps an inherited
+    variable over the work directory's secrets.env, so `status` read an emulated VM cloud's stores
+    with another cloud's CA and keys (seen in two full runs, never in the module alone)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def loopback_prefix(default: str) -> str:
     """A VM test module's loopback prefix: its own default, or FAILOVER_TEST_PREFIX when several
     clouds share the machine and each run is given a prefix of its own."""
